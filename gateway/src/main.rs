@@ -1,0 +1,3 @@
+fn main() {
+    println!("logstream-gateway: the gateway is being built (issue 5)");
+}
