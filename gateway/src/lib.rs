@@ -1,1 +1,14 @@
+//! logstream gateway: ingest, the segment store, live fan-out, and the HTTP/WS/SSE/gRPC
+//! API.
+//!
+//! ```text
+//! HTTP POST /logs ─┐                                     ┌─> SSE / WebSocket viewers
+//! gRPC Ingest.Push ┼─> ingest ─> store (fsync, chain) ─> hub (one broadcast per
+//!                  │            └─ durable ack         │     deployment, bounded)
+//!                  └─ token auth                       └─> gRPC Tail.Subscribe
+//! ```
 
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod store;
