@@ -11,4 +11,14 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod grpc;
+pub mod hub;
+pub mod ingest;
+pub mod live;
+pub mod metrics;
+pub mod openapi;
+pub mod server;
 pub mod store;

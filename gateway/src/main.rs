@@ -1,3 +1,309 @@
-fn main() {
-    println!("logstream-gateway: the gateway is being built (issue 5)");
+//! `logstream-gateway`: serve (the default), mint tokens, and administer the store.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use logstream_gateway::auth::{Authenticator, Scope};
+use logstream_gateway::config::{Config, Role};
+use logstream_gateway::server::{self, AppState, Listeners};
+use logstream_gateway::store::{self, LogId, Store, StoreConfig, StoreHooks};
+
+#[derive(Parser)]
+#[command(
+    name = "logstream-gateway",
+    version,
+    about = "logstream gateway: ingest, store, live tail, history, export"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP and gRPC (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print a token signed with this gateway's key.
+    Token(TokenArgs),
+    /// Administer the segment store (run while the gateway is stopped, or on a copy).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// What to serve.
+    #[arg(long, env = "LOGSTREAM_ROLE", value_enum)]
+    role: Option<Role>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "LOGSTREAM_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// gRPC listen address [default: 127.0.0.1:8081].
+    #[arg(long, env = "LOGSTREAM_GRPC_LISTEN")]
+    grpc_listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./logstream-data].
+    #[arg(long, env = "LOGSTREAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file; flags override it.
+    #[arg(long, env = "LOGSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long, env = "LOGSTREAM_DATA_DIR", default_value = "logstream-data")]
+    data_dir: PathBuf,
+    /// Configuration file (for a configured signing key, audience, issuer).
+    #[arg(long, env = "LOGSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    tenant: String,
+    /// Comma-separated: logs:write, logs:read, logs:export, admin.
+    #[arg(long, default_value = "logs:read,logs:write")]
+    scopes: String,
+    /// Lifetime, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Subject recorded in the audit log.
+    #[arg(long, default_value = "cli")]
+    subject: String,
+    /// Limit the token to deployments matching these globs (comma-separated).
+    #[arg(long)]
+    deployments: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Walk CRCs and the hash chain of every block; report the first bad block.
+    Verify(StoreTarget),
+    /// Lines, bytes, segments and state of each deployment.
+    Stats(StoreTarget),
+    /// Rewrite completed deployments into large blocks (after verifying them).
+    Compact(StoreTarget),
+}
+
+#[derive(Args)]
+struct StoreTarget {
+    #[arg(long, env = "LOGSTREAM_DATA_DIR", default_value = "logstream-data")]
+    data_dir: PathBuf,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this deployment (needs --tenant).
+    #[arg(long)]
+    deployment: Option<String>,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let ServeArgs {
+        role,
+        listen,
+        grpc_listen,
+        data_dir,
+        config,
+    } = args.clone();
+    let mut c = match &config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(r) = role {
+        c.role = r;
+    }
+    if let Some(l) = listen {
+        c.listen = l;
+    }
+    if let Some(g) = grpc_listen {
+        c.grpc_listen = g;
+    }
+    if let Some(d) = data_dir {
+        c.data_dir = d;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Token(t)) => token(t),
+        Some(Command::Store { command }) => store_admin(command),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let listeners = Listeners::bind(config.listen, config.grpc_listen).await?;
+        let http = listeners.http.local_addr()?;
+        let grpc = listeners.grpc.local_addr()?;
+        let state = AppState::open(config.clone(), shutdown_rx)?;
+        let token = state.auth.mint("dev", "dev", &[Scope::Read, Scope::Write, Scope::Export], Duration::from_secs(24 * 3600), None);
+        println!(
+            "logstream gateway ready (role {})\n  HTTP http://{http}   gRPC {grpc}   data {}\n\n\
+             A token for tenant \"dev\" (logs:read, logs:write, logs:export; valid 24h):\n  export LOGSTREAM_TOKEN={token}\n\n\
+             Push a line:\n  echo 'hello from logstream' | curl -sS -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Content-Type: text/plain' --data-binary @- http://{http}/v1/deployments/demo/logs\n\n\
+             Tail it live (Ctrl+C to stop):\n  curl -N -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Accept: text/event-stream' http://{http}/v1/deployments/demo/stream\n\n\
+             Finish the deployment (live viewers get `end`):\n  curl -sS -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Content-Type: application/json' -d '{{\"status\":\"succeeded\",\"exit_code\":0}}' http://{http}/v1/deployments/demo/complete\n",
+            format!("{:?}", config.role).to_lowercase(),
+            config.data_dir.display()
+        );
+        server::serve(state, listeners, shutdown_tx, server::shutdown_signal()).await
+    })
+}
+
+fn token(t: TokenArgs) -> anyhow::Result<()> {
+    let mut config = match &t.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    config.data_dir = t.data_dir;
+    logstream_model::validate_tenant(&t.tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    let scopes = t
+        .scopes
+        .split(',')
+        .map(|s| {
+            Scope::parse(s.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--scopes: {s:?} is not a scope; use logs:write, logs:read, logs:export, admin"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ttl = logstream_model::time::parse_duration(&t.ttl)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            anyhow::anyhow!("--ttl: {:?} is not a duration; use e.g. 1h, 30m, 7d", t.ttl)
+        })?;
+    let key_path = config
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
+    let key = Authenticator::load_or_create_key(&key_path)
+        .with_context(|| format!("signing key {}", key_path.display()))?;
+    let auth = Authenticator::hs256(&key, config.audience, config.issuer);
+    let deployments = t
+        .deployments
+        .map(|d| d.split(',').map(|s| s.trim().to_owned()).collect());
+    println!(
+        "{}",
+        auth.mint(
+            &t.subject,
+            &t.tenant,
+            &scopes,
+            Duration::from_nanos(ttl as u64),
+            deployments
+        )
+    );
+    Ok(())
+}
+
+fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
+    let (target, action) = match cmd {
+        StoreCommand::Verify(t) => (t, "verify"),
+        StoreCommand::Stats(t) => (t, "stats"),
+        StoreCommand::Compact(t) => (t, "compact"),
+    };
+    let root = target.data_dir.join("store");
+    if !root.join("tenants").exists() {
+        bail!(
+            "--data-dir {}: no store there (expected {})",
+            target.data_dir.display(),
+            root.join("tenants").display()
+        );
+    }
+    let store = Store::open(&root, StoreConfig::default(), StoreHooks::default())?;
+    if target.deployment.is_some() && target.tenant.is_none() {
+        bail!("--deployment needs --tenant");
+    }
+    let tenants = match &target.tenant {
+        Some(t) => vec![t.clone()],
+        None => store.tenants()?,
+    };
+    let mut bad = 0;
+    for tenant in tenants {
+        let deployments = match &target.deployment {
+            Some(d) => vec![d.clone()],
+            None => store.deployments(&tenant)?,
+        };
+        for d in deployments {
+            let id = LogId::new(tenant.clone(), d);
+            let log = store
+                .log(&id, false)?
+                .with_context(|| format!("{id}: no such deployment"))?;
+            match action {
+                "verify" => {
+                    let r = store::verify_dir(log.dir())?;
+                    match &r.first_bad {
+                        None => println!(
+                            "ok   {id}: seqs {}..={}, {} blocks in {} segments, head {}",
+                            r.first_seq,
+                            r.last_seq,
+                            r.blocks,
+                            r.segments,
+                            &r.head[..16]
+                        ),
+                        Some(b) => {
+                            bad += 1;
+                            println!(
+                                "BAD  {id}: {} at offset {} (expected seq {}): {}",
+                                b.segment.display(),
+                                b.offset,
+                                b.expected_seq,
+                                b.reason
+                            );
+                        }
+                    }
+                }
+                "stats" => {
+                    let s = log.stats();
+                    let status = s.completion.map_or("running".to_owned(), |c| {
+                        format!("{} ({})", c.status.as_str(), c.exit_code)
+                    });
+                    println!(
+                        "{id}: {status}, {} lines (seqs {}..={}), {} bytes in {} segments",
+                        s.lines(),
+                        s.first_seq,
+                        s.last_seq,
+                        s.bytes,
+                        s.segments
+                    );
+                }
+                _ => {
+                    if log.completion().is_none() {
+                        println!("skip {id}: still running");
+                        continue;
+                    }
+                    drop(log);
+                    let (before, after) = store::compact(&store, &id)?;
+                    println!(
+                        "done {id}: {} lines, {} -> {} blocks",
+                        after.lines, before.blocks, after.blocks
+                    );
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} deployment(s) failed verification");
+    }
+    Ok(())
 }

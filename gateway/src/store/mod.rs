@@ -120,10 +120,13 @@ pub struct StoreConfig {
     /// Roll the active segment after this age, so retention can delete old data of
     /// long-running deployments. Default: 1 h.
     pub segment_age: Duration,
-    /// Target uncompressed message bytes per block. Default: 64 KiB.
+    /// Target uncompressed message bytes per block. Default: 256 KiB (larger blocks
+    /// compress better; see docs/benchmarks.md).
     pub block_bytes: usize,
-    /// Maximum lines per block. Default: 4096.
+    /// Maximum lines per block. Default: 16384.
     pub block_records: usize,
+    /// Block size `compact` rewrites completed logs into. Default: 1 MiB.
+    pub compact_block_bytes: usize,
     /// zstd level of blocks. Default: 3 (see docs/benchmarks.md).
     pub zstd_level: i32,
     /// Extra wait before a group commit so more appends share the fsync. Default: 0
@@ -140,8 +143,9 @@ impl Default for StoreConfig {
             segment_bytes: 64 << 20,
             segment_blocks: 8192,
             segment_age: Duration::from_secs(3600),
-            block_bytes: 64 << 10,
-            block_records: 4096,
+            block_bytes: 256 << 10,
+            block_records: 16_384,
+            compact_block_bytes: 1 << 20,
             zstd_level: 3,
             commit_window: Duration::ZERO,
             scan_budget: 64 << 20,
@@ -155,7 +159,11 @@ impl StoreConfig {
         if self.segment_bytes < 4096 {
             return bad("segment_bytes must be at least 4096");
         }
-        if self.segment_blocks == 0 || self.block_records == 0 || self.block_bytes == 0 {
+        if self.segment_blocks == 0
+            || self.block_records == 0
+            || self.block_bytes == 0
+            || self.compact_block_bytes == 0
+        {
             return bad("segment_blocks, block_records and block_bytes must be positive");
         }
         if !(1..=19).contains(&self.zstd_level) {
@@ -254,7 +262,7 @@ pub struct Expired {
 /// All deployments' logs under one root directory.
 pub struct Store {
     root: PathBuf,
-    cfg: Arc<StoreConfig>,
+    pub(crate) cfg: Arc<StoreConfig>,
     hooks: Arc<StoreHooks>,
     logs: RwLock<HashMap<LogId, Arc<DeploymentLog>>>,
     /// Serialises opening/creating logs so two callers never open one log twice.
@@ -323,6 +331,11 @@ impl Store {
             self.logs.write().insert(id.clone(), log.clone());
             log
         }))
+    }
+
+    /// Bytes of the segment files of the logs open in this process.
+    pub fn open_log_bytes(&self) -> u64 {
+        self.logs.read().values().map(|l| l.stats().bytes).sum()
     }
 
     /// Drops the open handle of a log (after compaction replaced its files).

@@ -1,0 +1,200 @@
+//! Gateway configuration: a TOML file (`--config`), then flags and `LOGSTREAM_*`
+//! environment variables on top. Validated at start with a message naming the field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What this process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Store and edge in one process: the embedded default.
+    #[default]
+    All,
+    /// Stores logs, serves ingest and `Tail.Subscribe` (and the HTTP API).
+    Store,
+    /// Fans out to viewers, following stores (not built yet: see docs/status.md).
+    Edge,
+}
+
+/// The gateway's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// What this process serves. Default: `all`.
+    pub role: Role,
+    /// HTTP listen address. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// gRPC listen address. Default: `127.0.0.1:8081`.
+    pub grpc_listen: SocketAddr,
+    /// Where logs, keys and the audit log live. Default: `./logstream-data`.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, after decompression. Default: 64 MiB.
+    pub max_body_bytes: usize,
+    /// Lines longer than this are split into marked parts. Default: 1 MiB.
+    pub max_line_bytes: usize,
+    /// Retention when a tenant has no override, e.g. `720h`. Default: `720h` (30 days).
+    pub retention: String,
+    /// Per-tenant retention overrides, e.g. `{ acme = "168h" }`. Default: none.
+    pub tenant_retention: BTreeMap<String, String>,
+    /// How often retention runs. Default: `10m`.
+    pub retention_interval: String,
+    /// Live viewers per tenant across its deployments. Default: 10000.
+    pub max_viewers_per_tenant: usize,
+    /// Live viewers per deployment. Default: 10000.
+    pub max_viewers_per_deployment: usize,
+    /// Seconds between SSE heartbeats / WebSocket pings. Default: 15.
+    pub heartbeat_secs: u64,
+    /// Frames a live viewer may fall behind before it is switched to catch-up reads
+    /// from the store. Default: 1024.
+    pub viewer_queue: usize,
+    /// HS256 signing key file (hex or raw bytes). Default: `<data_dir>/dev-signing-key`,
+    /// generated on first start.
+    pub signing_key_file: Option<PathBuf>,
+    /// Expected `aud` claim, if any. Default: none.
+    pub audience: Option<String>,
+    /// Expected `iss` claim, if any. Default: none.
+    pub issuer: Option<String>,
+    /// zstd level of stored blocks. Default: 3.
+    pub zstd_level: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::All,
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            grpc_listen: "127.0.0.1:8081".parse().expect("literal"),
+            data_dir: PathBuf::from("logstream-data"),
+            max_body_bytes: 64 << 20,
+            max_line_bytes: 1 << 20,
+            retention: "720h".into(),
+            tenant_retention: BTreeMap::new(),
+            retention_interval: "10m".into(),
+            max_viewers_per_tenant: 10_000,
+            max_viewers_per_deployment: 10_000,
+            heartbeat_secs: 15,
+            viewer_queue: 1024,
+            signing_key_file: None,
+            audience: None,
+            issuer: None,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// A configuration value that does not make sense, named.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    logstream_model::time::parse_duration(s)
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_nanos(n as u64))
+        .ok_or_else(|| ConfigError {
+            field,
+            problem: format!("{s:?} is not a duration; use e.g. 720h, 30m, 90s"),
+        })
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            field: "--config",
+            problem: format!("{}: {e}", path.display()),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError {
+            field: "--config",
+            problem: format!("{}: {e}", path.display()),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        duration("retention", &self.retention)?;
+        duration("retention_interval", &self.retention_interval)?;
+        for (tenant, r) in &self.tenant_retention {
+            logstream_model::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_retention",
+                problem: e.to_string(),
+            })?;
+            duration("tenant_retention", r)?;
+        }
+        if self.max_line_bytes < 1024 {
+            return Err(ConfigError {
+                field: "max_line_bytes",
+                problem: "must be at least 1024".into(),
+            });
+        }
+        if self.max_body_bytes < self.max_line_bytes {
+            return Err(ConfigError {
+                field: "max_body_bytes",
+                problem: "must be at least max_line_bytes".into(),
+            });
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 300 {
+            return Err(ConfigError {
+                field: "heartbeat_secs",
+                problem: "must be between 1 and 300".into(),
+            });
+        }
+        if self.viewer_queue < 16 {
+            return Err(ConfigError {
+                field: "viewer_queue",
+                problem: "must be at least 16".into(),
+            });
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(ConfigError {
+                field: "zstd_level",
+                problem: "must be between 1 and 19".into(),
+            });
+        }
+        if self.role == Role::Edge {
+            return Err(ConfigError {
+                field: "role",
+                problem: "role `edge` (fan-out following remote stores) is not built yet; run `all` or `store`, which serve viewers themselves".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Retention of `tenant`.
+    pub fn retention_for(&self, tenant: &str) -> Duration {
+        let s = self.tenant_retention.get(tenant).unwrap_or(&self.retention);
+        duration("retention", s).unwrap_or(Duration::from_secs(30 * 86_400))
+    }
+
+    pub fn retention_interval(&self) -> Duration {
+        duration("retention_interval", &self.retention_interval).unwrap_or(Duration::from_secs(600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused_by_name() {
+        assert!(
+            toml::from_str::<Config>("listn = \"x\"")
+                .unwrap_err()
+                .to_string()
+                .contains("listn")
+        );
+        let c: Config = toml::from_str("retention = \"forever\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "retention");
+        let c: Config = toml::from_str("[tenant_retention]\nacme = \"24h\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.retention_for("acme"), Duration::from_secs(86_400));
+        assert_eq!(c.retention_for("other"), Duration::from_secs(720 * 3600));
+    }
+}

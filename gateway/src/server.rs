@@ -1,0 +1,161 @@
+//! The gateway process: shared state, the HTTP and gRPC servers on one runtime, the
+//! retention task, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{LogId, Store, StoreConfig, StoreHooks, SystemClock};
+
+/// Everything handlers share.
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    /// Live viewers per tenant and per deployment, for the limits.
+    pub viewer_counts: Mutex<(HashMap<String, usize>, HashMap<LogId, usize>)>,
+    /// Flips to true at shutdown: live streams tell their viewers to reconnect.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Opens the store under `config.data_dir` and loads (or creates) the signing key.
+    pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<AppState>> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(config.viewer_queue, metrics.clone()));
+        let hooks = StoreHooks {
+            clock: Arc::new(SystemClock),
+            listener: hub.clone(),
+            faults: Default::default(),
+        };
+        let store_cfg = StoreConfig {
+            zstd_level: config.zstd_level,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(config.data_dir.join("store"), store_cfg, hooks)?;
+        let key_path = config
+            .signing_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
+        let key = Authenticator::load_or_create_key(&key_path)
+            .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
+        let auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
+        Ok(Arc::new(AppState {
+            config,
+            store,
+            hub,
+            auth,
+            metrics,
+            viewer_counts: Mutex::new((HashMap::new(), HashMap::new())),
+            shutdown,
+        }))
+    }
+}
+
+/// Bound listeners, so tests can bind port 0 and read the addresses.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(http: SocketAddr, grpc: SocketAddr) -> anyhow::Result<Listeners> {
+        let h = TcpListener::bind(http)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {http} (--listen): {e}"))?;
+        let g = TcpListener::bind(grpc)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {grpc} (--grpc-listen): {e}"))?;
+        Ok(Listeners { http: h, grpc: g })
+    }
+}
+
+/// Serves HTTP and gRPC until `stop` resolves, then shuts down gracefully: stops
+/// accepting, tells live viewers to reconnect, lets in-flight requests finish.
+pub async fn serve(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown_tx: watch::Sender<bool>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = crate::api::app(state.clone());
+    let grpc = crate::grpc::routes(state.clone());
+    let retention = tokio::spawn(retention_loop(state.clone()));
+    let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut http_done = done_tx.subscribe();
+    let mut grpc_done = done_tx.subscribe();
+    let http = axum::serve(
+        listeners.http,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_done.recv().await;
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let grpc = grpc.serve_with_incoming_shutdown(incoming, async move {
+        let _ = grpc_done.recv().await;
+    });
+    tokio::spawn(async move {
+        stop.await;
+        tracing::info!("shutting down: live viewers are told to reconnect");
+        let _ = shutdown_tx.send(true);
+        let _ = done_tx.send(());
+    });
+    let (h, g) = tokio::join!(http, grpc);
+    retention.abort();
+    h?;
+    g?;
+    Ok(())
+}
+
+/// Deletes expired segments every `retention_interval`; each deletion is logged.
+async fn retention_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.config.retention_interval());
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        let result =
+            tokio::task::spawn_blocking(move || s.store.expire(|t| s.config.retention_for(t)))
+                .await;
+        match result {
+            Ok(Ok(deleted)) => {
+                for d in deleted {
+                    state.metrics.retention_deleted_bytes.inc_by(d.bytes);
+                    tracing::info!(target: "audit", action = "retention_delete", tenant = %d.log.tenant, deployment = %d.log.deployment, first_seq = d.first_seq, last_seq = d.last_seq, bytes = d.bytes, "segment deleted by retention");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
+            Err(e) => tracing::error!(error = %e, "retention task panicked"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
