@@ -899,6 +899,8 @@ fn sse_stream(
                     None => return,
                 },
                 _ = hb.tick() => b": hb\n\n".to_vec(),
+                // The client went away: free the viewer slot now, not at the next write.
+                () = out.closed() => return,
                 () = &mut expiry => {
                     let _ = out.send(Ok(Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n"))).await;
                     return;
