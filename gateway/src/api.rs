@@ -881,24 +881,15 @@ fn sse_stream(
         loop {
             let chunk = tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(ViewerEvent::Lines(lines)) => {
-                        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.json.len() + 80).sum());
-                        for l in &lines {
-                            buf.extend_from_slice(b"id: ");
-                            buf.extend_from_slice(l.cursor.as_bytes());
-                            buf.extend_from_slice(b"\nevent: line\ndata: ");
-                            buf.extend_from_slice(&l.json);
-                            buf.extend_from_slice(b"\n\n");
-                        }
-                        buf
-                    }
+                    Some(ViewerEvent::Lines(lines)) => Bytes::from(crate::hub::encode_sse(&lines)),
+                    Some(ViewerEvent::Frame(frame)) => frame.sse.clone(),
                     Some(ViewerEvent::End(c)) => {
                         let _ = out.send(Ok(Bytes::from(format!("event: end\ndata: {}\n\n", completion_json(&c))))).await;
                         return;
                     }
                     None => return,
                 },
-                _ = hb.tick() => b": hb\n\n".to_vec(),
+                _ = hb.tick() => Bytes::from_static(b": hb\n\n"),
                 // The client went away: free the viewer slot now, not at the next write.
                 () = out.closed() => return,
                 () = &mut expiry => {
@@ -910,7 +901,7 @@ fn sse_stream(
                     return;
                 }
             };
-            if out.send(Ok(Bytes::from(chunk))).await.is_err() {
+            if out.send(Ok(chunk)).await.is_err() {
                 return;
             }
         }
@@ -941,18 +932,8 @@ async fn ws_session(
     loop {
         let msg = tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ViewerEvent::Lines(lines)) => {
-                    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.json.len() + 1).sum::<usize>() + 32);
-                    buf.extend_from_slice(br#"{"type":"lines","lines":["#);
-                    for (i, l) in lines.iter().enumerate() {
-                        if i > 0 {
-                            buf.push(b',');
-                        }
-                        buf.extend_from_slice(&l.json);
-                    }
-                    buf.extend_from_slice(b"]}");
-                    Message::Text(String::from_utf8(buf).expect("JSON is UTF-8").into())
-                }
+                Some(ViewerEvent::Lines(lines)) => Message::Text(String::from_utf8(crate::hub::encode_ws(&lines)).expect("JSON is UTF-8").into()),
+                Some(ViewerEvent::Frame(frame)) => Message::Text(String::from_utf8(frame.ws.to_vec()).expect("JSON is UTF-8").into()),
                 Some(ViewerEvent::End(c)) => {
                     let mut end = completion_json(&c);
                     end["type"] = json!("end");

@@ -305,8 +305,24 @@ impl pb::tail_server::Tail for Services {
                         return;
                     }
                 };
-                let msg = match ev {
-                    Some(ViewerEvent::Lines(lines)) => {
+                let lines = match ev {
+                    Some(ViewerEvent::Lines(lines)) => lines,
+                    Some(ViewerEvent::Frame(frame)) => frame.lines.to_vec(),
+                    Some(ViewerEvent::End(c)) => {
+                        let _ = tx
+                            .send(Ok(pb::SubscribeResponse {
+                                event: Some(pb::subscribe_response::Event::End(pb::End {
+                                    status: c.status.as_str().into(),
+                                    exit_code: c.exit_code,
+                                })),
+                            }))
+                            .await;
+                        return;
+                    }
+                    None => return,
+                };
+                let msg = {
+                    {
                         pb::subscribe_response::Event::Lines(pb::LineBatch {
                             lines: lines
                                 .iter()
@@ -325,18 +341,6 @@ impl pb::tail_server::Tail for Services {
                                 .collect(),
                         })
                     }
-                    Some(ViewerEvent::End(c)) => {
-                        let _ = tx
-                            .send(Ok(pb::SubscribeResponse {
-                                event: Some(pb::subscribe_response::Event::End(pb::End {
-                                    status: c.status.as_str().into(),
-                                    exit_code: c.exit_code,
-                                })),
-                            }))
-                            .await;
-                        return;
-                    }
-                    None => return,
                 };
                 if tx
                     .send(Ok(pb::SubscribeResponse { event: Some(msg) }))

@@ -5,7 +5,8 @@
 //!     broadcast::Sender<LiveEvent> (bounded) ──> each viewer's Receiver
 //! ```
 //!
-//! Lines are encoded to JSON once per commit and shared (`Arc`) by every viewer. A
+//! Lines are encoded to JSON, and each commit group to its SSE and WebSocket framing,
+//! once per commit and shared (`Arc`/`Bytes`) by every viewer. A
 //! viewer that falls more than the channel's capacity behind gets `Lagged` and catches up
 //! from the store by seq (see `live`): the broadcast never blocks the writer and never
 //! grows without bound.
@@ -73,11 +74,63 @@ impl WireLine {
     }
 }
 
+/// One commit group, with its SSE and WebSocket framing encoded once for every viewer
+/// that takes the whole group (no filter, no gap).
+#[derive(Debug)]
+pub struct Frame {
+    /// The lines, in seq order.
+    pub lines: Arc<[Arc<WireLine>]>,
+    /// `id: <cursor>\nevent: line\ndata: <json>\n\n` for every line.
+    pub sse: Bytes,
+    /// `{"type":"lines","lines":[...]}`.
+    pub ws: Bytes,
+}
+
+impl Frame {
+    pub fn new(lines: Arc<[Arc<WireLine>]>) -> Frame {
+        let sse = Bytes::from(encode_sse(&lines));
+        let ws = Bytes::from(encode_ws(&lines));
+        Frame { lines, sse, ws }
+    }
+}
+
+/// SSE events for `lines` (the id is the line's cursor, for Last-Event-ID resume).
+pub fn encode_sse(lines: &[Arc<WireLine>]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        lines
+            .iter()
+            .map(|l| l.json.len() + l.cursor.len() + 32)
+            .sum(),
+    );
+    for l in lines {
+        buf.extend_from_slice(b"id: ");
+        buf.extend_from_slice(l.cursor.as_bytes());
+        buf.extend_from_slice(b"\nevent: line\ndata: ");
+        buf.extend_from_slice(&l.json);
+        buf.extend_from_slice(b"\n\n");
+    }
+    buf
+}
+
+/// One WebSocket text frame for `lines`.
+pub fn encode_ws(lines: &[Arc<WireLine>]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.json.len() + 1).sum::<usize>() + 32);
+    buf.extend_from_slice(br#"{"type":"lines","lines":["#);
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&l.json);
+    }
+    buf.extend_from_slice(b"]}");
+    buf
+}
+
 /// What the broadcast carries.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// One commit group, in seq order.
-    Lines(Arc<[Arc<WireLine>]>),
+    /// One commit group.
+    Lines(Arc<Frame>),
     End(Completion),
 }
 
@@ -134,7 +187,7 @@ impl CommitListener for Hub {
             .iter()
             .map(|r| Arc::new(WireLine::new(id, r.clone())))
             .collect();
-        let _ = tx.send(LiveEvent::Lines(lines));
+        let _ = tx.send(LiveEvent::Lines(Arc::new(Frame::new(lines))));
     }
 
     fn completed(&self, id: &LogId, completion: &Completion) {

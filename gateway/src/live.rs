@@ -16,7 +16,7 @@ use logstream_model::Filter;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::api::ApiError;
-use crate::hub::{LiveEvent, WireLine};
+use crate::hub::{Frame, LiveEvent, WireLine};
 use crate::server::AppState;
 use crate::store::{Completion, DeploymentLog, Direction, LogId};
 
@@ -24,6 +24,8 @@ use crate::store::{Completion, DeploymentLog, Direction, LogId};
 #[derive(Debug)]
 pub enum ViewerEvent {
     Lines(Vec<Arc<WireLine>>),
+    /// A whole commit group, already framed (the viewer has no filter and no gap).
+    Frame(Arc<Frame>),
     End(Completion),
 }
 
@@ -130,8 +132,8 @@ impl Viewer {
             while bytes < MAX_EVENT_BYTES {
                 match live.try_recv() {
                     Ok(ev) => {
-                        if let LiveEvent::Lines(l) = &ev {
-                            bytes += l.iter().map(|l| l.json.len()).sum::<usize>();
+                        if let LiveEvent::Lines(f) = &ev {
+                            bytes += f.sse.len();
                         }
                         events.push(Ok(ev));
                     }
@@ -148,7 +150,26 @@ impl Viewer {
             let mut batch: Vec<Arc<WireLine>> = Vec::new();
             for event in events {
                 match event {
-                    Ok(LiveEvent::Lines(group)) => {
+                    Ok(LiveEvent::Lines(frame)) => {
+                        let group = &frame.lines;
+                        if self.filter.is_all()
+                            && group.first().is_some_and(|f| f.seq() == self.last + 1)
+                        {
+                            // The whole group, in order: send the shared framing as is.
+                            if self.send(std::mem::take(&mut batch)).await.is_err() {
+                                return Ok(());
+                            }
+                            self.last = group.last().map_or(self.last, |l| l.seq());
+                            if self
+                                .tx
+                                .send(ViewerEvent::Frame(frame.clone()))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         if let Some(first) = group.first()
                             && first.seq() > self.last + 1
                         {

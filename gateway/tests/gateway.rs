@@ -1101,3 +1101,28 @@ async fn probes_metrics_and_openapi_documents_every_route() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_viewers_each_receive_every_line_of_a_steady_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Arc::new(Gateway::start(tmp.path()).await);
+    let token = gw.rw();
+    push(&gw, &token, "fan", &lines("start", 0..1)).await;
+    let mut viewers = Vec::new();
+    for _ in 0..200 {
+        let (gw, token) = (gw.clone(), token.clone());
+        viewers.push(tokio::spawn(async move {
+            read_sse(&gw, &token, "fan", "", None, None).await
+        }));
+    }
+    for b in 0..100 {
+        push(&gw, &token, "fan", &lines(&format!("b{b}"), 0..10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    complete(&gw, &token, "fan", "succeeded", 0).await;
+    for v in viewers {
+        let (got, _, end) = v.await.unwrap();
+        assert_eq!(seqs(&got), (1..=1001).collect::<Vec<_>>());
+        assert!(end.is_some());
+    }
+}

@@ -1,0 +1,349 @@
+//! Gateway benchmark: `cargo bench -p logstream-gateway --bench gateway` (raise the open
+//! file limit first for 1,000 viewers: `ulimit -n 8192`).
+//!
+//! - ingest lines/s over HTTP (NDJSON batches) and gRPC (`Ingest.Push`), loghub lines;
+//! - latency from the producer's send to each SSE viewer's receipt, p50/p99/max, with
+//!   1, 100 and 1,000 viewers on one deployment at 1,000 lines/s (batches of 10 every
+//!   10 ms). Server, producer and viewers share this machine's 2 cores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use logstream_gateway::auth::Scope;
+use logstream_gateway::config::Config;
+use logstream_gateway::server::{self, AppState, Listeners};
+use logstream_proto::v1 as pb;
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+fn loghub_lines() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("loghub data") {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "log") {
+            out.extend(
+                String::from_utf8_lossy(&std::fs::read(p).unwrap())
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    out
+}
+
+fn percentile(v: &mut [i64], p: f64) -> f64 {
+    v.sort_unstable();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1e6
+}
+
+async fn start(dir: &std::path::Path) -> (String, String, Arc<AppState>) {
+    let config = Config {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_secs: 15,
+        ..Config::default()
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let l = Listeners::bind(config.listen, config.grpc_listen)
+        .await
+        .unwrap();
+    let http = format!("http://{}", l.http.local_addr().unwrap());
+    let grpc = format!("http://{}", l.grpc.local_addr().unwrap());
+    let state = AppState::open(config, rx).unwrap();
+    tokio::spawn(server::serve(state.clone(), l, tx, std::future::pending()));
+    (http, grpc, state)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (http, grpc, state) = start(tmp.path()).await;
+    let only_live = std::env::var("LOGSTREAM_BENCH_ONLY").is_ok_and(|v| v == "live");
+    let token = state.auth.mint(
+        "bench",
+        "bench",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    let lines = Arc::new(loghub_lines());
+    let client = reqwest::Client::new();
+
+    println!("## Gateway\n");
+    if !only_live {
+        println!(
+            "### Ingest (loghub lines, batches of 1,000, 4 concurrent producers on 4 deployments, 5 s)\n"
+        );
+        println!("| path | lines/s | MB/s |");
+        println!("|---|---:|---:|");
+        let bodies: Arc<Vec<String>> = Arc::new(
+            lines
+                .chunks(1000)
+                .map(|c| {
+                    c.iter()
+                        .map(|l| serde_json::json!({"message": l}).to_string() + "\n")
+                        .collect()
+                })
+                .collect(),
+        );
+        let run_for = Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for p in 0..4 {
+            let (client, http, token, bodies) =
+                (client.clone(), http.clone(), token.clone(), bodies.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut n, mut bytes, t) = (0usize, 0usize, Instant::now());
+                let mut i = p;
+                while t.elapsed() < run_for {
+                    let body = &bodies[i % bodies.len()];
+                    let r = client
+                        .post(format!("{http}/v1/deployments/http-{p}/logs"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    n += v["accepted"].as_u64().unwrap() as usize;
+                    bytes += body.len();
+                    i += 1;
+                }
+                (n, bytes, t.elapsed())
+            }));
+        }
+        let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
+        for t in tasks {
+            let (a, by, e) = t.await.unwrap();
+            n += a;
+            b += by;
+            el = el.max(e);
+        }
+        println!(
+            "| HTTP POST NDJSON | {:.0} | {:.1} |",
+            n as f64 / el.as_secs_f64(),
+            b as f64 / 1e6 / el.as_secs_f64()
+        );
+
+        let channel = tonic::transport::Endpoint::from_shared(grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for p in 0..4 {
+            let (channel, token, lines) = (channel.clone(), token.clone(), lines.clone());
+            tasks.push(tokio::spawn(async move {
+                let auth = format!("Bearer {token}");
+                let mut c = pb::ingest_client::IngestClient::with_interceptor(
+                    channel,
+                    move |mut r: tonic::Request<()>| {
+                        r.metadata_mut()
+                            .insert("authorization", auth.parse().unwrap());
+                        Ok(r)
+                    },
+                );
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let mut acks = c
+                    .push(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let t = Instant::now();
+                let (mut n, mut bytes, mut batch_id) = (0usize, 0usize, 0u64);
+                let chunks: Vec<Vec<pb::Line>> = lines
+                    .chunks(1000)
+                    .map(|c| {
+                        c.iter()
+                            .map(|l| pb::Line {
+                                message: l.clone(),
+                                ..Default::default()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                // Keep 4 batches in flight on the stream.
+                for _ in 0..4 {
+                    batch_id += 1;
+                    let chunk = chunks[batch_id as usize % chunks.len()].clone();
+                    tx.send(pb::PushRequest {
+                        deployment: format!("grpc-{p}"),
+                        source: format!("p{p}"),
+                        batch_id,
+                        lines: chunk,
+                    })
+                    .await
+                    .unwrap();
+                }
+                while let Some(a) = acks.message().await.unwrap() {
+                    n += a.accepted as usize;
+                    bytes += chunks[a.batch_id as usize % chunks.len()]
+                        .iter()
+                        .map(|l| l.message.len())
+                        .sum::<usize>();
+                    if t.elapsed() < run_for {
+                        batch_id += 1;
+                        let chunk = chunks[batch_id as usize % chunks.len()].clone();
+                        tx.send(pb::PushRequest {
+                            deployment: format!("grpc-{p}"),
+                            source: format!("p{p}"),
+                            batch_id,
+                            lines: chunk,
+                        })
+                        .await
+                        .unwrap();
+                    } else if a.batch_id == batch_id {
+                        break;
+                    }
+                }
+                (n, bytes, t.elapsed())
+            }));
+        }
+        let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
+        for t in tasks {
+            let (a, by, e) = t.await.unwrap();
+            n += a;
+            b += by;
+            el = el.max(e);
+        }
+        println!(
+            "| gRPC Ingest.Push | {:.0} | {:.1} |\n",
+            n as f64 / el.as_secs_f64(),
+            b as f64 / 1e6 / el.as_secs_f64()
+        );
+    }
+
+    println!("### Live latency, producer send -> SSE viewer receipt, 1,000 lines/s for 5 s\n");
+    println!(
+        "| viewers | lines delivered | per viewer min / max | p50 ms | p99 ms | max ms | lagged viewers |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let counts: Vec<usize> = std::env::var("LOGSTREAM_BENCH_VIEWERS")
+        .unwrap_or_else(|_| "1,100,1000".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    for (round, viewers) in counts.into_iter().enumerate() {
+        let dep = format!("live-{round}");
+        client
+            .post(format!("{http}/v1/deployments/{dep}/logs"))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body("start")
+            .send()
+            .await
+            .unwrap();
+        let lagged_before = state.metrics.lagging_viewers.get();
+        let mut handles = Vec::new();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(viewers);
+        for _ in 0..viewers {
+            let (http, token, dep, ready) =
+                (http.clone(), token.clone(), dep.clone(), ready_tx.clone());
+            handles.push(tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let resp = c
+                    .get(format!("{http}/v1/deployments/{dep}/stream"))
+                    .bearer_auth(&token)
+                    .header("accept", "text/event-stream")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut body = resp.bytes_stream();
+                let mut lat = Vec::with_capacity(6000);
+                let mut announced = false;
+                let mut carry = Vec::new();
+                while let Some(chunk) = body.next().await {
+                    let now = now_ns();
+                    carry.extend_from_slice(&chunk.unwrap());
+                    let mut start = 0;
+                    while let Some(pos) = find(&carry[start..], b"\"message\":\"") {
+                        let from = start + pos + 11;
+                        let Some(end) = carry[from..].iter().position(|b| *b == b'"') else {
+                            break;
+                        };
+                        let msg = &carry[from..from + end];
+                        if msg == b"start" {
+                            if !announced {
+                                announced = true;
+                                let _ = ready.send(()).await;
+                            }
+                        } else if msg == b"stop" {
+                            return lat;
+                        } else if let Some(t) = std::str::from_utf8(msg)
+                            .ok()
+                            .and_then(|m| m.strip_prefix("t="))
+                            .and_then(|t| t.parse::<i64>().ok())
+                        {
+                            lat.push(now - t);
+                        }
+                        start = from + end;
+                    }
+                    carry.drain(..start);
+                }
+                lat
+            }));
+        }
+        for _ in 0..viewers {
+            ready_rx.recv().await.unwrap();
+        }
+        // Exactly 500 batches of 10 on a 10 ms schedule; a post does not wait for the
+        // previous ack, so a slow ack cannot lower the offered rate.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut posts = Vec::new();
+        for _ in 0..500 {
+            tick.tick().await;
+            let body: String = (0..10).map(|_| format!("t={}\n", now_ns())).collect();
+            let req = client
+                .post(format!("{http}/v1/deployments/{dep}/logs"))
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body(body);
+            posts.push(tokio::spawn(async move {
+                req.send().await.unwrap().error_for_status().unwrap()
+            }));
+        }
+        for p in posts {
+            p.await.unwrap();
+        }
+        client
+            .post(format!("{http}/v1/deployments/{dep}/logs"))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body("stop")
+            .send()
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        let (mut min, mut max) = (usize::MAX, 0);
+        for h in handles {
+            let l = h.await.unwrap();
+            min = min.min(l.len());
+            max = max.max(l.len());
+            all.extend(l);
+        }
+        let delivered = all.len();
+        println!(
+            "| {viewers} | {delivered} | {min} / {max} | {:.2} | {:.2} | {:.2} | {} |",
+            percentile(&mut all, 0.5),
+            percentile(&mut all, 0.99),
+            percentile(&mut all, 1.0),
+            state.metrics.lagging_viewers.get() - lagged_before
+        );
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
