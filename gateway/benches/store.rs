@@ -234,16 +234,17 @@ fn main() {
     if only.is_empty() || only == "size" {
         println!("### Size on disk (one replay of each file, batches of 1,000 lines)\n");
         println!(
-            "| dataset | lines | raw bytes | zstd -3 bytes | store bytes (level 1 / 3 / 6) | store B/line (level 3) | store / zstd -3 (level 3) |"
+            "| dataset | lines | raw bytes | zstd -3 bytes | store bytes (level 1 / 3 / 6) | store B/line (level 3) | store / zstd -3 (level 3) | compacted / zstd -3 |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        let mut sums = (0u64, 0u64, vec![0u64; levels.len()]);
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut sums = (0u64, 0u64, vec![0u64; levels.len()], 0u64);
         let mut zstd_kind = "";
         for (name, lines) in &sets {
             let raw = raw_bytes(lines);
             let (z, kind) = zstd3_size(&raw);
             zstd_kind = kind;
             let mut sizes = Vec::new();
+            let mut compacted = 0;
             for level in &levels {
                 let tmp = tempfile::tempdir().unwrap();
                 let cfg = StoreConfig {
@@ -259,10 +260,17 @@ fn main() {
                     log.append(chunk.to_vec(), None).unwrap();
                 }
                 sizes.push(dir_bytes(tmp.path()));
+                if *level == 3 {
+                    log.complete(logstream_gateway::store::Outcome::Succeeded, 0).unwrap();
+                    drop(log);
+                    logstream_gateway::store::compact(&store, &LogId::new("bench", "size")).unwrap();
+                    compacted = dir_bytes(tmp.path());
+                }
             }
+            sums.3 += compacted;
             let l3 = sizes[levels.iter().position(|l| *l == 3).unwrap_or(0)];
             println!(
-                "| {name} | {} | {} | {z} | {} | {:.1} | {:.2} |",
+                "| {name} | {} | {} | {z} | {} | {:.1} | {:.2} | {:.2} |",
                 lines.len(),
                 raw.len(),
                 sizes
@@ -271,7 +279,8 @@ fn main() {
                     .collect::<Vec<_>>()
                     .join(" / "),
                 l3 as f64 / lines.len() as f64,
-                l3 as f64 / z as f64
+                l3 as f64 / z as f64,
+                compacted as f64 / z as f64
             );
             sums.0 += raw.len() as u64;
             sums.1 += z;
@@ -281,7 +290,7 @@ fn main() {
         }
         let l3 = sums.2[levels.iter().position(|l| *l == 3).unwrap_or(0)];
         println!(
-            "| **all** | | {} | {} | {} | | **{:.2}** |\n",
+            "| **all** | | {} | {} | {} | | **{:.2}** | **{:.2}** |\n",
             sums.0,
             sums.1,
             sums.2
@@ -289,7 +298,8 @@ fn main() {
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(" / "),
-            l3 as f64 / sums.1 as f64
+            l3 as f64 / sums.1 as f64,
+            sums.3 as f64 / sums.1 as f64
         );
         println!("(zstd reference: {zstd_kind})\n");
     }
