@@ -261,9 +261,11 @@ fn main() {
                 }
                 sizes.push(dir_bytes(tmp.path()));
                 if *level == 3 {
-                    log.complete(logstream_gateway::store::Outcome::Succeeded, 0).unwrap();
+                    log.complete(logstream_gateway::store::Outcome::Succeeded, 0)
+                        .unwrap();
                     drop(log);
-                    logstream_gateway::store::compact(&store, &LogId::new("bench", "size")).unwrap();
+                    logstream_gateway::store::compact(&store, &LogId::new("bench", "size"))
+                        .unwrap();
                     compacted = dir_bytes(tmp.path());
                 }
             }

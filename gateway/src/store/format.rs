@@ -10,7 +10,7 @@
 //!                 n_steps(u16) { len(u16) bytes }*      steps present in the block
 //!                 n_marks(u16) { len(u16) source batch_id(u64) last_seq(u64) }*
 //!                 crc32c(u32)   over the header before it and the whole payload
-//! payload       = zstd( columns: ts deltas, levels, streams, step indexes, message
+//! payload       = zstd( columns: ts deltas from the previous line, levels, streams, step indexes, message
 //!                 lengths, metadata, redaction, messages )
 //! index file    {first_seq:020}.idx = IndexEntry(64 bytes)*   (rebuildable from .seg)
 //! ```
@@ -138,6 +138,7 @@ pub fn encode_block(
     let mut levels = LevelSet::EMPTY;
     let mut streams = 0u8;
     let mut cols = Columns::default();
+    let mut prev_ts = min_ts;
     for r in records {
         levels = levels.with(r.level);
         streams |= 1 << r.stream.code();
@@ -148,7 +149,10 @@ pub fn encode_block(
                 steps.len() - 1
             }
         };
-        put_varint(&mut cols.ts, zigzag(r.ts - min_ts));
+        // Delta from the previous line: steady clocks give near-constant deltas that
+        // compress to almost nothing.
+        put_varint(&mut cols.ts, zigzag(r.ts.wrapping_sub(prev_ts)));
+        prev_ts = r.ts;
         cols.levels.push(r.level.code());
         cols.streams.push(r.stream.code());
         put_varint(&mut cols.steps, step_idx as u64);
@@ -316,8 +320,10 @@ pub fn decode_records(block: &[u8], header: &BlockHeader) -> Result<Vec<LogRecor
         mut messages,
     ) = (ts, levels, streams, steps, lens, meta, redaction, messages);
     let mut out = Vec::with_capacity(n);
+    let mut prev_ts = header.min_ts;
     for i in 0..n {
-        let t = header.min_ts + unzigzag(ts.varint()?);
+        let t = prev_ts.wrapping_add(unzigzag(ts.varint()?));
+        prev_ts = t;
         let level = Level::from_code(levels.take(1)?[0]).ok_or_else(|| bad("level"))?;
         let stream = Stream::from_code(streams.take(1)?[0]).ok_or_else(|| bad("stream"))?;
         let step = header
