@@ -18,6 +18,7 @@ mod filter;
 mod id;
 mod level;
 mod record;
+pub mod redact;
 pub mod time;
 
 pub use cursor::{Cursor, CursorError};
