@@ -229,6 +229,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/deployments/{id}", get(get_one))
         .route("/v1/deployments/{id}/logs", post(ingest_http).get(history))
         .route("/v1/deployments/{id}/complete", post(complete))
+        .route("/v1/deployments/{id}/secrets", post(secrets))
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
         .route("/healthz", get(|| async { "ok" }))
@@ -573,6 +574,65 @@ async fn complete(
         .unwrap_or(if status == Outcome::Succeeded { 0 } else { 1 });
     let c = ingest::complete(&s, &id, status, exit_code).await?;
     Ok(axum::Json(completion_json(&c)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsBody {
+    values: Vec<String>,
+}
+
+/// Registers values to mask in this deployment's later lines. Write-only: the values are
+/// held in memory for the running deployment and never stored or returned.
+async fn secrets(
+    State(s): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require(&p, Scope::Write)?;
+    let lid = log_id(&p, &id)?;
+    let body = read_body(&s, &headers, body).await?;
+    let b: SecretsBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"values\":[\"...\"]}}: {e}"),
+        )
+    })?;
+    if b.values.is_empty() || b.values.len() > 1000 {
+        return Err(ApiError::bad_request(
+            "invalid_secrets",
+            "send 1 to 1000 values",
+        ));
+    }
+    if let Some(i) = b.values.iter().position(|v| v.len() < 4 || v.len() > 4096) {
+        return Err(ApiError::bad_request(
+            "invalid_secrets",
+            format!(
+                "values[{i}] must be 4 to 4096 bytes long (shorter values would mask ordinary text)"
+            ),
+        ));
+    }
+    let (s2, l2) = (s.clone(), lid.clone());
+    let log = blocking(move || s2.store.log(&l2, true))
+        .await?
+        .expect("created");
+    if log.completion().is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "deployment_completed",
+            "the deployment has completed; there are no later lines to mask",
+        ));
+    }
+    let redactor = s.stream_redactor(&lid);
+    let mut r = redactor.lock();
+    for v in &b.values {
+        r.add_mask(v)
+            .map_err(|e| ApiError::bad_request("invalid_secrets", e.to_string()))?;
+    }
+    tracing::info!(target: "audit", action = "register_secrets", subject = %p.subject, tenant = %lid.tenant, deployment = %lid.deployment, count = b.values.len(), "secrets registered");
+    Ok(axum::Json(json!({ "registered": b.values.len() })).into_response())
 }
 
 fn completion_json(c: &Completion) -> serde_json::Value {

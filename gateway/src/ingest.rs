@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use logstream_model::{Cursor, Level, LogRecord, Stream};
+use logstream_model::redact::StreamRedactor;
+use logstream_model::{Cursor, Level, LogRecord, RedactionState, Stream};
 
 use crate::api::ApiError;
 use crate::server::AppState;
@@ -53,11 +54,19 @@ pub fn split_line(message: &str, max: usize) -> Vec<&str> {
     parts
 }
 
-fn to_records(lines: Vec<IngestLine>, max_line: usize) -> Vec<LogRecord> {
+/// Redacts (before splitting, so a secret is never cut in two), detects levels, splits
+/// long lines.
+fn to_records(
+    lines: Vec<IngestLine>,
+    max_line: usize,
+    redactor: &mut StreamRedactor,
+) -> Vec<LogRecord> {
     let mut out = Vec::with_capacity(lines.len());
     for l in lines {
-        let level = l.level.unwrap_or_else(|| Level::detect(&l.message));
-        let parts = split_line(&l.message, max_line);
+        let mut redaction = RedactionState::default();
+        let message = redactor.redact(&l.message, &mut redaction);
+        let level = l.level.unwrap_or_else(|| Level::detect(&message));
+        let parts = split_line(&message, max_line);
         let n = parts.len();
         for (i, part) in parts.into_iter().enumerate() {
             let mut r = LogRecord {
@@ -66,6 +75,7 @@ fn to_records(lines: Vec<IngestLine>, max_line: usize) -> Vec<LogRecord> {
                 stream: l.stream,
                 level,
                 message: part.to_owned(),
+                redaction: redaction.clone(),
                 ..LogRecord::default()
             };
             if n > 1 {
@@ -86,7 +96,20 @@ pub async fn append(
     batch: Option<BatchId>,
     started: Instant,
 ) -> Result<Reply, ApiError> {
-    let records = to_records(lines, state.config.max_line_bytes);
+    let records = {
+        let redactor = state.stream_redactor(id);
+        let mut redactor = redactor.lock();
+        to_records(lines, state.config.max_line_bytes, &mut redactor)
+    };
+    for r in &records {
+        for (detector, n) in &r.redaction.0 {
+            state
+                .metrics
+                .redactions
+                .with_label_values(&[detector])
+                .inc_by(u64::from(*n));
+        }
+    }
     let (s, lid) = (state.clone(), id.clone());
     let outcome = tokio::task::spawn_blocking(move || {
         let log = s.store.log(&lid, true)?.expect("created");
@@ -130,6 +153,7 @@ pub async fn complete(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    state.redaction.lock().remove(id);
     tracing::info!(target: "audit", action = "complete", tenant = %id.tenant, deployment = %id.deployment, status = c.status.as_str(), exit_code = c.exit_code, "deployment completed");
     Ok(c)
 }
@@ -144,6 +168,9 @@ mod tests {
         let parts = split_line(&line, 1001);
         assert_eq!(parts.concat(), line);
         assert!(parts.iter().all(|p| p.len() <= 1001));
+        let mut redactor = StreamRedactor::new(std::sync::Arc::new(
+            logstream_model::redact::Redactor::builtin(),
+        ));
         let recs = to_records(
             vec![IngestLine {
                 ts: 0,
@@ -153,6 +180,7 @@ mod tests {
                 message: line.clone(),
             }],
             1001,
+            &mut redactor,
         );
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].metadata["split"], "1/2");

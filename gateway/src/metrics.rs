@@ -17,6 +17,8 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     pub requests_refused: IntCounterVec,
     pub retention_deleted_bytes: IntCounter,
+    /// Secrets masked at ingest, by detector.
+    pub redactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,8 +81,17 @@ impl Metrics {
         registry
             .register(Box::new(requests_refused.clone()))
             .expect("register");
+        let redactions = IntCounterVec::new(
+            Opts::new("redactions_total", "Secrets masked at ingest, by detector."),
+            &["detector"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(redactions.clone()))
+            .expect("register");
         Metrics {
             registry,
+            redactions,
             ingest_lines,
             ingest_bytes,
             ingest_duplicates,

@@ -26,6 +26,29 @@ pub struct AppState {
     pub viewer_counts: Mutex<(HashMap<String, usize>, HashMap<LogId, usize>)>,
     /// Flips to true at shutdown: live streams tell their viewers to reconnect.
     pub shutdown: watch::Receiver<bool>,
+    /// The built-in detectors, shared by every deployment.
+    pub redactor: Arc<logstream_model::redact::Redactor>,
+    /// Per running deployment: registered secret values, `::add-mask::` values and PEM
+    /// state. Held in memory only (never stored); dropped when the deployment completes.
+    pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
+}
+
+impl AppState {
+    /// The redaction state of a deployment (created on first use).
+    pub fn stream_redactor(
+        &self,
+        id: &LogId,
+    ) -> Arc<Mutex<logstream_model::redact::StreamRedactor>> {
+        self.redaction
+            .lock()
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(logstream_model::redact::StreamRedactor::new(
+                    self.redactor.clone(),
+                )))
+            })
+            .clone()
+    }
 }
 
 impl AppState {
@@ -59,6 +82,8 @@ impl AppState {
             metrics,
             viewer_counts: Mutex::new((HashMap::new(), HashMap::new())),
             shutdown,
+            redactor: Arc::new(logstream_model::redact::Redactor::builtin()),
+            redaction: Mutex::new(HashMap::new()),
         }))
     }
 }

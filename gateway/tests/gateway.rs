@@ -1126,3 +1126,99 @@ async fn hundreds_of_viewers_each_receive_every_line_of_a_steady_stream() {
         assert!(end.is_some());
     }
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_store_and_registered_values_are_masked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(tmp.path()).await;
+    let token = gw.rw();
+    let ghp = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+    push(
+        &gw,
+        &token,
+        "sec",
+        &[
+            format!("export GITHUB_TOKEN={ghp}"),
+            "::add-mask::hunter2-value".into(),
+            "echo hunter2-value".into(),
+        ],
+    )
+    .await;
+    let r = client()
+        .post(format!("{}/v1/deployments/sec/secrets", gw.http))
+        .bearer_auth(&token)
+        .json(&json!({"values": ["registered-by-api"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    push(
+        &gw,
+        &token,
+        "sec",
+        &["token registered-by-api in use".to_owned()],
+    )
+    .await;
+    let short = client()
+        .post(format!("{}/v1/deployments/sec/secrets", gw.http))
+        .bearer_auth(&token)
+        .json(&json!({"values": ["ab"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 400);
+    let (_, page) = get_json(&gw, &token, "/v1/deployments/sec/logs").await;
+    let msgs: Vec<&str> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "export GITHUB_TOKEN=****************************************",
+            "::add-mask::***",
+            "echo *************",
+            "token ***************** in use"
+        ]
+    );
+    assert_eq!(page["lines"][0]["redaction"]["github_token"], 1);
+    // Not in the segment files either.
+    let mut stored = Vec::new();
+    for e in walk(tmp.path()) {
+        stored.extend(std::fs::read(e).unwrap());
+    }
+    for secret in [ghp.as_bytes(), b"hunter2-value", b"registered-by-api"] {
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret),
+            "{} found on disk",
+            String::from_utf8_lossy(secret)
+        );
+    }
+    let m = client()
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("logstream_redactions_total{detector=\"github_token\"} 1"),
+        "{m}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

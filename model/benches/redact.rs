@@ -10,12 +10,22 @@ use logstream_model::RedactionState;
 use logstream_model::redact::Redactor;
 
 fn lines(sub: &str) -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(sub);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(sub);
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir).expect("benchmark data").map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("benchmark data")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
     files.sort();
     for f in files {
-        out.extend(String::from_utf8_lossy(&std::fs::read(f).unwrap()).lines().map(str::to_owned));
+        out.extend(
+            String::from_utf8_lossy(&std::fs::read(f).unwrap())
+                .lines()
+                .map(str::to_owned),
+        );
     }
     out
 }
@@ -31,7 +41,10 @@ fn throughput(r: &Redactor, lines: &[String]) -> (f64, f64) {
         n += 1;
     }
     let secs = t.elapsed().as_secs_f64();
-    ((bytes * n) as f64 / 1e6 / secs, (lines.len() * n) as f64 / secs)
+    (
+        (bytes * n) as f64 / 1e6 / secs,
+        (lines.len() * n) as f64 / secs,
+    )
 }
 
 fn main() {
@@ -52,10 +65,17 @@ fn main() {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    println!("## Redaction (one core, all {} built-in detectors)\n", r.detector_names().len());
+    println!(
+        "## Redaction (one core, all {} built-in detectors)\n",
+        r.detector_names().len()
+    );
     println!("| input | lines | MB/s | lines/s |");
     println!("|---|---:|---:|---:|");
-    for (name, set) in [("loghub, 16 systems (clean)", &loghub), ("CI build output (clean)", &ci), ("lines that each carry a secret", &secrets)] {
+    for (name, set) in [
+        ("loghub, 16 systems (clean)", &loghub),
+        ("CI build output (clean)", &ci),
+        ("lines that each carry a secret", &secrets),
+    ] {
         let (mbs, lps) = throughput(&r, set);
         println!("| {name} | {} | {mbs:.0} | {lps:.0} |", set.len());
     }
@@ -67,7 +87,12 @@ fn main() {
             changed.push(format!("- `{l}` -> `{out}`"));
         }
     }
-    println!("\nFalse positives: {} of {} lines changed ({:.3}%).", changed.len(), loghub.len() + ci.len(), changed.len() as f64 * 100.0 / (loghub.len() + ci.len()) as f64);
+    println!(
+        "\nFalse positives: {} of {} lines changed ({:.3}%).",
+        changed.len(),
+        loghub.len() + ci.len(),
+        changed.len() as f64 * 100.0 / (loghub.len() + ci.len()) as f64
+    );
     for c in changed {
         println!("{c}");
     }

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
@@ -509,8 +510,8 @@ fn entropy(s: &str) -> f64 {
 
 /// Per-stream redaction state: registered values, `::add-mask::` commands and PEM
 /// blocks that span lines.
-pub struct StreamRedactor<'r> {
-    redactor: &'r Redactor,
+pub struct StreamRedactor {
+    redactor: Arc<Redactor>,
     /// Registered secret values and their encodings.
     masks: Vec<String>,
     masks_ac: Option<AhoCorasick>,
@@ -518,8 +519,8 @@ pub struct StreamRedactor<'r> {
     in_pem: bool,
 }
 
-impl<'r> StreamRedactor<'r> {
-    pub fn new(redactor: &'r Redactor) -> StreamRedactor<'r> {
+impl StreamRedactor {
+    pub fn new(redactor: Arc<Redactor>) -> StreamRedactor {
         StreamRedactor {
             redactor,
             masks: Vec::new(),

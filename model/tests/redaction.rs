@@ -288,7 +288,7 @@ fn label_style_names_the_detector() {
 #[test]
 fn pem_blocks_spanning_lines_are_masked_whole() {
     let r = Redactor::builtin();
-    let mut s = StreamRedactor::new(&r);
+    let mut s = StreamRedactor::new(std::sync::Arc::new(r));
     let mut state = RedactionState::default();
     let lines = [
         "writing key.pem",
@@ -310,7 +310,7 @@ fn pem_blocks_spanning_lines_are_masked_whole() {
 #[test]
 fn add_mask_is_never_echoed_and_masks_later_lines_in_every_encoding() {
     let r = Redactor::builtin();
-    let mut s = StreamRedactor::new(&r);
+    let mut s = StreamRedactor::new(std::sync::Arc::new(r));
     let mut state = RedactionState::default();
     let secret = "hunter2/with spaces&\"quotes\"";
     assert_eq!(
@@ -395,9 +395,9 @@ proptest! {
 
     #[test]
     fn redaction_never_panics(line in any::<String>()) {
-        let r = Redactor::builtin();
+        let r = std::sync::Arc::new(Redactor::builtin());
         let _ = r.redact(&line, &mut RedactionState::default());
-        let mut s = StreamRedactor::new(&r);
+        let mut s = StreamRedactor::new(r);
         let _ = s.redact(&line, &mut RedactionState::default());
     }
 }
