@@ -1,0 +1,463 @@
+//! `kubectl logstream`: the viewer and CI agent of logstream.
+//!
+//! ```text
+//! logs ID [-f] ──GET /logs (history pages)──> print
+//!          └─ -f: GET /stream (SSE) ──reconnect with Last-Event-ID──> print ──end──> exit code
+//! run -- CMD ──pipes──> batch ──POST /logs (idempotent batches, retried)──> complete ──> exit CMD's code
+//! ```
+//!
+//! Exit codes: 0 success (or the deployment succeeded, with `-f`), 1 the deployment
+//! failed, 3 it was cancelled, 2 usage errors, 130 interrupted, 4 server/network errors.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod output;
+mod run;
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::output::{Format, Printer};
+
+#[derive(Parser)]
+#[command(name = "kubectl-logstream", bin_name = "kubectl logstream", version, about = "Tail, query and export logstream deployments; run CI steps that stream their output")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the gateway is and who we are.
+#[derive(Args, Clone)]
+struct Conn {
+    /// Gateway URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "LOGSTREAM_SERVER")]
+    server: Option<String>,
+    /// Bearer token.
+    #[arg(long, global = true, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token (re-read on every reconnect, so rotation works).
+    #[arg(long, global = true, env = "LOGSTREAM_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Colour output.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    color: ColorWhen,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a deployment's log; with -f, follow it until it completes.
+    Logs(LogsArgs),
+    /// List deployments.
+    Get {
+        /// What to list: `deployments`.
+        #[arg(value_parser = ["deployments", "deployment", "deploy"])]
+        what: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ListFormat,
+    },
+    /// One deployment's status and counts.
+    Describe { id: String },
+    /// Download a deployment's whole log.
+    Export {
+        id: String,
+        #[arg(long, value_parser = ["text", "ndjson", "csv"], default_value = "text")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Run a command as a pipeline step: stream its output, report its exit code.
+    Run(run::RunArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// Deployment id.
+    id: String,
+    /// Follow: stream new lines until the deployment completes; exit with its status.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only lines newer than a duration (10m, 1h) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only the last N lines (then follow, with -f).
+    #[arg(long)]
+    tail: Option<usize>,
+    /// Prefix each line with its timestamp.
+    #[arg(long)]
+    timestamps: bool,
+    /// Levels: `error`, `warn+` (warn and above), `info,warn`.
+    #[arg(long)]
+    level: Option<String>,
+    /// Only these steps (comma-separated).
+    #[arg(long)]
+    step: Option<String>,
+    /// Only lines matching this regular expression.
+    #[arg(long)]
+    grep: Option<String>,
+    /// Resume after this cursor.
+    #[arg(long)]
+    cursor: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Format,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct Exit(i32, String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // `run` handles Ctrl+C itself (it completes the deployment as cancelled).
+    let is_run = matches!(cli.command, Command::Run(_));
+    let code = rt.block_on(async move {
+        if is_run {
+            return match dispatch(cli).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    e.downcast_ref::<Exit>().map_or(4, |x| x.0)
+                }
+            };
+        }
+        tokio::select! {
+            r = dispatch(cli) => match r {
+                Ok(code) => code,
+                Err(e) => {
+                    let code = e.downcast_ref::<Exit>().map_or(4, |x| x.0);
+                    eprintln!("error: {e:#}");
+                    code
+                }
+            },
+            _ = tokio::signal::ctrl_c() => 130,
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kubectl-logstream", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Version => {
+            println!("kubectl-logstream {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Command::Logs(args) => logs(&Client::new(&conn)?, &conn, args).await,
+        Command::Get { output, .. } => list(&Client::new(&conn)?, output).await,
+        Command::Describe { id } => describe(&Client::new(&conn)?, &id).await,
+        Command::Export { id, format, output } => export(&Client::new(&conn)?, &id, &format, output).await,
+        Command::Run(args) => run::run(Client::new(&conn)?, args).await,
+    }
+}
+
+/// The gateway client: base URL, token source, HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+    http: reqwest::Client,
+    color: bool,
+}
+
+impl Client {
+    fn new(conn: &Conn) -> anyhow::Result<Client> {
+        let Some(server) = conn.server.clone() else {
+            return Err(Exit(2, "no gateway: pass --server URL or set LOGSTREAM_SERVER (finding it from the kubeconfig context is not built yet)".into()).into());
+        };
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Exit(2, format!("--server {server:?}: must start with http:// or https://")).into());
+        }
+        let color = match conn.color {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        };
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        Ok(Client { base, token: conn.token.clone(), token_file: conn.token_file.clone(), http, color })
+    }
+
+    /// The current token (the file is re-read each time, so a rotated token is picked up).
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?;
+            return Ok(Some(t.trim().to_owned()));
+        }
+        Ok(self.token.clone())
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = self.token()? {
+            r = r.bearer_auth(t);
+        }
+        Ok(r)
+    }
+}
+
+/// Turns a gateway error body into a message and exit code.
+async fn api_error(resp: reqwest::Response) -> anyhow::Error {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let msg = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}"));
+    let code = if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS { 2 } else { 4 };
+    Exit(code, format!("{msg} (HTTP {})", status.as_u16())).into()
+}
+
+fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    for (k, v) in [("since", &args.since), ("level", &args.level), ("step", &args.step), ("q", &args.grep)] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    q
+}
+
+async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
+    logstream_model::validate_deployment_id(&args.id).map_err(|e| Exit(2, format!("ID {:?}: {e}", args.id)))?;
+    let mut printer = Printer::new(args.output, c.color, args.timestamps);
+    let mut cursor = args.cursor.clone();
+    if !args.follow {
+        return history(c, &args, &mut printer).await.map(|()| 0);
+    }
+    // Follow: SSE with Last-Event-ID resume; backoff with jitter on any disconnect.
+    let mut attempt = 0u32;
+    let mut tail = args.tail;
+    loop {
+        let mut q = query(&args);
+        if cursor.is_none()
+            && let Some(n) = tail
+        {
+            q.push(("tail", n.to_string()));
+        }
+        let mut req = c.request(reqwest::Method::GET, &format!("/v1/deployments/{}/stream", args.id))?.query(&q).header("accept", "text/event-stream");
+        if let Some(cur) = &cursor {
+            req = req.header("last-event-id", cur);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                attempt += 1;
+                reconnect_wait(c, attempt, &e.to_string()).await;
+                continue;
+            }
+        };
+        if !resp.status().is_success() {
+            if resp.status().is_server_error() || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                attempt += 1;
+                reconnect_wait(c, attempt, &format!("HTTP {}", resp.status())).await;
+                continue;
+            }
+            return Err(api_error(resp).await);
+        }
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(ev) = events.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(_) => break,
+            };
+            match ev.event.as_str() {
+                "line" => {
+                    attempt = 0;
+                    let line: Value = serde_json::from_str(&ev.data).context("a line from the gateway")?;
+                    printer.line(&line)?;
+                    cursor = Some(ev.id);
+                    tail = None;
+                }
+                "end" => {
+                    printer.flush()?;
+                    let end: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                    return Ok(match end["status"].as_str() {
+                        Some("succeeded") => 0,
+                        Some("cancelled") => 3,
+                        _ => 1,
+                    });
+                }
+                // reconnect (gateway restarting), auth_expired (token file re-read on reconnect)
+                _ => break,
+            }
+        }
+        printer.flush()?;
+        attempt += 1;
+        reconnect_wait(c, attempt, "stream interrupted").await;
+    }
+}
+
+/// Exponential backoff with jitter, one dim status line on stderr.
+async fn reconnect_wait(c: &Client, attempt: u32, why: &str) {
+    let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt.min(6) - 1);
+    let wait = base.min(Duration::from_secs(10)) + Duration::from_millis(rand::random::<u64>() % 250);
+    let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
+    if c.color {
+        eprintln!("\x1b[2m{msg}\x1b[0m");
+    } else {
+        eprintln!("{msg}");
+    }
+    tokio::time::sleep(wait).await;
+}
+
+async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::Result<()> {
+    let path = format!("/v1/deployments/{}/logs", args.id);
+    let mut q = query(args);
+    // --tail N: the last N lines, read backwards then printed in order.
+    if let Some(n) = args.tail {
+        q.push(("direction", "backward".into()));
+        q.push(("limit", n.clamp(1, 5000).to_string()));
+        let resp = c.request(reqwest::Method::GET, &path)?.query(&q).send().await.context("connecting to the gateway")?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        let page: Value = resp.json().await?;
+        let mut lines = page["lines"].as_array().cloned().unwrap_or_default();
+        lines.truncate(n);
+        for l in lines.iter().rev() {
+            printer.line(l)?;
+        }
+        return printer.flush();
+    }
+    let mut cursor = args.cursor.clone();
+    loop {
+        let mut q = q.clone();
+        q.push(("limit", "5000".into()));
+        if let Some(cur) = &cursor {
+            q.push(("cursor", cur.clone()));
+        }
+        let resp = c.request(reqwest::Method::GET, &path)?.query(&q).send().await.context("connecting to the gateway")?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        let page: Value = resp.json().await?;
+        let lines = page["lines"].as_array().cloned().unwrap_or_default();
+        for l in &lines {
+            printer.line(l)?;
+        }
+        if lines.is_empty() {
+            return printer.flush();
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+}
+
+async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
+    let resp = c.request(reqwest::Method::GET, "/v1/deployments")?.send().await.context("connecting to the gateway")?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let body: Value = resp.json().await?;
+    let items = body["deployments"].as_array().cloned().unwrap_or_default();
+    if let ListFormat::Json = output {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(0);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let rows: Vec<[String; 5]> = items
+        .iter()
+        .map(|d| {
+            let age = d["created_at"].as_str().and_then(logstream_model::time::parse_rfc3339).map_or("?".into(), |t| output::age(now - t));
+            let status = match (d["status"].as_str(), d["exit_code"].as_i64()) {
+                (Some("running"), _) | (Some(_), None) => d["status"].as_str().unwrap_or("?").to_owned(),
+                (Some(s), Some(code)) => format!("{s} ({code})"),
+                _ => "?".into(),
+            };
+            [d["id"].as_str().unwrap_or("?").to_owned(), status, d["lines"].to_string(), output::bytes(d["bytes"].as_u64().unwrap_or(0)), age]
+        })
+        .collect();
+    output::table(&["ID", "STATUS", "LINES", "SIZE", "AGE"], &rows);
+    Ok(0)
+}
+
+async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
+    logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
+    let resp = c.request(reqwest::Method::GET, &format!("/v1/deployments/{id}"))?.send().await.context("connecting to the gateway")?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let d: Value = resp.json().await?;
+    for key in ["id", "status", "exit_code", "lines", "bytes", "first_ts", "last_ts", "created_at", "completed_at", "viewers"] {
+        if !d[key].is_null() {
+            println!("{:<13}{}", format!("{}:", key), d[key].as_str().map_or_else(|| d[key].to_string(), str::to_owned));
+        }
+    }
+    Ok(0)
+}
+
+async fn export(c: &Client, id: &str, format: &str, output: Option<std::path::PathBuf>) -> anyhow::Result<i32> {
+    logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
+    let resp = c.request(reqwest::Method::GET, &format!("/v1/deployments/{id}/export"))?.query(&[("format", format)]).send().await.context("connecting to the gateway")?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let mut out: Box<dyn Write> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("-o {}", p.display()))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut body = resp.bytes_stream();
+    let mut total = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("download interrupted; run the command again")?;
+        total += chunk.len();
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    if let Some(p) = output {
+        eprintln!("wrote {} to {}", output::bytes(total as u64), p.display());
+    }
+    Ok(0)
+}
+
+
+/// Exit code 2 and a message, for usage errors found after parsing.
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Exit(2, msg.into()).into()
+}

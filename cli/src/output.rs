@@ -1,0 +1,136 @@
+//! Printing lines and tables the way kubectl users expect: colours by level, aligned
+//! and coloured step prefixes, `-o text|json|csv`.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Stdout, Write};
+
+use serde_json::Value;
+
+/// `-o` for lines.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Csv,
+}
+
+const STEP_COLOURS: [&str; 6] = ["36", "35", "34", "32", "33", "96"];
+
+/// Writes lines to standard output.
+pub struct Printer {
+    format: Format,
+    color: bool,
+    timestamps: bool,
+    out: BufWriter<Stdout>,
+    /// Width of the widest step seen, for alignment.
+    step_width: usize,
+    steps: HashMap<String, &'static str>,
+    csv_header: bool,
+}
+
+impl Printer {
+    pub fn new(format: Format, color: bool, timestamps: bool) -> Printer {
+        Printer { format, color, timestamps, out: BufWriter::new(std::io::stdout()), step_width: 0, steps: HashMap::new(), csv_header: false }
+    }
+
+    pub fn line(&mut self, l: &Value) -> anyhow::Result<()> {
+        let s = |k: &str| l[k].as_str().unwrap_or("");
+        match self.format {
+            Format::Json => writeln!(self.out, "{l}")?,
+            Format::Csv => {
+                if !self.csv_header {
+                    self.csv_header = true;
+                    writeln!(self.out, "seq,ts,step,stream,level,message")?;
+                }
+                writeln!(self.out, "{},{},{},{},{},{}", l["seq"], s("ts"), csv(s("step")), s("stream"), s("level"), csv(s("message")))?;
+            }
+            Format::Text => {
+                if self.timestamps {
+                    if self.color {
+                        write!(self.out, "\x1b[2m{}\x1b[0m ", s("ts"))?;
+                    } else {
+                        write!(self.out, "{} ", s("ts"))?;
+                    }
+                }
+                let step = s("step");
+                if !step.is_empty() {
+                    self.step_width = self.step_width.max(step.chars().count());
+                    let n = self.steps.len();
+                    let colour = *self.steps.entry(step.to_owned()).or_insert(STEP_COLOURS[n % STEP_COLOURS.len()]);
+                    let pad = self.step_width - step.chars().count();
+                    if self.color {
+                        write!(self.out, "\x1b[{colour}m{step}\x1b[0m{:pad$} | ", "")?;
+                    } else {
+                        write!(self.out, "{step}{:pad$} | ", "")?;
+                    }
+                }
+                let message = s("message");
+                let code = match s("level") {
+                    "error" | "fatal" => Some("31"),
+                    "warn" => Some("33"),
+                    "debug" | "trace" => Some("2"),
+                    _ => None,
+                };
+                match code {
+                    Some(c) if self.color => writeln!(self.out, "\x1b[{c}m{message}\x1b[0m")?,
+                    _ => writeln!(self.out, "{message}")?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+/// `42s`, `5m`, `3h`, `2d`, like kubectl's AGE column.
+pub fn age(ns: i64) -> String {
+    let s = (ns / 1_000_000_000).max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n}B"),
+        1024..1_048_576 => format!("{:.1}KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.1}GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+/// Prints an aligned table with kubectl's look (two spaces between columns).
+pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == N {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
