@@ -27,7 +27,12 @@ use serde_json::Value;
 use crate::output::{Format, Printer};
 
 #[derive(Parser)]
-#[command(name = "kubectl-logstream", bin_name = "kubectl logstream", version, about = "Tail, query and export logstream deployments; run CI steps that stream their output")]
+#[command(
+    name = "kubectl-logstream",
+    bin_name = "kubectl logstream",
+    version,
+    about = "Tail, query and export logstream deployments; run CI steps that stream their output"
+)]
 struct Cli {
     #[command(flatten)]
     conn: Conn,
@@ -152,7 +157,11 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     // `run` handles Ctrl+C itself (it completes the deployment as cancelled).
     let is_run = matches!(cli.command, Command::Run(_));
     let code = rt.block_on(async move {
@@ -184,7 +193,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let conn = cli.conn;
     match cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kubectl-logstream", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubectl-logstream",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Command::Version => {
@@ -194,7 +208,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(args) => logs(&Client::new(&conn)?, &conn, args).await,
         Command::Get { output, .. } => list(&Client::new(&conn)?, output).await,
         Command::Describe { id } => describe(&Client::new(&conn)?, &id).await,
-        Command::Export { id, format, output } => export(&Client::new(&conn)?, &id, &format, output).await,
+        Command::Export { id, format, output } => {
+            export(&Client::new(&conn)?, &id, &format, output).await
+        }
         Command::Run(args) => run::run(Client::new(&conn)?, args).await,
     }
 }
@@ -216,27 +232,47 @@ impl Client {
         };
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Exit(2, format!("--server {server:?}: must start with http:// or https://")).into());
+            return Err(Exit(
+                2,
+                format!("--server {server:?}: must start with http:// or https://"),
+            )
+            .into());
         }
         let color = match conn.color {
             ColorWhen::Always => true,
             ColorWhen::Never => false,
-            ColorWhen::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            ColorWhen::Auto => {
+                std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
         };
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Client { base, token: conn.token.clone(), token_file: conn.token_file.clone(), http, color })
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            base,
+            token: conn.token.clone(),
+            token_file: conn.token_file.clone(),
+            http,
+            color,
+        })
     }
 
     /// The current token (the file is re-read each time, so a rotated token is picked up).
     fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(f) = &self.token_file {
-            let t = std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?;
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))?;
             return Ok(Some(t.trim().to_owned()));
         }
         Ok(self.token.clone())
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = self.token()? {
             r = r.bearer_auth(t);
@@ -249,14 +285,26 @@ impl Client {
 async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    let msg = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}"));
-    let code = if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS { 2 } else { 4 };
+    let msg = body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let code = if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        2
+    } else {
+        4
+    };
     Exit(code, format!("{msg} (HTTP {})", status.as_u16())).into()
 }
 
 fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
     let mut q = Vec::new();
-    for (k, v) in [("since", &args.since), ("level", &args.level), ("step", &args.step), ("q", &args.grep)] {
+    for (k, v) in [
+        ("since", &args.since),
+        ("level", &args.level),
+        ("step", &args.step),
+        ("q", &args.grep),
+    ] {
         if let Some(v) = v {
             q.push((k, v.clone()));
         }
@@ -265,7 +313,8 @@ fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
 }
 
 async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
-    logstream_model::validate_deployment_id(&args.id).map_err(|e| Exit(2, format!("ID {:?}: {e}", args.id)))?;
+    logstream_model::validate_deployment_id(&args.id)
+        .map_err(|e| Exit(2, format!("ID {:?}: {e}", args.id)))?;
     let mut printer = Printer::new(args.output, c.color, args.timestamps);
     let mut cursor = args.cursor.clone();
     if !args.follow {
@@ -281,7 +330,13 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
         {
             q.push(("tail", n.to_string()));
         }
-        let mut req = c.request(reqwest::Method::GET, &format!("/v1/deployments/{}/stream", args.id))?.query(&q).header("accept", "text/event-stream");
+        let mut req = c
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/deployments/{}/stream", args.id),
+            )?
+            .query(&q)
+            .header("accept", "text/event-stream");
         if let Some(cur) = &cursor {
             req = req.header("last-event-id", cur);
         }
@@ -294,7 +349,9 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             }
         };
         if !resp.status().is_success() {
-            if resp.status().is_server_error() || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            if resp.status().is_server_error()
+                || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+            {
                 attempt += 1;
                 reconnect_wait(c, attempt, &format!("HTTP {}", resp.status())).await;
                 continue;
@@ -310,8 +367,11 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             match ev.event.as_str() {
                 "line" => {
                     attempt = 0;
-                    let line: Value = serde_json::from_str(&ev.data).context("a line from the gateway")?;
+                    let line: Value =
+                        serde_json::from_str(&ev.data).context("a line from the gateway")?;
                     printer.line(&line)?;
+                    // Live output must show up now, also through a pipe.
+                    printer.flush()?;
                     cursor = Some(ev.id);
                     tail = None;
                 }
@@ -337,7 +397,8 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
 /// Exponential backoff with jitter, one dim status line on stderr.
 async fn reconnect_wait(c: &Client, attempt: u32, why: &str) {
     let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt.min(6) - 1);
-    let wait = base.min(Duration::from_secs(10)) + Duration::from_millis(rand::random::<u64>() % 250);
+    let wait =
+        base.min(Duration::from_secs(10)) + Duration::from_millis(rand::random::<u64>() % 250);
     let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
     if c.color {
         eprintln!("\x1b[2m{msg}\x1b[0m");
@@ -354,7 +415,12 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
     if let Some(n) = args.tail {
         q.push(("direction", "backward".into()));
         q.push(("limit", n.clamp(1, 5000).to_string()));
-        let resp = c.request(reqwest::Method::GET, &path)?.query(&q).send().await.context("connecting to the gateway")?;
+        let resp = c
+            .request(reqwest::Method::GET, &path)?
+            .query(&q)
+            .send()
+            .await
+            .context("connecting to the gateway")?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }
@@ -373,7 +439,12 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
         if let Some(cur) = &cursor {
             q.push(("cursor", cur.clone()));
         }
-        let resp = c.request(reqwest::Method::GET, &path)?.query(&q).send().await.context("connecting to the gateway")?;
+        let resp = c
+            .request(reqwest::Method::GET, &path)?
+            .query(&q)
+            .send()
+            .await
+            .context("connecting to the gateway")?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }
@@ -390,7 +461,11 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
 }
 
 async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
-    let resp = c.request(reqwest::Method::GET, "/v1/deployments")?.send().await.context("connecting to the gateway")?;
+    let resp = c
+        .request(reqwest::Method::GET, "/v1/deployments")?
+        .send()
+        .await
+        .context("connecting to the gateway")?;
     if !resp.status().is_success() {
         return Err(api_error(resp).await);
     }
@@ -400,17 +475,31 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(0);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     let rows: Vec<[String; 5]> = items
         .iter()
         .map(|d| {
-            let age = d["created_at"].as_str().and_then(logstream_model::time::parse_rfc3339).map_or("?".into(), |t| output::age(now - t));
+            let age = d["created_at"]
+                .as_str()
+                .and_then(logstream_model::time::parse_rfc3339)
+                .map_or("?".into(), |t| output::age(now - t));
             let status = match (d["status"].as_str(), d["exit_code"].as_i64()) {
-                (Some("running"), _) | (Some(_), None) => d["status"].as_str().unwrap_or("?").to_owned(),
+                (Some("running"), _) | (Some(_), None) => {
+                    d["status"].as_str().unwrap_or("?").to_owned()
+                }
                 (Some(s), Some(code)) => format!("{s} ({code})"),
                 _ => "?".into(),
             };
-            [d["id"].as_str().unwrap_or("?").to_owned(), status, d["lines"].to_string(), output::bytes(d["bytes"].as_u64().unwrap_or(0)), age]
+            [
+                d["id"].as_str().unwrap_or("?").to_owned(),
+                status,
+                d["lines"].to_string(),
+                output::bytes(d["bytes"].as_u64().unwrap_or(0)),
+                age,
+            ]
         })
         .collect();
     output::table(&["ID", "STATUS", "LINES", "SIZE", "AGE"], &rows);
@@ -419,27 +508,63 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
 
 async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let resp = c.request(reqwest::Method::GET, &format!("/v1/deployments/{id}"))?.send().await.context("connecting to the gateway")?;
+    let resp = c
+        .request(reqwest::Method::GET, &format!("/v1/deployments/{id}"))?
+        .send()
+        .await
+        .context("connecting to the gateway")?;
     if !resp.status().is_success() {
         return Err(api_error(resp).await);
     }
     let d: Value = resp.json().await?;
-    for key in ["id", "status", "exit_code", "lines", "bytes", "first_ts", "last_ts", "created_at", "completed_at", "viewers"] {
+    for key in [
+        "id",
+        "status",
+        "exit_code",
+        "lines",
+        "bytes",
+        "first_ts",
+        "last_ts",
+        "created_at",
+        "completed_at",
+        "viewers",
+    ] {
         if !d[key].is_null() {
-            println!("{:<13}{}", format!("{}:", key), d[key].as_str().map_or_else(|| d[key].to_string(), str::to_owned));
+            println!(
+                "{:<13}{}",
+                format!("{}:", key),
+                d[key]
+                    .as_str()
+                    .map_or_else(|| d[key].to_string(), str::to_owned)
+            );
         }
     }
     Ok(0)
 }
 
-async fn export(c: &Client, id: &str, format: &str, output: Option<std::path::PathBuf>) -> anyhow::Result<i32> {
+async fn export(
+    c: &Client,
+    id: &str,
+    format: &str,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let resp = c.request(reqwest::Method::GET, &format!("/v1/deployments/{id}/export"))?.query(&[("format", format)]).send().await.context("connecting to the gateway")?;
+    let resp = c
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{id}/export"),
+        )?
+        .query(&[("format", format)])
+        .send()
+        .await
+        .context("connecting to the gateway")?;
     if !resp.status().is_success() {
         return Err(api_error(resp).await);
     }
     let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("-o {}", p.display()))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("-o {}", p.display()))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut body = resp.bytes_stream();
@@ -455,7 +580,6 @@ async fn export(c: &Client, id: &str, format: &str, output: Option<std::path::Pa
     }
     Ok(0)
 }
-
 
 /// Exit code 2 and a message, for usage errors found after parsing.
 fn usage(msg: impl Into<String>) -> anyhow::Error {

@@ -30,7 +30,15 @@ pub struct Printer {
 
 impl Printer {
     pub fn new(format: Format, color: bool, timestamps: bool) -> Printer {
-        Printer { format, color, timestamps, out: BufWriter::new(std::io::stdout()), step_width: 0, steps: HashMap::new(), csv_header: false }
+        Printer {
+            format,
+            color,
+            timestamps,
+            out: BufWriter::new(std::io::stdout()),
+            step_width: 0,
+            steps: HashMap::new(),
+            csv_header: false,
+        }
     }
 
     pub fn line(&mut self, l: &Value) -> anyhow::Result<()> {
@@ -42,7 +50,16 @@ impl Printer {
                     self.csv_header = true;
                     writeln!(self.out, "seq,ts,step,stream,level,message")?;
                 }
-                writeln!(self.out, "{},{},{},{},{},{}", l["seq"], s("ts"), csv(s("step")), s("stream"), s("level"), csv(s("message")))?;
+                writeln!(
+                    self.out,
+                    "{},{},{},{},{},{}",
+                    l["seq"],
+                    s("ts"),
+                    csv(s("step")),
+                    s("stream"),
+                    s("level"),
+                    csv(s("message"))
+                )?;
             }
             Format::Text => {
                 if self.timestamps {
@@ -56,7 +73,10 @@ impl Printer {
                 if !step.is_empty() {
                     self.step_width = self.step_width.max(step.chars().count());
                     let n = self.steps.len();
-                    let colour = *self.steps.entry(step.to_owned()).or_insert(STEP_COLOURS[n % STEP_COLOURS.len()]);
+                    let colour = *self
+                        .steps
+                        .entry(step.to_owned())
+                        .or_insert(STEP_COLOURS[n % STEP_COLOURS.len()]);
                     let pad = self.step_width - step.chars().count();
                     if self.color {
                         write!(self.out, "\x1b[{colour}m{step}\x1b[0m{:pad$} | ", "")?;
@@ -87,7 +107,11 @@ impl Printer {
 }
 
 fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 /// `42s`, `5m`, `3h`, `2d`, like kubectl's AGE column.

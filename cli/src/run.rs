@@ -46,24 +46,48 @@ struct Line {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
-    logstream_model::validate_deployment_id(&args.deployment).map_err(|e| usage(format!("--deployment {:?}: {e}", args.deployment)))?;
+    logstream_model::validate_deployment_id(&args.deployment)
+        .map_err(|e| usage(format!("--deployment {:?}: {e}", args.deployment)))?;
     let step = args.step.clone().unwrap_or_else(|| {
-        std::path::Path::new(&args.command[0]).file_name().map_or_else(|| args.command[0].clone(), |n| n.to_string_lossy().into_owned())
+        std::path::Path::new(&args.command[0])
+            .file_name()
+            .map_or_else(
+                || args.command[0].clone(),
+                |n| n.to_string_lossy().into_owned(),
+            )
     });
     let mut values = Vec::new();
     for name in &args.mask_env {
         match std::env::var(name) {
             Ok(v) if v.len() >= 4 => values.push(v),
-            Ok(_) => return Err(usage(format!("--mask-env {name}: the value is shorter than 4 characters; too short to mask safely"))),
-            Err(_) => return Err(usage(format!("--mask-env {name}: no such environment variable"))),
+            Ok(_) => {
+                return Err(usage(format!(
+                    "--mask-env {name}: the value is shorter than 4 characters; too short to mask safely"
+                )));
+            }
+            Err(_) => {
+                return Err(usage(format!(
+                    "--mask-env {name}: no such environment variable"
+                )));
+            }
         }
     }
     if !values.is_empty() {
-        let resp = c.request(reqwest::Method::POST, &format!("/v1/deployments/{}/secrets", args.deployment))?.json(&json!({ "values": values })).send().await?;
+        let resp = c
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/deployments/{}/secrets", args.deployment),
+            )?
+            .json(&json!({ "values": values }))
+            .send()
+            .await?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }
@@ -76,8 +100,18 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
         .spawn()
         .map_err(|e| Exit(127, format!("cannot run {:?}: {e}", args.command[0])))?;
     let (tx, rx) = mpsc::channel::<Line>(10_000);
-    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), false, tx.clone(), args.quiet));
-    let err = tokio::spawn(pump(child.stderr.take().expect("piped"), true, tx, args.quiet));
+    let out = tokio::spawn(pump(
+        child.stdout.take().expect("piped"),
+        false,
+        tx.clone(),
+        args.quiet,
+    ));
+    let err = tokio::spawn(pump(
+        child.stderr.take().expect("piped"),
+        true,
+        tx,
+        args.quiet,
+    ));
     let sender = tokio::spawn(send_batches(c.clone(), args.deployment.clone(), step, rx));
     let status = tokio::select! {
         s = child.wait() => s?,
@@ -98,11 +132,22 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    complete(&c, &args.deployment, if code == 0 { "succeeded" } else { "failed" }, code).await?;
+    complete(
+        &c,
+        &args.deployment,
+        if code == 0 { "succeeded" } else { "failed" },
+        code,
+    )
+    .await?;
     Ok(code)
 }
 
-async fn pump(r: impl AsyncRead + Unpin, stderr: bool, tx: mpsc::Sender<Line>, quiet: bool) -> anyhow::Result<()> {
+async fn pump(
+    r: impl AsyncRead + Unpin,
+    stderr: bool,
+    tx: mpsc::Sender<Line>,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     let mut echo_out = tokio::io::stdout();
@@ -121,7 +166,15 @@ async fn pump(r: impl AsyncRead + Unpin, stderr: bool, tx: mpsc::Sender<Line>, q
         }
         let text = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
         let text = text.strip_suffix('\r').unwrap_or(&text).to_owned();
-        if tx.send(Line { stderr, ts: now_ns(), text }).await.is_err() {
+        if tx
+            .send(Line {
+                stderr,
+                ts: now_ns(),
+                text,
+            })
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -129,7 +182,12 @@ async fn pump(r: impl AsyncRead + Unpin, stderr: bool, tx: mpsc::Sender<Line>, q
 
 /// Batches lines and posts them; a failed post is retried (same batch id, so the
 /// gateway stores it once) until it is acknowledged.
-async fn send_batches(c: Client, deployment: String, step: String, mut rx: mpsc::Receiver<Line>) -> anyhow::Result<()> {
+async fn send_batches(
+    c: Client,
+    deployment: String,
+    step: String,
+    mut rx: mpsc::Receiver<Line>,
+) -> anyhow::Result<()> {
     let source = format!("run/{}/{}", std::process::id(), rand::random::<u32>());
     let mut batch_id = 0u64;
     let mut pending: Vec<Line> = Vec::new();
@@ -159,23 +217,37 @@ async fn send_batches(c: Client, deployment: String, step: String, mut rx: mpsc:
         let mut attempt = 0u32;
         loop {
             let req = c
-                .request(reqwest::Method::POST, &format!("/v1/deployments/{deployment}/logs"))?
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/v1/deployments/{deployment}/logs"),
+                )?
                 .header("content-type", "application/x-ndjson")
                 .header("logstream-source", &source)
                 .header("logstream-batch", batch_id.to_string())
                 .body(body.clone());
             match req.send().await {
                 Ok(r) if r.status().is_success() => break,
-                Ok(r) if r.status().is_client_error() && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS => return Err(api_error(r).await),
-                Ok(r) => eprintln!("logstream: gateway answered HTTP {}; retrying", r.status().as_u16()),
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return Err(api_error(r).await);
+                }
+                Ok(r) => eprintln!(
+                    "logstream: gateway answered HTTP {}; retrying",
+                    r.status().as_u16()
+                ),
                 Err(e) => {
                     if attempt == 0 {
-                        eprintln!("logstream: cannot reach the gateway ({e}); buffering and retrying");
+                        eprintln!(
+                            "logstream: cannot reach the gateway ({e}); buffering and retrying"
+                        );
                     }
                 }
             }
             attempt += 1;
-            let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
+            let wait =
+                Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
             tokio::time::sleep(wait + Duration::from_millis(rand::random::<u64>() % 100)).await;
         }
         pending.clear();
@@ -186,7 +258,15 @@ async fn send_batches(c: Client, deployment: String, step: String, mut rx: mpsc:
 async fn complete(c: &Client, deployment: &str, status: &str, code: i32) -> anyhow::Result<()> {
     let mut attempt = 0u32;
     loop {
-        match c.request(reqwest::Method::POST, &format!("/v1/deployments/{deployment}/complete"))?.json(&json!({"status": status, "exit_code": code})).send().await {
+        match c
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/deployments/{deployment}/complete"),
+            )?
+            .json(&json!({"status": status, "exit_code": code}))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) if r.status().is_client_error() => return Err(api_error(r).await),
             _ if attempt < 20 => {

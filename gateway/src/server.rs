@@ -184,3 +184,48 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// A gateway serving in the background of this process (embedding and tests).
+pub struct Running {
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    /// `http://127.0.0.1:PORT` of the gRPC listener.
+    pub grpc: String,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Binds `config.listen` / `config.grpc_listen` (port 0 picks free ports), opens the
+    /// store and serves until `shutdown`.
+    pub async fn start(config: Config) -> anyhow::Result<Running> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let listeners = Listeners::bind(config.listen, config.grpc_listen).await?;
+        let http = format!("http://{}", listeners.http.local_addr()?);
+        let grpc = format!("http://{}", listeners.grpc.local_addr()?);
+        let state = AppState::open(config, shutdown_rx)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(state.clone(), listeners, shutdown_tx, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Running {
+            http,
+            grpc,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Graceful shutdown; waits for the servers to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}

@@ -10,17 +10,15 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::Config;
-use logstream_gateway::server::{self, AppState, Listeners};
+use logstream_gateway::server::{self, AppState};
 use logstream_proto::v1 as pb;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 struct Gateway {
     http: String,
     grpc: String,
     state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    running: server::Running,
 }
 
 impl Gateway {
@@ -36,28 +34,12 @@ impl Gateway {
             ..Config::default()
         };
         tweak(&mut config);
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let listeners = Listeners::bind(config.listen, config.grpc_listen)
-            .await
-            .unwrap();
-        let http = format!("http://{}", listeners.http.local_addr().unwrap());
-        let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
-        let state = AppState::open(config, shutdown_rx).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
-            state.clone(),
-            listeners,
-            shutdown_tx,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let running = server::Running::start(config).await.unwrap();
         Gateway {
-            http,
-            grpc,
-            state,
-            stop: Some(stop),
-            task: Some(task),
+            http: running.http.clone(),
+            grpc: running.grpc.clone(),
+            state: running.state.clone(),
+            running,
         }
     }
 
@@ -71,12 +53,10 @@ impl Gateway {
         self.token("acme", &[Scope::Read, Scope::Write, Scope::Export])
     }
 
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
+    async fn shutdown(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.running.shutdown())
             .await
             .expect("graceful shutdown in time")
-            .unwrap()
             .unwrap();
     }
 }

@@ -1,0 +1,387 @@
+//! `kubectl-logstream` against a real gateway: the binary runs as a subprocess.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use logstream_gateway::auth::Scope;
+use logstream_gateway::config::Config;
+use logstream_gateway::server::Running;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubectl-logstream");
+
+async fn gateway(dir: &Path, listen: &str) -> Running {
+    let config = Config {
+        data_dir: dir.to_owned(),
+        listen: listen.parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    Running::start(config).await.unwrap()
+}
+
+fn token(g: &Running) -> String {
+    g.state.auth.mint(
+        "cli-test",
+        "acme",
+        &[Scope::Read, Scope::Write, Scope::Export],
+        Duration::from_secs(3600),
+        None,
+    )
+}
+
+fn cli(g: &Running, token: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("LOGSTREAM_SERVER", &g.http)
+        .env("LOGSTREAM_TOKEN", token)
+        .env_remove("NO_COLOR")
+        .kill_on_drop(true);
+    c
+}
+
+async fn push(g: &Running, token: &str, id: &str, lines: &[Value]) {
+    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/deployments/{id}/logs", g.http))
+        .bearer_auth(token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn complete(g: &Running, token: &str, id: &str, status: &str, code: i32) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/deployments/{id}/complete", g.http))
+        .bearer_auth(token)
+        .json(&json!({"status": status, "exit_code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn messages(g: &Running, token: &str, id: &str) -> (Vec<String>, Value) {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/deployments/{id}/logs?limit=5000&cursor={cursor}",
+                g.http
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lines = page["lines"].as_array().unwrap();
+        if lines.is_empty() {
+            break;
+        }
+        out.extend(
+            lines
+                .iter()
+                .map(|l| l["message"].as_str().unwrap().to_owned()),
+        );
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    }
+    let d: Value = reqwest::Client::new()
+        .get(format!("{}/v1/deployments/{id}", g.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (out, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_100k_lines_and_exits_with_the_commands_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let out = cli(&g, &t)
+        .args([
+            "run",
+            "--deployment",
+            "ci-1",
+            "--step",
+            "build",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            "seq 1 100000; echo oops >&2; exit 3",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (msgs, d) = messages(&g, &t, "ci-1").await;
+    assert_eq!(msgs.len(), 100_001);
+    let stdout: Vec<&String> = msgs.iter().filter(|m| *m != "oops").collect();
+    assert!(
+        stdout
+            .iter()
+            .enumerate()
+            .all(|(i, m)| **m == (i + 1).to_string()),
+        "stdout lines in order, exactly once"
+    );
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_exits_with_the_deployments_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    for (id, status, want) in [
+        ("ok", "succeeded", 0),
+        ("bad", "failed", 1),
+        ("stopped", "cancelled", 3),
+    ] {
+        push(
+            &g,
+            &t,
+            id,
+            &[json!({"message": "one"}), json!({"message": "two"})],
+        )
+        .await;
+        complete(&g, &t, id, status, 7).await;
+        let out = cli(&g, &t).args(["logs", "-f", id]).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(want), "{id}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_survives_a_gateway_restart_with_every_line_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let addr = g.http.trim_start_matches("http://").to_owned();
+    let t = token(&g);
+    push(
+        &g,
+        &t,
+        "live",
+        &(0..50)
+            .map(|i| json!({"message": format!("a{i}")}))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut child = cli(&g, &t)
+        .args(["logs", "-f", "live", "--color", "never"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        got.push(lines.next_line().await.unwrap().unwrap());
+    }
+    g.shutdown().await.unwrap();
+    let g = gateway(tmp.path(), &addr).await;
+    push(
+        &g,
+        &t,
+        "live",
+        &(0..50)
+            .map(|i| json!({"message": format!("b{i}")}))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    complete(&g, &t, "live", "succeeded", 0).await;
+    while let Some(l) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("lines keep coming")
+        .unwrap()
+    {
+        got.push(l);
+    }
+    let status = child.wait().await.unwrap();
+    let want: Vec<String> = (0..50)
+        .map(|i| format!("a{i}"))
+        .chain((0..50).map(|i| format!("b{i}")))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_every_line_across_a_gateway_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let addr = g.http.trim_start_matches("http://").to_owned();
+    let t = token(&g);
+    // The command prints for ~2 s; the gateway is down for part of that time.
+    let mut child = cli(&g, &t)
+        .args([
+            "run",
+            "--deployment",
+            "r",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 40); do echo l$i; sleep 0.05; done",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    g.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let g = gateway(tmp.path(), &addr).await;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let (msgs, d) = messages(&g, &t, "r").await;
+    assert_eq!(msgs, (1..=40).map(|i| format!("l{i}")).collect::<Vec<_>>());
+    assert_eq!(d["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_colours_tables_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(
+        &g,
+        &t,
+        "fmt",
+        &[
+            json!({"message": "ERROR boom", "step": "build"}),
+            json!({"message": "all good", "step": "test"}),
+        ],
+    )
+    .await;
+    let run = |args: &[&str]| {
+        let mut c = cli(&g, &t);
+        c.args(args);
+        async move { c.output().await.unwrap() }
+    };
+    let out = run(&["logs", "fmt", "-o", "json"]).await;
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["level"], "error");
+    let csv = String::from_utf8(run(&["logs", "fmt", "-o", "csv"]).await.stdout).unwrap();
+    assert!(csv.starts_with("seq,ts,step,stream,level,message\n1,"));
+    let coloured =
+        String::from_utf8(run(&["logs", "fmt", "--color", "always"]).await.stdout).unwrap();
+    assert!(
+        coloured.contains("\x1b[31mERROR boom\x1b[0m"),
+        "{coloured:?}"
+    );
+    assert!(
+        coloured.contains("build\x1b[0m | "),
+        "aligned step prefix: {coloured:?}"
+    );
+    let plain = String::from_utf8(run(&["logs", "fmt", "--color", "never"]).await.stdout).unwrap();
+    assert_eq!(plain, "build | ERROR boom\ntest  | all good\n");
+    let auto = String::from_utf8(run(&["logs", "fmt"]).await.stdout).unwrap();
+    assert!(!auto.contains('\x1b'), "not a terminal: no colour");
+    let tail = String::from_utf8(
+        run(&["logs", "fmt", "--tail", "1", "--color", "never"])
+            .await
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(tail, "test | all good\n", "aligned to the steps seen");
+    let filtered = String::from_utf8(
+        run(&["logs", "fmt", "--level", "error", "--color", "never"])
+            .await
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(filtered, "build | ERROR boom\n");
+    let table = String::from_utf8(run(&["get", "deployments"]).await.stdout).unwrap();
+    let mut rows = table.lines();
+    assert!(rows.next().unwrap().starts_with("ID"));
+    assert!(rows.next().unwrap().starts_with("fmt"));
+    let file = tmp.path().join("out.log");
+    let out = run(&[
+        "export",
+        "fmt",
+        "--format",
+        "ndjson",
+        "-o",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_and_values_exit_2_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(&g, &t, "x", &[json!({"message": "m"})]).await;
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["logs"], "<ID>"),
+        (vec!["logs", "bad id!"], "ID \"bad id!\""),
+        (vec!["logs", "x", "--level", "loud"], "level"),
+        (vec!["logs", "x", "--server", "ftp://nowhere"], "--server"),
+        (vec!["logs", "x", "-o", "yaml"], "yaml"),
+        (
+            vec![
+                "run",
+                "--deployment",
+                "x",
+                "--mask-env",
+                "LOGSTREAM_NO_SUCH_VAR",
+                "--",
+                "true",
+            ],
+            "LOGSTREAM_NO_SUCH_VAR",
+        ),
+        (vec!["logs", "missing"], "no such deployment"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&g, &t).args(&args).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["logs", "x"])
+        .env_remove("LOGSTREAM_SERVER")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOGSTREAM_SERVER"));
+    let out = Command::new(BIN)
+        .args(["completion", "bash"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("kubectl-logstream")
+    );
+}
