@@ -172,6 +172,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         };
         state.auth.verify(&token).map(Auth).map_err(|e| {
             state.metrics.auth_failures.inc();
+            let client = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            state.audit("auth_rejected", "", "", "", &e.to_string(), client);
             ApiError::from(e)
         })
     }
@@ -232,6 +237,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/deployments/{id}/secrets", post(secrets))
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
+        .route("/v1/audit", get(audit_log))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -572,7 +578,7 @@ async fn complete(
     let exit_code = b
         .exit_code
         .unwrap_or(if status == Outcome::Succeeded { 0 } else { 1 });
-    let c = ingest::complete(&s, &id, status, exit_code).await?;
+    let c = ingest::complete(&s, &id, status, exit_code, &p.subject).await?;
     Ok(axum::Json(completion_json(&c)).into_response())
 }
 
@@ -631,7 +637,14 @@ async fn secrets(
         r.add_mask(v)
             .map_err(|e| ApiError::bad_request("invalid_secrets", e.to_string()))?;
     }
-    tracing::info!(target: "audit", action = "register_secrets", subject = %p.subject, tenant = %lid.tenant, deployment = %lid.deployment, count = b.values.len(), "secrets registered");
+    s.audit(
+        "register_secrets",
+        &p.subject,
+        &lid.tenant,
+        &lid.deployment,
+        &format!("ok: {} values", b.values.len()),
+        None,
+    );
     Ok(axum::Json(json!({ "registered": b.values.len() })).into_response())
 }
 
@@ -677,6 +690,7 @@ async fn list(State(s): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Respon
         Ok(items)
     })
     .await?;
+    s.audit("list", &p.subject, &p.tenant, "", "ok", None);
     Ok(axum::Json(json!({ "deployments": items })).into_response())
 }
 
@@ -802,6 +816,7 @@ async fn history(
     };
     let (l2, filter, limit, dir) = (log.clone(), rp.filter, rp.limit, rp.direction);
     let page = blocking(move || l2.read(dir, from, &filter, limit)).await?;
+    s.audit("read", &p.subject, &lid.tenant, &lid.deployment, "ok", None);
     let lines: Vec<serde_json::Value> = page
         .records
         .into_iter()
@@ -822,6 +837,83 @@ async fn history(
                 .is_some_and(|c| page.scanned_to >= c.last_seq));
     Ok(
         axum::Json(json!({ "lines": lines, "next_cursor": next, "complete": complete }))
+            .into_response(),
+    )
+}
+
+/// The audit log of the caller's tenant (admin scope): `action`, `deployment`, `since`,
+/// `until`, `cursor`, `limit`, `direction`.
+async fn audit_log(
+    State(s): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    require(&p, Scope::Admin)?;
+    let id = crate::audit::audit_log_id();
+    for k in q.keys() {
+        if ![
+            "action",
+            "deployment",
+            "since",
+            "until",
+            "cursor",
+            "limit",
+            "direction",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(ApiError::bad_request(
+                "unknown_parameter",
+                format!(
+                    "unknown query parameter {k:?}; /v1/audit takes action, deployment, since, until, cursor, limit, direction"
+                ),
+            ));
+        }
+    }
+    let mut rq: HashMap<String, String> = q
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "action" | "deployment"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(a) = q.get("action") {
+        rq.insert("step".into(), a.clone());
+    }
+    let mut rp = read_params(
+        &rq,
+        &id,
+        &["since", "until", "cursor", "limit", "direction", "step"],
+    )?;
+    // Only this tenant's events (tenant names are [A-Za-z0-9._-]: escape the dots).
+    let mut pattern = format!("\"tenant\":\"{}\"", regex::escape(&p.tenant));
+    if let Some(d) = q.get("deployment") {
+        logstream_model::validate_deployment_id(d)
+            .map_err(|e| ApiError::bad_request("invalid_deployment_id", e.to_string()))?;
+        pattern.push_str(&format!(".*\"deployment\":\"{}\"", regex::escape(d)));
+    }
+    rp.filter.query = Some(regex::Regex::new(&pattern).expect("escaped pattern"));
+    let log = existing_log(&s, &id).await?;
+    let from = match (rp.cursor, rp.direction) {
+        (Some(c), _) => c.seq,
+        (None, Direction::Forward) => 0,
+        (None, Direction::Backward) => u64::MAX,
+    };
+    let (filter, limit, dir) = (rp.filter, rp.limit, rp.direction);
+    let page = blocking(move || log.read(dir, from, &filter, limit)).await?;
+    let events: Vec<serde_json::Value> = page
+        .records
+        .iter()
+        .map(|r| {
+            let mut e: serde_json::Value =
+                serde_json::from_str(&r.message).unwrap_or(serde_json::Value::Null);
+            e["seq"] = json!(r.seq);
+            e["time"] = json!(logstream_model::time::format_rfc3339(r.ts));
+            e
+        })
+        .collect();
+    let next = Cursor::new(&id.tenant, &id.deployment, page.scanned_to, 0).encode();
+    s.audit("audit_read", &p.subject, &p.tenant, "", "ok", None);
+    Ok(
+        axum::Json(json!({ "events": events, "next_cursor": next, "complete": page.exhausted }))
             .into_response(),
     )
 }
@@ -888,8 +980,7 @@ async fn stream_inner(
             "ask for Server-Sent Events with `Accept: text/event-stream`, or upgrade to a WebSocket",
         ));
     }
-    let slot = ViewerSlot::acquire(&s, &lid)?;
-    tracing::info!(target: "audit", action = "stream_open", subject = %p.subject, tenant = %lid.tenant, deployment = %lid.deployment, client = %peer, "live stream opened");
+    let slot = ViewerSlot::acquire(&s, &lid, &p.subject, Some(peer))?;
     let expires_in =
         Duration::from_secs(p.expires_at.saturating_sub(now_ns() as u64 / 1_000_000_000));
     if is_ws {
@@ -1092,7 +1183,14 @@ async fn export(
         }
     };
     let log = existing_log(&s, &lid).await?;
-    tracing::info!(target: "audit", action = "export", subject = %p.subject, tenant = %lid.tenant, deployment = %lid.deployment, "export started");
+    s.audit(
+        "export",
+        &p.subject,
+        &lid.tenant,
+        &lid.deployment,
+        "ok",
+        None,
+    );
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())

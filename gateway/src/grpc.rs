@@ -50,6 +50,14 @@ fn principal<T>(state: &AppState, req: &Request<T>) -> Result<Principal, Status>
         .ok_or_else(|| Status::unauthenticated("authorization metadata is not `Bearer <token>`"))?;
     state.auth.verify(token).map_err(|e| {
         state.metrics.auth_failures.inc();
+        state.audit(
+            "auth_rejected",
+            "",
+            "",
+            "",
+            &e.to_string(),
+            req.remote_addr(),
+        );
         Status::unauthenticated(e.to_string())
     })
 }
@@ -176,7 +184,7 @@ impl pb::ingest_server::Ingest for Services {
                 r.status
             ))
         })?;
-        let c = ingest::complete(&self.0, &id, status, r.exit_code).await?;
+        let c = ingest::complete(&self.0, &id, status, r.exit_code, &p.subject).await?;
         Ok(Response::new(pb::CompleteResponse {
             last_seq: c.last_seq,
         }))
@@ -291,7 +299,7 @@ impl pb::tail_server::Tail for Services {
             .log(&id, false)
             .map_err(ApiError::from)?
             .ok_or_else(|| Status::from(ApiError::not_found()))?;
-        let slot = ViewerSlot::acquire(&s, &id)?;
+        let slot = ViewerSlot::acquire(&s, &id, &p.subject, None)?;
         let mut viewer = live::spawn(s.clone(), log, start, filter).await;
         let (tx, rx) = mpsc::channel(4);
         let mut shutdown = s.shutdown.clone();

@@ -145,6 +145,7 @@ pub async fn complete(
     id: &LogId,
     status: Outcome,
     exit_code: i32,
+    subject: &str,
 ) -> Result<Completion, ApiError> {
     let (s, lid) = (state.clone(), id.clone());
     let c = tokio::task::spawn_blocking(move || {
@@ -154,7 +155,14 @@ pub async fn complete(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     state.redaction.lock().remove(id);
-    tracing::info!(target: "audit", action = "complete", tenant = %id.tenant, deployment = %id.deployment, status = c.status.as_str(), exit_code = c.exit_code, "deployment completed");
+    state.audit(
+        "complete",
+        subject,
+        &id.tenant,
+        &id.deployment,
+        &format!("ok: {} ({})", c.status.as_str(), c.exit_code),
+        None,
+    );
     Ok(c)
 }
 

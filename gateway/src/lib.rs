@@ -12,6 +12,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod grpc;

@@ -287,11 +287,19 @@ async fn read(
 pub struct ViewerSlot {
     state: Arc<AppState>,
     id: LogId,
+    subject: String,
+    client: Option<std::net::SocketAddr>,
 }
 
 impl ViewerSlot {
     /// Takes a slot or says which limit is reached (429 / WS close 1013).
-    pub fn acquire(state: &Arc<AppState>, id: &LogId) -> Result<ViewerSlot, ApiError> {
+    /// Counts as `stream_open` / `stream_close` in the audit log.
+    pub fn acquire(
+        state: &Arc<AppState>,
+        id: &LogId,
+        subject: &str,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<ViewerSlot, ApiError> {
         let mut counts = state.viewer_counts.lock();
         let tenant = counts.0.get(&id.tenant).copied().unwrap_or(0);
         let deployment = counts.1.get(id).copied().unwrap_or(0);
@@ -315,15 +323,34 @@ impl ViewerSlot {
         }
         *counts.0.entry(id.tenant.clone()).or_default() += 1;
         *counts.1.entry(id.clone()).or_default() += 1;
+        drop(counts);
+        state.audit(
+            "stream_open",
+            subject,
+            &id.tenant,
+            &id.deployment,
+            "ok",
+            client,
+        );
         Ok(ViewerSlot {
             state: state.clone(),
             id: id.clone(),
+            subject: subject.to_owned(),
+            client,
         })
     }
 }
 
 impl Drop for ViewerSlot {
     fn drop(&mut self) {
+        self.state.audit(
+            "stream_close",
+            &self.subject,
+            &self.id.tenant,
+            &self.id.deployment,
+            "ok",
+            self.client,
+        );
         let mut counts = self.state.viewer_counts.lock();
         if let Some(n) = counts.0.get_mut(&self.id.tenant) {
             *n -= 1;

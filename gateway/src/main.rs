@@ -302,8 +302,31 @@ fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
             }
         }
     }
+    // The audit log is hash-chained in the same format: verify it too.
+    let audit_dir = root.join("system").join("audit");
+    if action == "verify" && target.tenant.is_none() && audit_dir.join("meta.json").exists() {
+        let r = store::verify_dir(&audit_dir)?;
+        match &r.first_bad {
+            None => println!(
+                "ok   audit log: seqs {}..={}, {} blocks, head {}",
+                r.first_seq,
+                r.last_seq,
+                r.blocks,
+                &r.head[..16]
+            ),
+            Some(b) => {
+                bad += 1;
+                println!(
+                    "BAD  audit log: {} at offset {}: {}",
+                    b.segment.display(),
+                    b.offset,
+                    b.reason
+                );
+            }
+        }
+    }
     if bad > 0 {
-        bail!("{bad} deployment(s) failed verification");
+        bail!("{bad} log(s) failed verification");
     }
     Ok(())
 }

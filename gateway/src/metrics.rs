@@ -19,6 +19,8 @@ pub struct Metrics {
     pub retention_deleted_bytes: IntCounter,
     /// Secrets masked at ingest, by detector.
     pub redactions: IntCounterVec,
+    /// Audit events that could not be written (queue full or write error).
+    pub audit_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -46,6 +48,10 @@ impl Metrics {
         let retention_deleted_bytes = counter(
             "retention_deleted_bytes_total",
             "Segment bytes deleted by retention.",
+        );
+        let audit_dropped = counter(
+            "audit_dropped_total",
+            "Audit events that could not be written.",
         );
         let ack_latency = Histogram::with_opts(
             HistogramOpts::new(
@@ -92,6 +98,7 @@ impl Metrics {
         Metrics {
             registry,
             redactions,
+            audit_dropped,
             ingest_lines,
             ingest_bytes,
             ingest_duplicates,

@@ -31,9 +31,31 @@ pub struct AppState {
     /// Per running deployment: registered secret values, `::add-mask::` values and PEM
     /// state. Held in memory only (never stored); dropped when the deployment completes.
     pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
+    /// The audit log writer.
+    pub audit: crate::audit::Audit,
 }
 
 impl AppState {
+    /// Records an audit event for `subject` on `tenant`/`deployment`.
+    pub fn audit(
+        &self,
+        action: &str,
+        subject: &str,
+        tenant: &str,
+        deployment: &str,
+        result: &str,
+        client: Option<std::net::SocketAddr>,
+    ) {
+        self.audit.record(crate::audit::AuditEvent {
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            tenant: tenant.to_owned(),
+            deployment: deployment.to_owned(),
+            result: result.to_owned(),
+            client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
+        });
+    }
+
     /// The redaction state of a deployment (created on first use).
     pub fn stream_redactor(
         &self,
@@ -74,7 +96,9 @@ impl AppState {
         let key = Authenticator::load_or_create_key(&key_path)
             .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
         let auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
+        let audit = crate::audit::Audit::start(&store, metrics.clone())?;
         Ok(Arc::new(AppState {
+            audit,
             config,
             store,
             hub,
@@ -157,7 +181,18 @@ async fn retention_loop(state: Arc<AppState>) {
             Ok(Ok(deleted)) => {
                 for d in deleted {
                     state.metrics.retention_deleted_bytes.inc_by(d.bytes);
-                    tracing::info!(target: "audit", action = "retention_delete", tenant = %d.log.tenant, deployment = %d.log.deployment, first_seq = d.first_seq, last_seq = d.last_seq, bytes = d.bytes, "segment deleted by retention");
+                    let result = format!(
+                        "ok: seqs {}..={} ({} bytes)",
+                        d.first_seq, d.last_seq, d.bytes
+                    );
+                    state.audit(
+                        "retention_delete",
+                        "retention",
+                        &d.log.tenant,
+                        &d.log.deployment,
+                        &result,
+                        None,
+                    );
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),

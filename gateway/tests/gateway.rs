@@ -1202,3 +1202,70 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn reads_streams_exports_and_rejections_land_in_the_tenants_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(tmp.path()).await;
+    let token = gw.rw();
+    push(&gw, &token, "aud", &lines("x", 0..3)).await;
+    get_json(&gw, &token, "/v1/deployments/aud/logs").await;
+    client()
+        .get(format!("{}/v1/deployments/aud/export", gw.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    complete(&gw, &token, "aud", "succeeded", 0).await;
+    read_sse(&gw, &token, "aud", "", None, None).await;
+    assert_eq!(
+        get_json(&gw, "forged.token.value", "/v1/deployments")
+            .await
+            .0,
+        401
+    );
+    let beta_admin = gw.token("beta", &[Scope::Admin]);
+    get_json(&gw, &beta_admin, "/v1/deployments").await;
+    gw.state.audit.flush().await;
+
+    let admin = gw.token("acme", &[Scope::Admin]);
+    assert_eq!(
+        get_json(&gw, &token, "/v1/audit").await.0,
+        403,
+        "logs:* scopes do not read the audit log"
+    );
+    let (status, page) = get_json(&gw, &admin, "/v1/audit?limit=100").await;
+    assert_eq!(status, 200, "{page}");
+    let actions: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for want in ["read", "export", "complete", "stream_open"] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    assert!(
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["tenant"] == "acme"),
+        "only acme's events: {page}"
+    );
+    let (_, only) = get_json(&gw, &admin, "/v1/audit?action=export").await;
+    assert_eq!(only["events"].as_array().unwrap().len(), 1);
+    assert_eq!(only["events"][0]["subject"], "test");
+    // The rejection has no tenant: it is in the log (verified below), not in any tenant's view.
+    let store_dir = tmp.path().join("store/system/audit");
+    let report = logstream_gateway::store::verify_dir(&store_dir).unwrap();
+    assert!(report.is_clean() && report.lines >= 8, "{report:?}");
+    let raw: Vec<u8> = walk(&store_dir)
+        .into_iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(!raw.is_empty());
+}
