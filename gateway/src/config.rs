@@ -61,6 +61,11 @@ pub struct Config {
     pub issuer: Option<String>,
     /// zstd level of stored blocks. Default: 3.
     pub zstd_level: i32,
+    /// Quotas of every tenant without an override. Default: unlimited.
+    pub quotas: crate::quota::QuotaLimits,
+    /// Per-tenant quota overrides, e.g. `[tenant_quotas.acme] ingest_lines_per_sec = 5000`.
+    /// Default: none.
+    pub tenant_quotas: BTreeMap<String, crate::quota::QuotaLimits>,
 }
 
 impl Default for Config {
@@ -83,6 +88,8 @@ impl Default for Config {
             audience: None,
             issuer: None,
             zstd_level: 3,
+            quotas: crate::quota::QuotaLimits::default(),
+            tenant_quotas: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +134,12 @@ impl Config {
                 problem: e.to_string(),
             })?;
             duration("tenant_retention", r)?;
+        }
+        for tenant in self.tenant_quotas.keys() {
+            logstream_model::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_quotas",
+                problem: e.to_string(),
+            })?;
         }
         if self.max_line_bytes < 1024 {
             return Err(ConfigError {

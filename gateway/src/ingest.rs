@@ -96,6 +96,32 @@ pub async fn append(
     batch: Option<BatchId>,
     started: Instant,
 ) -> Result<Reply, ApiError> {
+    // Quotas first: an over-quota request does no work at all.
+    let (lines_n, bytes_n) = (
+        lines.len() as u64,
+        lines.iter().map(|l| l.message.len() as u64).sum::<u64>(),
+    );
+    let new_deployment = {
+        let (s, lid) = (state.clone(), id.clone());
+        tokio::task::spawn_blocking(move || s.store.log(&lid, false))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??
+            .is_none()
+    };
+    state
+        .quotas
+        .check_ingest(&id.tenant, lines_n, bytes_n, new_deployment, || state.store.tenant_bytes(&id.tenant))
+        .map_err(|q| {
+            state.metrics.requests_refused.with_label_values(&[q.quota]).inc();
+            ApiError {
+                retry_after: Some(q.retry_after.as_secs().max(1)),
+                ..ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    format!("tenant {} is over its {} quota ({}); nothing from this request was stored, retry after the Retry-After seconds", id.tenant, q.quota, q.limit),
+                )
+            }
+        })?;
     let records = {
         let redactor = state.stream_redactor(id);
         let mut redactor = redactor.lock();

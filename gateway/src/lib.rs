@@ -21,5 +21,6 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod quota;
 pub mod server;
 pub mod store;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
     /// The audit log writer.
     pub audit: crate::audit::Audit,
+    /// Per-tenant quota book-keeping.
+    pub quotas: crate::quota::Quotas,
 }
 
 impl AppState {
@@ -97,8 +99,13 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
         let auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
         let audit = crate::audit::Audit::start(&store, metrics.clone())?;
+        let quotas = crate::quota::Quotas::new(
+            config.quotas,
+            config.tenant_quotas.clone().into_iter().collect(),
+        );
         Ok(Arc::new(AppState {
             audit,
+            quotas,
             config,
             store,
             hub,

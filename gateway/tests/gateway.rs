@@ -1269,3 +1269,77 @@ async fn reads_streams_exports_and_rejections_land_in_the_tenants_audit_log() {
         .collect();
     assert!(!raw.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_gets_429s_and_the_other_tenant_is_unaffected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Arc::new(
+        Gateway::start_with(tmp.path(), |c| {
+            c.tenant_quotas.insert(
+                "noisy".into(),
+                logstream_gateway::quota::QuotaLimits {
+                    ingest_lines_per_sec: 500,
+                    ..Default::default()
+                },
+            );
+        })
+        .await,
+    );
+    let noisy = gw.token("noisy", &[Scope::Read, Scope::Write]);
+    let calm = gw.token("calm", &[Scope::Read, Scope::Write]);
+    let flood = {
+        let (gw, noisy) = (gw.clone(), noisy.clone());
+        tokio::spawn(async move {
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            for _ in 0..60 {
+                let body: String = (0..100)
+                    .map(|i| json!({"message": format!("n{i}")}).to_string() + "\n")
+                    .collect();
+                let r = client()
+                    .post(format!("{}/v1/deployments/flood/logs", gw.http))
+                    .bearer_auth(&noisy)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 => {
+                        accepted += r.json::<Value>().await.unwrap()["accepted"]
+                            .as_u64()
+                            .unwrap()
+                    }
+                    429 => {
+                        assert!(r.headers().contains_key("retry-after"));
+                        let e: Value = r.json().await.unwrap();
+                        assert_eq!(e["error"]["code"], "quota_exceeded");
+                        assert!(
+                            e["error"]["message"]
+                                .as_str()
+                                .unwrap()
+                                .contains("ingest_lines_per_sec")
+                        );
+                        refused += 1;
+                    }
+                    s => panic!("unexpected {s}"),
+                }
+            }
+            (accepted, refused)
+        })
+    };
+    for i in 0..20 {
+        let r = push(&gw, &calm, "steady", &lines(&format!("c{i}"), 0..100)).await;
+        assert_eq!(r["accepted"], 100, "the calm tenant is never refused");
+    }
+    let (accepted, refused) = flood.await.unwrap();
+    assert!(refused > 0, "the flood was limited");
+    assert!(accepted >= 500, "a full bucket's worth got through");
+    let (_, d) = get_json(&gw, &noisy, "/v1/deployments/flood").await;
+    assert_eq!(
+        d["lines"].as_u64().unwrap(),
+        accepted,
+        "every accepted line is stored, nothing else"
+    );
+    let (_, d) = get_json(&gw, &calm, "/v1/deployments/steady").await;
+    assert_eq!(d["lines"], 2000);
+}

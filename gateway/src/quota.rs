@@ -1,0 +1,272 @@
+//! Per-tenant quotas: ingest lines/s and bytes/s (token buckets), new deployments per
+//! day, stored bytes. Checked before any work is done, so an over-quota request costs
+//! almost nothing and one tenant's flood never slows another tenant.
+//!
+//! A bucket may go into debt by one request (a batch larger than a second's worth is
+//! accepted when the bucket is full), then refuses until refilled: the average rate holds
+//! and large batches are not starved.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+/// Limits of one tenant; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaLimits {
+    /// Lines per second accepted at ingest. Default: 0 (unlimited).
+    pub ingest_lines_per_sec: u64,
+    /// Message bytes per second accepted at ingest. Default: 0 (unlimited).
+    pub ingest_bytes_per_sec: u64,
+    /// New deployments per rolling 24 hours. Default: 0 (unlimited).
+    pub deployments_per_day: u64,
+    /// Bytes of segment files the tenant may keep. Default: 0 (unlimited).
+    pub max_stored_bytes: u64,
+}
+
+impl Default for QuotaLimits {
+    fn default() -> Self {
+        QuotaLimits {
+            ingest_lines_per_sec: 0,
+            ingest_bytes_per_sec: 0,
+            deployments_per_day: 0,
+            max_stored_bytes: 0,
+        }
+    }
+}
+
+/// Which quota refused a request, and when to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverQuota {
+    /// `ingest_lines_per_sec`, `ingest_bytes_per_sec`, `deployments_per_day`, `max_stored_bytes`.
+    pub quota: &'static str,
+    pub limit: u64,
+    pub retry_after: Duration,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant, rate: u64) -> Bucket {
+        Bucket {
+            tokens: rate as f64,
+            updated: now,
+        }
+    }
+
+    /// Refills at `rate`/s up to `rate`; takes `n` if the bucket is not in debt.
+    fn take(&mut self, now: Instant, rate: u64, n: u64) -> Result<(), Duration> {
+        let rate_f = rate as f64;
+        self.tokens =
+            (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate_f).min(rate_f);
+        self.updated = now;
+        if self.tokens < 0.0 {
+            return Err(Duration::from_secs_f64(-self.tokens / rate_f));
+        }
+        self.tokens -= n as f64;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct TenantState {
+    lines: Option<Bucket>,
+    bytes: Option<Bucket>,
+    /// Creation times of deployments in the last 24 h.
+    created: std::collections::VecDeque<Instant>,
+    /// Stored bytes and when they were measured.
+    stored: Option<(u64, Instant)>,
+}
+
+/// The quota book-keeping of every tenant.
+pub struct Quotas {
+    default: QuotaLimits,
+    tenants: HashMap<String, QuotaLimits>,
+    state: Mutex<HashMap<String, TenantState>>,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// How long a stored-bytes measurement is reused.
+const STORED_TTL: Duration = Duration::from_secs(10);
+
+impl Quotas {
+    pub fn new(default: QuotaLimits, tenants: HashMap<String, QuotaLimits>) -> Quotas {
+        Quotas {
+            default,
+            tenants,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn limits(&self, tenant: &str) -> QuotaLimits {
+        self.tenants.get(tenant).copied().unwrap_or(self.default)
+    }
+
+    /// Charges an ingest of `lines` lines and `bytes` bytes; `new_deployment` when it
+    /// creates one; `stored` measures the tenant's stored bytes when asked.
+    pub fn check_ingest(
+        &self,
+        tenant: &str,
+        lines: u64,
+        bytes: u64,
+        new_deployment: bool,
+        stored: impl FnOnce() -> u64,
+    ) -> Result<(), OverQuota> {
+        let l = self.limits(tenant);
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let st = state.entry(tenant.to_owned()).or_default();
+        if l.max_stored_bytes > 0 {
+            let fresh = st
+                .stored
+                .filter(|(_, at)| now.duration_since(*at) < STORED_TTL);
+            let used = match fresh {
+                Some((b, _)) => b,
+                None => {
+                    let b = stored();
+                    st.stored = Some((b, now));
+                    b
+                }
+            };
+            if used >= l.max_stored_bytes {
+                return Err(OverQuota {
+                    quota: "max_stored_bytes",
+                    limit: l.max_stored_bytes,
+                    retry_after: Duration::from_secs(3600),
+                });
+            }
+        }
+        if new_deployment && l.deployments_per_day > 0 {
+            while st
+                .created
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= DAY)
+            {
+                st.created.pop_front();
+            }
+            if st.created.len() as u64 >= l.deployments_per_day {
+                let wait = DAY - now.duration_since(*st.created.front().expect("non-empty"));
+                return Err(OverQuota {
+                    quota: "deployments_per_day",
+                    limit: l.deployments_per_day,
+                    retry_after: wait,
+                });
+            }
+        }
+        // Check both buckets before charging either, so a refusal charges nothing.
+        if l.ingest_lines_per_sec > 0 {
+            let b = st
+                .lines
+                .get_or_insert_with(|| Bucket::new(now, l.ingest_lines_per_sec));
+            let mut probe = Bucket {
+                tokens: b.tokens,
+                updated: b.updated,
+            };
+            probe
+                .take(now, l.ingest_lines_per_sec, 0)
+                .map_err(|wait| OverQuota {
+                    quota: "ingest_lines_per_sec",
+                    limit: l.ingest_lines_per_sec,
+                    retry_after: wait,
+                })?;
+        }
+        if l.ingest_bytes_per_sec > 0 {
+            let b = st
+                .bytes
+                .get_or_insert_with(|| Bucket::new(now, l.ingest_bytes_per_sec));
+            let mut probe = Bucket {
+                tokens: b.tokens,
+                updated: b.updated,
+            };
+            probe
+                .take(now, l.ingest_bytes_per_sec, 0)
+                .map_err(|wait| OverQuota {
+                    quota: "ingest_bytes_per_sec",
+                    limit: l.ingest_bytes_per_sec,
+                    retry_after: wait,
+                })?;
+        }
+        if let Some(b) = st.lines.as_mut() {
+            let _ = b.take(now, l.ingest_lines_per_sec, lines);
+        }
+        if let Some(b) = st.bytes.as_mut() {
+            let _ = b.take(now, l.ingest_bytes_per_sec, bytes);
+        }
+        if new_deployment && l.deployments_per_day > 0 {
+            st.created.push_back(now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_in_debt_and_name_the_quota() {
+        let q = Quotas::new(
+            QuotaLimits {
+                ingest_lines_per_sec: 100,
+                ..QuotaLimits::default()
+            },
+            HashMap::new(),
+        );
+        assert!(
+            q.check_ingest("a", 150, 0, false, || 0).is_ok(),
+            "a full bucket takes one oversized batch"
+        );
+        let err = q.check_ingest("a", 1, 0, false, || 0).unwrap_err();
+        assert_eq!(err.quota, "ingest_lines_per_sec");
+        assert!(err.retry_after > Duration::ZERO && err.retry_after <= Duration::from_secs(1));
+        assert!(
+            q.check_ingest("b", 100, 0, false, || 0).is_ok(),
+            "tenants have their own buckets"
+        );
+    }
+
+    #[test]
+    fn deployments_per_day_and_stored_bytes() {
+        let mut tenants = HashMap::new();
+        tenants.insert(
+            "small".to_owned(),
+            QuotaLimits {
+                deployments_per_day: 2,
+                max_stored_bytes: 1000,
+                ..QuotaLimits::default()
+            },
+        );
+        let q = Quotas::new(QuotaLimits::default(), tenants);
+        assert!(q.check_ingest("small", 1, 1, true, || 10).is_ok());
+        assert!(q.check_ingest("small", 1, 1, true, || 10).is_ok());
+        assert_eq!(
+            q.check_ingest("small", 1, 1, true, || 10)
+                .unwrap_err()
+                .quota,
+            "deployments_per_day"
+        );
+        assert!(
+            q.check_ingest("small", 1, 1, false, || 10).is_ok(),
+            "existing deployments still ingest"
+        );
+        let q = Quotas::new(
+            QuotaLimits {
+                max_stored_bytes: 1000,
+                ..QuotaLimits::default()
+            },
+            HashMap::new(),
+        );
+        assert_eq!(
+            q.check_ingest("full", 1, 1, false, || 5000)
+                .unwrap_err()
+                .quota,
+            "max_stored_bytes"
+        );
+        assert!(q.check_ingest("other", 1, 1, false, || 10).is_ok());
+    }
+}
