@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 /// Limits of one tenant; 0 means unlimited.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaLimits {
     /// Lines per second accepted at ingest. Default: 0 (unlimited).
@@ -24,17 +24,6 @@ pub struct QuotaLimits {
     pub deployments_per_day: u64,
     /// Bytes of segment files the tenant may keep. Default: 0 (unlimited).
     pub max_stored_bytes: u64,
-}
-
-impl Default for QuotaLimits {
-    fn default() -> Self {
-        QuotaLimits {
-            ingest_lines_per_sec: 0,
-            ingest_bytes_per_sec: 0,
-            deployments_per_day: 0,
-            max_stored_bytes: 0,
-        }
-    }
 }
 
 /// Which quota refused a request, and when to retry.
