@@ -143,8 +143,12 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token's signature does not verify with this gateway's key")]
     Signature,
-    #[error("the token's algorithm {0} is not accepted; this gateway accepts HS256")]
+    #[error(
+        "the token's algorithm {0} is not accepted here (alg none and HS/RS confusion are refused; see the gateway's auth configuration)"
+    )]
     Algorithm(String),
+    #[error("the token's key id {0:?} is unknown to this gateway")]
+    UnknownKid(String),
     #[error("the token's audience is not {0:?}")]
     Audience(String),
     #[error("the token's issuer is not {0:?}")]
@@ -159,35 +163,226 @@ pub enum AuthError {
     Scope(String),
 }
 
-/// Verifies and mints tokens.
+/// A public key accepted for RS256/ES256/EdDSA tokens.
+pub struct PublicKey {
+    /// Key id (`kid`); tokens naming another kid do not match this key.
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl PublicKey {
+    /// Loads a PEM public key for `alg` (RS256/RS384/RS512/PS*, ES256/ES384, EdDSA).
+    pub fn from_pem(pem: &[u8], alg: Algorithm, kid: Option<String>) -> Result<PublicKey, String> {
+        use Algorithm as A;
+        let key = match alg {
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+                DecodingKey::from_rsa_pem(pem)
+            }
+            A::ES256 | A::ES384 => DecodingKey::from_ec_pem(pem),
+            A::EdDSA => DecodingKey::from_ed_pem(pem),
+            A::HS256 | A::HS384 | A::HS512 => {
+                return Err("HMAC algorithms take a shared secret, not a public key".into());
+            }
+        }
+        .map_err(|e| format!("not a {alg:?} public key in PEM: {e}"))?;
+        Ok(PublicKey { kid, alg, key })
+    }
+
+    /// Loads every signing key of a JSON Web Key Set.
+    pub fn from_jwks(json: &[u8]) -> Result<Vec<PublicKey>, String> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let Some(ka) = jwk.common.key_algorithm else {
+                continue;
+            };
+            let Ok(alg) = format!("{ka:?}").parse::<Algorithm>() else {
+                continue;
+            };
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+            keys.push(PublicKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
+        }
+        Ok(keys)
+    }
+}
+
+/// Verifies and mints tokens: an HS256 shared key (the dev default) and any number of
+/// public keys (PEM files, a JWKS file re-read when a token names an unknown kid).
 pub struct Authenticator {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
+    /// The HS256 key, when HS256 tokens are accepted.
+    hs: Option<(DecodingKey, EncodingKey)>,
+    keys: parking_lot::RwLock<Vec<PublicKey>>,
+    /// JWKS file to re-read on an unknown kid, and when it was last read.
+    jwks_file: Option<(std::path::PathBuf, parking_lot::Mutex<std::time::Instant>)>,
     audience: Option<String>,
     issuer: Option<String>,
 }
 
+/// Least time between two re-reads of the JWKS file (a flood of unknown kids must not
+/// turn into a flood of reads).
+const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Authenticator {
     pub fn hs256(secret: &[u8], audience: Option<String>, issuer: Option<String>) -> Authenticator {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 30;
-        validation.validate_nbf = true;
-        validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
-        match &audience {
-            Some(a) => validation.set_audience(&[a]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(i) = &issuer {
-            validation.set_issuer(&[i]);
-        }
         Authenticator {
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
-            validation,
+            hs: Some((
+                DecodingKey::from_secret(secret),
+                EncodingKey::from_secret(secret),
+            )),
+            keys: parking_lot::RwLock::new(Vec::new()),
+            jwks_file: None,
             audience,
             issuer,
         }
+    }
+
+    /// Also accept tokens signed by these public keys.
+    pub fn with_public_keys(mut self, keys: Vec<PublicKey>) -> Authenticator {
+        self.keys.get_mut().extend(keys);
+        self
+    }
+
+    /// Also accept the keys of a JWKS file (read now, re-read on unknown kids).
+    pub fn with_jwks_file(mut self, path: std::path::PathBuf) -> Result<Authenticator, String> {
+        let json = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.keys.get_mut().extend(PublicKey::from_jwks(&json)?);
+        self.jwks_file = Some((path, parking_lot::Mutex::new(std::time::Instant::now())));
+        Ok(self)
+    }
+
+    /// Without the HS256 key (production: only public keys).
+    pub fn without_hs256(mut self) -> Authenticator {
+        self.hs = None;
+        self
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+        match &self.audience {
+            Some(a) => validation.set_audience(&[a]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(i) = &self.issuer {
+            validation.set_issuer(&[i]);
+        }
+        validation
+    }
+
+    /// Re-reads the JWKS file if it has not been read in the last `JWKS_REFRESH`.
+    fn refresh_jwks(&self) {
+        let Some((path, last)) = &self.jwks_file else {
+            return;
+        };
+        let mut last = last.lock();
+        if last.elapsed() < JWKS_REFRESH {
+            return;
+        }
+        *last = std::time::Instant::now();
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|j| PublicKey::from_jwks(&j))
+        {
+            Ok(keys) => {
+                let mut all = self.keys.write();
+                all.retain(|k| k.kid.is_none());
+                all.extend(keys);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "JWKS re-read failed; keeping the keys loaded before")
+            }
+        }
+    }
+
+    /// Checks a token and returns who it is for.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(e) => {
+                // `alg: none` (and other unknown algorithms) fail to parse: say which.
+                let alg = token
+                    .split('.')
+                    .next()
+                    .and_then(base64_url_decode)
+                    .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+                    .and_then(|v| v["alg"].as_str().map(str::to_owned));
+                return Err(match alg {
+                    Some(a) => AuthError::Algorithm(a),
+                    None => AuthError::Invalid(e.to_string()),
+                });
+            }
+        };
+        let decoding = if header.alg == Algorithm::HS256 {
+            let (key, _) = self
+                .hs
+                .as_ref()
+                .ok_or_else(|| AuthError::Algorithm("HS256".into()))?;
+            key.clone()
+        } else {
+            let find = |keys: &[PublicKey]| -> Result<Option<DecodingKey>, AuthError> {
+                let mut candidates = keys
+                    .iter()
+                    .filter(|k| header.kid.is_none() || k.kid == header.kid);
+                match candidates.next() {
+                    None => Ok(None),
+                    // The key decides the algorithm, never the token (no alg confusion).
+                    Some(k) if k.alg != header.alg => {
+                        Err(AuthError::Algorithm(format!("{:?}", header.alg)))
+                    }
+                    Some(k) => Ok(Some(k.key.clone())),
+                }
+            };
+            let found = find(&self.keys.read())?;
+            match found {
+                Some(k) => k,
+                None => {
+                    self.refresh_jwks();
+                    find(&self.keys.read())?.ok_or_else(|| match &header.kid {
+                        Some(kid) => AuthError::UnknownKid(kid.clone()),
+                        None => AuthError::Algorithm(format!("{:?}", header.alg)),
+                    })?
+                }
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &decoding, &self.validation(header.alg))
+            .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidSignature => AuthError::Signature,
+                K::InvalidAudience => {
+                    AuthError::Audience(self.audience.clone().unwrap_or_default())
+                }
+                K::InvalidIssuer => AuthError::Issuer(self.issuer.clone().unwrap_or_default()),
+                K::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
+                _ => AuthError::Invalid(e.to_string()),
+            }
+        })?;
+        let c = data.claims;
+        logstream_model::validate_tenant(&c.tenant)
+            .map_err(|e| AuthError::Tenant(e.to_string()))?;
+        let scopes = c
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s).ok_or_else(|| AuthError::Scope(s.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Principal {
+            subject: c.sub,
+            tenant: c.tenant,
+            scopes,
+            deployments: c.deployments,
+            expires_at: c.exp,
+        })
     }
 
     /// Loads the HS256 key from `path`, creating a random one (mode 0600) if missing.
@@ -214,45 +409,6 @@ impl Authenticator {
         Ok(hex.into_bytes())
     }
 
-    /// Checks a token and returns who it is for.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::HS256 {
-            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::ExpiredSignature => AuthError::Expired,
-                    K::ImmatureSignature => AuthError::NotYetValid,
-                    K::InvalidSignature => AuthError::Signature,
-                    K::InvalidAudience => {
-                        AuthError::Audience(self.audience.clone().unwrap_or_default())
-                    }
-                    K::InvalidIssuer => AuthError::Issuer(self.issuer.clone().unwrap_or_default()),
-                    K::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
-                    _ => AuthError::Invalid(e.to_string()),
-                }
-            })?;
-        let c = data.claims;
-        logstream_model::validate_tenant(&c.tenant)
-            .map_err(|e| AuthError::Tenant(e.to_string()))?;
-        let scopes = c
-            .scopes
-            .iter()
-            .map(|s| Scope::parse(s).ok_or_else(|| AuthError::Scope(s.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Principal {
-            subject: c.sub,
-            tenant: c.tenant,
-            scopes,
-            deployments: c.deployments,
-            expires_at: c.exp,
-        })
-    }
-
     /// Mints a token for `tenant` with `scopes`, valid for `ttl`.
     pub fn mint(
         &self,
@@ -276,9 +432,33 @@ impl Authenticator {
             aud: self.audience.clone(),
             iss: self.issuer.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing")
+        let (_, key) = self.hs.as_ref().expect("minting needs the HS256 key");
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).expect("HS256 signing")
     }
+}
+
+fn base64_url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -55,6 +55,15 @@ pub struct Config {
     /// HS256 signing key file (hex or raw bytes). Default: `<data_dir>/dev-signing-key`,
     /// generated on first start.
     pub signing_key_file: Option<PathBuf>,
+    /// Public keys accepted for RS256/ES256/EdDSA tokens, e.g.
+    /// `[[public_keys]] file = "issuer.pem", alg = "RS256", kid = "k1"`. Default: none.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JSON Web Key Set file whose keys are accepted; re-read (at most every 30 s)
+    /// when a token names an unknown `kid`. Default: none.
+    pub jwks_file: Option<PathBuf>,
+    /// Accept HS256 tokens signed with the signing key (the dev default). Turn off in
+    /// production when tokens come from an identity provider. Default: true.
+    pub accept_hs256: bool,
     /// Expected `aud` claim, if any. Default: none.
     pub audience: Option<String>,
     /// Expected `iss` claim, if any. Default: none.
@@ -85,6 +94,9 @@ impl Default for Config {
             heartbeat_secs: 15,
             viewer_queue: 1024,
             signing_key_file: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            accept_hs256: true,
             audience: None,
             issuer: None,
             zstd_level: 3,
@@ -92,6 +104,19 @@ impl Default for Config {
             tenant_quotas: BTreeMap::new(),
         }
     }
+}
+
+/// One accepted public key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// PEM file of the public key.
+    pub file: PathBuf,
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384` or `EdDSA`.
+    pub alg: String,
+    /// Key id tokens must name (optional).
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 /// A configuration value that does not make sense, named.

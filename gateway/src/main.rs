@@ -156,6 +156,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let http = listeners.http.local_addr()?;
         let grpc = listeners.grpc.local_addr()?;
         let state = AppState::open(config.clone(), shutdown_rx)?;
+        if !config.accept_hs256 {
+            println!("logstream gateway ready (role {}): HTTP http://{http}, gRPC {grpc}; tokens come from the configured public keys", format!("{:?}", config.role).to_lowercase());
+            return server::serve(state, listeners, shutdown_tx, server::shutdown_signal()).await;
+        }
         let token = state.auth.mint("dev", "dev", &[Scope::Read, Scope::Write, Scope::Export], Duration::from_secs(24 * 3600), None);
         println!(
             "logstream gateway ready (role {})\n  HTTP http://{http}   gRPC {grpc}   data {}\n\n\

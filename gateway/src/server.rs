@@ -97,7 +97,34 @@ impl AppState {
             .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
         let key = Authenticator::load_or_create_key(&key_path)
             .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
-        let auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
+        let mut auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
+        let mut keys = Vec::new();
+        for k in &config.public_keys {
+            let alg: jsonwebtoken::Algorithm = k.alg.parse().map_err(|_| anyhow::anyhow!("invalid configuration: public_keys: alg {:?} is not one of RS256, RS384, RS512, PS256, ES256, ES384, EdDSA", k.alg))?;
+            let pem = std::fs::read(&k.file).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration: public_keys: {}: {e}",
+                    k.file.display()
+                )
+            })?;
+            keys.push(
+                crate::auth::PublicKey::from_pem(&pem, alg, k.kid.clone()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: public_keys: {}: {e}",
+                        k.file.display()
+                    )
+                })?,
+            );
+        }
+        auth = auth.with_public_keys(keys);
+        if let Some(f) = &config.jwks_file {
+            auth = auth
+                .with_jwks_file(f.clone())
+                .map_err(|e| anyhow::anyhow!("invalid configuration: jwks_file: {e}"))?;
+        }
+        if !config.accept_hs256 {
+            auth = auth.without_hs256();
+        }
         let audit = crate::audit::Audit::start(&store, metrics.clone())?;
         let quotas = crate::quota::Quotas::new(
             config.quotas,

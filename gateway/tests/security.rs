@@ -1,0 +1,525 @@
+//! The security suite: bad tokens of every kind, asymmetric keys and JWKS, odd ids,
+//! cross-tenant access through every door, and a flood of failed authentications.
+//! Each case expects the exact status and that no stored data changed.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use logstream_gateway::auth::Scope;
+use logstream_gateway::config::{Config, PublicKeyConfig};
+use logstream_gateway::server::Running;
+use serde_json::{Value, json};
+
+fn keys() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(tenant: &str) -> Value {
+    json!({"sub": "sec", "tenant": tenant, "scopes": "logs:read logs:write logs:export", "exp": now() + 600, "iat": now()})
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&h, claims, key).unwrap()
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(keys().join(name)).unwrap()
+}
+
+async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut c = Config {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    tweak(&mut c);
+    Running::start(c).await.unwrap()
+}
+
+async fn status_and_message(g: &Running, token: &str, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", g.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_401_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = start(tmp.path(), |c| {
+        c.audience = Some("logstream".into());
+        c.public_keys = vec![PublicKeyConfig {
+            file: keys().join("rsa.pub"),
+            alg: "RS256".into(),
+            kid: Some("rsa1".into()),
+        }];
+    })
+    .await;
+    let hs = EncodingKey::from_secret(&std::fs::read(tmp.path().join("dev-signing-key")).unwrap());
+    let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+    let mut good = claims("acme");
+    good["aud"] = json!("logstream");
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let none_token = {
+        use std::fmt::Write;
+        let b64 = |v: &Value| {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let bytes = v.to_string().into_bytes();
+            let mut out = String::new();
+            for c in bytes.chunks(3) {
+                let n = c
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, x)| n | (u32::from(*x) << (16 - 8 * i)));
+                for i in 0..=c.len() {
+                    write!(out, "{}", A[((n >> (18 - 6 * i)) & 63) as usize] as char).unwrap();
+                }
+            }
+            out
+        };
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&good)
+        )
+    };
+    // Alg confusion: an HS256 token keyed with the RSA public key's bytes.
+    let confused = sign(
+        Algorithm::HS256,
+        Some("rsa1"),
+        &good,
+        &EncodingKey::from_secret(&pem("rsa.pub")),
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("valid HS256", sign(Algorithm::HS256, None, &good, &hs), ""),
+        (
+            "valid RS256",
+            sign(Algorithm::RS256, Some("rsa1"), &good, &rsa),
+            "",
+        ),
+        ("alg none", none_token, "none"),
+        (
+            "alg confusion HS with the RSA public key",
+            confused,
+            "signature",
+        ),
+        (
+            "RS256 token naming an unknown kid",
+            sign(Algorithm::RS256, Some("other"), &good, &rsa),
+            "key id",
+        ),
+        (
+            "expired",
+            sign(
+                Algorithm::HS256,
+                None,
+                &with("exp", json!(now() - 3600)),
+                &hs,
+            ),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::HS256,
+                None,
+                &with("nbf", json!(now() + 3600)),
+                &hs,
+            ),
+            "not valid yet",
+        ),
+        (
+            "wrong audience",
+            sign(Algorithm::HS256, None, &with("aud", json!("other")), &hs),
+            "audience",
+        ),
+        (
+            "wrong key",
+            sign(
+                Algorithm::HS256,
+                None,
+                &good,
+                &EncodingKey::from_secret(b"guess"),
+            ),
+            "signature",
+        ),
+        (
+            "bad tenant",
+            sign(
+                Algorithm::HS256,
+                None,
+                &with("tenant", json!("../etc")),
+                &hs,
+            ),
+            "tenant",
+        ),
+        (
+            "unknown scope",
+            sign(
+                Algorithm::HS256,
+                None,
+                &with("scopes", json!("logs:everything")),
+                &hs,
+            ),
+            "scope",
+        ),
+        ("garbage", "not-a-token".into(), "JWT"),
+    ];
+    for (name, token, needle) in cases {
+        let (status, msg) = status_and_message(&g, &token, "/v1/deployments").await;
+        if needle.is_empty() {
+            assert_eq!(status, 200, "{name}: {msg}");
+        } else {
+            assert_eq!(status, 401, "{name}");
+            assert!(
+                msg.contains(needle),
+                "{name}: {msg:?} should mention {needle:?}"
+            );
+        }
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/deployments", g.http))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn es256_eddsa_and_jwks_keys_are_accepted_and_hs256_can_be_turned_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A JWKS with the Ed25519 key under kid "ed1": x is the raw public key, base64url.
+    let der = {
+        let text = String::from_utf8(pem("ed.pub")).unwrap();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        decode_b64(&b64)
+    };
+    let x = encode_b64url(&der[der.len() - 32..]);
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed1", "use": "sig", "x": x}]}).to_string()).unwrap();
+    let g = start(tmp.path(), |c| {
+        c.accept_hs256 = false;
+        c.public_keys = vec![PublicKeyConfig {
+            file: keys().join("ec.pub"),
+            alg: "ES256".into(),
+            kid: None,
+        }];
+        c.jwks_file = Some(jwks.clone());
+    })
+    .await;
+    let es = sign(
+        Algorithm::ES256,
+        None,
+        &claims("acme"),
+        &EncodingKey::from_ec_pem(&pem("ec.key")).unwrap(),
+    );
+    assert_eq!(status_and_message(&g, &es, "/v1/deployments").await.0, 200);
+    let ed = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &claims("acme"),
+        &EncodingKey::from_ed_pem(&pem("ed.key")).unwrap(),
+    );
+    assert_eq!(
+        status_and_message(&g, &ed, "/v1/deployments").await.0,
+        200,
+        "JWKS key"
+    );
+    let key = std::fs::read(tmp.path().join("dev-signing-key")).unwrap();
+    let hs = sign(
+        Algorithm::HS256,
+        None,
+        &claims("acme"),
+        &EncodingKey::from_secret(&key),
+    );
+    let (status, msg) = status_and_message(&g, &hs, "/v1/deployments").await;
+    assert_eq!(status, 401);
+    assert!(msg.contains("HS256"), "{msg}");
+}
+
+#[tokio::test]
+async fn odd_deployment_ids_are_refused_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = start(tmp.path(), |_| {}).await;
+    let t = g.state.auth.mint(
+        "x",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(600),
+        None,
+    );
+    let long = "a".repeat(10_000);
+    for id in [
+        "..",
+        "%2e%2e",
+        "%2E%2E%2Fetc",
+        "a%00b",
+        "d%C3%A9p",
+        ".hidden",
+        "-dash",
+        long.as_str(),
+        "a%2Fb",
+        "%20",
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/deployments/{id}/logs", g.http))
+            .bearer_auth(&t)
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert!(status == 400 || status == 404, "{id}: {status}");
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(body["error"]["code"].is_string(), "{id}: JSON error body");
+    }
+    let tenants_dir = tmp.path().join("store/tenants");
+    assert!(
+        std::fs::read_dir(&tenants_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "nothing was created under {}",
+        tenants_dir.display()
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_one_tenant_never_reaches_another_through_any_door() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = start(tmp.path(), |_| {}).await;
+    let a = g.state.auth.mint(
+        "a",
+        "acme",
+        &[Scope::Read, Scope::Write, Scope::Export, Scope::Admin],
+        Duration::from_secs(600),
+        None,
+    );
+    let b = g.state.auth.mint(
+        "b",
+        "beta",
+        &[Scope::Read, Scope::Write, Scope::Export, Scope::Admin],
+        Duration::from_secs(600),
+        None,
+    );
+    let c = reqwest::Client::new();
+    let r: Value = c
+        .post(format!("{}/v1/deployments/secret-build/logs", g.http))
+        .bearer_auth(&a)
+        .header("content-type", "text/plain")
+        .body("acme only")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = r["cursor"].as_str().unwrap().to_owned();
+    for (path, accept) in [
+        ("/v1/deployments/secret-build".to_owned(), None),
+        ("/v1/deployments/secret-build/logs".to_owned(), None),
+        ("/v1/deployments/secret-build/export".to_owned(), None),
+        (
+            "/v1/deployments/secret-build/stream".to_owned(),
+            Some("text/event-stream"),
+        ),
+        (
+            format!("/v1/deployments/secret-build/export?access_token={b}"),
+            None,
+        ),
+    ] {
+        let mut req = c.get(format!("{}{path}", g.http));
+        if !path.contains("access_token") {
+            req = req.bearer_auth(&b);
+        }
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // acme's cursor on beta's deployment of the same name is foreign.
+    c.post(format!("{}/v1/deployments/secret-build/logs", g.http))
+        .bearer_auth(&b)
+        .header("content-type", "text/plain")
+        .body("beta")
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .get(format!(
+            "{}/v1/deployments/secret-build/logs?cursor={cursor}",
+            g.http
+        ))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let list: Value = c
+        .get(format!("{}/v1/deployments", g.http))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
+    // And over gRPC.
+    let channel = tonic::transport::Endpoint::from_shared(g.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth = format!("Bearer {b}");
+    let mut tail = logstream_proto::v1::tail_client::TailClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", auth.parse().unwrap());
+            Ok(r)
+        },
+    );
+    let err = tail
+        .subscribe(logstream_proto::v1::SubscribeRequest {
+            deployment: "secret-build".into(),
+            cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "acme's cursor is foreign to beta"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failed_auths_leave_the_server_responsive_and_memory_flat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = start(tmp.path(), |_| {}).await;
+    let good = g
+        .state
+        .auth
+        .mint("x", "acme", &[Scope::Read], Duration::from_secs(600), None);
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let c = reqwest::Client::new();
+    let flood = |n: usize| {
+        let (c, http) = (c.clone(), g.http.clone());
+        async move {
+            let mut tasks = Vec::new();
+            for w in 0..8 {
+                let (c, http) = (c.clone(), http.clone());
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..n / 8 {
+                        let r = c
+                            .get(format!("{http}/v1/deployments"))
+                            .bearer_auth(format!("forged.{w}.{i}"))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 401);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    // A first round grows allocator pools and buffers to their working size; a leak
+    // would keep growing in the second.
+    flood(10_000).await;
+    let before = rss();
+    flood(10_000).await;
+    let grown_kib = rss().saturating_sub(before);
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.get(format!("{}/v1/deployments", g.http))
+            .bearer_auth(&good)
+            .send(),
+    )
+    .await
+    .expect("responsive")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        grown_kib < 64 * 1024,
+        "RSS grew {grown_kib} KiB over 10,000 failed auths"
+    );
+    assert!(g.state.metrics.auth_failures.get() >= 10_000);
+    g.state.audit.flush().await;
+}
+
+fn decode_b64(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn encode_b64url(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, x)| n | (u32::from(*x) << (16 - 8 * i)));
+        for i in 0..=c.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
