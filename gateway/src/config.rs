@@ -70,6 +70,12 @@ pub struct Config {
     pub issuer: Option<String>,
     /// zstd level of stored blocks. Default: 3.
     pub zstd_level: i32,
+    /// Redaction at ingest for tenants without an override. Default: built-ins, stars.
+    pub redaction: RedactionConfig,
+    /// Per-tenant redaction (what a tenant's LogStream asks for), e.g.
+    /// `[tenant_redaction.acme] patterns = [{ name = "ticket", regex = "TICKET-[0-9]{6}" }]`.
+    /// Default: none.
+    pub tenant_redaction: BTreeMap<String, RedactionConfig>,
     /// Quotas of every tenant without an override. Default: unlimited.
     pub quotas: crate::quota::QuotaLimits,
     /// Per-tenant quota overrides, e.g. `[tenant_quotas.acme] ingest_lines_per_sec = 5000`.
@@ -100,9 +106,63 @@ impl Default for Config {
             audience: None,
             issuer: None,
             zstd_level: 3,
+            redaction: RedactionConfig::default(),
+            tenant_redaction: BTreeMap::new(),
             quotas: crate::quota::QuotaLimits::default(),
             tenant_quotas: BTreeMap::new(),
         }
+    }
+}
+
+/// How lines are redacted at ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Use the built-in detectors (AWS, GitHub, Slack, JWT, PEM, passwords, ...).
+    /// Default: true.
+    pub builtins: bool,
+    /// `stars` (keep the public prefix such as `AKIA`, then one `*` per character) or
+    /// `label` (`[REDACTED:detector]`). Default: `stars`.
+    pub style: String,
+    /// Named custom patterns; the whole match (or group 1) is masked. Default: none.
+    pub patterns: Vec<NamedPattern>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        RedactionConfig {
+            builtins: true,
+            style: "stars".into(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// A custom redaction pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPattern {
+    /// Detector name in `redaction_state` and metrics: `[a-z0-9_]{1,64}`.
+    pub name: String,
+    /// Regular expression (Rust `regex` syntax, compiled size at most 1 MiB).
+    pub regex: String,
+}
+
+impl RedactionConfig {
+    /// Compiles the configuration; the error names the bad pattern.
+    pub fn build(&self) -> Result<logstream_model::redact::Redactor, String> {
+        use logstream_model::redact::{MaskStyle, Redactor};
+        let style = match self.style.as_str() {
+            "stars" => MaskStyle::Stars,
+            "label" => MaskStyle::Label,
+            other => return Err(format!("style {other:?} must be stars or label")),
+        };
+        let patterns: Vec<(String, String)> = self
+            .patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.regex.clone()))
+            .collect();
+        Redactor::new(self.builtins, &patterns, style).map_err(|e| e.to_string())
     }
 }
 
@@ -159,6 +219,20 @@ impl Config {
                 problem: e.to_string(),
             })?;
             duration("tenant_retention", r)?;
+        }
+        self.redaction.build().map_err(|problem| ConfigError {
+            field: "redaction",
+            problem,
+        })?;
+        for (tenant, r) in &self.tenant_redaction {
+            logstream_model::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_redaction",
+                problem: e.to_string(),
+            })?;
+            r.build().map_err(|problem| ConfigError {
+                field: "tenant_redaction",
+                problem: format!("{tenant}: {problem}"),
+            })?;
         }
         for tenant in self.tenant_quotas.keys() {
             logstream_model::validate_tenant(tenant).map_err(|e| ConfigError {

@@ -26,8 +26,10 @@ pub struct AppState {
     pub viewer_counts: Mutex<(HashMap<String, usize>, HashMap<LogId, usize>)>,
     /// Flips to true at shutdown: live streams tell their viewers to reconnect.
     pub shutdown: watch::Receiver<bool>,
-    /// The built-in detectors, shared by every deployment.
+    /// The redactor of tenants without an override, shared by their deployments.
     pub redactor: Arc<logstream_model::redact::Redactor>,
+    /// Per-tenant redactors (`tenant_redaction` in the config).
+    pub tenant_redactors: HashMap<String, Arc<logstream_model::redact::Redactor>>,
     /// Per running deployment: registered secret values, `::add-mask::` values and PEM
     /// state. Held in memory only (never stored); dropped when the deployment completes.
     pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
@@ -67,8 +69,12 @@ impl AppState {
             .lock()
             .entry(id.clone())
             .or_insert_with(|| {
+                let r = self
+                    .tenant_redactors
+                    .get(&id.tenant)
+                    .unwrap_or(&self.redactor);
                 Arc::new(Mutex::new(logstream_model::redact::StreamRedactor::new(
-                    self.redactor.clone(),
+                    r.clone(),
                 )))
             })
             .clone()
@@ -126,6 +132,19 @@ impl AppState {
             auth = auth.without_hs256();
         }
         let audit = crate::audit::Audit::start(&store, metrics.clone())?;
+        let redactor = Arc::new(
+            config
+                .redaction
+                .build()
+                .map_err(|e| anyhow::anyhow!("invalid configuration: redaction: {e}"))?,
+        );
+        let mut tenant_redactors = HashMap::new();
+        for (tenant, r) in &config.tenant_redaction {
+            let built = r.build().map_err(|e| {
+                anyhow::anyhow!("invalid configuration: tenant_redaction: {tenant}: {e}")
+            })?;
+            tenant_redactors.insert(tenant.clone(), Arc::new(built));
+        }
         let quotas = crate::quota::Quotas::new(
             config.quotas,
             config.tenant_quotas.clone().into_iter().collect(),
@@ -140,7 +159,8 @@ impl AppState {
             metrics,
             viewer_counts: Mutex::new((HashMap::new(), HashMap::new())),
             shutdown,
-            redactor: Arc::new(logstream_model::redact::Redactor::builtin()),
+            redactor,
+            tenant_redactors,
             redaction: Mutex::new(HashMap::new()),
         }))
     }

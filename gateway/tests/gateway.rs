@@ -1343,3 +1343,59 @@ async fn a_flooding_tenant_gets_429s_and_the_other_tenant_is_unaffected() {
     let (_, d) = get_json(&gw, &calm, "/v1/deployments/steady").await;
     assert_eq!(d["lines"], 2000);
 }
+
+#[tokio::test]
+async fn tenants_get_their_own_redaction_patterns_and_style() {
+    use logstream_gateway::config::{NamedPattern, RedactionConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(tmp.path(), |c| {
+        c.tenant_redaction.insert(
+            "acme".into(),
+            RedactionConfig {
+                style: "label".into(),
+                patterns: vec![NamedPattern {
+                    name: "ticket".into(),
+                    regex: "TICKET-[0-9]{6}".into(),
+                }],
+                ..RedactionConfig::default()
+            },
+        );
+    })
+    .await;
+    let acme = gw.rw();
+    let beta = gw.token("beta", &[Scope::Read, Scope::Write]);
+    let line = "closing TICKET-123456 with AKIAIOSFODNN7EXAMPLE".to_owned();
+    push(&gw, &acme, "r", std::slice::from_ref(&line)).await;
+    push(&gw, &beta, "r", &[line]).await;
+    let (_, a) = get_json(&gw, &acme, "/v1/deployments/r/logs").await;
+    let (_, b) = get_json(&gw, &beta, "/v1/deployments/r/logs").await;
+    assert_eq!(
+        a["lines"][0]["message"],
+        "closing [REDACTED:ticket] with AKIA[REDACTED:aws_access_key_id]"
+    );
+    assert_eq!(
+        b["lines"][0]["message"],
+        "closing TICKET-123456 with AKIA****************"
+    );
+}
+
+#[test]
+fn a_bad_custom_pattern_is_refused_at_start_naming_it() {
+    use logstream_gateway::config::{NamedPattern, RedactionConfig};
+    let mut c = Config::default();
+    c.tenant_redaction.insert(
+        "acme".into(),
+        RedactionConfig {
+            patterns: vec![NamedPattern {
+                name: "broken".into(),
+                regex: "(".into(),
+            }],
+            ..RedactionConfig::default()
+        },
+    );
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("tenant_redaction") && err.contains("broken"),
+        "{err}"
+    );
+}
