@@ -281,6 +281,20 @@ impl Client {
     }
 }
 
+/// GETs `path` and parses the JSON answer; an error answer becomes its message.
+async fn get_json(c: &Client, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    let resp = c
+        .request(reqwest::Method::GET, path)?
+        .query(query)
+        .send()
+        .await
+        .context("connecting to the gateway")?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    Ok(resp.json().await?)
+}
+
 /// Turns a gateway error body into a message and exit code.
 async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
@@ -415,16 +429,7 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
     if let Some(n) = args.tail {
         q.push(("direction", "backward".into()));
         q.push(("limit", n.clamp(1, 5000).to_string()));
-        let resp = c
-            .request(reqwest::Method::GET, &path)?
-            .query(&q)
-            .send()
-            .await
-            .context("connecting to the gateway")?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        let page: Value = resp.json().await?;
+        let page = get_json(c, &path, &q).await?;
         let mut lines = page["lines"].as_array().cloned().unwrap_or_default();
         lines.truncate(n);
         for l in lines.iter().rev() {
@@ -439,16 +444,7 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
         if let Some(cur) = &cursor {
             q.push(("cursor", cur.clone()));
         }
-        let resp = c
-            .request(reqwest::Method::GET, &path)?
-            .query(&q)
-            .send()
-            .await
-            .context("connecting to the gateway")?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        let page: Value = resp.json().await?;
+        let page = get_json(c, &path, &q).await?;
         let lines = page["lines"].as_array().cloned().unwrap_or_default();
         for l in &lines {
             printer.line(l)?;
@@ -461,15 +457,7 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
 }
 
 async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
-    let resp = c
-        .request(reqwest::Method::GET, "/v1/deployments")?
-        .send()
-        .await
-        .context("connecting to the gateway")?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
-    let body: Value = resp.json().await?;
+    let body = get_json(c, "/v1/deployments", &[]).await?;
     let items = body["deployments"].as_array().cloned().unwrap_or_default();
     if let ListFormat::Json = output {
         println!("{}", serde_json::to_string_pretty(&body)?);
@@ -508,15 +496,7 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
 
 async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let resp = c
-        .request(reqwest::Method::GET, &format!("/v1/deployments/{id}"))?
-        .send()
-        .await
-        .context("connecting to the gateway")?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
-    let d: Value = resp.json().await?;
+    let d = get_json(c, &format!("/v1/deployments/{id}"), &[]).await?;
     for key in [
         "id",
         "status",

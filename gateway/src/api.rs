@@ -542,6 +542,18 @@ async fn ingest_http(
     .into_response())
 }
 
+/// Reads a (possibly gzipped) JSON body; a bad one is a 400 showing the `expected` shape.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> ApiResult<T> {
+    let body = read_body(s, headers, body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("expected {expected}: {e}")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
@@ -559,13 +571,13 @@ async fn complete(
 ) -> ApiResult<Response> {
     require(&p, Scope::Write)?;
     let id = log_id(&p, &id)?;
-    let body = read_body(&s, &headers, body).await?;
-    let b: CompleteBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("expected {{\"status\":\"succeeded|failed|cancelled\",\"exit_code\":N}}: {e}"),
-        )
-    })?;
+    let b: CompleteBody = json_body(
+        &s,
+        &headers,
+        body,
+        r#"{"status":"succeeded|failed|cancelled","exit_code":N}"#,
+    )
+    .await?;
     let status = Outcome::parse(&b.status).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_status",
@@ -599,13 +611,7 @@ async fn secrets(
 ) -> ApiResult<Response> {
     require(&p, Scope::Write)?;
     let lid = log_id(&p, &id)?;
-    let body = read_body(&s, &headers, body).await?;
-    let b: SecretsBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("expected {{\"values\":[\"...\"]}}: {e}"),
-        )
-    })?;
+    let b: SecretsBody = json_body(&s, &headers, body, r#"{"values":["..."]}"#).await?;
     if b.values.is_empty() || b.values.len() > 1000 {
         return Err(ApiError::bad_request(
             "invalid_secrets",

@@ -1399,3 +1399,79 @@ fn a_bad_custom_pattern_is_refused_at_start_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn idle_sse_streams_get_heartbeat_comments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(tmp.path(), |c| c.heartbeat_secs = 1).await;
+    let token = gw.rw();
+    push(&gw, &token, "hb", &lines("x", 0..1)).await;
+    let resp = client()
+        .get(format!("{}/v1/deployments/hb/stream", gw.http))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\n: hb\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("a heartbeat within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_stops_reading_is_caught_up_from_the_store_without_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(tmp.path(), |c| c.viewer_queue = 16).await;
+    let token = gw.rw();
+    push(&gw, &token, "lag", &lines("first", 0..1)).await;
+    let resp = client()
+        .get(format!("{}/v1/deployments/lag/stream", gw.http))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    // Do not read while 600 commits of 10 x 4 KiB lines (24 MiB) go by: far more than
+    // the 16 frames the broadcast keeps plus what loopback socket buffers hold.
+    let big = "z".repeat(4096);
+    for b in 0..600 {
+        push(
+            &gw,
+            &token,
+            "lag",
+            &(0..10)
+                .map(|i| format!("{b}/{i} {big}"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    }
+    complete(&gw, &token, "lag", "succeeded", 0).await;
+    let mut events = resp.bytes_stream().eventsource();
+    let mut got = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .unwrap()
+    {
+        let ev = ev.unwrap();
+        if ev.event == "end" {
+            break;
+        }
+        got.push(
+            serde_json::from_str::<Value>(&ev.data).unwrap()["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(got, (1..=6001).collect::<Vec<_>>());
+    assert!(
+        gw.state.metrics.lagging_viewers.get() > 0,
+        "the viewer lagged and was caught up from the store"
+    );
+}
