@@ -49,6 +49,7 @@ async fn start(dir: &std::path::Path) -> (String, String, Arc<AppState>) {
         listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         heartbeat_secs: 15,
+        max_streams_per_token: 10_000,
         ..Config::default()
     };
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -986,7 +986,7 @@ async fn stream_inner(
             "ask for Server-Sent Events with `Accept: text/event-stream`, or upgrade to a WebSocket",
         ));
     }
-    let slot = ViewerSlot::acquire(&s, &lid, &p.subject, Some(peer))?;
+    let slot = ViewerSlot::acquire(&s, &lid, &p, Some(peer))?;
     let expires_in =
         Duration::from_secs(p.expires_at.saturating_sub(now_ns() as u64 / 1_000_000_000));
     if is_ws {

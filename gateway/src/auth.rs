@@ -90,6 +90,8 @@ pub struct Principal {
     pub deployments: Option<Vec<String>>,
     /// Token expiry, Unix seconds.
     pub expires_at: u64,
+    /// Identifies the token itself (a hash of it), for per-token limits.
+    pub token_id: u64,
 }
 
 impl Principal {
@@ -376,12 +378,19 @@ impl Authenticator {
             .iter()
             .map(|s| Scope::parse(s).ok_or_else(|| AuthError::Scope(s.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        let token_id = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            token.hash(&mut h);
+            h.finish()
+        };
         Ok(Principal {
             subject: c.sub,
             tenant: c.tenant,
             scopes,
             deployments: c.deployments,
             expires_at: c.exp,
+            token_id,
         })
     }
 

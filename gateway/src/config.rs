@@ -47,6 +47,9 @@ pub struct Config {
     pub max_viewers_per_tenant: usize,
     /// Live viewers per deployment. Default: 10000.
     pub max_viewers_per_deployment: usize,
+    /// Live streams one token may hold open at once (against runaway clients).
+    /// Default: 64.
+    pub max_streams_per_token: usize,
     /// Seconds between SSE heartbeats / WebSocket pings. Default: 15.
     pub heartbeat_secs: u64,
     /// Frames a live viewer may fall behind before it is switched to catch-up reads
@@ -97,6 +100,7 @@ impl Default for Config {
             retention_interval: "10m".into(),
             max_viewers_per_tenant: 10_000,
             max_viewers_per_deployment: 10_000,
+            max_streams_per_token: 64,
             heartbeat_secs: 15,
             viewer_queue: 1024,
             signing_key_file: None,

@@ -299,7 +299,7 @@ impl pb::tail_server::Tail for Services {
             .log(&id, false)
             .map_err(ApiError::from)?
             .ok_or_else(|| Status::from(ApiError::not_found()))?;
-        let slot = ViewerSlot::acquire(&s, &id, &p.subject, None)?;
+        let slot = ViewerSlot::acquire(&s, &id, &p, None)?;
         let mut viewer = live::spawn(s.clone(), log, start, filter).await;
         let (tx, rx) = mpsc::channel(4);
         let mut shutdown = s.shutdown.clone();

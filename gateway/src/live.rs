@@ -10,6 +10,7 @@
 //! Runs as one task per viewer writing to a bounded channel; the task ends when the
 //! viewer goes away (send fails), at completion (after `End`), or at shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use logstream_model::Filter;
@@ -283,50 +284,82 @@ async fn read(
     Ok(page.records)
 }
 
-/// Viewer-count guard: counts a viewer against its tenant and deployment limits.
+/// Live viewers per tenant, per deployment and per token, for the limits.
+#[derive(Default)]
+pub struct ViewerCounts {
+    tenants: HashMap<String, usize>,
+    deployments: HashMap<LogId, usize>,
+    /// Keyed by tenant and token hash: one token's streams.
+    tokens: HashMap<String, usize>,
+}
+
+fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// Viewer-count guard: counts a viewer against its tenant, deployment and token limits
+/// while it lives; opening and closing are audited.
 pub struct ViewerSlot {
     state: Arc<AppState>,
     id: LogId,
     subject: String,
+    token: String,
     client: Option<std::net::SocketAddr>,
 }
 
 impl ViewerSlot {
-    /// Takes a slot or says which limit is reached (429 / WS close 1013).
-    /// Counts as `stream_open` / `stream_close` in the audit log.
+    /// Takes a slot or says which limit is reached (429).
     pub fn acquire(
         state: &Arc<AppState>,
         id: &LogId,
-        subject: &str,
+        who: &crate::auth::Principal,
         client: Option<std::net::SocketAddr>,
     ) -> Result<ViewerSlot, ApiError> {
+        let token = format!("{}/{:x}", who.tenant, who.token_id);
         let mut counts = state.viewer_counts.lock();
-        let tenant = counts.0.get(&id.tenant).copied().unwrap_or(0);
-        let deployment = counts.1.get(id).copied().unwrap_or(0);
-        if tenant >= state.config.max_viewers_per_tenant {
-            return Err(ApiError::too_many(
+        let c = &state.config;
+        let checks = [
+            (
                 "viewers_per_tenant",
-                format!(
-                    "tenant {} already has {tenant} live viewers (limit {}); close some streams or raise max_viewers_per_tenant",
-                    id.tenant, state.config.max_viewers_per_tenant
-                ),
-            ));
-        }
-        if deployment >= state.config.max_viewers_per_deployment {
-            return Err(ApiError::too_many(
+                counts.tenants.get(&id.tenant).copied().unwrap_or(0),
+                c.max_viewers_per_tenant,
+                format!("tenant {}", id.tenant),
+            ),
+            (
                 "viewers_per_deployment",
-                format!(
-                    "deployment {} already has {deployment} live viewers (limit {})",
-                    id.deployment, state.config.max_viewers_per_deployment
-                ),
-            ));
+                counts.deployments.get(id).copied().unwrap_or(0),
+                c.max_viewers_per_deployment,
+                format!("deployment {}", id.deployment),
+            ),
+            (
+                "streams_per_token",
+                counts.tokens.get(&token).copied().unwrap_or(0),
+                c.max_streams_per_token,
+                "this token".to_owned(),
+            ),
+        ];
+        for (code, now, limit, what) in checks {
+            if now >= limit {
+                return Err(ApiError::too_many(
+                    code,
+                    format!(
+                        "{what} already has {now} live streams (limit {limit}); close some streams or raise the limit"
+                    ),
+                ));
+            }
         }
-        *counts.0.entry(id.tenant.clone()).or_default() += 1;
-        *counts.1.entry(id.clone()).or_default() += 1;
+        *counts.tenants.entry(id.tenant.clone()).or_default() += 1;
+        *counts.deployments.entry(id.clone()).or_default() += 1;
+        *counts.tokens.entry(token.clone()).or_default() += 1;
         drop(counts);
         state.audit(
             "stream_open",
-            subject,
+            &who.subject,
             &id.tenant,
             &id.deployment,
             "ok",
@@ -335,7 +368,8 @@ impl ViewerSlot {
         Ok(ViewerSlot {
             state: state.clone(),
             id: id.clone(),
-            subject: subject.to_owned(),
+            subject: who.subject.clone(),
+            token,
             client,
         })
     }
@@ -352,17 +386,8 @@ impl Drop for ViewerSlot {
             self.client,
         );
         let mut counts = self.state.viewer_counts.lock();
-        if let Some(n) = counts.0.get_mut(&self.id.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                counts.0.remove(&self.id.tenant);
-            }
-        }
-        if let Some(n) = counts.1.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                counts.1.remove(&self.id);
-            }
-        }
+        dec(&mut counts.tenants, &self.id.tenant);
+        dec(&mut counts.deployments, &self.id);
+        dec(&mut counts.tokens, &self.token);
     }
 }

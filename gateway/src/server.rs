@@ -23,7 +23,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     /// Live viewers per tenant and per deployment, for the limits.
-    pub viewer_counts: Mutex<(HashMap<String, usize>, HashMap<LogId, usize>)>,
+    pub viewer_counts: Mutex<crate::live::ViewerCounts>,
     /// Flips to true at shutdown: live streams tell their viewers to reconnect.
     pub shutdown: watch::Receiver<bool>,
     /// The redactor of tenants without an override, shared by their deployments.
@@ -157,7 +157,7 @@ impl AppState {
             hub,
             auth,
             metrics,
-            viewer_counts: Mutex::new((HashMap::new(), HashMap::new())),
+            viewer_counts: Mutex::new(crate::live::ViewerCounts::default()),
             shutdown,
             redactor,
             tenant_redactors,

@@ -1085,7 +1085,7 @@ async fn probes_metrics_and_openapi_documents_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_viewers_each_receive_every_line_of_a_steady_stream() {
     let tmp = tempfile::tempdir().unwrap();
-    let gw = Arc::new(Gateway::start(tmp.path()).await);
+    let gw = Arc::new(Gateway::start_with(tmp.path(), |c| c.max_streams_per_token = 1000).await);
     let token = gw.rw();
     push(&gw, &token, "fan", &lines("start", 0..1)).await;
     let mut viewers = Vec::new();
@@ -1473,5 +1473,43 @@ async fn a_viewer_that_stops_reading_is_caught_up_from_the_store_without_loss() 
     assert!(
         gw.state.metrics.lagging_viewers.get() > 0,
         "the viewer lagged and was caught up from the store"
+    );
+}
+
+#[tokio::test]
+async fn one_token_may_hold_only_so_many_streams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(tmp.path(), |c| c.max_streams_per_token = 2).await;
+    let token = gw.rw();
+    let other = gw.token("acme", &[Scope::Read]);
+    push(&gw, &token, "t", &lines("x", 0..1)).await;
+    let open = |t: String| {
+        client()
+            .get(format!("{}/v1/deployments/t/stream", gw.http))
+            .bearer_auth(t)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let (a, b, c) = (
+        open(token.clone()).await.unwrap(),
+        open(token.clone()).await.unwrap(),
+        open(token.clone()).await.unwrap(),
+    );
+    assert_eq!(
+        (
+            a.status().as_u16(),
+            b.status().as_u16(),
+            c.status().as_u16()
+        ),
+        (200, 200, 429)
+    );
+    assert_eq!(
+        c.json::<Value>().await.unwrap()["error"]["code"],
+        "streams_per_token"
+    );
+    assert_eq!(
+        open(other).await.unwrap().status(),
+        200,
+        "another token is not affected"
     );
 }
