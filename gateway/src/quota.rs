@@ -48,17 +48,17 @@ impl Bucket {
         }
     }
 
-    /// Refills at `rate`/s up to `rate`; takes `n` if the bucket is not in debt.
-    fn take(&mut self, now: Instant, rate: u64, n: u64) -> Result<(), Duration> {
+    /// Adds what `rate`/s earned since the last call, up to one second's worth.
+    fn refill(&mut self, now: Instant, rate: u64) {
         let rate_f = rate as f64;
         self.tokens =
             (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate_f).min(rate_f);
         self.updated = now;
-        if self.tokens < 0.0 {
-            return Err(Duration::from_secs_f64(-self.tokens / rate_f));
-        }
-        self.tokens -= n as f64;
-        Ok(())
+    }
+
+    /// How long until the bucket is out of debt (`None`: it may be charged now).
+    fn wait(&self, rate: u64) -> Option<Duration> {
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate as f64))
     }
 }
 
@@ -147,44 +147,40 @@ impl Quotas {
                 });
             }
         }
-        // Check both buckets before charging either, so a refusal charges nothing.
-        if l.ingest_lines_per_sec > 0 {
-            let b = st
-                .lines
-                .get_or_insert_with(|| Bucket::new(now, l.ingest_lines_per_sec));
-            let mut probe = Bucket {
-                tokens: b.tokens,
-                updated: b.updated,
-            };
-            probe
-                .take(now, l.ingest_lines_per_sec, 0)
-                .map_err(|wait| OverQuota {
-                    quota: "ingest_lines_per_sec",
-                    limit: l.ingest_lines_per_sec,
-                    retry_after: wait,
-                })?;
+        // Refill and check both buckets before charging either, so a refusal charges
+        // nothing.
+        let mut buckets = [
+            (
+                &mut st.lines,
+                l.ingest_lines_per_sec,
+                lines,
+                "ingest_lines_per_sec",
+            ),
+            (
+                &mut st.bytes,
+                l.ingest_bytes_per_sec,
+                bytes,
+                "ingest_bytes_per_sec",
+            ),
+        ];
+        for (bucket, rate, _, quota) in buckets.iter_mut() {
+            if *rate == 0 {
+                continue;
+            }
+            let b = bucket.get_or_insert_with(|| Bucket::new(now, *rate));
+            b.refill(now, *rate);
+            if let Some(retry_after) = b.wait(*rate) {
+                return Err(OverQuota {
+                    quota,
+                    limit: *rate,
+                    retry_after,
+                });
+            }
         }
-        if l.ingest_bytes_per_sec > 0 {
-            let b = st
-                .bytes
-                .get_or_insert_with(|| Bucket::new(now, l.ingest_bytes_per_sec));
-            let mut probe = Bucket {
-                tokens: b.tokens,
-                updated: b.updated,
-            };
-            probe
-                .take(now, l.ingest_bytes_per_sec, 0)
-                .map_err(|wait| OverQuota {
-                    quota: "ingest_bytes_per_sec",
-                    limit: l.ingest_bytes_per_sec,
-                    retry_after: wait,
-                })?;
-        }
-        if let Some(b) = st.lines.as_mut() {
-            let _ = b.take(now, l.ingest_lines_per_sec, lines);
-        }
-        if let Some(b) = st.bytes.as_mut() {
-            let _ = b.take(now, l.ingest_bytes_per_sec, bytes);
+        for (bucket, rate, n, _) in buckets {
+            if let Some(b) = bucket.as_mut().filter(|_| rate > 0) {
+                b.tokens -= n as f64;
+            }
         }
         if new_deployment && l.deployments_per_day > 0 {
             st.created.push_back(now);
