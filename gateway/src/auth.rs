@@ -314,7 +314,7 @@ impl Authenticator {
                 let alg = token
                     .split('.')
                     .next()
-                    .and_then(base64_url_decode)
+                    .and_then(logstream_model::b64::decode)
                     .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
                     .and_then(|v| v["alg"].as_str().map(str::to_owned));
                 return Err(match alg {
@@ -444,30 +444,6 @@ impl Authenticator {
         let (_, key) = self.hs.as_ref().expect("minting needs the HS256 key");
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).expect("HS256 signing")
     }
-}
-
-fn base64_url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -83,29 +83,14 @@ async fn every_bad_token_is_refused_with_401_saying_why() {
         c[k] = v;
         c
     };
-    let none_token = {
-        use std::fmt::Write;
-        let b64 = |v: &Value| {
-            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = v.to_string().into_bytes();
-            let mut out = String::new();
-            for c in bytes.chunks(3) {
-                let n = c
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |n, (i, x)| n | (u32::from(*x) << (16 - 8 * i)));
-                for i in 0..=c.len() {
-                    write!(out, "{}", A[((n >> (18 - 6 * i)) & 63) as usize] as char).unwrap();
-                }
-            }
-            out
-        };
-        format!(
-            "{}.{}.",
-            b64(&json!({"alg": "none", "typ": "JWT"})),
-            b64(&good)
-        )
+    let b64 = |v: &Value| {
+        logstream_model::b64::encode(v.to_string().as_bytes(), logstream_model::b64::URL_SAFE)
     };
+    let none_token = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
     // Alg confusion: an HS256 token keyed with the RSA public key's bytes.
     let confused = sign(
         Algorithm::HS256,
@@ -216,9 +201,9 @@ async fn es256_eddsa_and_jwks_keys_are_accepted_and_hs256_can_be_turned_off() {
     let der = {
         let text = String::from_utf8(pem("ed.pub")).unwrap();
         let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-        decode_b64(&b64)
+        logstream_model::b64::decode(&b64).unwrap()
     };
-    let x = encode_b64url(&der[der.len() - 32..]);
+    let x = logstream_model::b64::encode(&der[der.len() - 32..], logstream_model::b64::URL_SAFE);
     let jwks = tmp.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed1", "use": "sig", "x": x}]}).to_string()).unwrap();
     let g = start(tmp.path(), |c| {
@@ -484,42 +469,4 @@ async fn ten_thousand_failed_auths_leave_the_server_responsive_and_memory_flat()
     );
     assert!(g.state.metrics.auth_failures.get() >= 10_000);
     g.state.audit.flush().await;
-}
-
-fn decode_b64(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-fn encode_b64url(b: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, x)| n | (u32::from(*x) << (16 - 8 * i)));
-        for i in 0..=c.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }

@@ -119,23 +119,12 @@ fn log_tag(tenant: &str, deployment: &str) -> u64 {
         .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 fn base64url_encode(raw: &[u8; RAW_LEN]) -> String {
-    let mut out = String::with_capacity(ENCODED_LEN);
-    for chunk in raw.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    crate::b64::encode(raw, crate::b64::URL_SAFE)
 }
 
+/// Strict decoding: URL-safe characters only, exactly `RAW_LEN` bytes, unused bits zero
+/// (so every cursor has exactly one spelling).
 fn base64url_decode(s: &str) -> Result<[u8; RAW_LEN], CursorError> {
     let mut raw = [0u8; RAW_LEN];
     let mut acc: u32 = 0;
@@ -143,13 +132,12 @@ fn base64url_decode(s: &str) -> Result<[u8; RAW_LEN], CursorError> {
     let mut len = 0;
     for c in s.chars() {
         let v = match c {
-            'A'..='Z' => c as u32 - 'A' as u32,
-            'a'..='z' => c as u32 - 'a' as u32 + 26,
-            '0'..='9' => c as u32 - '0' as u32 + 52,
-            '-' => 62,
-            '_' => 63,
-            other => return Err(CursorError::Character(other)),
-        };
+            '+' | '/' => None,
+            c if c.is_ascii() => crate::b64::value(c as u8),
+            _ => None,
+        }
+        .map(u32::from)
+        .ok_or(CursorError::Character(c))?;
         acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {

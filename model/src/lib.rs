@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod b64;
 mod cursor;
 mod filter;
 mod id;

@@ -600,7 +600,8 @@ impl StreamRedactor {
 
 fn encodings(v: &str) -> Vec<String> {
     let mut out = vec![v.to_owned()];
-    out.push(base64(v.as_bytes()));
+    // Unpadded: a prefix of every padded spelling.
+    out.push(crate::b64::encode(v.as_bytes(), crate::b64::STANDARD));
     let url: String = v
         .bytes()
         .map(|b| {
@@ -614,23 +615,5 @@ fn encodings(v: &str) -> Vec<String> {
     out.push(url);
     let json = serde_json::to_string(v).expect("string serialises");
     out.push(json[1..json.len() - 1].to_owned());
-    out
-}
-
-fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, x)| n | (u32::from(*x) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-    }
-    // Without padding: the unpadded form is a prefix of every padded one.
     out
 }
