@@ -50,6 +50,9 @@ pub struct Config {
     /// Live streams one token may hold open at once (against runaway clients).
     /// Default: 64.
     pub max_streams_per_token: usize,
+    /// Seconds a client has to send a complete HTTP/1 request head before it is
+    /// disconnected (slowloris). Default: 30.
+    pub header_read_timeout_secs: u64,
     /// Seconds between SSE heartbeats / WebSocket pings. Default: 15.
     pub heartbeat_secs: u64,
     /// Frames a live viewer may fall behind before it is switched to catch-up reads
@@ -101,6 +104,7 @@ impl Default for Config {
             max_viewers_per_tenant: 10_000,
             max_viewers_per_deployment: 10_000,
             max_streams_per_token: 64,
+            header_read_timeout_secs: 30,
             heartbeat_secs: 15,
             viewer_queue: 1024,
             signing_key_file: None,
@@ -260,6 +264,12 @@ impl Config {
             return Err(ConfigError {
                 field: "heartbeat_secs",
                 problem: "must be between 1 and 300".into(),
+            });
+        }
+        if self.header_read_timeout_secs == 0 || self.header_read_timeout_secs > 600 {
+            return Err(ConfigError {
+                field: "header_read_timeout_secs",
+                problem: "must be between 1 and 600".into(),
             });
         }
         if self.viewer_queue < 16 {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -198,11 +199,8 @@ pub async fn serve(
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut http_done = done_tx.subscribe();
     let mut grpc_done = done_tx.subscribe();
-    let http = axum::serve(
-        listeners.http,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let header_timeout = Duration::from_secs(state.config.header_read_timeout_secs);
+    let http = serve_http(listeners.http, app, header_timeout, async move {
         let _ = http_done.recv().await;
     });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
@@ -215,11 +213,69 @@ pub async fn serve(
         let _ = shutdown_tx.send(true);
         let _ = done_tx.send(());
     });
-    let (h, g) = tokio::join!(http, grpc);
+    let ((), g) = tokio::join!(http, grpc);
     retention.abort();
-    h?;
     g?;
     Ok(())
+}
+
+/// The HTTP accept loop: hyper with a timer, so a client that does not finish its
+/// request head within `header_timeout` is disconnected (slowloris); WebSocket upgrades;
+/// the peer address for handlers (`ConnectInfo`); at `stop`, stop accepting and drain
+/// the open connections (live streams end themselves with `reconnect`).
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(svc),
+        );
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 30 s after shutdown began; closing them");
+    }
 }
 
 /// Deletes expired segments every `retention_interval`; each deletion is logged.

@@ -470,3 +470,29 @@ async fn ten_thousand_failed_auths_leave_the_server_responsive_and_memory_flat()
     assert!(g.state.metrics.auth_failures.get() >= 10_000);
     g.state.audit.flush().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let g = start(tmp.path(), |c| c.header_read_timeout_secs = 1).await;
+    let addr = g.http.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    slow.write_all(b"GET /v1/deployments HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closed the connection after the header timeout"
+    );
+    // A normal client is still served.
+    let r = reqwest::Client::new()
+        .get(format!("{}/healthz", g.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
