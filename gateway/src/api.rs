@@ -1013,57 +1013,66 @@ async fn stream_inner(
 /// SSE framing of viewer events: one chunk per event (many lines per write), a `: hb`
 /// comment every heartbeat, `event: end` at completion, `event: auth_expired` when the
 /// token expires, `event: reconnect` at shutdown (the client resumes with Last-Event-ID).
+///
+/// The HTTP body polls the viewer's channel directly (no task in between). When the
+/// client leaves, hyper drops the body: the channel closes, the viewer task ends, the
+/// slot is freed. After a final event the stream ends at once.
 fn sse_stream(
     s: Arc<AppState>,
-    mut rx: tokio::sync::mpsc::Receiver<ViewerEvent>,
+    rx: tokio::sync::mpsc::Receiver<ViewerEvent>,
     slot: ViewerSlot,
     expires_in: Duration,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Bytes, Infallible>> {
-    let (out, body) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(8);
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
+    struct St {
+        rx: tokio::sync::mpsc::Receiver<ViewerEvent>,
+        hb: tokio::time::Interval,
+        expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        started: bool,
+        done: bool,
+        _slot: ViewerSlot,
+    }
     let heartbeat = Duration::from_secs(s.config.heartbeat_secs);
-    let mut shutdown = s.shutdown.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let expiry = tokio::time::sleep(expires_in);
-        tokio::pin!(expiry);
-        // Tell EventSource how soon to reconnect after a drop.
-        if out
-            .send(Ok(Bytes::from_static(b"retry: 1000\n\n")))
-            .await
-            .is_err()
-        {
-            return;
+    let st = St {
+        rx,
+        hb: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        expiry: Box::pin(tokio::time::sleep(expires_in)),
+        shutdown: s.shutdown.clone(),
+        started: false,
+        done: false,
+        _slot: slot,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
         }
-        loop {
-            let chunk = tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ViewerEvent::Lines(lines)) => Bytes::from(crate::hub::encode_sse(&lines)),
-                    Some(ViewerEvent::Frame(frame)) => frame.sse.clone(),
-                    Some(ViewerEvent::End(c)) => {
-                        let _ = out.send(Ok(Bytes::from(format!("event: end\ndata: {}\n\n", completion_json(&c))))).await;
-                        return;
-                    }
-                    None => return,
-                },
-                _ = hb.tick() => Bytes::from_static(b": hb\n\n"),
-                // The client went away: free the viewer slot now, not at the next write.
-                () = out.closed() => return,
-                () = &mut expiry => {
-                    let _ = out.send(Ok(Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n"))).await;
-                    return;
+        if !st.started {
+            // Tell EventSource how soon to reconnect after a drop.
+            st.started = true;
+            return Some((Ok(Bytes::from_static(b"retry: 1000\n\n")), st));
+        }
+        let chunk = tokio::select! {
+            ev = st.rx.recv() => match ev {
+                Some(ViewerEvent::Lines(lines)) => Bytes::from(crate::hub::encode_sse(&lines)),
+                Some(ViewerEvent::Frame(frame)) => frame.sse.clone(),
+                Some(ViewerEvent::End(c)) => {
+                    st.done = true;
+                    Bytes::from(format!("event: end\ndata: {}\n\n", completion_json(&c)))
                 }
-                _ = shutdown.changed() => {
-                    let _ = out.send(Ok(Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect with Last-Event-ID\"}\n\n"))).await;
-                    return;
-                }
-            };
-            if out.send(Ok(chunk)).await.is_err() {
-                return;
+                None => return None,
+            },
+            _ = st.hb.tick() => Bytes::from_static(b": hb\n\n"),
+            () = &mut st.expiry => {
+                st.done = true;
+                Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n")
             }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(body)
+            _ = st.shutdown.wait_for(|down| *down) => {
+                st.done = true;
+                Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect with Last-Event-ID\"}\n\n")
+            }
+        };
+        Some((Ok(chunk), st))
+    })
 }
 
 /// A WebSocket viewer: `{"type":"lines","lines":[...]}` frames, `{"type":"end",...}`,
