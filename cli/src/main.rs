@@ -336,6 +336,7 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     }
     // Follow: SSE with Last-Event-ID resume; backoff with jitter on any disconnect.
     let mut attempt = 0u32;
+    let mut unauthorized = 0u32;
     let mut tail = args.tail;
     loop {
         let mut q = query(&args);
@@ -363,9 +364,19 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             }
         };
         if !resp.status().is_success() {
+            // 401 with a token file: it may be rotating (a projected ServiceAccount
+            // token, an exec plugin writing it); re-read it on the next attempt, for a
+            // while, before giving up.
+            let refreshable = resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                && c.token_file.is_some()
+                && unauthorized < 5;
             if resp.status().is_server_error()
                 || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || refreshable
             {
+                if refreshable {
+                    unauthorized += 1;
+                }
                 attempt += 1;
                 reconnect_wait(c, attempt, &format!("HTTP {}", resp.status())).await;
                 continue;
@@ -381,6 +392,7 @@ async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             match ev.event.as_str() {
                 "line" => {
                     attempt = 0;
+                    unauthorized = 0;
                     let line: Value =
                         serde_json::from_str(&ev.data).context("a line from the gateway")?;
                     printer.line(&line)?;

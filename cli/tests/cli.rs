@@ -385,3 +385,75 @@ async fn bad_flags_and_values_exit_2_naming_the_problem() {
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("kubectl-logstream")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let writer = token(&g);
+    let file = tmp.path().join("token");
+    // A token that expires in 2 s: the stream ends with auth_expired, the CLI re-reads
+    // the file (rotated meanwhile) and resumes after the last line it printed.
+    std::fs::write(
+        &file,
+        g.state.auth.mint(
+            "viewer",
+            "acme",
+            &[Scope::Read],
+            Duration::from_secs(2),
+            None,
+        ),
+    )
+    .unwrap();
+    push(&g, &writer, "rot", &[json!({"message": "before"})]).await;
+    let mut child = Command::new(BIN)
+        .args([
+            "logs",
+            "-f",
+            "rot",
+            "--color",
+            "never",
+            "--token-file",
+            file.to_str().unwrap(),
+        ])
+        .env("LOGSTREAM_SERVER", &g.http)
+        .env_remove("LOGSTREAM_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut status = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "before");
+    std::fs::write(
+        &file,
+        g.state.auth.mint(
+            "viewer",
+            "acme",
+            &[Scope::Read],
+            Duration::from_secs(600),
+            None,
+        ),
+    )
+    .unwrap();
+    // The stream ends at the first token's expiry; the CLI says it is reconnecting.
+    let note = tokio::time::timeout(Duration::from_secs(10), status.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(note.contains("reconnecting"), "{note}");
+    push(&g, &writer, "rot", &[json!({"message": "after"})]).await;
+    complete(&g, &writer, "rot", "succeeded", 0).await;
+    let mut rest = Vec::new();
+    while let Some(l) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.push(l);
+    }
+    assert_eq!(rest, vec!["after"]);
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
