@@ -278,15 +278,20 @@ async fn serve_http(
     }
 }
 
-/// Deletes expired segments every `retention_interval`; each deletion is logged.
+/// Deletes expired segments every `retention_interval` (each deletion is audited) and
+/// forgets the handles of idle completed logs.
 async fn retention_loop(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(state.config.retention_interval());
     loop {
         tick.tick().await;
         let s = state.clone();
-        let result =
-            tokio::task::spawn_blocking(move || s.store.expire(|t| s.config.retention_for(t)))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            let expired = s.store.expire(|t| s.config.retention_for(t));
+            // Also forget idle completed logs (they reopen from disk when read).
+            s.store.evict_idle();
+            expired
+        })
+        .await;
         match result {
             Ok(Ok(deleted)) => {
                 for d in deleted {

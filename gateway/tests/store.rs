@@ -615,3 +615,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn idle_completed_logs_are_forgotten_and_reopen_on_demand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), StoreConfig::default());
+    let done = LogId::new("acme", "done");
+    let running = LogId::new("acme", "running");
+    let log = store.log(&done, true).unwrap().unwrap();
+    log.append(lines(0..5), None).unwrap();
+    log.complete(Outcome::Succeeded, 0).unwrap();
+    let held = store.log(&running, true).unwrap().unwrap();
+    held.append(lines(0..5), None).unwrap();
+    let in_use = store.log(&done, false).unwrap().unwrap();
+    drop(log);
+    assert_eq!(store.evict_idle(), 0, "a completed log someone holds stays");
+    drop(in_use);
+    assert_eq!(
+        store.evict_idle(),
+        1,
+        "the idle completed log goes, the running one stays"
+    );
+    assert_eq!(store.open_logs(), 1);
+    assert_eq!(read_all(&store, &done).len(), 5, "and reopens from disk");
+}

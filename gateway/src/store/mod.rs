@@ -333,6 +333,21 @@ impl Store {
         }))
     }
 
+    /// Forgets the handles of completed logs that nobody holds (they reopen from disk
+    /// on the next access), so the map does not grow with every deployment ever read.
+    /// Returns how many were dropped.
+    pub fn evict_idle(&self) -> usize {
+        let mut logs = self.logs.write();
+        let before = logs.len();
+        logs.retain(|_, log| Arc::strong_count(log) > 1 || log.completion().is_none());
+        before - logs.len()
+    }
+
+    /// Number of logs with an open handle.
+    pub fn open_logs(&self) -> usize {
+        self.logs.read().len()
+    }
+
     /// Bytes of the segment files of the logs open in this process.
     pub fn open_log_bytes(&self) -> u64 {
         self.logs.read().values().map(|l| l.stats().bytes).sum()
