@@ -170,15 +170,20 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 }
             }
         };
-        state.auth.verify(&token).map(Auth).map_err(|e| {
-            state.metrics.auth_failures.inc();
-            let client = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
-            state.audit("auth_rejected", "", "", "", &e.to_string(), client);
-            ApiError::from(e)
-        })
+        state
+            .auth
+            .verify_request(&token)
+            .await
+            .map(Auth)
+            .map_err(|e| {
+                state.metrics.auth_failures.inc();
+                let client = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                state.audit("auth_rejected", "", "", "", &e.to_string(), client);
+                ApiError::from(e)
+            })
     }
 }
 

@@ -151,6 +151,10 @@ pub enum AuthError {
     Algorithm(String),
     #[error("the token's key id {0:?} is unknown to this gateway")]
     UnknownKid(String),
+    #[error(
+        "ServiceAccount {0} is not mapped to a tenant; add it to `service_accounts` (the LogStream's allowed ServiceAccounts)"
+    )]
+    Unmapped(String),
     #[error("the token's audience is not {0:?}")]
     Audience(String),
     #[error("the token's issuer is not {0:?}")]
@@ -225,6 +229,115 @@ pub struct Authenticator {
     jwks_file: Option<(std::path::PathBuf, parking_lot::Mutex<std::time::Instant>)>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// Issuers of ServiceAccount tokens and the accounts' tenants.
+    sa_issuers: Vec<SaIssuer>,
+    sa_mappings: Vec<SaMapping>,
+}
+
+/// A Kubernetes (or any OIDC) issuer of ServiceAccount tokens, whose keys are fetched
+/// from its JWKS URL (given, or found by OIDC discovery) and refreshed on unknown kids.
+pub struct SaIssuer {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_url: Option<String>,
+    http: reqwest::Client,
+    keys: parking_lot::RwLock<Vec<PublicKey>>,
+    /// When keys were last fetched (None: never).
+    fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl SaIssuer {
+    pub fn new(
+        issuer: String,
+        audience: String,
+        jwks_url: Option<String>,
+        http: reqwest::Client,
+    ) -> SaIssuer {
+        SaIssuer {
+            issuer,
+            audience,
+            jwks_url,
+            http,
+            keys: parking_lot::RwLock::new(Vec::new()),
+            fetched: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
+        let keys = self.keys.read();
+        match keys
+            .iter()
+            .find(|k| kid.is_none() || k.kid.as_deref() == kid)
+        {
+            None => Ok(None),
+            Some(k) if k.alg != alg => Err(AuthError::Algorithm(format!("{alg:?}"))),
+            Some(k) => Ok(Some(k.key.clone())),
+        }
+    }
+
+    /// Fetches the issuer's keys, at most once per `JWKS_REFRESH` (the first time always).
+    async fn refresh(&self) {
+        let mut fetched = self.fetched.lock().await;
+        if fetched.is_some_and(|t| t.elapsed() < JWKS_REFRESH) {
+            return;
+        }
+        *fetched = Some(std::time::Instant::now());
+        match self.fetch().await {
+            Ok(keys) => *self.keys.write() = keys,
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "fetching ServiceAccount signing keys failed; keeping the keys loaded before")
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<PublicKey>, String> {
+        let get = |url: String| async move {
+            let r = self
+                .http
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if !r.status().is_success() {
+                return Err(format!("{url}: HTTP {}", r.status()));
+            }
+            r.bytes().await.map_err(|e| format!("{url}: {e}"))
+        };
+        let url = match &self.jwks_url {
+            Some(u) => u.clone(),
+            None => {
+                let doc = get(format!(
+                    "{}/.well-known/openid-configuration",
+                    self.issuer.trim_end_matches('/')
+                ))
+                .await?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+                v["jwks_uri"]
+                    .as_str()
+                    .ok_or("discovery document has no jwks_uri")?
+                    .to_owned()
+            }
+        };
+        PublicKey::from_jwks(&get(url).await?)
+    }
+}
+
+/// Which ServiceAccounts act for which tenant (from the LogStream).
+#[derive(Debug, Clone)]
+pub struct SaMapping {
+    pub namespace: String,
+    /// Glob over the ServiceAccount name (`*` for all in the namespace).
+    pub name: String,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Deserialize)]
+struct SaClaims {
+    sub: String,
+    exp: u64,
 }
 
 /// Least time between two re-reads of the JWKS file (a flood of unknown kids must not
@@ -242,7 +355,90 @@ impl Authenticator {
             jwks_file: None,
             audience,
             issuer,
+            sa_issuers: Vec::new(),
+            sa_mappings: Vec::new(),
         }
+    }
+
+    /// Also accept ServiceAccount tokens of these issuers, mapped to tenants by `mappings`.
+    pub fn with_service_accounts(
+        mut self,
+        issuers: Vec<SaIssuer>,
+        mappings: Vec<SaMapping>,
+    ) -> Authenticator {
+        self.sa_issuers = issuers;
+        self.sa_mappings = mappings;
+        self
+    }
+
+    /// Checks a token, including ServiceAccount tokens (whose issuer keys may need
+    /// fetching); every HTTP, WebSocket, SSE and gRPC request comes through here.
+    pub async fn verify_request(&self, token: &str) -> Result<Principal, AuthError> {
+        let issuer = token
+            .split('.')
+            .nth(1)
+            .and_then(logstream_model::b64::decode)
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|v| v["iss"].as_str().map(str::to_owned));
+        match issuer.and_then(|iss| self.sa_issuers.iter().find(|i| i.issuer == iss)) {
+            Some(i) => self.verify_service_account(i, token).await,
+            None => self.verify(token),
+        }
+    }
+
+    async fn verify_service_account(
+        &self,
+        i: &SaIssuer,
+        token: &str,
+    ) -> Result<Principal, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.as_deref();
+        let key = match i.find(kid, header.alg)? {
+            Some(k) => k,
+            None => {
+                i.refresh().await;
+                i.find(kid, header.alg)?
+                    .ok_or_else(|| AuthError::UnknownKid(kid.unwrap_or("").to_owned()))?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 30;
+        validation.set_audience(&[&i.audience]);
+        validation.set_issuer(&[&i.issuer]);
+        let c = jsonwebtoken::decode::<SaClaims>(token, &key, &validation)
+            .map_err(|e| jwt_error(&e, header.alg, &i.audience, &i.issuer))?
+            .claims;
+        let account = c
+            .sub
+            .strip_prefix("system:serviceaccount:")
+            .ok_or_else(|| {
+                AuthError::Invalid(
+                    "not a ServiceAccount token (sub is not system:serviceaccount:NS:NAME)".into(),
+                )
+            })?;
+        let (ns, name) = account
+            .split_once(':')
+            .ok_or_else(|| AuthError::Invalid("malformed ServiceAccount subject".into()))?;
+        let m = self
+            .sa_mappings
+            .iter()
+            .find(|m| m.namespace == ns && glob_match(&m.name, name))
+            .ok_or_else(|| AuthError::Unmapped(format!("{ns}/{name}")))?;
+        Ok(Principal {
+            subject: c.sub.clone(),
+            tenant: m.tenant.clone(),
+            scopes: m.scopes.clone(),
+            deployments: None,
+            expires_at: c.exp,
+            token_id: token_hash(token),
+        })
     }
 
     /// Also accept tokens signed by these public keys.
@@ -357,18 +553,12 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Claims>(token, &decoding, &self.validation(header.alg))
             .map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => AuthError::Expired,
-                K::ImmatureSignature => AuthError::NotYetValid,
-                K::InvalidSignature => AuthError::Signature,
-                K::InvalidAudience => {
-                    AuthError::Audience(self.audience.clone().unwrap_or_default())
-                }
-                K::InvalidIssuer => AuthError::Issuer(self.issuer.clone().unwrap_or_default()),
-                K::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
-                _ => AuthError::Invalid(e.to_string()),
-            }
+            jwt_error(
+                &e,
+                header.alg,
+                self.audience.as_deref().unwrap_or_default(),
+                self.issuer.as_deref().unwrap_or_default(),
+            )
         })?;
         let c = data.claims;
         logstream_model::validate_tenant(&c.tenant)
@@ -378,12 +568,7 @@ impl Authenticator {
             .iter()
             .map(|s| Scope::parse(s).ok_or_else(|| AuthError::Scope(s.clone())))
             .collect::<Result<Vec<_>, _>>()?;
-        let token_id = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            token.hash(&mut h);
-            h.finish()
-        };
+        let token_id = token_hash(token);
         Ok(Principal {
             subject: c.sub,
             tenant: c.tenant,
@@ -444,6 +629,32 @@ impl Authenticator {
         let (_, key) = self.hs.as_ref().expect("minting needs the HS256 key");
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).expect("HS256 signing")
     }
+}
+
+/// Why a JWT failed validation, as the caller should read it.
+fn jwt_error(
+    e: &jsonwebtoken::errors::Error,
+    alg: Algorithm,
+    audience: &str,
+    issuer: &str,
+) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidSignature => AuthError::Signature,
+        K::InvalidAudience => AuthError::Audience(audience.to_owned()),
+        K::InvalidIssuer => AuthError::Issuer(issuer.to_owned()),
+        K::InvalidAlgorithm => AuthError::Algorithm(format!("{alg:?}")),
+        _ => AuthError::Invalid(e.to_string()),
+    }
+}
+
+fn token_hash(token: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

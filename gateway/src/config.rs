@@ -67,6 +67,13 @@ pub struct Config {
     /// A JSON Web Key Set file whose keys are accepted; re-read (at most every 30 s)
     /// when a token names an unknown `kid`. Default: none.
     pub jwks_file: Option<PathBuf>,
+    /// Issuers of Kubernetes ServiceAccount tokens (projected, audience `logstream`),
+    /// e.g. `[[service_account_issuers]] issuer = "https://kubernetes.default.svc"`.
+    /// Keys come from `jwks_url`, or from OIDC discovery at the issuer. Default: none.
+    pub service_account_issuers: Vec<SaIssuerConfig>,
+    /// Which ServiceAccounts act for which tenant (what each LogStream allows), e.g.
+    /// `[[service_accounts]] namespace = "ci", name = "*", tenant = "acme"`. Default: none.
+    pub service_accounts: Vec<SaMappingConfig>,
     /// Accept HS256 tokens signed with the signing key (the dev default). Turn off in
     /// production when tokens come from an identity provider. Default: true.
     pub accept_hs256: bool,
@@ -111,6 +118,8 @@ impl Default for Config {
             public_keys: Vec::new(),
             jwks_file: None,
             accept_hs256: true,
+            service_account_issuers: Vec::new(),
+            service_accounts: Vec::new(),
             audience: None,
             issuer: None,
             zstd_level: 3,
@@ -172,6 +181,50 @@ impl RedactionConfig {
             .collect();
         Redactor::new(self.builtins, &patterns, style).map_err(|e| e.to_string())
     }
+}
+
+/// An issuer of ServiceAccount tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaIssuerConfig {
+    /// The `iss` claim of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry. Default: `logstream`.
+    #[serde(default = "default_sa_audience")]
+    pub audience: String,
+    /// Where its JWKS is; default: OIDC discovery at `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle to trust for the issuer (the cluster CA in-cluster). Default: the
+    /// system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_sa_audience() -> String {
+    "logstream".into()
+}
+
+/// ServiceAccounts of a namespace acting for a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaMappingConfig {
+    pub namespace: String,
+    /// Glob over ServiceAccount names. Default: `*`.
+    #[serde(default = "default_sa_name")]
+    pub name: String,
+    pub tenant: String,
+    /// Default: `["logs:write"]` (collectors and CI pods push).
+    #[serde(default = "default_sa_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_sa_name() -> String {
+    "*".into()
+}
+
+fn default_sa_scopes() -> Vec<String> {
+    vec!["logs:write".into()]
 }
 
 /// One accepted public key.
@@ -241,6 +294,24 @@ impl Config {
                 field: "tenant_redaction",
                 problem: format!("{tenant}: {problem}"),
             })?;
+        }
+        for m in &self.service_accounts {
+            logstream_model::validate_tenant(&m.tenant).map_err(|e| ConfigError {
+                field: "service_accounts",
+                problem: e.to_string(),
+            })?;
+            if let Some(bad) = m
+                .scopes
+                .iter()
+                .find(|s| crate::auth::Scope::parse(s).is_none())
+            {
+                return Err(ConfigError {
+                    field: "service_accounts",
+                    problem: format!(
+                        "scope {bad:?}: use logs:write, logs:read, logs:export or admin"
+                    ),
+                });
+            }
         }
         for tenant in self.tenant_quotas.keys() {
             logstream_model::validate_tenant(tenant).map_err(|e| ConfigError {

@@ -39,7 +39,7 @@ impl From<ApiError> for Status {
     }
 }
 
-fn principal<T>(state: &AppState, req: &Request<T>) -> Result<Principal, Status> {
+async fn principal<T>(state: &AppState, req: &Request<T>) -> Result<Principal, Status> {
     let v = req.metadata().get("authorization").ok_or_else(|| {
         Status::unauthenticated("no bearer token; send `authorization: Bearer <token>` metadata")
     })?;
@@ -48,7 +48,7 @@ fn principal<T>(state: &AppState, req: &Request<T>) -> Result<Principal, Status>
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("authorization metadata is not `Bearer <token>`"))?;
-    state.auth.verify(token).map_err(|e| {
+    state.auth.verify_request(token).await.map_err(|e| {
         state.metrics.auth_failures.inc();
         state.audit(
             "auth_rejected",
@@ -149,7 +149,7 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         req: Request<Streaming<pb::PushRequest>>,
     ) -> Result<Response<Self::PushStream>, Status> {
-        let p = principal(&self.0, &req)?;
+        let p = principal(&self.0, &req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let state = self.0.clone();
@@ -175,7 +175,7 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let p = principal(&self.0, &req)?;
+        let p = principal(&self.0, &req).await?;
         let r = req.into_inner();
         let id = log_id(&p, &r.deployment, Scope::Write)?;
         let status = Outcome::parse(&r.status).ok_or_else(|| {
@@ -249,7 +249,7 @@ impl pb::tail_server::Tail for Services {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let p = principal(&self.0, &req)?;
+        let p = principal(&self.0, &req).await?;
         let r = req.into_inner();
         let id = log_id(&p, &r.deployment, Scope::Read)?;
         let start = if !r.cursor.is_empty() {

@@ -132,6 +132,50 @@ impl AppState {
         if !config.accept_hs256 {
             auth = auth.without_hs256();
         }
+        let mut issuers = Vec::new();
+        for i in &config.service_account_issuers {
+            let mut http = reqwest::Client::builder();
+            if let Some(ca) = &i.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
+                        ca.display()
+                    )
+                })?;
+                for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
+                        ca.display()
+                    )
+                })? {
+                    http = http.add_root_certificate(cert);
+                }
+            }
+            let http = http
+                .build()
+                .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+            issuers.push(crate::auth::SaIssuer::new(
+                i.issuer.clone(),
+                i.audience.clone(),
+                i.jwks_url.clone(),
+                http,
+            ));
+        }
+        let mappings = config
+            .service_accounts
+            .iter()
+            .map(|m| crate::auth::SaMapping {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                tenant: m.tenant.clone(),
+                scopes: m
+                    .scopes
+                    .iter()
+                    .filter_map(|s| crate::auth::Scope::parse(s))
+                    .collect(),
+            })
+            .collect();
+        auth = auth.with_service_accounts(issuers, mappings);
         let audit = crate::audit::Audit::start(&store, metrics.clone())?;
         let redactor = Arc::new(
             config

@@ -496,3 +496,123 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A local OIDC issuer: discovery document and JWKS over HTTP, counting JWKS fetches.
+async fn oidc_issuer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let fetches = std::sync::Arc::new(AtomicUsize::new(0));
+    let jwks = std::fs::read_to_string(keys().join("jwks-rsa.json")).unwrap();
+    let (b, f) = (base.clone(), fetches.clone());
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move {
+                axum::Json(json!({"issuer": b, "jwks_uri": format!("{b}/openid/v1/jwks")}))
+            }),
+        )
+        .route(
+            "/openid/v1/jwks",
+            axum::routing::get(move || async move {
+                f.fetch_add(1, Ordering::SeqCst);
+                ([("content-type", "application/json")], jwks)
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, fetches)
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_map_to_their_tenant() {
+    use logstream_gateway::config::{SaIssuerConfig, SaMappingConfig};
+    let (issuer, fetches) = oidc_issuer().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let iss = issuer.clone();
+    let g = start(tmp.path(), move |c| {
+        c.service_account_issuers = vec![SaIssuerConfig {
+            issuer: iss,
+            audience: "logstream".into(),
+            jwks_url: None,
+            ca_file: None,
+        }];
+        c.service_accounts = vec![SaMappingConfig {
+            namespace: "ci".into(),
+            name: "runner-*".into(),
+            tenant: "acme".into(),
+            scopes: vec!["logs:write".into()],
+        }];
+    })
+    .await;
+    let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+    let sa = |sub: &str, aud: &str, kid: &str| {
+        let c = json!({"iss": issuer, "sub": sub, "aud": [aud], "exp": now() + 600, "iat": now(), "kubernetes.io": {"namespace": "ci"}});
+        sign(Algorithm::RS256, Some(kid), &c, &rsa)
+    };
+    let c = reqwest::Client::new();
+    let push = |token: String| {
+        c.post(format!("{}/v1/deployments/sa-build/logs", g.http))
+            .bearer_auth(token)
+            .header("content-type", "text/plain")
+            .body("from the pod")
+            .send()
+    };
+    let r = push(sa("system:serviceaccount:ci:runner-7", "logstream", "sa1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // The line landed in acme's tenant.
+    let reader = g
+        .state
+        .auth
+        .mint("r", "acme", &[Scope::Read], Duration::from_secs(60), None);
+    assert_eq!(
+        status_and_message(&g, &reader, "/v1/deployments/sa-build")
+            .await
+            .0,
+        200
+    );
+    // Scopes come from the mapping: this account may write, not read.
+    assert_eq!(
+        status_and_message(
+            &g,
+            &sa("system:serviceaccount:ci:runner-7", "logstream", "sa1"),
+            "/v1/deployments"
+        )
+        .await
+        .0,
+        403
+    );
+    for (token, needle) in [
+        (
+            sa("system:serviceaccount:ci:deployer", "logstream", "sa1"),
+            "not mapped",
+        ),
+        (
+            sa("system:serviceaccount:other:runner-1", "logstream", "sa1"),
+            "not mapped",
+        ),
+        (
+            sa("system:serviceaccount:ci:runner-1", "kubernetes", "sa1"),
+            "audience",
+        ),
+        (
+            sa(
+                "system:serviceaccount:ci:runner-1",
+                "logstream",
+                "rotated-away",
+            ),
+            "key id",
+        ),
+    ] {
+        let r = push(token).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let msg = r.json::<Value>().await.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+    }
+    // Keys were fetched through discovery once; the unknown kid did not refetch within 30 s.
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
