@@ -229,6 +229,9 @@ pub struct Authenticator {
     jwks_file: Option<(std::path::PathBuf, parking_lot::Mutex<std::time::Instant>)>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// Keys from a JWKS URL (tokens carrying tenant claims), fetched on first use and on
+    /// unknown kids.
+    remote: Option<SaIssuer>,
     /// Issuers of ServiceAccount tokens and the accounts' tenants.
     sa_issuers: Vec<SaIssuer>,
     sa_mappings: Vec<SaMapping>,
@@ -355,9 +358,16 @@ impl Authenticator {
             jwks_file: None,
             audience,
             issuer,
+            remote: None,
             sa_issuers: Vec::new(),
             sa_mappings: Vec::new(),
         }
+    }
+
+    /// Also accept tokens signed by the keys at this JWKS URL.
+    pub fn with_jwks_url(mut self, url: String, http: reqwest::Client) -> Authenticator {
+        self.remote = Some(SaIssuer::new(String::new(), String::new(), Some(url), http));
+        self
     }
 
     /// Also accept ServiceAccount tokens of these issuers, mapped to tenants by `mappings`.
@@ -380,9 +390,16 @@ impl Authenticator {
             .and_then(logstream_model::b64::decode)
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
             .and_then(|v| v["iss"].as_str().map(str::to_owned));
-        match issuer.and_then(|iss| self.sa_issuers.iter().find(|i| i.issuer == iss)) {
-            Some(i) => self.verify_service_account(i, token).await,
-            None => self.verify(token),
+        if let Some(i) = issuer.and_then(|iss| self.sa_issuers.iter().find(|i| i.issuer == iss)) {
+            return self.verify_service_account(i, token).await;
+        }
+        match (self.verify(token), &self.remote) {
+            // Keys from the JWKS URL: fetch on first use and when a kid is unknown.
+            (Err(AuthError::UnknownKid(_) | AuthError::Algorithm(_)), Some(remote)) => {
+                remote.refresh().await;
+                self.verify(token)
+            }
+            (result, _) => result,
         }
     }
 
@@ -539,7 +556,13 @@ impl Authenticator {
                     Some(k) => Ok(Some(k.key.clone())),
                 }
             };
-            let found = find(&self.keys.read())?;
+            let found = match find(&self.keys.read())? {
+                Some(k) => Some(k),
+                None => match &self.remote {
+                    Some(r) => find(&r.keys.read())?,
+                    None => None,
+                },
+            };
             match found {
                 Some(k) => k,
                 None => {

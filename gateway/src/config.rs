@@ -67,6 +67,10 @@ pub struct Config {
     /// A JSON Web Key Set file whose keys are accepted; re-read (at most every 30 s)
     /// when a token names an unknown `kid`. Default: none.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL whose keys are accepted (an identity provider's), fetched on first use
+    /// and re-fetched (at most every 30 s) when a token names an unknown `kid`.
+    /// Default: none.
+    pub jwks_url: Option<String>,
     /// Issuers of Kubernetes ServiceAccount tokens (projected, audience `logstream`),
     /// e.g. `[[service_account_issuers]] issuer = "https://kubernetes.default.svc"`.
     /// Keys come from `jwks_url`, or from OIDC discovery at the issuer. Default: none.
@@ -118,6 +122,7 @@ impl Default for Config {
             public_keys: Vec::new(),
             jwks_file: None,
             accept_hs256: true,
+            jwks_url: None,
             service_account_issuers: Vec::new(),
             service_accounts: Vec::new(),
             audience: None,

@@ -176,6 +176,9 @@ impl AppState {
             })
             .collect();
         auth = auth.with_service_accounts(issuers, mappings);
+        if let Some(url) = &config.jwks_url {
+            auth = auth.with_jwks_url(url.clone(), reqwest::Client::new());
+        }
         let audit = crate::audit::Audit::start(&store, metrics.clone())?;
         let redactor = Arc::new(
             config

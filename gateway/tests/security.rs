@@ -616,3 +616,35 @@ async fn kubernetes_service_account_tokens_map_to_their_tenant() {
     // Keys were fetched through discovery once; the unknown kid did not refetch within 30 s.
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn tokens_signed_by_keys_at_a_jwks_url_are_accepted() {
+    let (issuer, fetches) = oidc_issuer().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("{issuer}/openid/v1/jwks");
+    let g = start(tmp.path(), move |c| c.jwks_url = Some(url)).await;
+    let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+    let good = sign(Algorithm::RS256, Some("sa1"), &claims("acme"), &rsa);
+    assert_eq!(
+        status_and_message(&g, &good, "/v1/deployments").await.0,
+        200
+    );
+    assert_eq!(
+        status_and_message(&g, &good, "/v1/deployments").await.0,
+        200,
+        "served from the cache"
+    );
+    let (status, msg) = status_and_message(
+        &g,
+        &sign(Algorithm::RS256, Some("nope"), &claims("acme"), &rsa),
+        "/v1/deployments",
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(msg.contains("key id"), "{msg}");
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch; the unknown kid is within the 30 s floor"
+    );
+}
