@@ -150,6 +150,25 @@ async fn read_sse(
     (got, last, None)
 }
 
+/// Pushes `batches` batches of `per_batch` lines to `id` in the background, then
+/// completes it with `outcome`.
+fn spawn_producer(
+    gw: &Arc<Gateway>,
+    token: &str,
+    id: &'static str,
+    batches: usize,
+    per_batch: usize,
+    outcome: (&'static str, i32),
+) -> tokio::task::JoinHandle<()> {
+    let (gw, token) = (gw.clone(), token.to_owned());
+    tokio::spawn(async move {
+        for b in 0..batches {
+            push(&gw, &token, id, &lines(&format!("batch {b}"), 0..per_batch)).await;
+        }
+        complete(&gw, &token, id, outcome.0, outcome.1).await;
+    })
+}
+
 fn seqs(v: &[Value]) -> Vec<u64> {
     v.iter().map(|l| l["seq"].as_u64().unwrap()).collect()
 }
@@ -160,15 +179,7 @@ async fn sse_resume_by_last_event_id_after_a_drop_under_load_has_no_gap_or_dup()
     let gw = Arc::new(Gateway::start(tmp.path()).await);
     let token = gw.rw();
     push(&gw, &token, "d1", &lines("warmup", 0..10)).await;
-    let writer = {
-        let (gw, token) = (gw.clone(), token.clone());
-        tokio::spawn(async move {
-            for b in 0..100 {
-                push(&gw, &token, "d1", &lines(&format!("batch {b}"), 0..20)).await;
-            }
-            complete(&gw, &token, "d1", "succeeded", 0).await;
-        })
-    };
+    let writer = spawn_producer(&gw, &token, "d1", 100, 20, ("succeeded", 0));
     let mut all = Vec::new();
     let mut last: Option<String> = None;
     let mut end = None;
@@ -208,15 +219,7 @@ async fn viewers_joining_during_ingest_get_every_line_exactly_once_across_the_hi
     let gw = Arc::new(Gateway::start(tmp.path()).await);
     let token = gw.rw();
     push(&gw, &token, "d", &lines("first", 0..5)).await;
-    let writer = {
-        let (gw, token) = (gw.clone(), token.clone());
-        tokio::spawn(async move {
-            for b in 0..60 {
-                push(&gw, &token, "d", &lines(&format!("b{b}"), 0..10)).await;
-            }
-            complete(&gw, &token, "d", "failed", 3).await;
-        })
-    };
+    let writer = spawn_producer(&gw, &token, "d", 60, 10, ("failed", 3));
     let mut viewers = Vec::new();
     for i in 0..12 {
         let (gw, token) = (gw.clone(), token.clone());
