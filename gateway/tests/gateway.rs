@@ -108,6 +108,19 @@ fn lines(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix} {i}")).collect()
 }
 
+/// A GET asking for `id`'s live stream as Server-Sent Events.
+fn sse_request(
+    gw: &Gateway,
+    token: impl std::fmt::Display,
+    id: &str,
+    query: &str,
+) -> reqwest::RequestBuilder {
+    client()
+        .get(format!("{}/v1/deployments/{id}/stream{query}", gw.http))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+}
+
 /// Reads SSE events until `end` (or until `stop_after` line events), returning the line
 /// JSONs, the last event id, and whether `end` came.
 async fn read_sse(
@@ -118,10 +131,7 @@ async fn read_sse(
     last_event_id: Option<&str>,
     stop_after: Option<usize>,
 ) -> (Vec<Value>, Option<String>, Option<Value>) {
-    let mut req = client()
-        .get(format!("{}/v1/deployments/{id}/stream{query}", gw.http))
-        .bearer_auth(token)
-        .header("accept", "text/event-stream");
+    let mut req = sse_request(gw, token, id, query);
     if let Some(l) = last_event_id {
         req = req.header("last-event-id", l);
     }
@@ -846,13 +856,7 @@ async fn shutdown_tells_live_viewers_to_reconnect() {
     let gw = Gateway::start(tmp.path()).await;
     let token = gw.rw();
     push(&gw, &token, "s", &lines("x", 0..3)).await;
-    let resp = client()
-        .get(format!("{}/v1/deployments/s/stream", gw.http))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = sse_request(&gw, &token, "s", "").send().await.unwrap();
     let mut events = resp.bytes_stream().eventsource();
     for _ in 0..3 {
         assert_eq!(events.next().await.unwrap().unwrap().event, "line");
@@ -873,13 +877,7 @@ async fn viewer_limit_answers_429_with_retry_after() {
     let gw = Gateway::start_with(tmp.path(), |c| c.max_viewers_per_deployment = 2).await;
     let token = gw.rw();
     push(&gw, &token, "v", &lines("x", 0..1)).await;
-    let open = || {
-        client()
-            .get(format!("{}/v1/deployments/v/stream", gw.http))
-            .bearer_auth(&token)
-            .header("accept", "text/event-stream")
-            .send()
-    };
+    let open = || sse_request(&gw, &token, "v", "").send();
     let a = open().await.unwrap();
     let b = open().await.unwrap();
     let c = open().await.unwrap();
@@ -1409,13 +1407,7 @@ async fn idle_sse_streams_get_heartbeat_comments() {
     let gw = Gateway::start_with(tmp.path(), |c| c.heartbeat_secs = 1).await;
     let token = gw.rw();
     push(&gw, &token, "hb", &lines("x", 0..1)).await;
-    let resp = client()
-        .get(format!("{}/v1/deployments/hb/stream", gw.http))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = sse_request(&gw, &token, "hb", "").send().await.unwrap();
     let mut body = resp.bytes_stream();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("\n: hb\n") {
@@ -1434,13 +1426,7 @@ async fn a_viewer_that_stops_reading_is_caught_up_from_the_store_without_loss() 
     let gw = Gateway::start_with(tmp.path(), |c| c.viewer_queue = 16).await;
     let token = gw.rw();
     push(&gw, &token, "lag", &lines("first", 0..1)).await;
-    let resp = client()
-        .get(format!("{}/v1/deployments/lag/stream", gw.http))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = sse_request(&gw, &token, "lag", "").send().await.unwrap();
     // Do not read while 600 commits of 10 x 4 KiB lines (24 MiB) go by: far more than
     // the 16 frames the broadcast keeps plus what loopback socket buffers hold.
     let big = "z".repeat(4096);
@@ -1486,13 +1472,7 @@ async fn one_token_may_hold_only_so_many_streams() {
     let token = gw.rw();
     let other = gw.token("acme", &[Scope::Read]);
     push(&gw, &token, "t", &lines("x", 0..1)).await;
-    let open = |t: String| {
-        client()
-            .get(format!("{}/v1/deployments/t/stream", gw.http))
-            .bearer_auth(t)
-            .header("accept", "text/event-stream")
-            .send()
-    };
+    let open = |t: String| sse_request(&gw, t, "t", "").send();
     let (a, b, c) = (
         open(token.clone()).await.unwrap(),
         open(token.clone()).await.unwrap(),
