@@ -15,10 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_kubectl-logstream");
 
 async fn gateway(dir: &Path, listen: &str) -> Running {
     let config = Config {
-        data_dir: dir.to_owned(),
         listen: listen.parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
+        ..Config::loopback(dir)
     };
     Running::start(config).await.unwrap()
 }

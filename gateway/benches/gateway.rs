@@ -45,12 +45,9 @@ fn percentile(v: &mut [i64], p: f64) -> f64 {
 
 async fn start(dir: &std::path::Path) -> (String, String, Arc<AppState>) {
     let config = Config {
-        data_dir: dir.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
         heartbeat_secs: 15,
         max_streams_per_token: 10_000,
-        ..Config::default()
+        ..Config::loopback(dir)
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let l = Listeners::bind(config.listen, config.grpc_listen)

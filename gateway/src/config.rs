@@ -264,6 +264,18 @@ fn duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 impl Config {
+    /// Defaults with both listeners on free loopback ports and data in `data_dir`: an
+    /// embedded gateway for tests, benchmarks and local tools.
+    pub fn loopback(data_dir: &std::path::Path) -> Config {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            data_dir: data_dir.to_owned(),
+            listen: any,
+            grpc_listen: any,
+            ..Config::default()
+        }
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

@@ -27,12 +27,7 @@ impl Gateway {
     }
 
     async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Gateway {
-        let mut config = Config {
-            data_dir: dir.to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
+        let mut config = Config::loopback(dir);
         tweak(&mut config);
         let running = server::Running::start(config).await.unwrap();
         Gateway {

@@ -37,12 +37,7 @@ fn pem(name: &str) -> Vec<u8> {
 }
 
 async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config {
-        data_dir: dir.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
+    let mut c = Config::loopback(dir);
     tweak(&mut c);
     Running::start(c).await.unwrap()
 }
