@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::Config;
-use logstream_gateway::server::{self, AppState, Listeners};
+use logstream_gateway::server::Running;
 use logstream_proto::v1 as pb;
 
 fn now_ns() -> i64 {
@@ -43,21 +43,18 @@ fn percentile(v: &mut [i64], p: f64) -> f64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1e6
 }
 
-async fn start(dir: &std::path::Path) -> (String, String, Arc<AppState>) {
-    let config = Config {
-        heartbeat_secs: 15,
-        max_streams_per_token: 10_000,
-        ..Config::loopback(dir)
-    };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let l = Listeners::bind(config.listen, config.grpc_listen)
-        .await
-        .unwrap();
-    let http = format!("http://{}", l.http.local_addr().unwrap());
-    let grpc = format!("http://{}", l.grpc.local_addr().unwrap());
-    let state = AppState::open(config, rx).unwrap();
-    tokio::spawn(server::serve(state.clone(), l, tx, std::future::pending()));
-    (http, grpc, state)
+/// Sums what the producers report: (lines, bytes, longest elapsed).
+async fn totals(
+    tasks: Vec<tokio::task::JoinHandle<(usize, usize, Duration)>>,
+) -> (usize, usize, Duration) {
+    let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (a, by, e) = t.await.unwrap();
+        n += a;
+        b += by;
+        el = el.max(e);
+    }
+    (n, b, el)
 }
 
 #[tokio::main]
@@ -66,7 +63,17 @@ async fn main() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (http, grpc, state) = start(tmp.path()).await;
+    let config = Config {
+        heartbeat_secs: 15,
+        max_streams_per_token: 10_000,
+        ..Config::loopback(tmp.path())
+    };
+    let running = Running::start(config).await.unwrap();
+    let (http, grpc, state) = (
+        running.http.clone(),
+        running.grpc.clone(),
+        running.state.clone(),
+    );
     let only_live = std::env::var("LOGSTREAM_BENCH_ONLY").is_ok_and(|v| v == "live");
     let token = state.auth.mint(
         "bench",
@@ -121,13 +128,7 @@ async fn main() {
                 (n, bytes, t.elapsed())
             }));
         }
-        let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
-        for t in tasks {
-            let (a, by, e) = t.await.unwrap();
-            n += a;
-            b += by;
-            el = el.max(e);
-        }
+        let (n, b, el) = totals(tasks).await;
         println!(
             "| HTTP POST NDJSON | {:.0} | {:.1} |",
             n as f64 / el.as_secs_f64(),
@@ -208,13 +209,7 @@ async fn main() {
                 (n, bytes, t.elapsed())
             }));
         }
-        let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
-        for t in tasks {
-            let (a, by, e) = t.await.unwrap();
-            n += a;
-            b += by;
-            el = el.max(e);
-        }
+        let (n, b, el) = totals(tasks).await;
         println!(
             "| gRPC Ingest.Push | {:.0} | {:.1} |\n",
             n as f64 / el.as_secs_f64(),
