@@ -1,6 +1,467 @@
 //! `LogStream` custom resource types (`logstream.dev/v1alpha1`).
 //!
-//! This crate holds the types the operator reconciles and the collector selects pods
-//! with. The types, their schemars schema and the generated CRD YAML arrive with the
-//! operator work (issue 9); until then the crate is intentionally empty so the workspace
-//! layout of `ARCHITECTURE.md` is in place.
+//! One `LogStream` per tenant: which pods the collectors pick up for it, how its logs are
+//! redacted, kept and limited, and the shape of its gateway (store StatefulSet, edge
+//! Deployment + HPA). The operator reconciles it; the collector selects pods with it;
+//! the Helm chart ships the generated CRD, which is checked in as
+//! `crds/logstream.dev_logstreams.yaml` (`logstream-operator crds` prints it, and a test
+//! fails when the checked-in file is stale).
+//!
+//! Validation happens in three places, all from these types: the OpenAPI schema
+//! (types, patterns, bounds, defaults), CEL rules (`x-kubernetes-validations`, for what
+//! relates two fields), and [`LogStreamSpec::check`] for what neither can express (a
+//! custom pattern must compile as a Rust regex).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the LogStream resource.
+pub const GROUP: &str = "logstream.dev";
+/// The one served version.
+pub const VERSION: &str = "v1alpha1";
+/// Default label key naming a pod's deployment (pipeline run).
+pub const DEFAULT_DEPLOYMENT_LABEL: &str = "logstream.dev/deployment";
+/// Default label key naming a pod's step; without it the container name is the step.
+pub const DEFAULT_STEP_LABEL: &str = "logstream.dev/step";
+/// Default retention: 30 days.
+pub const DEFAULT_RETENTION: &str = "720h";
+
+/// A tenant's log stream: pod selection, redaction, retention, quotas and gateway shape.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "logstream.dev",
+    version = "v1alpha1",
+    kind = "LogStream",
+    plural = "logstreams",
+    shortname = "lstream",
+    namespaced,
+    status = "LogStreamStatus",
+    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".spec.tenant"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Viewers","type":"integer","jsonPath":".status.viewers"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("self.gateway.store.replicas == 1 || has(self.kafka)").message("spec.gateway.store.replicas above 1 needs spec.kafka: without Kafka one store replica holds every deployment of the tenant").reason(kube::core::Reason::FieldValueInvalid).field_path(".gateway.store.replicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStreamSpec {
+    /// Tenant id: lowercase letters, digits and `-`, 1-63 characters, unique in the
+    /// cluster. Immutable.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tenant is immutable: create a new LogStream for a new tenant"))]
+    pub tenant: String,
+    /// Which pods belong to this tenant.
+    #[serde(default)]
+    pub selector: PodSelection,
+    /// Label keys naming a pod's deployment and step.
+    #[serde(default)]
+    pub labels: LabelKeys,
+    /// How long logs are kept, as a duration (`720h`, `30d`, `90m`). Default `720h`.
+    #[serde(default = "default_retention")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.retention must be a duration such as 720h, 30d or 1d12h"))]
+    pub retention: String,
+    /// Secret redaction before anything is stored.
+    #[serde(default)]
+    pub redaction: Redaction,
+    /// Per-tenant limits. Absent fields are unlimited.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// The tenant's gateway: store, edge, image and authentication.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// Kafka transport between edges and stores (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSpec>,
+    /// Put a ResourceQuota and LimitRange on this namespace sized for the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_quota: Option<NamespaceQuota>,
+}
+
+/// Namespaces and pod labels a tenant's pods are selected by.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSelection {
+    /// Namespaces to collect from; empty means the LogStream's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Pod labels; absent means pods carrying the deployment label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// Label keys that name a pod's deployment and step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelKeys {
+    /// Default `logstream.dev/deployment`.
+    #[serde(default = "default_deployment_label")]
+    #[schemars(length(min = 1, max = 317))]
+    pub deployment: String,
+    /// Default `logstream.dev/step`; pods without it use the container name.
+    #[serde(default = "default_step_label")]
+    #[schemars(length(min = 1, max = 317))]
+    pub step: String,
+}
+
+impl Default for LabelKeys {
+    fn default() -> Self {
+        LabelKeys {
+            deployment: default_deployment_label(),
+            step: default_step_label(),
+        }
+    }
+}
+
+/// Redaction settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Redaction {
+    /// Use the built-in detectors (cloud keys, tokens, JWTs, PEM keys, passwords in
+    /// URLs and assignments). Default true.
+    #[serde(default = "yes")]
+    pub builtins: bool,
+    /// `stars` keeps a public prefix and masks the rest; `label` writes
+    /// `[REDACTED:detector]`. Default `stars`.
+    #[serde(default)]
+    pub style: MaskStyle,
+    /// Custom named patterns; the whole match (or capture group 1) is masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("spec.redaction.patterns: names must be unique"))]
+    pub patterns: Vec<NamedPattern>,
+}
+
+impl Default for Redaction {
+    fn default() -> Self {
+        Redaction {
+            builtins: true,
+            style: MaskStyle::Stars,
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// How a secret is masked.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskStyle {
+    #[default]
+    Stars,
+    Label,
+}
+
+/// A custom redaction pattern.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedPattern {
+    /// Detector name shown in metrics and labels: `[a-z0-9_]{1,64}`.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9_]{1,64}$"))]
+    pub name: String,
+    /// Regular expression (RE2/Rust syntax), at most 1024 characters.
+    #[schemars(length(min = 1, max = 1024))]
+    pub regex: String,
+}
+
+/// Per-tenant quotas; absent means unlimited.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// Lines per second accepted at ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ingest_lines_per_second: Option<u64>,
+    /// Message bytes per second accepted at ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ingest_bytes_per_second: Option<u64>,
+    /// New deployments per rolling 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub deployments_per_day: Option<u64>,
+    /// Stored bytes (compressed segments) the tenant may keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub storage_bytes: Option<u64>,
+    /// Live viewers across all of the tenant's deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub viewers: Option<u32>,
+    /// Live viewers of one deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub viewers_per_deployment: Option<u32>,
+}
+
+/// The tenant's gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Gateway image; default: the operator's own `--gateway-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The store StatefulSet.
+    #[serde(default)]
+    pub store: StoreSpec,
+    /// The edge Deployment and its HPA.
+    #[serde(default)]
+    pub edge: EdgeSpec,
+    /// Who may push and view.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+/// Store replicas: durable segment files on a PVC.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSpec {
+    /// Default 1. More than one needs `kafka`.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 64))]
+    pub replicas: i32,
+    /// PVC size per replica, a Kubernetes quantity. Default `20Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.gateway.store.storageSize must be a positive quantity such as 20Gi"))]
+    pub storage_size: String,
+    /// StorageClass of the PVC; default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Resources of the store container; default: requests 250m CPU / 256Mi, limit 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        StoreSpec {
+            replicas: 1,
+            storage_size: default_storage_size(),
+            storage_class_name: None,
+            resources: None,
+        }
+    }
+}
+
+/// Edge replicas: stateless viewer fan-out, scaled by an HPA.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas").message("spec.gateway.edge.maxReplicas must be at least minReplicas").field_path(".maxReplicas"))]
+pub struct EdgeSpec {
+    /// Default 2.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Default 10.
+    #[serde(default = "ten")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation in percent. Default 70.
+    #[serde(default = "seventy")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// Target live viewers per edge pod (the `logstream_live_viewers` pods metric, needs
+    /// a metrics adapter); absent: CPU only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_viewers_per_pod: Option<i32>,
+    /// Resources of the edge container; default: requests 100m CPU / 128Mi, limit 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for EdgeSpec {
+    fn default() -> Self {
+        EdgeSpec {
+            min_replicas: 2,
+            max_replicas: 10,
+            target_cpu_utilization: 70,
+            target_viewers_per_pod: None,
+            resources: None,
+        }
+    }
+}
+
+/// Token verification for the tenant's gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Issuer (`iss`) of user tokens, e.g. the company's OIDC provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("spec.gateway.auth.issuer must be an https:// URL"))]
+    pub issuer: Option<String>,
+    /// JWKS URL of that issuer; default: its OIDC discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("spec.gateway.auth.jwksUrl must be an https:// URL"))]
+    pub jwks_url: Option<String>,
+    /// Expected `aud` of user tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// ServiceAccounts whose projected tokens (audience `logstream`) may push and read
+    /// for this tenant. The collector's ServiceAccount is always allowed to push.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub service_accounts: Vec<AllowedServiceAccount>,
+}
+
+/// A ServiceAccount (or a glob over names in a namespace) acting for the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedServiceAccount {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name or glob (`ci-*`). Default `*`.
+    #[serde(default = "star")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Scopes granted: `logs:write`, `logs:read`. Default `[logs:write]`.
+    #[serde(default = "write_scope")]
+    #[schemars(length(min = 1, max = 2))]
+    #[x_kube(validation = Rule::new("self.all(s, s in ['logs:write', 'logs:read'])").message("scopes must be logs:write or logs:read"))]
+    pub scopes: Vec<String>,
+}
+
+/// Kafka between ingest and stores.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Bootstrap brokers, `host:port`.
+    #[schemars(length(min = 1))]
+    pub brokers: Vec<String>,
+    /// Topic; default `logstream.<tenant>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Secret with TLS/SASL settings (`ca.crt`, `username`, `password`, `mechanism`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+}
+
+/// A ResourceQuota and LimitRange for the LogStream's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceQuota {
+    /// Total CPU limits in the namespace, e.g. `8`.
+    pub cpu: String,
+    /// Total memory limits, e.g. `16Gi`.
+    pub memory: String,
+    /// Total PVC storage requests, e.g. `200Gi`.
+    pub storage: String,
+}
+
+/// What the operator observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStreamStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where to reach the tenant's gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+    /// Live viewers across the tenant's edges (as last reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<i64>,
+    /// Ready store and edge replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ready_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_ready_replicas: Option<i32>,
+}
+
+/// Service addresses of a tenant's gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// gRPC ingest, e.g. `acme-edge.ci.svc:8081`.
+    pub ingest: String,
+    /// HTTP API for viewers and HTTPS push, e.g. `http://acme-edge.ci.svc:8080`.
+    pub http: String,
+    /// Edge Service name and namespace (for the API server's service proxy).
+    pub service: String,
+    pub namespace: String,
+    /// HTTP port name on the Service.
+    pub port: String,
+}
+
+impl LogStreamSpec {
+    /// Checks that neither the schema nor CEL can express: durations parse and custom
+    /// patterns compile. The message names the field and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        match logstream_model::time::parse_duration(&self.retention) {
+            Some(n) if n > 0 => {}
+            _ => {
+                return Err(format!(
+                    "spec.retention {:?} is not a positive duration; use e.g. 720h or 30d",
+                    self.retention
+                ));
+            }
+        }
+        for (i, p) in self.redaction.patterns.iter().enumerate() {
+            regex::RegexBuilder::new(&p.regex)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| {
+                    format!(
+                        "spec.redaction.patterns[{i}] ({}): the regex does not compile: {e}",
+                        p.name
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The CRD as YAML, exactly as checked in and shipped by the chart.
+pub fn crd_yaml() -> String {
+    let crd = LogStream::crd();
+    format!(
+        "# Generated by `logstream-operator crds` from crds/src/lib.rs. Do not edit.\n---\n{}",
+        serde_yaml::to_string(&crd).expect("a CRD serialises")
+    )
+}
+
+fn default_retention() -> String {
+    DEFAULT_RETENTION.into()
+}
+fn default_deployment_label() -> String {
+    DEFAULT_DEPLOYMENT_LABEL.into()
+}
+fn default_step_label() -> String {
+    DEFAULT_STEP_LABEL.into()
+}
+fn default_storage_size() -> String {
+    "20Gi".into()
+}
+fn star() -> String {
+    "*".into()
+}
+fn write_scope() -> Vec<String> {
+    vec!["logs:write".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> i32 {
+    1
+}
+fn two() -> i32 {
+    2
+}
+fn ten() -> i32 {
+    10
+}
+fn seventy() -> i32 {
+    70
+}
