@@ -237,6 +237,10 @@ pub struct StoreSpec {
     /// Resources of the store container; default: requests 250m CPU / 256Mi, limit 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Keep the store PVCs (the logs) when the LogStream is deleted. Default true; with
+    /// false the operator's finalizer deletes them.
+    #[serde(default = "yes")]
+    pub retain_data_on_delete: bool,
 }
 
 impl Default for StoreSpec {
@@ -246,6 +250,7 @@ impl Default for StoreSpec {
             storage_size: default_storage_size(),
             storage_class_name: None,
             resources: None,
+            retain_data_on_delete: true,
         }
     }
 }
@@ -292,6 +297,7 @@ impl Default for EdgeSpec {
 /// Token verification for the tenant's gateway.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.issuer) || has(self.jwksUrl)").message("spec.gateway.auth.jwksUrl is required with issuer: give the issuer's JWKS URL").field_path(".jwksUrl"))]
 pub struct AuthSpec {
     /// Issuer (`iss`) of user tokens, e.g. the company's OIDC provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -243,6 +243,8 @@ pub struct SaIssuer {
     pub issuer: String,
     pub audience: String,
     pub jwks_url: Option<String>,
+    /// Bearer token file sent with the fetches (re-read each time).
+    pub token_file: Option<std::path::PathBuf>,
     http: reqwest::Client,
     keys: parking_lot::RwLock<Vec<PublicKey>>,
     /// When keys were last fetched (None: never).
@@ -260,10 +262,17 @@ impl SaIssuer {
             issuer,
             audience,
             jwks_url,
+            token_file: None,
             http,
             keys: parking_lot::RwLock::new(Vec::new()),
             fetched: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Sends the token in `file` (re-read on every fetch) with discovery and key fetches.
+    pub fn with_token_file(mut self, file: Option<std::path::PathBuf>) -> SaIssuer {
+        self.token_file = file;
+        self
     }
 
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
@@ -294,10 +303,22 @@ impl SaIssuer {
     }
 
     async fn fetch(&self) -> Result<Vec<PublicKey>, String> {
+        let token = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("token_file {}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let token = &token;
         let get = |url: String| async move {
-            let r = self
-                .http
-                .get(&url)
+            let mut req = self.http.get(&url);
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            let r = req
                 .timeout(std::time::Duration::from_secs(5))
                 .send()
                 .await

@@ -17,7 +17,7 @@ pub enum Role {
     All,
     /// Stores logs, serves ingest and `Tail.Subscribe` (and the HTTP API).
     Store,
-    /// Fans out to viewers, following stores (not built yet: see docs/status.md).
+    /// The viewer front: forwards HTTP (history, export, SSE, WebSocket) to `upstream`.
     Edge,
 }
 
@@ -27,6 +27,9 @@ pub enum Role {
 pub struct Config {
     /// What this process serves. Default: `all`.
     pub role: Role,
+    /// Role `edge` only: the store's HTTP base URL, e.g. `http://acme-store.ci.svc:8080`.
+    /// Default: none.
+    pub upstream: Option<String>,
     /// HTTP listen address. Default: `127.0.0.1:8080`.
     pub listen: SocketAddr,
     /// gRPC listen address. Default: `127.0.0.1:8081`.
@@ -104,6 +107,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             role: Role::All,
+            upstream: None,
             listen: "127.0.0.1:8080".parse().expect("literal"),
             grpc_listen: "127.0.0.1:8081".parse().expect("literal"),
             data_dir: PathBuf::from("logstream-data"),
@@ -204,6 +208,11 @@ pub struct SaIssuerConfig {
     /// system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A bearer token file sent when fetching the discovery document and keys (the
+    /// pod's own ServiceAccount token in-cluster, where the API server serves them only
+    /// to authenticated callers); re-read on every fetch. Default: none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_sa_audience() -> String {
@@ -372,11 +381,22 @@ impl Config {
                 problem: "must be between 1 and 19".into(),
             });
         }
-        if self.role == Role::Edge {
-            return Err(ConfigError {
-                field: "role",
-                problem: "role `edge` (fan-out following remote stores) is not built yet; run `all` or `store`, which serve viewers themselves".into(),
-            });
+        match (self.role, &self.upstream) {
+            (Role::Edge, None) => {
+                return Err(ConfigError {
+                    field: "upstream",
+                    problem: "role `edge` forwards to a store: set upstream = \"http://<store-service>:8080\"".into(),
+                });
+            }
+            (Role::All | Role::Store, Some(_)) => {
+                return Err(ConfigError {
+                    field: "upstream",
+                    problem:
+                        "only role `edge` forwards to an upstream; remove it or set role = \"edge\""
+                            .into(),
+                });
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod grpc;
 pub mod hub;
 pub mod ingest;

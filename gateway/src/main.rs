@@ -151,6 +151,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if config.role == logstream_gateway::config::Role::Edge {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", config.listen))?;
+            println!(
+                "logstream gateway ready (role edge): HTTP http://{}, forwarding to {}",
+                listener.local_addr()?,
+                config.upstream.as_deref().unwrap_or_default()
+            );
+            return server::serve_edge(&config, listener, server::shutdown_signal()).await;
+        }
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let listeners = Listeners::bind(config.listen, config.grpc_listen).await?;
         let http = listeners.http.local_addr()?;

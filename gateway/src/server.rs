@@ -154,12 +154,15 @@ impl AppState {
             let http = http
                 .build()
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-            issuers.push(crate::auth::SaIssuer::new(
-                i.issuer.clone(),
-                i.audience.clone(),
-                i.jwks_url.clone(),
-                http,
-            ));
+            issuers.push(
+                crate::auth::SaIssuer::new(
+                    i.issuer.clone(),
+                    i.audience.clone(),
+                    i.jwks_url.clone(),
+                    http,
+                )
+                .with_token_file(i.token_file.clone()),
+            );
         }
         let mappings = config
             .service_accounts
@@ -263,6 +266,22 @@ pub async fn serve(
     let ((), g) = tokio::join!(http, grpc);
     retention.abort();
     g?;
+    Ok(())
+}
+
+/// Serves role `edge` on `listener` until `stop`: forwards to `config.upstream`.
+pub async fn serve_edge(
+    config: &Config,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let upstream = config
+        .upstream
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("invalid configuration: role edge needs upstream"))?;
+    let edge = crate::edge::Edge::new(upstream)?;
+    let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
+    serve_http(listener, edge.router(), header_timeout, stop).await;
     Ok(())
 }
 

@@ -493,7 +493,17 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
 }
 
 /// A local OIDC issuer: discovery document and JWKS over HTTP, counting JWKS fetches.
-async fn oidc_issuer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// Like the Kubernetes API server it serves them only to a bearer of a token
+/// (`ISSUER_READER`).
+const ISSUER_READER: &str = "issuer-reader-token";
+
+fn authorized(h: &axum::http::HeaderMap) -> bool {
+    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {ISSUER_READER}"))
+}
+
+async fn oidc_issuer(
+    require_token: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -503,15 +513,23 @@ async fn oidc_issuer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
     let app = axum::Router::new()
         .route(
             "/.well-known/openid-configuration",
-            axum::routing::get(move || async move {
-                axum::Json(json!({"issuer": b, "jwks_uri": format!("{b}/openid/v1/jwks")}))
+            axum::routing::get(move |h: axum::http::HeaderMap| async move {
+                if require_token && !authorized(&h) {
+                    return Err(axum::http::StatusCode::UNAUTHORIZED);
+                }
+                Ok(axum::Json(
+                    json!({"issuer": b, "jwks_uri": format!("{b}/openid/v1/jwks")}),
+                ))
             }),
         )
         .route(
             "/openid/v1/jwks",
-            axum::routing::get(move || async move {
+            axum::routing::get(move |h: axum::http::HeaderMap| async move {
+                if require_token && !authorized(&h) {
+                    return Err(axum::http::StatusCode::UNAUTHORIZED);
+                }
                 f.fetch_add(1, Ordering::SeqCst);
-                ([("content-type", "application/json")], jwks)
+                Ok(([("content-type", "application/json")], jwks))
             }),
         );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -521,15 +539,18 @@ async fn oidc_issuer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
 #[tokio::test]
 async fn kubernetes_service_account_tokens_map_to_their_tenant() {
     use logstream_gateway::config::{SaIssuerConfig, SaMappingConfig};
-    let (issuer, fetches) = oidc_issuer().await;
+    let (issuer, fetches) = oidc_issuer(true).await;
     let tmp = tempfile::tempdir().unwrap();
     let iss = issuer.clone();
+    let reader_token = tmp.path().join("reader-token");
+    std::fs::write(&reader_token, format!("{ISSUER_READER}\n")).unwrap();
     let g = start(tmp.path(), move |c| {
         c.service_account_issuers = vec![SaIssuerConfig {
             issuer: iss,
             audience: "logstream".into(),
             jwks_url: None,
             ca_file: None,
+            token_file: Some(reader_token),
         }];
         c.service_accounts = vec![SaMappingConfig {
             namespace: "ci".into(),
@@ -614,7 +635,7 @@ async fn kubernetes_service_account_tokens_map_to_their_tenant() {
 
 #[tokio::test]
 async fn tokens_signed_by_keys_at_a_jwks_url_are_accepted() {
-    let (issuer, fetches) = oidc_issuer().await;
+    let (issuer, fetches) = oidc_issuer(false).await;
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("{issuer}/openid/v1/jwks");
     let g = start(tmp.path(), move |c| c.jwks_url = Some(url)).await;

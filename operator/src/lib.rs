@@ -5,4 +5,62 @@
 //!                 └──server-side apply──> API server ──status──> LogStream.status
 //! ```
 //!
-//! Not built yet (issue 9): this crate reserves its place in the workspace.
+//! [`desired::desired`] is pure and holds every decision; [`controller`] applies its
+//! output with one field manager, keeps status honest, records Events and runs a
+//! finalizer for what owner references cannot cover (the store PVCs); [`leader`] makes
+//! sure only one replica reconciles.
+
+pub mod controller;
+pub mod desired;
+pub mod leader;
+
+use std::collections::BTreeMap;
+
+/// Operator settings (flags of `logstream-operator run`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Gateway image when a LogStream names none.
+    pub gateway_image: String,
+    /// Where the collector DaemonSet runs, and its ServiceAccount and pod labels (it may
+    /// push for every tenant and reach every store).
+    pub collector_namespace: String,
+    pub collector_service_account: String,
+    pub collector_labels: BTreeMap<String, String>,
+    /// Where the operator runs and its pod labels (it reads the stores' /metrics).
+    pub operator_namespace: String,
+    pub operator_labels: BTreeMap<String, String>,
+    /// `iss` of this cluster's ServiceAccount tokens.
+    pub service_account_issuer: String,
+    /// Its JWKS URL; default: OIDC discovery at the issuer.
+    pub service_account_jwks_url: Option<String>,
+    /// DNS suffix of Services.
+    pub cluster_domain: String,
+    /// Whether the gateway image has the Kafka transport (this build's does not).
+    pub kafka_supported: bool,
+    /// Read live viewer counts from the stores' /metrics for status.
+    pub probe_viewers: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway_image: format!("ghcr.io/logstream/gateway:{}", env!("CARGO_PKG_VERSION")),
+            collector_namespace: "logstream-system".into(),
+            collector_service_account: "logstream-collector".into(),
+            collector_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                "logstream-collector".to_owned(),
+            )]),
+            operator_namespace: "logstream-system".into(),
+            operator_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                "logstream-operator".to_owned(),
+            )]),
+            service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            service_account_jwks_url: Some("https://kubernetes.default.svc/openid/v1/jwks".into()),
+            cluster_domain: "cluster.local".into(),
+            kafka_supported: false,
+            probe_viewers: true,
+        }
+    }
+}

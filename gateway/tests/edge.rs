@@ -1,0 +1,259 @@
+//! Role `edge` in front of a real store: every request kind goes through it unchanged,
+//! live streams stream through it (SSE and WebSocket), it counts them, and a missing
+//! store is a clear 502.
+
+use eventsource_stream::Eventsource;
+use futures::{SinkExt, StreamExt};
+use logstream_gateway::auth::Scope;
+use logstream_gateway::config::{Config, Role};
+use logstream_gateway::server;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn start_edge(upstream: String) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let config = Config {
+        role: Role::Edge,
+        upstream: Some(upstream),
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        server::serve_edge(&config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (url, stop)
+}
+
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = server::Running::start(Config::loopback(tmp.path()))
+        .await
+        .unwrap();
+    let token = store.state.auth.mint(
+        "t",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(600),
+        None,
+    );
+    let (edge, _stop) = start_edge(store.http.clone()).await;
+    let http = reqwest::Client::new();
+
+    // Ingest through the edge.
+    let body: String = (0..100)
+        .map(|i| json!({"message": format!("line {i}")}).to_string() + "\n")
+        .collect();
+    let r = http
+        .post(format!("{edge}/v1/deployments/d1/logs"))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // History with a filter, through the edge.
+    let page: Value = http
+        .get(format!("{edge}/v1/deployments/d1/logs?limit=10&q=line%209"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let msgs: Vec<_> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].clone())
+        .collect();
+    assert_eq!(msgs[0], "line 9");
+    assert_eq!(msgs.len(), 10);
+
+    // Errors pass through with the store's JSON.
+    let r = http
+        .get(format!("{edge}/v1/deployments/d1/logs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.json::<Value>().await.unwrap()["error"]["code"].is_string());
+
+    // SSE through the edge: history, then a live line pushed after subscribing.
+    let resp = http
+        .get(format!("{edge}/v1/deployments/d1/stream"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut events = resp.bytes_stream().eventsource();
+    let mut seen = 0;
+    while seen < 100 {
+        let ev = events.next().await.unwrap().unwrap();
+        if ev.event == "line" {
+            seen += 1;
+        }
+    }
+    let m: String = reqwest::get(format!("{edge}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(gauge(&m, "logstream_live_viewers"), 1);
+
+    // WebSocket through the edge (the upgrade is forwarded and spliced).
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut req = format!(
+        "{}/v1/deployments/d1/stream?tail=1",
+        edge.replace("http", "ws")
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+
+    let r = http
+        .post(format!("{edge}/v1/deployments/d1/logs"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("live one\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ev.event == "line" {
+            assert_eq!(
+                serde_json::from_str::<Value>(&ev.data).unwrap()["message"],
+                "live one"
+            );
+            break;
+        }
+    }
+    let mut ws_lines = Vec::new();
+    while ws_lines.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "lines" {
+                    ws_lines.extend(
+                        v["lines"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|l| l["message"].clone()),
+                    );
+                }
+            }
+            Message::Ping(p) => ws.send(Message::Pong(p)).await.unwrap(),
+            _ => {}
+        }
+    }
+    assert_eq!(ws_lines, ["line 99", "live one"]);
+    drop(events);
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // Both streams closed: the gauge falls back to 0.
+    let mut live = -1;
+    for _ in 0..100 {
+        let m: String = reqwest::get(format!("{edge}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        live = gauge(&m, "logstream_live_viewers");
+        if live == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live, 0);
+    assert_eq!(
+        reqwest::get(format!("{edge}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edge_without_its_store_answers_502_and_is_not_ready() {
+    // A port nobody listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let (edge, _stop) = start_edge(dead).await;
+    let r = reqwest::get(format!("{edge}/v1/deployments"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "store_unreachable");
+    assert_eq!(
+        reqwest::get(format!("{edge}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        reqwest::get(format!("{edge}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn edge_and_upstream_must_go_together() {
+    let c = Config {
+        role: Role::Edge,
+        ..Config::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "upstream");
+    let c = Config {
+        upstream: Some("http://x:8080".into()),
+        ..Config::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "upstream");
+    let bad = logstream_gateway::edge::Edge::new("https://x")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(bad.contains("must be http://host:port"), "{bad}");
+}

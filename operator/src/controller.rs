@@ -1,0 +1,515 @@
+//! The reconcile loop: apply `desired()`, write honest status, record Events.
+
+use crate::Config;
+use crate::desired::{self, InvalidSpec, Owned};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, PersistentVolumeClaim, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use logstream_crds::{LogStream, LogStreamStatus};
+use parking_lot::Mutex;
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Field manager of every apply.
+pub const FIELD_MANAGER: &str = "logstream-operator";
+/// Finalizer on every LogStream.
+pub const FINALIZER: &str = "logstream.dev/cleanup";
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {object}: {source}")]
+    Apply {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("cleanup: {0}")]
+    Cleanup(#[source] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Reconcile counters and durations, served on `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry =
+            Registry::new_custom(Some("logstream_operator".into()), None).expect("registry");
+        let reconciles = IntCounterVec::new(
+            prometheus::Opts::new("reconciles_total", "Reconciles by outcome."),
+            &["outcome"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            prometheus::HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration."),
+            &["outcome"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(reconciles.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("register");
+        Metrics {
+            registry,
+            reconciles,
+            duration,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per LogStream uid, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    http: reqwest::Client,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, reporter: Reporter) -> Arc<Context> {
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics: Metrics::default(),
+            failures: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("HTTP client"),
+        })
+    }
+
+    async fn event(&self, ls: &LogStream, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ls.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "recording an Event failed");
+        }
+    }
+}
+
+/// Runs the controller until SIGTERM (call after winning the leader election).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=logstream-operator");
+    Controller::new(
+        Api::<LogStream>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
+    .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+    .owns(Api::<Service>::all(client.clone()), wc.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
+    .owns(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        wc.clone(),
+    )
+    .owns(Api::<NetworkPolicy>::all(client.clone()), wc.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), wc.clone())
+    .owns(Api::<ServiceAccount>::all(client.clone()), wc)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "reconcile stream");
+        }
+    })
+    .await;
+}
+
+/// One reconcile of one LogStream.
+pub async fn reconcile(ls: Arc<LogStream>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = ls.namespace().unwrap_or_default();
+    let api: Api<LogStream> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ls, |event| async {
+        match event {
+            Finalizer::Apply(ls) => apply(&ls, &ctx).await,
+            Finalizer::Cleanup(ls) => cleanup(&ls, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    ctx.metrics
+        .duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Retries failed reconciles with exponential backoff (5 s doubling, at most 5 min).
+pub fn error_policy(ls: Arc<LogStream>, error: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock();
+        let n = f.entry(ls.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(logstream = %ls.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The retry delay after `n` consecutive failures.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << n.saturating_sub(1).min(6)))
+        .min(Duration::from_secs(300))
+}
+
+async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
+    let cfg = &ctx.config;
+    let ns = ls.namespace().unwrap_or_default();
+    let objects = match desired::desired(ls, cfg) {
+        Ok(o) => o,
+        Err(InvalidSpec(msg)) => {
+            // Nothing to retry until the spec changes.
+            let status = status_from(ls, None, Some(("InvalidSpec", msg.clone())), None, cfg);
+            write_status(ls, ctx, status).await?;
+            ctx.event(ls, EventType::Warning, "InvalidSpec", msg).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let mut observed = Observed::default();
+    for object in &objects {
+        if let Err(source) = apply_one(&ctx.client, &ns, object, &pp, &mut observed).await {
+            let what = object.describe();
+            let msg = format!("applying {what} failed: {source}");
+            let status = status_from(
+                ls,
+                Some(&observed),
+                Some(("ApplyFailed", msg.clone())),
+                None,
+                cfg,
+            );
+            // The apply error is what matters; a status write failing too is logged.
+            if let Err(e) = write_status(ls, ctx, status).await {
+                tracing::warn!(error = %e, "writing Degraded status failed");
+            }
+            ctx.event(ls, EventType::Warning, "ApplyFailed", msg).await;
+            return Err(Error::Apply {
+                object: what,
+                source,
+            });
+        }
+    }
+    ctx.failures.lock().remove(&ls.uid().unwrap_or_default());
+    let viewers = if cfg.probe_viewers {
+        probe_viewers(ls, ctx).await
+    } else {
+        None
+    };
+    let degraded = (ls.spec.kafka.is_some() && !cfg.kafka_supported).then(|| {
+        (
+            "KafkaUnavailable",
+            "spec.kafka is set but this gateway build has no Kafka transport: running one \
+             store replica that holds every deployment"
+                .to_owned(),
+        )
+    });
+    let status = status_from(ls, Some(&observed), degraded, viewers, cfg);
+    let ready = is_true(&status, "Ready");
+    write_status(ls, ctx, status).await?;
+    // Until ready, owned-object watches (StatefulSet/Deployment status) wake us; the
+    // periodic requeue refreshes viewers and repairs anything a watch missed.
+    Ok(Action::requeue(if ready {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(30)
+    }))
+}
+
+/// Ready replicas seen in the apply responses.
+#[derive(Default, Debug)]
+pub struct Observed {
+    pub store_ready: Option<i32>,
+    pub store_wanted: Option<i32>,
+    pub edge_available: Option<i32>,
+}
+
+async fn apply_one(
+    client: &Client,
+    ns: &str,
+    object: &Owned,
+    pp: &PatchParams,
+    observed: &mut Observed,
+) -> Result<(), kube::Error> {
+    macro_rules! ssa {
+        ($t:ty, $o:expr) => {{
+            let api: Api<$t> = Api::namespaced(client.clone(), ns);
+            api.patch(&$o.name_any(), pp, &Patch::Apply(object.to_json()))
+                .await?
+        }};
+    }
+    match object {
+        Owned::ConfigMap(o) => drop(ssa!(ConfigMap, o)),
+        Owned::ServiceAccount(o) => drop(ssa!(ServiceAccount, o)),
+        Owned::Service(o) => drop(ssa!(Service, o)),
+        Owned::StatefulSet(o) => {
+            let got = ssa!(StatefulSet, o);
+            observed.store_wanted = got.spec.as_ref().and_then(|s| s.replicas);
+            observed.store_ready = Some(got.status.and_then(|s| s.ready_replicas).unwrap_or(0));
+        }
+        Owned::Deployment(o) => {
+            let got = ssa!(Deployment, o);
+            observed.edge_available =
+                Some(got.status.and_then(|s| s.available_replicas).unwrap_or(0));
+        }
+        Owned::HorizontalPodAutoscaler(o) => drop(ssa!(HorizontalPodAutoscaler, o)),
+        Owned::PodDisruptionBudget(o) => drop(ssa!(PodDisruptionBudget, o)),
+        Owned::NetworkPolicy(o) => drop(ssa!(NetworkPolicy, o)),
+        Owned::ResourceQuota(o) => drop(ssa!(ResourceQuota, o)),
+        Owned::LimitRange(o) => drop(ssa!(LimitRange, o)),
+    }
+    Ok(())
+}
+
+/// The status a reconcile observed. `problem` is a Degraded (reason, message).
+pub fn status_from(
+    ls: &LogStream,
+    observed: Option<&Observed>,
+    problem: Option<(&str, String)>,
+    viewers: Option<i64>,
+    cfg: &Config,
+) -> LogStreamStatus {
+    let (store_ready, store_wanted, edge_available) = observed
+        .map(|o| {
+            (
+                o.store_ready.unwrap_or(0),
+                o.store_wanted.unwrap_or(1),
+                o.edge_available.unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 1, 0));
+    let applied = observed.is_some() && !matches!(problem, Some(("ApplyFailed", _)));
+    let invalid = observed.is_none();
+    let up = applied && store_ready >= store_wanted && edge_available >= 1;
+    let (ready, ready_reason, ready_msg) = if invalid {
+        (
+            "False",
+            "InvalidSpec",
+            problem.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+        )
+    } else if !applied {
+        (
+            "False",
+            "ApplyFailed",
+            "owned objects could not be applied; see Degraded".into(),
+        )
+    } else if up {
+        (
+            "True",
+            "GatewayReady",
+            format!("{store_ready} store and {edge_available} edge replicas ready"),
+        )
+    } else {
+        (
+            "False",
+            "Waiting",
+            format!(
+                "store {store_ready}/{store_wanted} ready, edge {edge_available} available (need at least 1)"
+            ),
+        )
+    };
+    let progressing = if applied && !up {
+        (
+            "True",
+            "RollingOut",
+            "waiting for store and edge pods".to_owned(),
+        )
+    } else {
+        ("False", "Stable", "nothing rolling out".to_owned())
+    };
+    let degraded = match &problem {
+        Some((reason, msg)) => ("True", *reason, msg.clone()),
+        None => ("False", "AsExpected", "no problems".to_owned()),
+    };
+    let generation = ls.metadata.generation;
+    let old = ls.status.as_ref();
+    let conditions = [
+        ("Ready", ready, ready_reason, ready_msg),
+        ("Progressing", progressing.0, progressing.1, progressing.2),
+        ("Degraded", degraded.0, degraded.1, degraded.2),
+    ]
+    .into_iter()
+    .map(|(type_, status, reason, message)| {
+        // Keep lastTransitionTime unless the status flipped.
+        let last = old
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(Timestamp::now()));
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: last,
+        }
+    })
+    .collect();
+    LogStreamStatus {
+        observed_generation: generation,
+        conditions,
+        endpoints: (!invalid).then(|| desired::endpoints(ls, cfg)),
+        viewers: viewers.or_else(|| old.and_then(|s| s.viewers)),
+        store_ready_replicas: (!invalid).then_some(store_ready),
+        edge_ready_replicas: (!invalid).then_some(edge_available),
+    }
+}
+
+fn is_true(s: &LogStreamStatus, type_: &str) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Writes status when it differs from what the object has (times of unchanged
+/// conditions are kept, so an idle reconcile writes nothing), and records an Event
+/// when Ready or Degraded flips.
+async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) -> Result<(), Error> {
+    let old = ls.status.clone().unwrap_or_default();
+    if old == status {
+        return Ok(());
+    }
+    let api: Api<LogStream> =
+        Api::namespaced(ctx.client.clone(), &ls.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &ls.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    for type_ in ["Ready", "Degraded"] {
+        let was = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.as_str());
+        let now = status.conditions.iter().find(|c| c.type_ == type_);
+        if let Some(now) = now
+            && was != Some(now.status.as_str())
+            && !(type_ == "Degraded" && now.status == "False" && was.is_none())
+        {
+            let kind = if (type_ == "Ready") == (now.status == "True") {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            ctx.event(
+                ls,
+                kind,
+                &format!("{type_}{}", now.status),
+                now.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Sum of `logstream_live_viewers` over the store pods (they serve every viewer the
+/// edges forward). `None` when no store answers.
+async fn probe_viewers(ls: &LogStream, ctx: &Context) -> Option<i64> {
+    let url = format!("{}/metrics", desired::store_url(ls, &ctx.config));
+    let text = ctx.http.get(&url).send().await.ok()?.text().await.ok()?;
+    parse_gauge(&text, "logstream_live_viewers")
+}
+
+/// The value of an unlabelled gauge in Prometheus text format.
+pub fn parse_gauge(text: &str, name: &str) -> Option<i64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|v| v as i64)
+}
+
+/// What owner references cannot do: PVCs made from the StatefulSet's claim templates
+/// are not owned by the LogStream. They are kept (the default) or deleted.
+async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
+    let ns = ls.namespace().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!(
+        "{}={},{}=store",
+        desired::INSTANCE_LABEL,
+        ls.name_any(),
+        desired::COMPONENT_LABEL
+    );
+    let list = pvcs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::Cleanup)?;
+    let names: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+    if names.is_empty() {
+        return Ok(Action::await_change());
+    }
+    if ls.spec.gateway.store.retain_data_on_delete {
+        let note = format!(
+            "kept {} store volume(s) with the tenant's logs ({}); delete them with `kubectl -n {ns} delete pvc -l {selector}`",
+            names.len(),
+            names.join(", ")
+        );
+        ctx.event(ls, EventType::Normal, "DataRetained", note).await;
+    } else {
+        for name in &names {
+            match pvcs.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::Cleanup(e)),
+            }
+        }
+        let note = format!(
+            "deleted {} store volume(s): {}",
+            names.len(),
+            names.join(", ")
+        );
+        ctx.event(ls, EventType::Normal, "DataDeleted", note).await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,799 @@
+//! What a `LogStream` should look like in the cluster: a pure function, no I/O.
+//!
+//! Every object carries the LogStream as its controller owner (so deleting the
+//! LogStream deletes them, and `.owns()` watches bring drift back to reconcile), the
+//! same `app.kubernetes.io/*` labels, and is applied whole with server-side apply.
+
+use crate::Config;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    LimitRange, LimitRangeItem, LimitRangeSpec, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use logstream_crds::{Endpoints, LogStream, MaskStyle};
+use std::collections::BTreeMap;
+
+/// HTTP port of every gateway container and Service.
+pub const HTTP_PORT: i32 = 8080;
+/// gRPC port (ingest and `Tail.Subscribe`).
+pub const GRPC_PORT: i32 = 8081;
+/// Label naming the LogStream an object belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label naming the part of the gateway (`store`, `edge`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+const CONFIG_HASH: &str = "logstream.dev/config-hash";
+const CONFIG_DIR: &str = "/etc/logstream";
+const DATA_DIR: &str = "/data";
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// One object the operator owns, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Owned {
+    ConfigMap(ConfigMap),
+    ServiceAccount(ServiceAccount),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Deployment(Deployment),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    PodDisruptionBudget(PodDisruptionBudget),
+    NetworkPolicy(NetworkPolicy),
+    ResourceQuota(ResourceQuota),
+    LimitRange(LimitRange),
+}
+
+/// Calls `$body` with `$o` bound to the typed object inside an [`Owned`].
+#[macro_export]
+macro_rules! with_owned {
+    ($owned:expr, $o:ident => $body:expr) => {
+        match $owned {
+            $crate::desired::Owned::ConfigMap($o) => $body,
+            $crate::desired::Owned::ServiceAccount($o) => $body,
+            $crate::desired::Owned::Service($o) => $body,
+            $crate::desired::Owned::StatefulSet($o) => $body,
+            $crate::desired::Owned::Deployment($o) => $body,
+            $crate::desired::Owned::HorizontalPodAutoscaler($o) => $body,
+            $crate::desired::Owned::PodDisruptionBudget($o) => $body,
+            $crate::desired::Owned::NetworkPolicy($o) => $body,
+            $crate::desired::Owned::ResourceQuota($o) => $body,
+            $crate::desired::Owned::LimitRange($o) => $body,
+        }
+    };
+}
+
+impl Owned {
+    /// `Kind/name`, for events and errors.
+    pub fn describe(&self) -> String {
+        with_owned!(self, o => format!("{}/{}", kind_of(o), o.name_any()))
+    }
+
+    /// The object as the JSON sent to the API server (with apiVersion and kind).
+    pub fn to_json(&self) -> serde_json::Value {
+        with_owned!(self, o => with_type_meta(o))
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>(_: &K) -> std::borrow::Cow<'static, str> {
+    K::kind(&())
+}
+
+fn with_type_meta<K>(o: &K) -> serde_json::Value
+where
+    K: Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut v = serde_json::to_value(o).expect("k8s objects serialise");
+    v["apiVersion"] = K::api_version(&()).into();
+    v["kind"] = K::kind(&()).into();
+    v
+}
+
+/// The spec cannot be turned into objects; the message names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+/// Names of the objects of one LogStream.
+pub struct Names {
+    pub store: String,
+    pub edge: String,
+    pub config: String,
+    pub service_account: String,
+}
+
+impl Names {
+    pub fn of(ls: &LogStream) -> Names {
+        let n = ls.name_any();
+        Names {
+            store: format!("{n}-store"),
+            edge: format!("{n}-edge"),
+            config: format!("{n}-gateway"),
+            service_account: format!("{n}-gateway"),
+        }
+    }
+}
+
+/// Where the LogStream's gateway is reached (written to status).
+pub fn endpoints(ls: &LogStream, cfg: &Config) -> Endpoints {
+    let names = Names::of(ls);
+    let ns = ls.namespace().unwrap_or_default();
+    Endpoints {
+        ingest: format!(
+            "{}.{ns}.svc.{}:{GRPC_PORT}",
+            names.store, cfg.cluster_domain
+        ),
+        http: format!(
+            "http://{}.{ns}.svc.{}:{HTTP_PORT}",
+            names.edge, cfg.cluster_domain
+        ),
+        service: names.edge,
+        namespace: ns,
+        port: "http".into(),
+    }
+}
+
+/// The store Service's HTTP base URL (edges forward to it, the operator reads its
+/// metrics).
+pub fn store_url(ls: &LogStream, cfg: &Config) -> String {
+    let ns = ls.namespace().unwrap_or_default();
+    format!(
+        "http://{}.{ns}.svc.{}:{HTTP_PORT}",
+        Names::of(ls).store,
+        cfg.cluster_domain
+    )
+}
+
+/// Number of store replicas actually run: more than one needs Kafka, which this
+/// gateway build does not have, so it stays at one (reported as Degraded).
+pub fn store_replicas(ls: &LogStream, cfg: &Config) -> i32 {
+    if cfg.kafka_supported {
+        ls.spec.gateway.store.replicas
+    } else {
+        1
+    }
+}
+
+/// Everything the LogStream should own, in apply order (config before the pods that
+/// mount it).
+pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> {
+    ls.spec.check().map_err(InvalidSpec)?;
+    if ls.namespace().is_none() {
+        return Err(InvalidSpec("the LogStream has no namespace".into()));
+    }
+    let names = Names::of(ls);
+    let spec = &ls.spec;
+    let image = spec
+        .gateway
+        .image
+        .clone()
+        .unwrap_or_else(|| cfg.gateway_image.clone());
+
+    let store_toml = store_config(ls, cfg);
+    let edge_toml = edge_config(ls, cfg);
+    let store_hash = short_hash(&store_toml);
+    let edge_hash = short_hash(&edge_toml);
+
+    let mut out = vec![Owned::ConfigMap(ConfigMap {
+        metadata: meta(ls, &names.config, None),
+        data: Some(BTreeMap::from([
+            ("store.toml".to_owned(), store_toml),
+            ("edge.toml".to_owned(), edge_toml),
+        ])),
+        ..Default::default()
+    })];
+
+    out.push(Owned::ServiceAccount(ServiceAccount {
+        metadata: meta(ls, &names.service_account, None),
+        // The store fetches the cluster's ServiceAccount issuer keys with this token
+        // (granted to every ServiceAccount by system:service-account-issuer-discovery).
+        automount_service_account_token: Some(true),
+        ..Default::default()
+    }));
+
+    // Store: headless Service for the StatefulSet's stable names, ingest and history.
+    out.push(Owned::Service(Service {
+        metadata: meta(ls, &names.store, Some("store")),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(ls, "store")),
+            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            publish_not_ready_addresses: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+
+    let store_resources = spec
+        .gateway
+        .store
+        .resources
+        .clone()
+        .unwrap_or_else(|| resources("250m", "256Mi", "1Gi"));
+    let mut store_pod = pod_spec(
+        &names,
+        &image,
+        "store",
+        store_resources,
+        vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        }],
+    );
+    store_pod.containers[0].ports = Some(vec![
+        container_port("http", HTTP_PORT),
+        container_port("grpc", GRPC_PORT),
+    ]);
+    store_pod.termination_grace_period_seconds = Some(60);
+    out.push(Owned::StatefulSet(StatefulSet {
+        metadata: meta(ls, &names.store, Some("store")),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(store_replicas(ls, cfg)),
+            service_name: Some(names.store.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(ls, "store")),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta(ls, "store", &store_hash)),
+                spec: Some(store_pod),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(selector_labels(ls, "store")),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: spec.gateway.store.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(spec.gateway.store.storage_size.clone()),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            // Logs outlive a deleted LogStream or a scale-down unless the finalizer is
+            // told otherwise (spec.gateway.store.retainDataOnDelete).
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+
+    // Edge: stateless viewer front, scaled by the HPA (which owns `replicas`).
+    out.push(Owned::Service(Service {
+        metadata: meta(ls, &names.edge, Some("edge")),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(ls, "edge")),
+            ports: Some(vec![port("http", HTTP_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    let edge_resources = spec
+        .gateway
+        .edge
+        .resources
+        .clone()
+        .unwrap_or_else(|| resources("100m", "128Mi", "512Mi"));
+    let mut edge_pod = pod_spec(&names, &image, "edge", edge_resources, Vec::new());
+    edge_pod.containers[0].ports = Some(vec![container_port("http", HTTP_PORT)]);
+    edge_pod.automount_service_account_token = Some(false);
+    out.push(Owned::Deployment(Deployment {
+        metadata: meta(ls, &names.edge, Some("edge")),
+        spec: Some(DeploymentSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(ls, "edge")),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta(ls, "edge", &edge_hash)),
+                spec: Some(edge_pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    out.push(Owned::HorizontalPodAutoscaler(hpa(ls, &names)));
+
+    for component in ["store", "edge"] {
+        out.push(Owned::PodDisruptionBudget(PodDisruptionBudget {
+            metadata: meta(
+                ls,
+                &format!("{}-{component}", ls.name_any()),
+                Some(component),
+            ),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(ls, component)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+    }
+    out.extend(
+        network_policies(ls, cfg, &names)
+            .into_iter()
+            .map(Owned::NetworkPolicy),
+    );
+
+    if let Some(q) = &spec.namespace_quota {
+        let name = format!("{}-quota", ls.name_any());
+        out.push(Owned::ResourceQuota(ResourceQuota {
+            metadata: meta(ls, &name, None),
+            spec: Some(ResourceQuotaSpec {
+                hard: Some(BTreeMap::from([
+                    ("limits.cpu".to_owned(), Quantity(q.cpu.clone())),
+                    ("limits.memory".to_owned(), Quantity(q.memory.clone())),
+                    ("requests.storage".to_owned(), Quantity(q.storage.clone())),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        // With a quota on limits, every container needs limits: give defaults.
+        out.push(Owned::LimitRange(LimitRange {
+            metadata: meta(ls, &name, None),
+            spec: Some(LimitRangeSpec {
+                limits: vec![LimitRangeItem {
+                    type_: "Container".into(),
+                    default: Some(quantities(&[("cpu", "500m"), ("memory", "512Mi")])),
+                    default_request: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+                    ..Default::default()
+                }],
+            }),
+        }));
+    }
+    Ok(out)
+}
+
+fn hpa(ls: &LogStream, names: &Names) -> HorizontalPodAutoscaler {
+    let edge = &ls.spec.gateway.edge;
+    let mut metrics = vec![MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: "cpu".into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(edge.target_cpu_utilization),
+                ..Default::default()
+            },
+        }),
+        ..Default::default()
+    }];
+    if let Some(v) = edge.target_viewers_per_pod {
+        metrics.push(MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: "logstream_live_viewers".into(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(v.to_string())),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        });
+    }
+    HorizontalPodAutoscaler {
+        metadata: meta(ls, &names.edge, Some("edge")),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: names.edge.clone(),
+            },
+            min_replicas: Some(edge.min_replicas),
+            max_replicas: edge.max_replicas,
+            metrics: Some(metrics),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Stores accept traffic only from their edges, the node collectors and (for direct
+/// pushes) the tenant's selected namespaces; edges accept viewers from anywhere.
+fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkPolicy> {
+    let mut from = vec![
+        NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(ls, "edge")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        NetworkPolicyPeer {
+            namespace_selector: Some(namespace_is(&cfg.collector_namespace)),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(cfg.collector_labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        // The operator reads viewer counts from the stores' /metrics.
+        NetworkPolicyPeer {
+            namespace_selector: Some(namespace_is(&cfg.operator_namespace)),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(cfg.operator_labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    for ns in &ls.spec.selector.namespaces {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(namespace_is(ns)),
+            ..Default::default()
+        });
+    }
+    let tcp = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    vec![
+        NetworkPolicy {
+            metadata: meta(ls, &names.store, Some("store")),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(ls, "store")),
+                    ..Default::default()
+                }),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(from),
+                    ports: Some(vec![tcp(HTTP_PORT), tcp(GRPC_PORT)]),
+                }]),
+                ..Default::default()
+            }),
+        },
+        NetworkPolicy {
+            metadata: meta(ls, &names.edge, Some("edge")),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(ls, "edge")),
+                    ..Default::default()
+                }),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp(HTTP_PORT)]),
+                }]),
+                ..Default::default()
+            }),
+        },
+    ]
+}
+
+fn namespace_is(ns: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            ns.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn pod_spec(
+    names: &Names,
+    image: &str,
+    component: &str,
+    resources: ResourceRequirements,
+    mut mounts: Vec<VolumeMount>,
+) -> PodSpec {
+    mounts.push(VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    };
+    PodSpec {
+        service_account_name: Some(names.service_account.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        containers: vec![Container {
+            name: "gateway".into(),
+            image: Some(image.into()),
+            args: Some(vec![
+                "serve".into(),
+                "--config".into(),
+                format!("{CONFIG_DIR}/{component}.toml"),
+            ]),
+            env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some("info".into()),
+                ..Default::default()
+            }]),
+            resources: Some(resources),
+            readiness_probe: Some(probe("/readyz", 5)),
+            liveness_probe: Some(Probe {
+                failure_threshold: Some(6),
+                ..probe("/healthz", 10)
+            }),
+            volume_mounts: Some(mounts),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        volumes: Some(vec![Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        app_protocol: Some(
+            if name == "grpc" {
+                "kubernetes.io/h2c"
+            } else {
+                "http"
+            }
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", cpu), ("memory", memory)])),
+        limits: Some(quantities(&[("memory", memory_limit)])),
+        ..Default::default()
+    }
+}
+
+/// Labels on every object of this LogStream.
+pub fn common_labels(ls: &LogStream) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "logstream-gateway".to_owned(),
+        ),
+        (INSTANCE_LABEL.to_owned(), ls.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "logstream-operator".to_owned(),
+        ),
+        ("logstream.dev/tenant".to_owned(), ls.spec.tenant.clone()),
+    ])
+}
+
+fn selector_labels(ls: &LogStream, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "logstream-gateway".to_owned(),
+        ),
+        (INSTANCE_LABEL.to_owned(), ls.name_any()),
+        (COMPONENT_LABEL.to_owned(), component.to_owned()),
+    ])
+}
+
+fn meta(ls: &LogStream, name: &str, component: Option<&str>) -> ObjectMeta {
+    let mut labels = common_labels(ls);
+    if let Some(c) = component {
+        labels.insert(COMPONENT_LABEL.to_owned(), c.to_owned());
+    }
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: ls.namespace(),
+        labels: Some(labels),
+        owner_references: ls.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+fn pod_meta(ls: &LogStream, component: &str, config_hash: &str) -> ObjectMeta {
+    let mut labels = common_labels(ls);
+    labels.insert(COMPONENT_LABEL.to_owned(), component.to_owned());
+    ObjectMeta {
+        labels: Some(labels),
+        // A config change rolls the pods.
+        annotations: Some(BTreeMap::from([(
+            CONFIG_HASH.to_owned(),
+            config_hash.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    blake3::hash(s.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// The store's gateway configuration (TOML, read by `logstream-gateway serve --config`).
+pub fn store_config(ls: &LogStream, cfg: &Config) -> String {
+    let spec = &ls.spec;
+    let mut t = toml::Table::new();
+    t.insert("role".into(), "store".into());
+    t.insert("listen".into(), format!("0.0.0.0:{HTTP_PORT}").into());
+    t.insert("grpc_listen".into(), format!("0.0.0.0:{GRPC_PORT}").into());
+    t.insert("data_dir".into(), DATA_DIR.into());
+    t.insert(
+        "signing_key_file".into(),
+        format!("{DATA_DIR}/signing-key").into(),
+    );
+    t.insert("retention".into(), spec.retention.clone().into());
+    if let Some(v) = spec.quotas.viewers {
+        t.insert("max_viewers_per_tenant".into(), i64::from(v).into());
+    }
+    if let Some(v) = spec.quotas.viewers_per_deployment {
+        t.insert("max_viewers_per_deployment".into(), i64::from(v).into());
+    }
+    let auth = &spec.gateway.auth;
+    if let Some(i) = &auth.issuer {
+        t.insert("issuer".into(), i.clone().into());
+    }
+    if let Some(u) = &auth.jwks_url {
+        t.insert("jwks_url".into(), u.clone().into());
+    }
+    if let Some(a) = &auth.audience {
+        t.insert("audience".into(), a.clone().into());
+    }
+
+    let mut redaction = toml::Table::new();
+    redaction.insert("builtins".into(), spec.redaction.builtins.into());
+    let style = match spec.redaction.style {
+        MaskStyle::Stars => "stars",
+        MaskStyle::Label => "label",
+    };
+    redaction.insert("style".into(), style.into());
+    let patterns: toml::value::Array = spec
+        .redaction
+        .patterns
+        .iter()
+        .map(|p| {
+            let mut e = toml::Table::new();
+            e.insert("name".into(), p.name.clone().into());
+            e.insert("regex".into(), p.regex.clone().into());
+            e.into()
+        })
+        .collect();
+    redaction.insert("patterns".into(), patterns.into());
+    t.insert("redaction".into(), redaction.into());
+
+    let mut quotas = toml::Table::new();
+    let q = &spec.quotas;
+    for (key, v) in [
+        ("ingest_lines_per_sec", q.ingest_lines_per_second),
+        ("ingest_bytes_per_sec", q.ingest_bytes_per_second),
+        ("deployments_per_day", q.deployments_per_day),
+        ("max_stored_bytes", q.storage_bytes),
+    ] {
+        if let Some(v) = v {
+            quotas.insert(key.into(), i64::try_from(v).unwrap_or(i64::MAX).into());
+        }
+    }
+    t.insert("quotas".into(), quotas.into());
+
+    // ServiceAccount tokens of this cluster: the collectors always push; the
+    // LogStream names who else may push or read.
+    let mut issuer = toml::Table::new();
+    issuer.insert("issuer".into(), cfg.service_account_issuer.clone().into());
+    issuer.insert("audience".into(), "logstream".into());
+    if let Some(u) = &cfg.service_account_jwks_url {
+        issuer.insert("jwks_url".into(), u.clone().into());
+    }
+    issuer.insert("ca_file".into(), format!("{SA_DIR}/ca.crt").into());
+    issuer.insert("token_file".into(), format!("{SA_DIR}/token").into());
+    t.insert(
+        "service_account_issuers".into(),
+        vec![toml::Value::from(issuer)].into(),
+    );
+    let mut accounts = vec![sa_mapping(
+        &cfg.collector_namespace,
+        &cfg.collector_service_account,
+        &spec.tenant,
+        &["logs:write".to_owned()],
+    )];
+    for a in &auth.service_accounts {
+        accounts.push(sa_mapping(&a.namespace, &a.name, &spec.tenant, &a.scopes));
+    }
+    t.insert("service_accounts".into(), accounts.into());
+    toml::to_string(&t).expect("a TOML table serialises")
+}
+
+fn sa_mapping(namespace: &str, name: &str, tenant: &str, scopes: &[String]) -> toml::Value {
+    let mut m = toml::Table::new();
+    m.insert("namespace".into(), namespace.into());
+    m.insert("name".into(), name.into());
+    m.insert("tenant".into(), tenant.into());
+    m.insert("scopes".into(), scopes.to_vec().into());
+    m.into()
+}
+
+/// The edge's gateway configuration: a viewer front that forwards to the stores.
+pub fn edge_config(ls: &LogStream, cfg: &Config) -> String {
+    let mut t = toml::Table::new();
+    t.insert("role".into(), "edge".into());
+    t.insert("listen".into(), format!("0.0.0.0:{HTTP_PORT}").into());
+    t.insert("upstream".into(), store_url(ls, cfg).into());
+    toml::to_string(&t).expect("a TOML table serialises")
+}
