@@ -420,30 +420,60 @@ async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) ->
     )
     .await
     .map_err(Error::Status)?;
-    for type_ in ["Ready", "Degraded"] {
-        let was = old
-            .conditions
+    let cond = |s: &LogStreamStatus, t: &str| {
+        s.conditions
             .iter()
-            .find(|c| c.type_ == type_)
-            .map(|c| c.status.as_str());
-        let now = status.conditions.iter().find(|c| c.type_ == type_);
-        if let Some(now) = now
-            && was != Some(now.status.as_str())
-            && !(type_ == "Degraded" && now.status == "False" && was.is_none())
-        {
-            let kind = if (type_ == "Ready") == (now.status == "True") {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            ctx.event(
-                ls,
-                kind,
-                &format!("{type_}{}", now.status),
-                now.message.clone(),
-            )
-            .await;
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let (ready_was, ready_now) = (cond(&old, "Ready"), cond(&status, "Ready"));
+    let (degraded_was, degraded_now) = (cond(&old, "Degraded"), cond(&status, "Degraded"));
+    let is = |c: &Option<(String, String)>, v: &str| c.as_ref().is_some_and(|c| c.0 == v);
+    if let Some((_, msg)) = &ready_now {
+        if is(&ready_now, "True") && !is(&ready_was, "True") {
+            ctx.event(ls, EventType::Normal, "Ready", msg.clone()).await;
+        } else if is(&ready_was, "True") && !is(&ready_now, "True") {
+            ctx.event(ls, EventType::Warning, "NotReady", msg.clone())
+                .await;
         }
+    }
+    // ApplyFailed and InvalidSpec record their own Event at every failure.
+    let degraded_reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    if is(&degraded_now, "True")
+        && !is(&degraded_was, "True")
+        && !matches!(degraded_reason.as_str(), "ApplyFailed" | "InvalidSpec")
+    {
+        let msg = degraded_now
+            .as_ref()
+            .map(|d| d.1.clone())
+            .unwrap_or_default();
+        ctx.event(ls, EventType::Warning, &degraded_reason, msg)
+            .await;
+    }
+    if is(&degraded_was, "True") && is(&degraded_now, "False") {
+        ctx.event(
+            ls,
+            EventType::Normal,
+            "Recovered",
+            "no longer degraded".into(),
+        )
+        .await;
+    }
+    if ready_was.is_none() && !is(&degraded_now, "True") {
+        let note = format!(
+            "applied the gateway objects; reachable at {}",
+            status
+                .endpoints
+                .as_ref()
+                .map(|e| e.http.as_str())
+                .unwrap_or("(pending)")
+        );
+        ctx.event(ls, EventType::Normal, "Created", note).await;
     }
     Ok(())
 }

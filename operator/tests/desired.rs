@@ -1,0 +1,342 @@
+//! `desired()` without a cluster: defaults, every spec field, upgrades that change only
+//! what they should, and gateway configs the real gateway accepts.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use logstream_crds::LogStream;
+use logstream_operator::Config;
+use logstream_operator::desired::{Owned, desired};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn sample(name: &str) -> LogStream {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../e2e/samples")
+        .join(name);
+    let mut ls: LogStream = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    ls.metadata.uid = Some("6a1c0c3e-0000-4000-8000-000000000001".into());
+    ls.metadata.generation = Some(1);
+    ls
+}
+
+/// Objects by `Kind/name`, as JSON.
+fn by_name(objs: &[Owned]) -> BTreeMap<String, Value> {
+    objs.iter().map(|o| (o.describe(), o.to_json())).collect()
+}
+
+fn get<T: serde::de::DeserializeOwned>(objs: &[Owned], key: &str) -> T {
+    serde_json::from_value(
+        by_name(objs)
+            .remove(key)
+            .unwrap_or_else(|| panic!("no {key}")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn defaults_of_a_minimal_logstream() {
+    let ls = sample("minimal.yaml");
+    let objs = desired(&ls, &Config::default()).unwrap();
+    let names: Vec<String> = objs.iter().map(Owned::describe).collect();
+    assert_eq!(
+        names,
+        [
+            "ConfigMap/acme-gateway",
+            "ServiceAccount/acme-gateway",
+            "Service/acme-store",
+            "StatefulSet/acme-store",
+            "Service/acme-edge",
+            "Deployment/acme-edge",
+            "HorizontalPodAutoscaler/acme-edge",
+            "PodDisruptionBudget/acme-store",
+            "PodDisruptionBudget/acme-edge",
+            "NetworkPolicy/acme-store",
+            "NetworkPolicy/acme-edge",
+        ]
+    );
+    for o in by_name(&objs).values() {
+        let m = &o["metadata"];
+        assert_eq!(m["namespace"], "ci");
+        assert_eq!(m["ownerReferences"][0]["kind"], "LogStream");
+        assert_eq!(m["ownerReferences"][0]["controller"], true);
+        assert_eq!(
+            m["labels"]["app.kubernetes.io/managed-by"],
+            "logstream-operator"
+        );
+        assert_eq!(m["labels"]["logstream.dev/tenant"], "acme");
+    }
+    let sts: StatefulSet = get(&objs, "StatefulSet/acme-store");
+    let spec = sts.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.service_name.as_deref(), Some("acme-store"));
+    let pvc = &spec.volume_claim_templates.unwrap()[0];
+    let size = &pvc
+        .spec
+        .as_ref()
+        .unwrap()
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap()["storage"];
+    assert_eq!(size.0, "20Gi");
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(Config::default().gateway_image.as_str())
+    );
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &["serve", "--config", "/etc/logstream/store.toml"]
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+
+    let edge: Deployment = get(&objs, "Deployment/acme-edge");
+    assert_eq!(
+        edge.spec.as_ref().unwrap().replicas,
+        None,
+        "the HPA owns replicas"
+    );
+    let hpa: HorizontalPodAutoscaler = get(&objs, "HorizontalPodAutoscaler/acme-edge");
+    let h = hpa.spec.unwrap();
+    assert_eq!((h.min_replicas, h.max_replicas), (Some(2), 10));
+    let metrics = h.metrics.unwrap();
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(
+        metrics[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .target
+            .average_utilization,
+        Some(70)
+    );
+
+    let cm: ConfigMap = get(&objs, "ConfigMap/acme-gateway");
+    let data = cm.data.unwrap();
+    let store = gateway_config(&data["store.toml"]);
+    assert_eq!(store.retention, "720h");
+    assert!(store.redaction.builtins);
+    assert_eq!(store.service_accounts.len(), 1, "the collector may push");
+    assert_eq!(store.service_accounts[0].namespace, "logstream-system");
+    assert_eq!(store.service_accounts[0].tenant, "acme");
+    let edge = gateway_config(&data["edge.toml"]);
+    assert_eq!(
+        edge.upstream.as_deref(),
+        Some("http://acme-store.ci.svc.cluster.local:8080")
+    );
+}
+
+/// Parses and validates with the gateway's own configuration code.
+fn gateway_config(toml_text: &str) -> logstream_gateway::config::Config {
+    let c: logstream_gateway::config::Config =
+        toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"));
+    c.validate()
+        .unwrap_or_else(|e| panic!("{e:?}\n{toml_text}"));
+    c
+}
+
+#[test]
+fn every_field_of_the_full_sample_lands_where_it_should() {
+    let ls = sample("full.yaml");
+    let cfg = Config {
+        kafka_supported: true,
+        ..Config::default()
+    };
+    let objs = desired(&ls, &cfg).unwrap();
+    let sts: StatefulSet = get(&objs, "StatefulSet/payments-store");
+    let spec = sts.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pvc = spec.volume_claim_templates.unwrap().remove(0).spec.unwrap();
+    assert_eq!(pvc.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert_eq!(
+        pvc.resources.unwrap().requests.unwrap()["storage"].0,
+        "100Gi"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example.com/logstream/gateway:0.1.0")
+    );
+    let res = pod.containers[0].resources.clone().unwrap();
+    assert_eq!(res.limits.unwrap()["memory"].0, "4Gi");
+
+    let hpa: HorizontalPodAutoscaler = get(&objs, "HorizontalPodAutoscaler/payments-edge");
+    let h = hpa.spec.unwrap();
+    assert_eq!((h.min_replicas, h.max_replicas), (Some(3), 30));
+    let m = h.metrics.unwrap();
+    assert_eq!(
+        m[0].resource.as_ref().unwrap().target.average_utilization,
+        Some(60)
+    );
+    let pods = m[1].pods.as_ref().unwrap();
+    assert_eq!(pods.metric.name, "logstream_live_viewers");
+    assert_eq!(pods.target.average_value.as_ref().unwrap().0, "2000");
+
+    let cm: ConfigMap = get(&objs, "ConfigMap/payments-gateway");
+    let store = gateway_config(&cm.data.unwrap()["store.toml"]);
+    assert_eq!(store.retention, "2160h");
+    assert_eq!(store.redaction.style, "label");
+    let pats: Vec<_> = store
+        .redaction
+        .patterns
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(pats, ["ticket", "card"]);
+    assert_eq!(store.quotas.ingest_lines_per_sec, 50_000);
+    assert_eq!(store.quotas.ingest_bytes_per_sec, 20_000_000);
+    assert_eq!(store.quotas.deployments_per_day, 5000);
+    assert_eq!(store.quotas.max_stored_bytes, 200_000_000_000);
+    assert_eq!(store.max_viewers_per_tenant, 20_000);
+    assert_eq!(store.max_viewers_per_deployment, 10_000);
+    assert_eq!(store.issuer.as_deref(), Some("https://login.example.com"));
+    assert_eq!(
+        store.jwks_url.as_deref(),
+        Some("https://login.example.com/.well-known/jwks.json")
+    );
+    assert_eq!(store.audience.as_deref(), Some("logstream"));
+    let sa = &store.service_accounts[1];
+    assert_eq!(
+        (sa.namespace.as_str(), sa.name.as_str()),
+        ("payments-ci", "ci-*")
+    );
+    assert_eq!(sa.scopes, ["logs:write", "logs:read"]);
+    assert_eq!(
+        store.service_account_issuers[0].issuer,
+        Config::default().service_account_issuer
+    );
+    assert!(store.service_account_issuers[0].token_file.is_some());
+
+    let q: ResourceQuota = get(&objs, "ResourceQuota/payments-quota");
+    assert_eq!(q.spec.unwrap().hard.unwrap()["limits.cpu"].0, "16");
+    assert!(by_name(&objs).contains_key("LimitRange/payments-quota"));
+
+    // The store accepts traffic from edges, collectors, the operator and both selected
+    // namespaces; nothing else.
+    let np: NetworkPolicy = get(&objs, "NetworkPolicy/payments-store");
+    let from = np.spec.unwrap().ingress.unwrap().remove(0).from.unwrap();
+    assert_eq!(from.len(), 5);
+    let namespaces: Vec<_> = from
+        .iter()
+        .filter_map(|p| {
+            p.namespace_selector
+                .as_ref()?
+                .match_labels
+                .as_ref()?
+                .get("kubernetes.io/metadata.name")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        namespaces,
+        [
+            "logstream-system",
+            "logstream-system",
+            "payments-ci",
+            "payments-build"
+        ]
+    );
+}
+
+#[test]
+fn without_a_kafka_transport_the_store_stays_at_one_replica() {
+    let ls = sample("full.yaml");
+    let objs = desired(&ls, &Config::default()).unwrap();
+    let sts: StatefulSet = get(&objs, "StatefulSet/payments-store");
+    assert_eq!(sts.spec.unwrap().replicas, Some(1));
+}
+
+/// Which objects differ between two LogStreams.
+fn changed(a: &LogStream, b: &LogStream) -> Vec<String> {
+    let (x, y) = (
+        by_name(&desired(a, &Config::default()).unwrap()),
+        by_name(&desired(b, &Config::default()).unwrap()),
+    );
+    let mut keys: Vec<_> = x.keys().chain(y.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| x.get(k) != y.get(k)).collect()
+}
+
+#[test]
+fn upgrades_change_only_what_they_should() {
+    let base = sample("minimal.yaml");
+    assert!(
+        changed(&base, &base.clone()).is_empty(),
+        "desired() is deterministic"
+    );
+
+    let mut b = base.clone();
+    b.spec.gateway.edge.max_replicas = 20;
+    assert_eq!(changed(&base, &b), ["HorizontalPodAutoscaler/acme-edge"]);
+
+    // Config changes roll the pods that read them (the config hash in the template).
+    let mut b = base.clone();
+    b.spec
+        .redaction
+        .patterns
+        .push(logstream_crds::NamedPattern {
+            name: "t".into(),
+            regex: "T-[0-9]+".into(),
+        });
+    assert_eq!(
+        changed(&base, &b),
+        ["ConfigMap/acme-gateway", "StatefulSet/acme-store"]
+    );
+
+    let mut b = base.clone();
+    b.spec.gateway.image = Some("example.com/gw:2".into());
+    assert_eq!(
+        changed(&base, &b),
+        ["Deployment/acme-edge", "StatefulSet/acme-store"]
+    );
+
+    let mut b = base.clone();
+    b.spec.selector.namespaces = vec!["builds".into()];
+    assert_eq!(changed(&base, &b), ["NetworkPolicy/acme-store"]);
+
+    let mut b = base.clone();
+    b.spec.namespace_quota = Some(logstream_crds::NamespaceQuota {
+        cpu: "4".into(),
+        memory: "8Gi".into(),
+        storage: "100Gi".into(),
+    });
+    assert_eq!(
+        changed(&base, &b),
+        ["LimitRange/acme-quota", "ResourceQuota/acme-quota"]
+    );
+
+    let mut b = base.clone();
+    b.spec.quotas.viewers_per_deployment = Some(50);
+    assert_eq!(
+        changed(&base, &b),
+        ["ConfigMap/acme-gateway", "StatefulSet/acme-store"]
+    );
+}
+
+#[test]
+fn an_invalid_spec_is_refused_with_the_field_named() {
+    let mut ls = sample("minimal.yaml");
+    ls.spec
+        .redaction
+        .patterns
+        .push(logstream_crds::NamedPattern {
+            name: "x".into(),
+            regex: "(".into(),
+        });
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(e.contains("spec.redaction.patterns[0] (x)"), "{e}");
+    let mut ls = sample("minimal.yaml");
+    ls.spec.retention = "0h".into();
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(e.contains("spec.retention"), "{e}");
+}

@@ -1,0 +1,388 @@
+//! Reconcile against an in-process fake API server: create, become ready, idle, drift
+//! repair, apply failure, invalid spec, delete with the finalizer, leader election.
+
+mod fake_api;
+
+use fake_api::FakeApi;
+use http::Method;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use logstream_crds::LogStream;
+use logstream_operator::Config;
+use logstream_operator::controller::{self, Context, FIELD_MANAGER, FINALIZER};
+use logstream_operator::leader::LeaderElection;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LS: &str = "/apis/logstream.dev/v1alpha1/namespaces/ci/logstreams/acme";
+
+fn setup(spec: Value) -> (Arc<Context>, FakeApi) {
+    let (client, fake) = FakeApi::start();
+    let cfg = Config {
+        probe_viewers: false,
+        ..Config::default()
+    };
+    let ctx = Context::new(
+        client,
+        cfg,
+        Reporter {
+            controller: "logstream-operator".into(),
+            instance: None,
+        },
+    );
+    fake.put(
+        LS,
+        json!({
+            "apiVersion": "logstream.dev/v1alpha1", "kind": "LogStream",
+            "metadata": {"name": "acme", "namespace": "ci", "uid": "ls-uid", "generation": 1},
+            "spec": spec,
+        }),
+    );
+    (ctx, fake)
+}
+
+fn current(fake: &FakeApi) -> Arc<LogStream> {
+    Arc::new(serde_json::from_value(fake.get(LS).expect("the LogStream exists")).unwrap())
+}
+
+async fn reconcile(ctx: &Arc<Context>, fake: &FakeApi) -> Result<Action, controller::Error> {
+    controller::reconcile(current(fake), ctx.clone()).await
+}
+
+fn condition(fake: &FakeApi, t: &str) -> (String, String, String) {
+    let ls = fake.get(LS).unwrap();
+    let c = ls["status"]["conditions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no conditions in {ls}"))
+        .iter()
+        .find(|c| c["type"] == t)
+        .unwrap()
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap().to_owned();
+    (s("status"), s("reason"), s("message"))
+}
+
+fn applies(fake: &FakeApi) -> Vec<String> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH && r.content_type == "application/apply-patch+yaml")
+        .map(|r| {
+            assert!(
+                r.query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{}",
+                r.query
+            );
+            assert!(r.query.contains("force=true"), "{}", r.query);
+            format!(
+                "{}/{}",
+                r.body["kind"].as_str().unwrap(),
+                r.body["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn status_writes(fake: &FakeApi) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+        .count()
+}
+
+#[tokio::test]
+async fn create_then_ready_then_idle_then_drift_is_repaired() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    // First pass adds the finalizer and waits for the resulting change.
+    assert_eq!(
+        reconcile(&ctx, &fake).await.unwrap(),
+        Action::await_change()
+    );
+    assert_eq!(
+        fake.get(LS).unwrap()["metadata"]["finalizers"],
+        json!([FINALIZER])
+    );
+    assert!(applies(&fake).is_empty());
+
+    // Second pass applies everything; pods are not up yet.
+    fake.clear_requests();
+    let action = reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let applied = applies(&fake);
+    assert_eq!(applied.len(), 11, "{applied:?}");
+    assert_eq!(applied[0], "ConfigMap/acme-gateway");
+    assert!(
+        fake.get("/apis/apps/v1/namespaces/ci/statefulsets/acme-store")
+            .is_some()
+    );
+    assert!(
+        fake.get("/apis/autoscaling/v2/namespaces/ci/horizontalpodautoscalers/acme-edge")
+            .is_some()
+    );
+    assert_eq!(condition(&fake, "Ready").0, "False");
+    assert_eq!(condition(&fake, "Ready").1, "Waiting");
+    assert_eq!(condition(&fake, "Progressing").0, "True");
+    assert_eq!(condition(&fake, "Degraded").0, "False");
+    let st = fake.get(LS).unwrap()["status"].clone();
+    assert_eq!(st["observedGeneration"], 1);
+    assert_eq!(
+        st["endpoints"]["http"],
+        "http://acme-edge.ci.svc.cluster.local:8080"
+    );
+    assert_eq!(
+        st["endpoints"]["ingest"],
+        "acme-store.ci.svc.cluster.local:8081"
+    );
+    assert!(
+        fake.events().iter().any(|e| e.1 == "Created"),
+        "{:?}",
+        fake.events()
+    );
+
+    // Pods come up: Ready, with an Event.
+    {
+        let mut s = fake.0.lock();
+        s.workload_status.insert(
+            "StatefulSet".into(),
+            json!({"replicas": 1, "readyReplicas": 1}),
+        );
+        s.workload_status.insert(
+            "Deployment".into(),
+            json!({"replicas": 2, "availableReplicas": 2}),
+        );
+    }
+    let action = reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        condition(&fake, "Ready"),
+        (
+            "True".into(),
+            "GatewayReady".into(),
+            "1 store and 2 edge replicas ready".into()
+        )
+    );
+    assert_eq!(condition(&fake, "Progressing").0, "False");
+    assert!(
+        fake.events()
+            .iter()
+            .any(|e| e.0 == "Normal" && e.1 == "Ready")
+    );
+    let ready_since =
+        fake.get(LS).unwrap()["status"]["conditions"][0]["lastTransitionTime"].clone();
+
+    // Nothing changed: objects are re-applied (cheap, idempotent) but status is not written.
+    fake.clear_requests();
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(status_writes(&fake), 0);
+    assert_eq!(
+        fake.get(LS).unwrap()["status"]["conditions"][0]["lastTransitionTime"],
+        ready_since
+    );
+
+    // Someone edits the edge Deployment: the next reconcile (woken by `.owns()`) puts
+    // the operator's fields back.
+    let path = "/apis/apps/v1/namespaces/ci/deployments/acme-edge";
+    let mut d = fake.get(path).unwrap();
+    let want = d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest".into();
+    fake.put(path, d);
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        fake.get(path).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
+        want
+    );
+}
+
+#[tokio::test]
+async fn an_apply_failure_is_degraded_with_an_event_and_retried_with_backoff() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    reconcile(&ctx, &fake).await.unwrap();
+    fake.0
+        .lock()
+        .fail
+        .push((Method::PATCH, "horizontalpodautoscalers".into(), 500));
+    let err = reconcile(&ctx, &fake).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("HorizontalPodAutoscaler/acme-edge"),
+        "{err}"
+    );
+    let (status, reason, message) = condition(&fake, "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ApplyFailed"));
+    assert!(
+        message.contains("HorizontalPodAutoscaler/acme-edge")
+            && message.contains("injected failure"),
+        "{message}"
+    );
+    assert_eq!(condition(&fake, "Ready").1, "ApplyFailed");
+    assert!(
+        fake.events()
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ApplyFailed")
+    );
+    let ls = current(&fake);
+    assert_eq!(
+        controller::error_policy(ls.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        controller::error_policy(ls.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(controller::backoff(30), Duration::from_secs(300), "capped");
+
+    // The API recovers: Degraded clears, with an Event.
+    fake.0.lock().fail.clear();
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(condition(&fake, "Degraded").0, "False");
+    assert!(fake.events().iter().any(|e| e.1 == "Recovered"));
+    // Backoff starts over after a success.
+    assert_eq!(
+        controller::error_policy(ls, &err, ctx),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_applies_nothing_and_says_why() {
+    let (ctx, fake) = setup(
+        json!({"tenant": "acme", "redaction": {"patterns": [{"name": "t", "regex": "(oops"}]}}),
+    );
+    reconcile(&ctx, &fake).await.unwrap();
+    fake.clear_requests();
+    assert_eq!(
+        reconcile(&ctx, &fake).await.unwrap(),
+        Action::await_change()
+    );
+    assert!(applies(&fake).is_empty());
+    let (status, reason, message) = condition(&fake, "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains("spec.redaction.patterns[0] (t)"),
+        "{message}"
+    );
+    assert!(
+        fake.events()
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "InvalidSpec")
+    );
+}
+
+#[tokio::test]
+async fn kafka_without_a_transport_is_reported_degraded() {
+    let (ctx, fake) = setup(json!({"tenant": "acme", "kafka": {"brokers": ["k:9092"]}}));
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    let (status, reason, _) = condition(&fake, "Degraded");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "KafkaUnavailable")
+    );
+    assert!(fake.events().iter().any(|e| e.1 == "KafkaUnavailable"));
+}
+
+async fn delete_with(retain: bool) -> (FakeApi, bool) {
+    let (ctx, fake) =
+        setup(json!({"tenant": "acme", "gateway": {"store": {"retainDataOnDelete": retain}}}));
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    let pvc = "/api/v1/namespaces/ci/persistentvolumeclaims/data-acme-store-0";
+    fake.put(
+        pvc,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data-acme-store-0", "namespace": "ci",
+                            "labels": {"app.kubernetes.io/instance": "acme", "app.kubernetes.io/component": "store"}}}),
+    );
+    let other = "/api/v1/namespaces/ci/persistentvolumeclaims/data-other-store-0";
+    fake.put(
+        other,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data-other-store-0", "namespace": "ci",
+                            "labels": {"app.kubernetes.io/instance": "other", "app.kubernetes.io/component": "store"}}}),
+    );
+    let mut ls = fake.get(LS).unwrap();
+    ls["metadata"]["deletionTimestamp"] = "2026-11-23T10:00:00Z".into();
+    fake.put(LS, ls);
+    let deleting = current(&fake);
+    controller::reconcile(deleting, ctx).await.unwrap();
+    assert!(fake.get(LS).is_none(), "finalizer removed, object gone");
+    assert!(
+        fake.get(other).is_some(),
+        "another LogStream's volume is never touched"
+    );
+    let kept = fake.get(pvc).is_some();
+    (fake, kept)
+}
+
+#[tokio::test]
+async fn delete_keeps_the_logs_by_default_and_says_how_to_remove_them() {
+    let (fake, kept) = delete_with(true).await;
+    assert!(kept);
+    let ev = fake
+        .events()
+        .into_iter()
+        .find(|e| e.1 == "DataRetained")
+        .expect("DataRetained event");
+    assert!(
+        ev.2.contains("data-acme-store-0") && ev.2.contains("kubectl -n ci delete pvc"),
+        "{}",
+        ev.2
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_the_logs_when_asked() {
+    let (fake, kept) = delete_with(false).await;
+    assert!(!kept);
+    assert!(fake.events().iter().any(|e| e.1 == "DataDeleted"));
+}
+
+#[tokio::test]
+async fn only_one_candidate_holds_the_lease_until_it_expires() {
+    let (client, fake) = FakeApi::start();
+    let a = LeaderElection::new(
+        client.clone(),
+        "logstream-system",
+        "logstream-operator",
+        "a",
+    );
+    let b = LeaderElection::new(client, "logstream-system", "logstream-operator", "b");
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "a creates the Lease"
+    );
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "b waits while a renews"
+    );
+    assert!(a.try_acquire_or_renew().await.unwrap(), "a renews");
+    let path = "/apis/coordination.k8s.io/v1/namespaces/logstream-system/leases/logstream-operator";
+    // a stops renewing: after the lease duration b takes over.
+    let mut lease = fake.get(path).unwrap();
+    lease["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z".into();
+    fake.put(path, lease);
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "b takes the expired Lease"
+    );
+    let lease = fake.get(path).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert!(
+        !a.try_acquire_or_renew().await.unwrap(),
+        "a is no longer leader"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_lease_write_loses_cleanly() {
+    let (client, fake) = FakeApi::start();
+    let a = LeaderElection::new(client, "ns", "l", "a");
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    // Every replace now conflicts (another writer got there first).
+    fake.0
+        .lock()
+        .fail
+        .push((Method::PUT, "/leases/l".into(), 409));
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+}
