@@ -69,7 +69,7 @@ def main():
     assert len(samples) >= 3, "sample LogStreams"
     checked = 0
     for sample in samples:
-        out = subprocess.run([operator, "render", sample], capture_output=True, text=True)
+        out = subprocess.run([operator, "render", "-f", sample], capture_output=True, text=True)
         if out.returncode != 0:
             failures.append(f"{sample}: render failed: {out.stderr.strip()}")
             continue

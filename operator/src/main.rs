@@ -28,6 +28,7 @@ enum Command {
     /// Print, as YAML, the objects the operator would apply for a LogStream file.
     Render {
         /// A LogStream manifest (YAML).
+        #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         #[command(flatten)]
         settings: Settings,
