@@ -3,14 +3,18 @@
 //! ```text
 //! /var/log/pods/<ns>_<pod>_<uid>/<container>/N.log ──tail──> parse (cri / docker)
 //!     ──> join partials per stream ──> enrich ──> redact ──> batch ──Ingest.Push──> gateway
+//!                         checkpoint <── ack ───────────────────────────────┘
 //! ```
 //!
-//! Built so far: the pure parsers (`parser`) and the partial-line joiner (`partial`).
-//! Tailing, checkpoints, pod metadata and forwarding are not built yet (see
-//! `docs/status.md`).
+//! `parser` and `partial` are pure; `tail` follows one file; `engine` owns discovery,
+//! batching and checkpoints; `forward` owns the gRPC stream; `pods` maps pods to
+//! deployments and steps.
 
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
-
+pub mod checkpoint;
+pub mod engine;
+pub mod forward;
+pub mod metrics;
 pub mod parser;
 pub mod partial;
+pub mod pods;
+pub mod tail;

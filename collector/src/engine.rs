@@ -1,0 +1,646 @@
+//! The node collector's engine: discovers container log files, follows them through
+//! rotation and truncation, joins, redacts and batches their lines, hands batches to the
+//! forwarder and moves checkpoints only when the gateway acknowledged them.
+//!
+//! One thread does the file work. It wakes on inotify events (new files are picked up
+//! at once), on acknowledgements, and on a short poll tick; a slow rescan is the safety
+//! net for missed events. Each container has at most one batch in flight, and each pass
+//! reads at most `read_budget` bytes per container in turn, so memory is bounded and one
+//! noisy pod cannot starve the others; while the gateway is away nothing more is read
+//! and the data waits in the node's log files.
+
+use crate::checkpoint::{Checkpoints, FileId};
+use crate::forward::{Batch, Outgoing, Report};
+use crate::metrics::Metrics;
+use crate::pods::{PodInfo, PodMap, parse_pod_dir};
+use crate::tail::{Emitted, FileTail, file_id};
+use logstream_model::redact::{Redactor, StreamRedactor};
+use logstream_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub log_root: PathBuf,
+    pub state_dir: PathBuf,
+    /// Prefix of every batch source (the node name).
+    pub source: String,
+    pub batch_bytes: usize,
+    pub batch_delay: Duration,
+    pub read_budget: usize,
+    pub max_line: usize,
+    pub poll: Duration,
+    pub rescan: Duration,
+    /// How long a replaced (rotated) file must stay quiet at its end before it is let go.
+    pub rotate_wait: Duration,
+    pub redactor: Arc<Redactor>,
+}
+
+impl Settings {
+    pub fn new(log_root: PathBuf, state_dir: PathBuf, source: String) -> Settings {
+        Settings {
+            log_root,
+            state_dir,
+            source,
+            batch_bytes: 1 << 20,
+            batch_delay: Duration::from_millis(50),
+            read_budget: 256 << 10,
+            max_line: 1 << 20,
+            poll: Duration::from_millis(250),
+            rescan: Duration::from_secs(5),
+            rotate_wait: Duration::from_secs(1),
+            redactor: Arc::new(Redactor::builtin()),
+        }
+    }
+}
+
+/// What wakes the engine.
+#[derive(Debug)]
+pub enum Event {
+    /// Something changed under the log root.
+    Fs {
+        created: bool,
+    },
+    Forwarder(Report),
+    Pods(PodMap),
+    Stop,
+}
+
+struct InFlight {
+    batch_id: u64,
+    resume: u64,
+}
+
+/// One container's log: its files in order (rotated ones first), read one at a time.
+struct Container {
+    id: u64,
+    pod_uid: String,
+    name: String,
+    tails: VecDeque<FileTail>,
+    /// Paths known to belong here, by restart number.
+    files: BTreeMap<u32, PathBuf>,
+    queued: VecDeque<Emitted>,
+    queued_bytes: usize,
+    first_queued: Option<Instant>,
+    in_flight: Option<InFlight>,
+    redactors: [StreamRedactor; 2],
+    /// Since when the head tail has been at its end (for rotate_wait).
+    quiet_since: Option<Instant>,
+    at_eof: bool,
+}
+
+pub struct Engine {
+    s: Settings,
+    checkpoints: Checkpoints,
+    dirty: bool,
+    containers: HashMap<PathBuf, Container>,
+    by_id: HashMap<u64, PathBuf>,
+    next_id: u64,
+    pods: PodMap,
+    completing: HashMap<String, Instant>,
+    completed: std::collections::HashSet<String>,
+    out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    pub metrics: Metrics,
+}
+
+fn restart_number(file: &str) -> Option<u32> {
+    file.strip_suffix(".log")?.parse().ok()
+}
+
+impl Engine {
+    pub fn new(
+        s: Settings,
+        out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+        metrics: Metrics,
+    ) -> Result<Engine, String> {
+        let checkpoints = Checkpoints::load(&s.state_dir)?;
+        Ok(Engine {
+            s,
+            checkpoints,
+            dirty: false,
+            containers: HashMap::new(),
+            by_id: HashMap::new(),
+            next_id: 1,
+            pods: PodMap::new(),
+            completing: HashMap::new(),
+            completed: Default::default(),
+            out,
+            metrics,
+        })
+    }
+
+    /// Runs until `Event::Stop`; saves checkpoints on the way out.
+    pub fn run(mut self, events: Receiver<Event>) -> Result<(), String> {
+        let mut last_scan = Instant::now() - self.s.rescan;
+        loop {
+            if last_scan.elapsed() >= self.s.rescan {
+                self.scan();
+                last_scan = Instant::now();
+            }
+            self.pass();
+            self.flush_checkpoints();
+            let timeout = if self
+                .containers
+                .values()
+                .any(|c| !c.at_eof && c.in_flight.is_none())
+            {
+                Duration::ZERO
+            } else {
+                self.s.poll
+            };
+            let mut next = match events.recv_timeout(timeout) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return self.stop(),
+            };
+            // Drain everything that is already waiting.
+            while let Some(e) = next {
+                match e {
+                    Event::Stop => return self.stop(),
+                    Event::Fs { created } => {
+                        if created {
+                            last_scan = Instant::now() - self.s.rescan;
+                        }
+                    }
+                    Event::Forwarder(r) => self.report(r),
+                    Event::Pods(p) => self.pods = p,
+                }
+                next = events.try_recv().ok();
+            }
+        }
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        self.dirty = true;
+        self.flush_checkpoints();
+        Ok(())
+    }
+
+    fn flush_checkpoints(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        for c in self.containers.values() {
+            for t in &c.tails {
+                self.checkpoints.files.insert(t.id(), t.state.clone());
+            }
+        }
+        match self.checkpoints.save() {
+            Ok(()) => self.dirty = false,
+            Err(e) => tracing::error!(error = %e, "writing checkpoints failed; will retry"),
+        }
+    }
+
+    /// Finds container log files under the log root.
+    fn scan(&mut self) {
+        let Ok(pods) = std::fs::read_dir(&self.s.log_root) else {
+            return;
+        };
+        for pod in pods.flatten() {
+            let pod_name = pod.file_name().to_string_lossy().into_owned();
+            let Some((_, _, uid)) = parse_pod_dir(&pod_name) else {
+                continue;
+            };
+            let Ok(containers) = std::fs::read_dir(pod.path()) else {
+                continue;
+            };
+            for c in containers.flatten() {
+                let dir = c.path();
+                let Ok(files) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    let Some(n) = restart_number(&name) else {
+                        continue;
+                    };
+                    let entry = self.containers.entry(dir.clone()).or_insert_with(|| {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.by_id.insert(id, dir.clone());
+                        Container {
+                            id,
+
+                            pod_uid: uid.to_owned(),
+                            name: c.file_name().to_string_lossy().into_owned(),
+                            tails: VecDeque::new(),
+                            files: BTreeMap::new(),
+                            queued: VecDeque::new(),
+                            queued_bytes: 0,
+                            first_queued: None,
+                            in_flight: None,
+                            redactors: [
+                                StreamRedactor::new(self.s.redactor.clone()),
+                                StreamRedactor::new(self.s.redactor.clone()),
+                            ],
+                            quiet_since: None,
+                            at_eof: false,
+                        }
+                    });
+                    entry.files.insert(n, f.path());
+                }
+            }
+        }
+        // Containers whose pod directory is gone and whose files are all let go.
+        let gone: Vec<PathBuf> = self
+            .containers
+            .iter()
+            .filter(|(d, c)| c.tails.is_empty() && !d.exists())
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in gone {
+            if let Some(c) = self.containers.remove(&d) {
+                self.by_id.remove(&c.id);
+            }
+        }
+        let ids: Vec<PathBuf> = self.containers.keys().cloned().collect();
+        for dir in ids {
+            self.open_new_files(&dir);
+        }
+        self.metrics
+            .files_watched
+            .set(self.containers.values().map(|c| c.tails.len() as i64).sum());
+    }
+
+    /// Opens files of `dir` that no tail follows yet: rotated remainders named in the
+    /// checkpoints first, then each `<n>.log` in restart order.
+    fn open_new_files(&mut self, dir: &Path) {
+        let Some(c) = self.containers.get_mut(dir) else {
+            return;
+        };
+        let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
+        let mut opened = Vec::new();
+        if c.tails.is_empty() {
+            // A rotated file we had not finished when we stopped: finish it first.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut rotated: Vec<(PathBuf, FileId)> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let n = p.file_name().unwrap_or_default().to_string_lossy();
+                        n.contains(".log.") && !n.ends_with(".gz")
+                    })
+                    .filter_map(|p| Some((p.clone(), file_id(&p).ok()?)))
+                    .filter(|(_, id)| {
+                        self.checkpoints
+                            .files
+                            .get(id)
+                            .is_some_and(|s| s.resume > 0 || s.acked > 0)
+                    })
+                    .collect();
+                rotated.sort();
+                for (p, id) in rotated {
+                    let saved = self.checkpoints.files.get(&id).cloned();
+                    if let Ok(t) = FileTail::open(&p, saved.as_ref(), self.s.max_line) {
+                        opened.push(t);
+                    }
+                }
+            }
+        }
+        for path in c.files.values() {
+            let Ok(id) = file_id(path) else { continue };
+            if followed.contains(&id) || opened.iter().any(|t: &FileTail| t.id() == id) {
+                continue;
+            }
+            let saved = self.checkpoints.files.get(&id).cloned();
+            match FileTail::open(path, saved.as_ref(), self.s.max_line) {
+                Ok(t) => {
+                    if !c.tails.is_empty() || !opened.is_empty() {
+                        self.metrics.rotations.inc();
+                    }
+                    opened.push(t);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "opening a log file failed")
+                }
+            }
+        }
+        if !opened.is_empty() {
+            c.at_eof = false;
+        }
+        c.tails.extend(opened);
+    }
+
+    fn pod_of(&self, c: &Container) -> Option<&PodInfo> {
+        self.pods.get(&c.pod_uid)
+    }
+
+    /// One round over every container: read, batch, send, retire finished files.
+    fn pass(&mut self) {
+        let dirs: Vec<PathBuf> = self.containers.keys().cloned().collect();
+        let mut lag = 0u64;
+        for dir in dirs {
+            let pod = {
+                let c = &self.containers[&dir];
+                self.pod_of(c).cloned()
+            };
+            let Some(pod) = pod else {
+                // Metadata not known yet: the lines wait in the file, not dropped.
+                self.containers.get_mut(&dir).expect("present").at_eof = true;
+                continue;
+            };
+            let Some(deployment) = pod.deployment.clone() else {
+                self.containers.get_mut(&dir).expect("present").at_eof = true;
+                continue;
+            };
+            self.read_container(&dir);
+            self.maybe_send(&dir, &deployment);
+            self.retire(&dir);
+            if let Some(c) = self.containers.get(&dir) {
+                lag += c.tails.iter().map(FileTail::lag).sum::<u64>();
+            }
+        }
+        self.metrics.lag_bytes.set(lag as i64);
+        self.check_completions();
+    }
+
+    fn read_container(&mut self, dir: &Path) {
+        let s = &self.s;
+        let c = self.containers.get_mut(dir).expect("present");
+        if c.in_flight.is_some() || c.queued_bytes >= 4 * s.batch_bytes {
+            return; // Backpressure: one batch in flight per container, bounded queue.
+        }
+        let Some(t) = c.tails.front_mut() else {
+            c.at_eof = true;
+            return;
+        };
+        let r = match t.read(s.read_budget) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(path = %t.path.display(), error = %e, "reading a log file failed");
+                c.at_eof = true;
+                return;
+            }
+        };
+        if r.truncated {
+            self.metrics.truncations.inc();
+            c.queued.clear();
+            c.queued_bytes = 0;
+        }
+        self.metrics.bytes_read.inc_by(r.bytes);
+        self.metrics.lines_read.inc_by(r.physical);
+        self.metrics.parse_errors.inc_by(r.parse_errors);
+        c.at_eof = r.eof;
+        if r.eof {
+            c.quiet_since.get_or_insert_with(Instant::now);
+        } else {
+            c.quiet_since = None;
+        }
+        for mut e in r.lines {
+            for rec in &mut e.records {
+                let mut state = logstream_model::RedactionState::default();
+                let red = c.redactors[rec.stream.code() as usize].redact(&rec.message, &mut state);
+                if !state.is_empty() {
+                    self.metrics
+                        .redactions
+                        .inc_by(state.0.values().map(|v| u64::from(*v)).sum());
+                }
+                rec.message = red;
+                c.queued_bytes += rec.message.len() + 64;
+            }
+            c.first_queued.get_or_insert_with(Instant::now);
+            c.queued.push_back(e);
+        }
+    }
+
+    fn maybe_send(&mut self, dir: &Path, deployment: &str) {
+        let s = &self.s;
+        let pod = self.pods.get(&self.containers[dir].pod_uid).cloned();
+        let c = self.containers.get_mut(dir).expect("present");
+        if c.in_flight.is_some() || c.queued.is_empty() {
+            return;
+        }
+        let Some(t) = c.tails.front_mut() else { return };
+        // After a crash, the batch that was in flight is rebuilt exactly.
+        let replay = t.state.pending.filter(|p| *p > t.state.acked);
+        if let Some(p) = replay
+            && !c.queued.iter().any(|e| e.end >= p)
+        {
+            return; // Not read up to the end of the batch being rebuilt yet.
+        }
+        let due = c.queued_bytes >= s.batch_bytes
+            || c.first_queued.is_some_and(|f| f.elapsed() >= s.batch_delay)
+            || replay.is_some();
+        if !due {
+            return;
+        }
+        let mut lines = Vec::new();
+        let mut last: Option<(u64, u64)> = None;
+        let mut bytes = 0;
+        while let Some(e) = c.queued.front() {
+            if let Some(p) = replay {
+                if e.end > p {
+                    break;
+                }
+            } else if bytes >= s.batch_bytes && last.is_some() {
+                break;
+            }
+            let e = c.queued.pop_front().expect("front");
+            for r in e.records {
+                bytes += r.message.len() + 64;
+                let step = pod
+                    .as_ref()
+                    .and_then(|p| p.step.clone())
+                    .unwrap_or_else(|| c.name.clone());
+                let mut metadata = HashMap::new();
+                if let Some(p) = &pod {
+                    metadata.insert("pod".to_owned(), p.name.clone());
+                    metadata.insert("namespace".to_owned(), p.namespace.clone());
+                }
+                metadata.insert("container".to_owned(), c.name.clone());
+                lines.push(pb::Line {
+                    ts_unix_nanos: r.ts,
+                    step,
+                    stream: match r.stream {
+                        logstream_model::Stream::Stdout => pb::Stream::Stdout as i32,
+                        logstream_model::Stream::Stderr => pb::Stream::Stderr as i32,
+                    },
+                    level: pb::Level::Unspecified as i32,
+                    message: r.message,
+                    metadata,
+                });
+            }
+            last = Some((e.end, e.resume));
+            if replay == Some(e.end) {
+                break;
+            }
+        }
+        c.queued_bytes = c
+            .queued
+            .iter()
+            .flat_map(|e| &e.records)
+            .map(|r| r.message.len() + 64)
+            .sum();
+        c.first_queued = (!c.queued.is_empty()).then(Instant::now);
+        let Some((end, resume)) = last else { return };
+        t.state.pending = Some(end);
+        self.dirty = true;
+        c.in_flight = Some(InFlight {
+            batch_id: end,
+            resume,
+        });
+        let source = format!(
+            "{}/{}/{}/{}.{}",
+            s.source, c.pod_uid, c.name, t.state.id.ino, t.state.generation
+        );
+        let batch = Batch {
+            container: c.id,
+            req: pb::PushRequest {
+                deployment: deployment.to_owned(),
+                source,
+                batch_id: end,
+                lines,
+            },
+        };
+        // Write the intent before the batch can reach the gateway.
+        self.flush_checkpoints();
+        let _ = self.out.send(Outgoing::Push(batch));
+    }
+
+    fn report(&mut self, r: Report) {
+        match r {
+            Report::Acked {
+                container,
+                batch_id,
+                lines,
+                bytes,
+            } => {
+                self.metrics.lines_forwarded.inc_by(lines);
+                self.metrics.bytes_forwarded.inc_by(bytes);
+                self.acked(container, batch_id);
+            }
+            Report::Rejected {
+                container,
+                batch_id,
+                lines,
+                ..
+            } => {
+                self.metrics.lines_rejected.inc_by(lines);
+                self.acked(container, batch_id);
+            }
+            Report::Completed { pod_uid } => {
+                self.completing.remove(&pod_uid);
+                self.completed.insert(pod_uid.clone());
+                for c in self
+                    .containers
+                    .values_mut()
+                    .filter(|c| c.pod_uid == pod_uid)
+                {
+                    for t in &mut c.tails {
+                        t.state.finished = true;
+                    }
+                }
+                self.dirty = true;
+            }
+            Report::Retry => self.metrics.retries.inc(),
+        }
+    }
+
+    fn acked(&mut self, container: u64, batch_id: u64) {
+        let Some(dir) = self.by_id.get(&container) else {
+            return;
+        };
+        let Some(c) = self.containers.get_mut(dir) else {
+            return;
+        };
+        let Some(f) = c.in_flight.take_if(|f| f.batch_id == batch_id) else {
+            return;
+        };
+        if let Some(t) = c.tails.front_mut() {
+            t.state.acked = f.batch_id;
+            t.state.resume = f.resume;
+            t.state.pending = None;
+        }
+        self.dirty = true;
+    }
+
+    /// Lets go of a file that was replaced (rotated, or a newer restart exists) once it
+    /// has been quiet at its end for `rotate_wait` and everything read was acknowledged.
+    fn retire(&mut self, dir: &Path) {
+        let rotate_wait = self.s.rotate_wait;
+        let c = self.containers.get_mut(dir).expect("present");
+        if c.tails.len() < 2
+            && c.tails
+                .front()
+                .is_none_or(|t| file_id(&t.path).ok() == Some(t.id()))
+        {
+            return;
+        }
+        let idle = c.in_flight.is_none()
+            && c.queued.is_empty()
+            && c.at_eof
+            && c.quiet_since.is_some_and(|q| q.elapsed() >= rotate_wait);
+        if !idle {
+            return;
+        }
+        if let Some(t) = c.tails.pop_front() {
+            self.checkpoints.files.remove(&t.id());
+            self.dirty = true;
+            c.quiet_since = None;
+            c.at_eof = false;
+            c.redactors = [
+                StreamRedactor::new(self.s.redactor.clone()),
+                StreamRedactor::new(self.s.redactor.clone()),
+            ];
+            let d = dir.to_owned();
+            self.open_new_files(&d);
+        }
+    }
+
+    /// A finished pod whose files are all read and acknowledged completes its deployment.
+    fn check_completions(&mut self) {
+        let mut done: Vec<(String, String, String, i32)> = Vec::new();
+        for (uid, pod) in &self.pods {
+            let (Some(dep), Some((status, code))) = (&pod.deployment, &pod.finished) else {
+                continue;
+            };
+            if self.completed.contains(uid) || self.completing.contains_key(uid) {
+                continue;
+            }
+            let mut containers = self
+                .containers
+                .values()
+                .filter(|c| &c.pod_uid == uid)
+                .peekable();
+            if containers.peek().is_none() {
+                continue;
+            }
+            let mut all_done = true;
+            let mut already = true;
+            for c in containers {
+                let quiet = c
+                    .quiet_since
+                    .is_some_and(|q| q.elapsed() >= self.s.rotate_wait);
+                if !(c.at_eof
+                    && quiet
+                    && c.queued.is_empty()
+                    && c.in_flight.is_none()
+                    && c.tails.len() <= 1)
+                {
+                    all_done = false;
+                }
+                already &= !c.tails.is_empty() && c.tails.iter().all(|t| t.state.finished);
+            }
+            if already {
+                self.completed.insert(uid.clone());
+                continue;
+            }
+            if all_done {
+                done.push((uid.clone(), dep.clone(), status.clone(), *code));
+            }
+        }
+        for (uid, deployment, status, exit_code) in done {
+            self.completing.insert(uid.clone(), Instant::now());
+            let _ = self.out.send(Outgoing::Complete {
+                pod_uid: uid,
+                deployment,
+                status,
+                exit_code,
+            });
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! `logstream-collector`: follows this node's container logs and forwards them.
+
+use anyhow::Context as _;
+use clap::Parser;
+use logstream_collector::engine::{Engine, Event, Settings};
+use logstream_collector::forward::{Forwarder, TokenFile};
+use logstream_collector::metrics::Metrics;
+use logstream_collector::pods::{Selection, parse_pod_list};
+use logstream_model::redact::{MaskStyle, Redactor};
+use notify::Watcher as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Follows container logs on this node and forwards them to the logstream gateway"
+)]
+struct Cli {
+    /// Where kubelet writes container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    log_root: PathBuf,
+    /// The gateway's gRPC endpoint, e.g. http://acme-store.ci.svc:8081.
+    #[arg(long, env = "LOGSTREAM_GATEWAY")]
+    gateway: String,
+    /// Bearer token file (a projected ServiceAccount token); re-read when it changes.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Where checkpoints are kept (a hostPath in the DaemonSet).
+    #[arg(long, default_value = "/var/lib/logstream-collector")]
+    state_dir: PathBuf,
+    /// This node's name (batch sources are named after it).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Pod metadata from a file holding `kubectl get pods -o json` output, re-read when
+    /// it changes.
+    #[arg(long)]
+    pods: PathBuf,
+    /// Label naming a pod's deployment; pods without it are skipped.
+    #[arg(long, default_value = "logstream.dev/deployment")]
+    deployment_label: String,
+    /// Label naming a pod's step (default: the container name).
+    #[arg(long, default_value = "logstream.dev/step")]
+    step_label: String,
+    /// Extra redaction pattern `name=regex` (repeatable); built-ins are always on.
+    #[arg(long = "redact", value_name = "NAME=REGEX")]
+    redact: Vec<String>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut patterns = Vec::new();
+    for r in &cli.redact {
+        let (name, regex) = r.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--redact {r:?}: use NAME=REGEX, e.g. ticket=TICKET-[0-9]{{6}}")
+        })?;
+        patterns.push((name.to_owned(), regex.to_owned()));
+    }
+    let redactor = Redactor::new(true, &patterns, MaskStyle::Stars)
+        .map_err(|e| anyhow::anyhow!("--redact: {e}"))?;
+    let sel = Selection {
+        deployment_label: cli.deployment_label.clone(),
+        step_label: cli.step_label.clone(),
+    };
+    let pods =
+        std::fs::read(&cli.pods).with_context(|| format!("--pods {}", cli.pods.display()))?;
+    let pods = parse_pod_list(&pods, &sel)
+        .map_err(|e| anyhow::anyhow!("--pods {}: {e}", cli.pods.display()))?;
+    if !cli.log_root.is_dir() {
+        anyhow::bail!("--log-root {}: not a directory", cli.log_root.display());
+    }
+    let mut settings = Settings::new(
+        cli.log_root.clone(),
+        cli.state_dir.clone(),
+        cli.node_name.clone(),
+    );
+    settings.redactor = Arc::new(redactor);
+    let metrics = Metrics::default();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = Engine::new(settings, out_tx, metrics.clone()).map_err(|e| anyhow::anyhow!(e))?;
+    events_tx.send(Event::Pods(pods)).ok();
+
+    // inotify: new files are seen at once; the engine's rescan is the safety net.
+    let tx = events_tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let created = matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            let _ = tx.send(Event::Fs { created });
+        }
+    })?;
+    watcher
+        .watch(&cli.log_root, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching --log-root {}", cli.log_root.display()))?;
+
+    // Pod metadata file: re-read when it changes.
+    let tx = events_tx.clone();
+    let pods_path = cli.pods.clone();
+    std::thread::spawn(move || {
+        let mut seen = std::fs::metadata(&pods_path)
+            .and_then(|m| m.modified())
+            .ok();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = std::fs::metadata(&pods_path)
+                .and_then(|m| m.modified())
+                .ok();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match std::fs::read(&pods_path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_pod_list(&b, &sel))
+            {
+                Ok(p) => {
+                    if tx.send(Event::Pods(p)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %pods_path.display(), error = %e, "reading pod metadata failed; keeping the previous")
+                }
+            }
+        }
+    });
+
+    let forwarder = Forwarder {
+        endpoint: cli.gateway.clone(),
+        token: TokenFile::new(cli.token_file.clone()),
+    };
+    let tx = events_tx.clone();
+    let fwd = rt.spawn(forwarder.run(out_rx, move |r| {
+        let _ = tx.send(Event::Forwarder(r));
+    }));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cli.metrics_listen))
+        .with_context(|| format!("--metrics-listen {}", cli.metrics_listen))?;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let tx = events_tx.clone();
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = tx.send(Event::Stop);
+    });
+    eprintln!(
+        "logstream collector: following {} -> {} (metrics on http://{})",
+        cli.log_root.display(),
+        cli.gateway,
+        cli.metrics_listen
+    );
+    drop(events_tx);
+    let result = engine.run(events_rx);
+    drop(watcher);
+    // Give in-flight batches a moment to be acknowledged; checkpoints are already safe.
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fwd).await.ok() });
+    result.map_err(|e| anyhow::anyhow!(e))
+}

@@ -1,0 +1,87 @@
+//! Collector metrics (`/metrics`, prefix `logstream_collector_`).
+
+use prometheus::{IntCounter, IntGauge, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub files_watched: IntGauge,
+    pub lag_bytes: IntGauge,
+    pub lines_read: IntCounter,
+    pub bytes_read: IntCounter,
+    pub lines_forwarded: IntCounter,
+    pub bytes_forwarded: IntCounter,
+    pub lines_rejected: IntCounter,
+    pub retries: IntCounter,
+    pub redactions: IntCounter,
+    pub parse_errors: IntCounter,
+    pub rotations: IntCounter,
+    pub truncations: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry =
+            Registry::new_custom(Some("logstream_collector".into()), None).expect("registry");
+        let gauge = |n: &str, h: &str| {
+            let g = IntGauge::new(n, h).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let counter = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        Metrics {
+            files_watched: gauge("files_watched", "Container log files followed."),
+            lag_bytes: gauge(
+                "lag_bytes",
+                "Bytes written to followed files and not read yet (while the gateway is away, the backlog waits here).",
+            ),
+            lines_read: counter(
+                "lines_read_total",
+                "Physical lines read (fragments included).",
+            ),
+            bytes_read: counter("bytes_read_total", "Bytes read from log files."),
+            lines_forwarded: counter("lines_forwarded_total", "Lines the gateway acknowledged."),
+            bytes_forwarded: counter(
+                "bytes_forwarded_total",
+                "Message bytes the gateway acknowledged.",
+            ),
+            lines_rejected: counter(
+                "lines_rejected_total",
+                "Lines the gateway refused for good (logged with the reason).",
+            ),
+            retries: counter("retries_total", "Reconnects and re-sends to the gateway."),
+            redactions: counter(
+                "redactions_total",
+                "Secrets masked before leaving the node.",
+            ),
+            parse_errors: counter(
+                "parse_errors_total",
+                "Lines that were neither CRI nor Docker json-file.",
+            ),
+            rotations: counter(
+                "rotations_total",
+                "Files replaced by rotation or a container restart.",
+            ),
+            truncations: counter(
+                "truncations_total",
+                "Files truncated in place (copytruncate).",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .map(|_| out)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}

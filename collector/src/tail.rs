@@ -1,0 +1,223 @@
+//! Following one container log file: reads complete lines from an open handle (which
+//! follows the file through renames), parses and joins them, and notices truncation.
+//! Rotation is decided by the caller (the path now names another inode): the old handle
+//! is read to its end before the new file is started.
+
+use crate::checkpoint::{FINGERPRINT_BYTES, FileId, FileState, fingerprint};
+use crate::parser;
+use crate::partial::{Joined, Joiner};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What one physical line produced.
+#[derive(Debug)]
+pub struct Emitted {
+    /// Offset just past the physical line: the batch id if a batch ends here.
+    pub end: u64,
+    /// Where to resume reading if a batch ends here (before any unfinished partial).
+    pub resume: u64,
+    pub records: Vec<Joined>,
+}
+
+/// Result of one read.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub lines: Vec<Emitted>,
+    /// Bytes consumed.
+    pub bytes: u64,
+    /// Physical lines consumed (including partial fragments).
+    pub physical: u64,
+    pub parse_errors: u64,
+    /// The read stopped at the file's end (nothing more right now).
+    pub eof: bool,
+    /// The file was truncated (copytruncate) before this read.
+    pub truncated: bool,
+}
+
+/// One open log file.
+pub struct FileTail {
+    /// Where it was opened (after rotation the path names another file).
+    pub path: PathBuf,
+    file: File,
+    pub state: FileState,
+    offset: u64,
+    buf: Vec<u8>,
+    joiner: Joiner,
+    pending_start: [Option<u64>; 2],
+    max_line: usize,
+}
+
+/// Identity of the file at `path` now.
+pub fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+fn head(file: &File, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; n];
+    let mut got = 0;
+    while got < n {
+        let k = file.read_at(&mut buf[got..], got as u64)?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+impl FileTail {
+    /// Opens `path`, resuming from `saved` when it is the same file (same inode and the
+    /// same first bytes), else from the start.
+    pub fn open(
+        path: &Path,
+        saved: Option<&FileState>,
+        max_line: usize,
+    ) -> std::io::Result<FileTail> {
+        let file = File::open(path)?;
+        let m = file.metadata()?;
+        let id = FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        let resumed = saved.filter(|s| {
+            s.id == id
+                && head(&file, s.fingerprint_len as usize)
+                    .map(|h| fingerprint(&h) == (s.fingerprint, s.fingerprint_len))
+                    .unwrap_or(false)
+                && m.len() >= s.resume
+        });
+        let state = match resumed {
+            Some(s) => FileState {
+                path: path.to_owned(),
+                ..s.clone()
+            },
+            None => {
+                let (fp, n) = fingerprint(&head(&file, FINGERPRINT_BYTES)?);
+                FileState {
+                    path: path.to_owned(),
+                    id,
+                    fingerprint: fp,
+                    fingerprint_len: n,
+                    // A different file under a reused inode must not reuse batch ids.
+                    generation: saved.filter(|s| s.id == id).map_or(0, |s| s.generation + 1),
+                    resume: 0,
+                    acked: 0,
+                    pending: None,
+                    finished: false,
+                }
+            }
+        };
+        Ok(FileTail {
+            path: path.to_owned(),
+            file,
+            offset: state.resume,
+            state,
+            buf: Vec::new(),
+            joiner: Joiner::default(),
+            pending_start: [None, None],
+            max_line,
+        })
+    }
+
+    pub fn id(&self) -> FileId {
+        self.state.id
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes in the file not read yet.
+    pub fn lag(&self) -> u64 {
+        self.file
+            .metadata()
+            .map(|m| m.len().saturating_sub(self.offset))
+            .unwrap_or(0)
+    }
+
+    /// Reads up to `budget` bytes of complete lines.
+    pub fn read(&mut self, budget: usize) -> std::io::Result<ReadOutcome> {
+        let mut out = ReadOutcome::default();
+        let len = self.file.metadata()?.len();
+        if len < self.offset + self.buf.len() as u64 {
+            // copytruncate: the file was emptied and is being written from the start.
+            out.truncated = true;
+            self.state.generation += 1;
+            self.state.resume = 0;
+            self.state.acked = 0;
+            self.state.pending = None;
+            self.offset = 0;
+            self.buf.clear();
+            self.joiner = Joiner::default();
+            self.pending_start = [None, None];
+        }
+        if (self.state.fingerprint_len as usize) < FINGERPRINT_BYTES
+            && len > u64::from(self.state.fingerprint_len)
+            && self.offset == 0
+        {
+            let (fp, n) = fingerprint(&head(&self.file, FINGERPRINT_BYTES)?);
+            self.state.fingerprint = fp;
+            self.state.fingerprint_len = n;
+        }
+        let start = self.offset + self.buf.len() as u64;
+        self.file.seek(SeekFrom::Start(start))?;
+        let old = self.buf.len();
+        let want = budget.max(64 * 1024);
+        self.buf.resize(old + want, 0);
+        let n = self.file.read(&mut self.buf[old..])?;
+        self.buf.truncate(old + n);
+        out.eof = n < want;
+        let mut pos = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &self.buf[pos..]) {
+            let line = &self.buf[pos..pos + nl];
+            let line_start = self.offset + pos as u64;
+            let end = line_start + nl as u64 + 1;
+            pos += nl + 1;
+            out.physical += 1;
+            let Some(parsed) = parser::parse(line) else {
+                out.parse_errors += 1;
+                continue;
+            };
+            let s = parsed.stream.code() as usize;
+            let records = self.joiner.push(&parsed, self.max_line);
+            if parsed.partial {
+                self.pending_start[s].get_or_insert(line_start);
+            } else {
+                self.pending_start[s] = None;
+            }
+            let resume = self
+                .pending_start
+                .iter()
+                .flatten()
+                .copied()
+                .fold(end, u64::min);
+            // Replay after a restart: what the gateway acknowledged is skipped.
+            if records.is_empty() || end <= self.state.acked {
+                continue;
+            }
+            out.lines.push(Emitted {
+                end,
+                resume,
+                records,
+            });
+        }
+        if pos == 0 && self.buf.len() > 4 * self.max_line {
+            // No newline in far more than a line's worth: not a log file we understand.
+            out.parse_errors += 1;
+            pos = self.buf.len();
+        }
+        self.buf.drain(..pos);
+        self.offset += pos as u64;
+        out.bytes = pos as u64;
+        Ok(out)
+    }
+}
