@@ -43,6 +43,9 @@ pub struct FileState {
     /// Deployment completion already sent for this file's pod.
     #[serde(default)]
     pub finished: bool,
+    /// Read to its end and let go after rotation: never read again.
+    #[serde(default)]
+    pub done: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ mod tests {
                 acked: 20,
                 pending: Some(30),
                 finished: false,
+                done: false,
             },
         );
         c.save().unwrap();

@@ -111,6 +111,23 @@ fn restart_number(file: &str) -> Option<u32> {
     file.strip_suffix(".log")?.parse().ok()
 }
 
+/// kubelet's rotated name: `<n>.log.<YYYYMMDD-HHMMSS>` (compressed ones end in `.gz`
+/// and are never read; copies made by other tools are not followed either).
+fn is_kubelet_rotated(file: &str) -> bool {
+    let Some((base, stamp)) = file.split_once(".log.") else {
+        return false;
+    };
+    base.parse::<u32>().is_ok()
+        && stamp.len() == 15
+        && stamp.bytes().enumerate().all(|(i, b)| {
+            if i == 8 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+}
+
 impl Engine {
     pub fn new(
         s: Settings,
@@ -245,6 +262,12 @@ impl Engine {
                 }
             }
         }
+        // Checkpoints of files whose container directory is gone.
+        let before = self.checkpoints.files.len();
+        self.checkpoints
+            .files
+            .retain(|_, s| s.path.parent().is_some_and(Path::exists));
+        self.dirty |= self.checkpoints.files.len() != before;
         // Containers whose pod directory is gone and whose files are all let go.
         let gone: Vec<PathBuf> = self
             .containers
@@ -275,22 +298,17 @@ impl Engine {
         let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
         let mut opened = Vec::new();
         if c.tails.is_empty() {
-            // A rotated file we had not finished when we stopped: finish it first.
+            // Rotated files not read to their end (we stopped, or were down when kubelet
+            // rotated): finish them first, oldest first.
             if let Ok(entries) = std::fs::read_dir(dir) {
                 let mut rotated: Vec<(PathBuf, FileId)> = entries
                     .flatten()
                     .map(|e| e.path())
                     .filter(|p| {
-                        let n = p.file_name().unwrap_or_default().to_string_lossy();
-                        n.contains(".log.") && !n.ends_with(".gz")
+                        is_kubelet_rotated(&p.file_name().unwrap_or_default().to_string_lossy())
                     })
                     .filter_map(|p| Some((p.clone(), file_id(&p).ok()?)))
-                    .filter(|(_, id)| {
-                        self.checkpoints
-                            .files
-                            .get(id)
-                            .is_some_and(|s| s.resume > 0 || s.acked > 0)
-                    })
+                    .filter(|(_, id)| !self.checkpoints.files.get(id).is_some_and(|s| s.done))
                     .collect();
                 rotated.sort();
                 for (p, id) in rotated {
@@ -577,8 +595,9 @@ impl Engine {
         if !idle {
             return;
         }
-        if let Some(t) = c.tails.pop_front() {
-            self.checkpoints.files.remove(&t.id());
+        if let Some(mut t) = c.tails.pop_front() {
+            t.state.done = true;
+            self.checkpoints.files.insert(t.id(), t.state.clone());
             self.dirty = true;
             c.quiet_since = None;
             c.at_eof = false;

@@ -112,6 +112,7 @@ impl FileTail {
                     acked: 0,
                     pending: None,
                     finished: false,
+                    done: false,
                 }
             }
         };
@@ -219,5 +220,105 @@ impl FileTail {
         self.offset += pos as u64;
         out.bytes = pos as u64;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// stdout partials span many stderr lines, so resume points fall far behind acked
+    /// ones.
+    fn write_log(path: &Path) -> Vec<String> {
+        let mut f = File::create(path).unwrap();
+        let mut want = Vec::new();
+        let t = "2026-11-23T10:00:00.000000001Z";
+        for block in 0..20 {
+            writeln!(f, "{t} stdout P out-{block}-a").unwrap();
+            for i in 0..15 {
+                writeln!(f, "{t} stderr F err-{block}-{i}").unwrap();
+                want.push(format!("err-{block}-{i}"));
+            }
+            writeln!(f, "{t} stdout P -b").unwrap();
+            writeln!(f, "{t} stdout F -c").unwrap();
+            want.push(format!("out-{block}-a-b-c"));
+        }
+        want
+    }
+
+    fn messages(lines: &[Emitted]) -> Vec<String> {
+        lines
+            .iter()
+            .flat_map(|e| e.records.iter().map(|r| r.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn resuming_after_any_acked_line_yields_every_record_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut want = write_log(&path);
+        want.sort();
+        let mut t = FileTail::open(&path, None, 1 << 20).unwrap();
+        let all = t.read(1 << 20).unwrap().lines;
+        let mut full = messages(&all);
+        full.sort();
+        assert_eq!(full, want);
+        // Pretend the gateway acked up to each emitted line, then the collector crashed.
+        for cut in 0..all.len() {
+            let mut state = t.state.clone();
+            state.acked = all[cut].end;
+            state.resume = all[cut].resume;
+            let mut again = FileTail::open(&path, Some(&state), 1 << 20).unwrap();
+            let rest = again.read(1 << 20).unwrap().lines;
+            let mut got = messages(&all[..=cut]);
+            got.extend(messages(&rest));
+            got.sort();
+            assert_eq!(got, want, "resuming after line {cut}");
+            assert!(rest.iter().all(|e| e.end > state.acked));
+        }
+    }
+
+    #[test]
+    fn truncation_restarts_from_the_top_with_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        write_log(&path);
+        let mut t = FileTail::open(&path, None, 1 << 20).unwrap();
+        t.read(1 << 20).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "2026-11-23T10:00:00Z stdout F after").unwrap();
+        let r = t.read(1 << 20).unwrap();
+        assert!(r.truncated);
+        assert_eq!(t.state.generation, 1);
+        assert_eq!(messages(&r.lines), ["after"]);
+    }
+
+    #[test]
+    fn another_file_under_the_same_inode_is_read_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        write_log(&path);
+        let mut t = FileTail::open(&path, None, 1 << 20).unwrap();
+        t.read(1 << 20).unwrap();
+        let mut saved = t.state.clone();
+        saved.acked = 100;
+        saved.resume = 100;
+        saved.fingerprint ^= 1; // different first bytes: not our file
+        let t2 = FileTail::open(&path, Some(&saved), 1 << 20).unwrap();
+        assert_eq!(
+            (t2.offset(), t2.state.acked, t2.state.generation),
+            (0, 0, saved.generation + 1)
+        );
     }
 }

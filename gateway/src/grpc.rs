@@ -153,9 +153,20 @@ impl pb::ingest_server::Ingest for Services {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let state = self.0.clone();
+        let mut shutdown = self.0.shutdown.clone();
         tokio::spawn(async move {
-            // Batches are processed in order: acks come back in the order sent.
-            while let Some(msg) = inbound.message().await.transpose() {
+            // Batches are processed in order: acks come back in the order sent. At
+            // shutdown the batch in progress is finished and acked, then the stream ends
+            // so the client reconnects (and re-sends anything unacknowledged).
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m.transpose(),
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("gateway restarting; reconnect and re-send unacknowledged batches"))).await;
+                        return;
+                    }
+                };
+                let Some(msg) = msg else { return };
                 let ack = match msg {
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;

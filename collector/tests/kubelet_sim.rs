@@ -1,0 +1,386 @@
+//! A kubelet simulator writes CRI logs for many pods (partial lines on both streams,
+//! secrets, rename rotations and copytruncate) while the real collector binary follows
+//! them into a real gateway; the collector is killed with SIGKILL and restarted, and the
+//! gateway is restarted. Afterwards every line is stored exactly once, in order per
+//! stream, with secrets masked, and every deployment completed with its pod's status.
+
+#![allow(clippy::needless_range_loop)] // pods are numbered; `next[p]` reads best
+
+use logstream_gateway::auth::Scope;
+use logstream_gateway::config::Config;
+use logstream_gateway::server::Running;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+
+struct Sim {
+    root: PathBuf,
+    pods_file: PathBuf,
+    pods: Vec<Value>,
+}
+
+fn ts(n: u64) -> String {
+    // Distinct, increasing RFC 3339 timestamps.
+    format!(
+        "2026-11-23T10:{:02}:{:02}.{:09}Z",
+        (n / 60_000_000) % 60,
+        (n / 1_000_000) % 60,
+        n % 1_000_000 * 1000
+    )
+}
+
+impl Sim {
+    fn new(root: &Path, pods_file: &Path) -> Sim {
+        Sim {
+            root: root.to_owned(),
+            pods_file: pods_file.to_owned(),
+            pods: Vec::new(),
+        }
+    }
+
+    fn dir(&self, pod: usize) -> PathBuf {
+        self.root.join(format!("ci_pod-{pod}_uid-{pod}/main"))
+    }
+
+    fn add_pod(&mut self, pod: usize, deployment: &str) {
+        std::fs::create_dir_all(self.dir(pod)).unwrap();
+        self.pods.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod-{pod}"), "namespace": "ci", "uid": format!("uid-{pod}"),
+                         "labels": {"logstream.dev/deployment": deployment, "logstream.dev/step": format!("step-{pod}")}},
+            "spec": {"containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
+        }));
+        self.write_pods();
+    }
+
+    fn finish_pod(&mut self, pod: usize, code: i32) {
+        let p = self
+            .pods
+            .iter_mut()
+            .find(|p| p["metadata"]["uid"] == format!("uid-{pod}"))
+            .unwrap();
+        p["status"]["phase"] = if code == 0 { "Succeeded" } else { "Failed" }.into();
+        p["status"]["containerStatuses"][0]["state"] = json!({"terminated": {"exitCode": code}});
+        self.write_pods();
+    }
+
+    fn write_pods(&self) {
+        let tmp = self.pods_file.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "items": self.pods}))
+                .unwrap(),
+        )
+        .unwrap();
+        std::fs::rename(tmp, &self.pods_file).unwrap();
+    }
+
+    /// Appends logical line `n` of `pod`: every 7th as two partial fragments, odd ones on
+    /// stderr, every 11th with a secret.
+    fn write_line(&self, f: &mut std::fs::File, pod: usize, n: u64) {
+        let stream = if n % 2 == 1 { "stderr" } else { "stdout" };
+        let secret = if n.is_multiple_of(11) {
+            format!(" key={SECRET}")
+        } else {
+            String::new()
+        };
+        let msg = format!("pod {pod} line {n}{secret}");
+        let t = ts(n);
+        if n.is_multiple_of(7) {
+            let (a, b) = msg.split_at(msg.len() / 2);
+            write!(f, "{t} {stream} P {a}\n{t} {stream} F {b}\n").unwrap();
+        } else {
+            writeln!(f, "{t} {stream} F {msg}").unwrap();
+        }
+    }
+
+    fn open(&self, pod: usize) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir(pod).join("0.log"))
+            .unwrap()
+    }
+
+    /// kubelet's rotation: rename the live file, a new one starts.
+    fn rotate_rename(&self, pod: usize, k: usize) {
+        let d = self.dir(pod);
+        std::fs::rename(d.join("0.log"), d.join(format!("0.log.20261123-10000{k}"))).unwrap();
+    }
+
+    /// copytruncate (logrotate's way): copy, then truncate in place.
+    fn rotate_copytruncate(&self, pod: usize) {
+        let d = self.dir(pod);
+        std::fs::copy(d.join("0.log"), d.join("0.log.copy")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("0.log"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_gateway(dir: &Path, http: u16, grpc: u16) -> Running {
+    let mut c = Config::loopback(dir);
+    c.listen = ([127, 0, 0, 1], http).into();
+    c.grpc_listen = ([127, 0, 0, 1], grpc).into();
+    Running::start(c).await.unwrap()
+}
+
+fn start_collector(root: &Path, state: &Path, pods: &Path, token: &Path, grpc: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_logstream-collector"))
+        .args([
+            "--log-root",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .args([
+            "--pods",
+            pods.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .args([
+            "--gateway",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--node-name",
+            "node-a",
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn all_lines(http: &str, token: &str, id: &str) -> Vec<Value> {
+    let c = reqwest::Client::new();
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{http}/v1/deployments/{id}/logs?limit=5000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = c.get(url).bearer_auth(token).send().await.unwrap();
+        if r.status() == 404 {
+            return out;
+        }
+        let v: Value = r.json().await.unwrap();
+        let lines = v["lines"].as_array().unwrap().clone();
+        if lines.is_empty() {
+            return out;
+        }
+        out.extend(lines);
+        cursor = v["next_cursor"].as_str().map(str::to_owned);
+    }
+}
+
+async fn deployment(http: &str, token: &str, id: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{http}/v1/deployments/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap_or(Value::Null)
+}
+
+async fn wait_for_count(http: &str, token: &str, id: &str, n: usize) {
+    let start = Instant::now();
+    while all_lines(http, token, id).await.len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{id}: fewer than {n} lines after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_arrives_once_in_order_through_rotation_crashes_and_gateway_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, state, gwdir) = (
+        tmp.path().join("pods"),
+        tmp.path().join("state"),
+        tmp.path().join("gw"),
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    let pods_file = tmp.path().join("pods.json");
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut gw = start_gateway(&gwdir, http_port, grpc_port).await;
+    let http = gw.http.clone();
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+
+    const PODS: usize = 6;
+    const PER_PHASE: u64 = 1500;
+    let mut sim = Sim::new(&root, &pods_file);
+    sim.add_pod(0, "warmup");
+    sim.write_pods();
+    let mut collector = start_collector(&root, &state, &pods_file, &token_file, grpc_port);
+    let mut next = vec![0u64; PODS];
+
+    // A pod created while the collector runs is picked up (inotify), from its first line.
+    for p in 1..PODS {
+        sim.add_pod(p, &format!("run-{p}"));
+    }
+    let write_phase = |sim: &Sim, next: &mut Vec<u64>| {
+        for p in 1..PODS {
+            let mut f = sim.open(p);
+            for _ in 0..PER_PHASE {
+                sim.write_line(&mut f, p, next[p]);
+                next[p] += 1;
+            }
+        }
+    };
+
+    // Phase 1: plain writes, then a rename rotation in the middle of the next phase.
+    write_phase(&sim, &mut next);
+    for p in 1..PODS {
+        sim.rotate_rename(p, 1);
+    }
+    write_phase(&sim, &mut next);
+
+    // Phase 2: SIGKILL the collector mid-stream, write more, restart it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    write_phase(&sim, &mut next);
+    for p in 1..PODS {
+        sim.rotate_rename(p, 2);
+    }
+    write_phase(&sim, &mut next);
+    collector = start_collector(&root, &state, &pods_file, &token_file, grpc_port);
+
+    // Phase 3: the gateway goes away and comes back on the same ports and data.
+    for p in 1..PODS {
+        wait_for_count(&http, &token, &format!("run-{p}"), (next[p] / 2) as usize).await;
+    }
+    gw.shutdown().await.unwrap();
+    write_phase(&sim, &mut next);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw = start_gateway(&gwdir, http_port, grpc_port).await;
+
+    // Phase 4: copytruncate. Lines written before the truncation and not yet read would
+    // only be in the copy (which no collector reads): that is copytruncate's own race,
+    // so the simulator truncates only what the gateway already has.
+    for p in 1..PODS {
+        wait_for_count(&http, &token, &format!("run-{p}"), next[p] as usize).await;
+        sim.rotate_copytruncate(p);
+    }
+    write_phase(&sim, &mut next);
+
+    // Pods finish: odd ones fail with 3.
+    for p in 1..PODS {
+        sim.finish_pod(p, if p % 2 == 1 { 3 } else { 0 });
+    }
+    let start = Instant::now();
+    for p in 1..PODS {
+        let id = format!("run-{p}");
+        loop {
+            let d = deployment(&http, &token, &id).await;
+            if d["status"] != "running" && !d["status"].is_null() {
+                let want = if p % 2 == 1 {
+                    ("failed", 3)
+                } else {
+                    ("succeeded", 0)
+                };
+                assert_eq!(
+                    (
+                        d["status"].as_str().unwrap(),
+                        d["exit_code"].as_i64().unwrap()
+                    ),
+                    (want.0, want.1),
+                    "{d}"
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{id} never completed: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for p in 1..PODS {
+        let id = format!("run-{p}");
+        let lines = all_lines(&http, &token, &id).await;
+        let mut seen = vec![0u32; next[p] as usize];
+        let mut last_by_stream = [None::<u64>, None];
+        for l in &lines {
+            let msg = l["message"].as_str().unwrap();
+            assert!(!msg.contains(SECRET), "a secret reached the gateway: {msg}");
+            let n: u64 = msg
+                .strip_prefix(&format!("pod {p} line "))
+                .unwrap_or_else(|| panic!("{id}: unexpected line {msg:?}"))
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen[n as usize] += 1;
+            let s = usize::from(l["stream"] == "stderr");
+            assert_eq!(s as u64, n % 2, "{msg} on the wrong stream");
+            if let Some(prev) = last_by_stream[s] {
+                assert!(n > prev, "{id}: line {n} after {prev} on one stream");
+            }
+            last_by_stream[s] = Some(n);
+            assert_eq!(l["step"], format!("step-{p}"));
+            if n.is_multiple_of(11) {
+                assert!(msg.contains("key=AKIA"), "masked but recognisable: {msg}");
+            }
+        }
+        let missing: Vec<usize> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == 0)
+            .map(|(i, _)| i)
+            .collect();
+        let dup: Vec<usize> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 1)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: {} lines missing, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        assert!(
+            dup.is_empty(),
+            "{id}: {} lines duplicated, first {:?}",
+            dup.len(),
+            &dup[..dup.len().min(10)]
+        );
+    }
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    gw.shutdown().await.unwrap();
+}
