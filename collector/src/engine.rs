@@ -46,9 +46,9 @@ impl Settings {
             log_root,
             state_dir,
             source,
-            batch_bytes: 1 << 20,
+            batch_bytes: 512 << 10,
             batch_delay: Duration::from_millis(50),
-            read_budget: 256 << 10,
+            read_budget: 128 << 10,
             max_line: 1 << 20,
             poll: Duration::from_millis(250),
             rescan: Duration::from_secs(5),
@@ -379,7 +379,14 @@ impl Engine {
     fn read_container(&mut self, dir: &Path) {
         let s = &self.s;
         let c = self.containers.get_mut(dir).expect("present");
-        if c.in_flight.is_some() || c.queued_bytes >= 4 * s.batch_bytes {
+        // A batch being rebuilt after a crash may be larger than today's cap: read on
+        // until its last line is queued.
+        let rebuilding = c
+            .tails
+            .front()
+            .and_then(|t| t.state.pending.filter(|p| *p > t.state.acked))
+            .is_some_and(|p| !c.queued.iter().any(|e| e.end >= p));
+        if c.in_flight.is_some() || (c.queued_bytes >= s.batch_bytes && !rebuilding) {
             return; // Backpressure: one batch in flight per container, bounded queue.
         }
         let Some(t) = c.tails.front_mut() else {
@@ -464,12 +471,6 @@ impl Engine {
                     .as_ref()
                     .and_then(|p| p.step.clone())
                     .unwrap_or_else(|| c.name.clone());
-                let mut metadata = HashMap::new();
-                if let Some(p) = &pod {
-                    metadata.insert("pod".to_owned(), p.name.clone());
-                    metadata.insert("namespace".to_owned(), p.namespace.clone());
-                }
-                metadata.insert("container".to_owned(), c.name.clone());
                 lines.push(pb::Line {
                     ts_unix_nanos: r.ts,
                     step,
@@ -479,7 +480,9 @@ impl Engine {
                     },
                     level: pb::Level::Unspecified as i32,
                     message: r.message,
-                    metadata,
+                    // The pod is named by deployment + step; per-line metadata would cost
+                    // an allocation-heavy map per line on the wire and in the store.
+                    metadata: HashMap::new(),
                 });
             }
             last = Some((e.end, e.resume));
@@ -553,6 +556,31 @@ impl Engine {
                     }
                 }
                 self.dirty = true;
+            }
+            Report::Resend {
+                container,
+                batch_id,
+            } => {
+                let Some(dir) = self.by_id.get(&container) else {
+                    return;
+                };
+                let Some(c) = self.containers.get_mut(dir) else {
+                    return;
+                };
+                if c.in_flight.take_if(|f| f.batch_id == batch_id).is_none() {
+                    return;
+                }
+                if let Some(t) = c.tails.front_mut() {
+                    t.rewind();
+                }
+                c.queued.clear();
+                c.queued_bytes = 0;
+                c.first_queued = None;
+                c.at_eof = false;
+                c.redactors = [
+                    StreamRedactor::new(self.s.redactor.clone()),
+                    StreamRedactor::new(self.s.redactor.clone()),
+                ];
             }
             Report::Retry => self.metrics.retries.inc(),
         }

@@ -53,7 +53,23 @@ pub enum Report {
     Completed {
         pod_uid: String,
     },
+    /// The stream broke before this batch was acknowledged: the engine rebuilds it from
+    /// the file (same source, same id) and sends it again. No copy is kept here.
+    Resend {
+        container: u64,
+        batch_id: u64,
+    },
     Retry,
+}
+
+/// What the forwarder remembers of a batch it sent: enough to match the ack.
+struct Sent {
+    container: u64,
+    source: String,
+    batch_id: u64,
+    deployment: String,
+    lines: u64,
+    bytes: u64,
 }
 
 /// The bearer token, re-read when its file changes (projected tokens rotate).
@@ -142,7 +158,7 @@ impl Forwarder {
         mut rx: mpsc::UnboundedReceiver<Outgoing>,
         report: impl Fn(Report) + Send + 'static,
     ) {
-        let mut unacked: VecDeque<Batch> = VecDeque::new();
+        let mut unacked: VecDeque<Sent> = VecDeque::new();
         let mut completes: VecDeque<(String, pb::CompleteRequest)> = VecDeque::new();
         let mut attempt = 0u32;
         let mut closed = false;
@@ -183,9 +199,6 @@ impl Forwarder {
                 continue;
             }
             let (tx, out) = mpsc::unbounded_channel::<pb::PushRequest>();
-            for b in &unacked {
-                let _ = tx.send(b.req.clone());
-            }
             let req = match self.authed(tokio_stream::wrappers::UnboundedReceiverStream::new(out)) {
                 Ok(r) => r,
                 Err(e) => {
@@ -205,8 +218,15 @@ impl Forwarder {
                 tokio::select! {
                     msg = rx.recv(), if !closed => match msg {
                         Some(Outgoing::Push(b)) => {
-                            let _ = tx.send(b.req.clone());
-                            unacked.push_back(b);
+                            unacked.push_back(Sent {
+                                container: b.container,
+                                source: b.req.source.clone(),
+                                batch_id: b.req.batch_id,
+                                deployment: b.req.deployment.clone(),
+                                lines: b.req.lines.len() as u64,
+                                bytes: b.req.lines.iter().map(|l| l.message.len() as u64).sum(),
+                            });
+                            let _ = tx.send(b.req);
                         }
                         Some(Outgoing::Complete { pod_uid, deployment, status, exit_code }) => {
                             completes.push_back((pod_uid, pb::CompleteRequest { deployment, status, exit_code }));
@@ -226,24 +246,23 @@ impl Forwarder {
                             let Some(front) = unacked.front() else {
                                 break "an ack for nothing sent".into();
                             };
-                            if front.req.batch_id != ack.batch_id || front.req.source != ack.source {
+                            if front.batch_id != ack.batch_id || front.source != ack.source {
                                 break format!("ack out of order: {} {}", ack.source, ack.batch_id);
                             }
-                            let lines = front.req.lines.len() as u64;
-                            let bytes: u64 = front.req.lines.iter().map(|l| l.message.len() as u64).sum();
+                            let (lines, bytes) = (front.lines, front.bytes);
                             match ack.error {
                                 None => {
                                     let b = unacked.pop_front().expect("front");
                                     attempt = 0;
-                                    report(Report::Acked { container: b.container, batch_id: b.req.batch_id, lines, bytes });
+                                    report(Report::Acked { container: b.container, batch_id: b.batch_id, lines, bytes });
                                 }
                                 Some(e) if retryable(&e.code) => {
                                     break format!("the gateway refused a batch for now ({}: {}); retrying", e.code, e.message);
                                 }
                                 Some(e) => {
                                     let b = unacked.pop_front().expect("front");
-                                    tracing::error!(deployment = %b.req.deployment, source = %b.req.source, code = %e.code, error = %e.message, lines, "the gateway refused a batch for good");
-                                    report(Report::Rejected { container: b.container, batch_id: b.req.batch_id, lines, reason: e.message });
+                                    tracing::error!(deployment = %b.deployment, source = %b.source, code = %e.code, error = %e.message, lines, "the gateway refused a batch for good");
+                                    report(Report::Rejected { container: b.container, batch_id: b.batch_id, lines, reason: e.message });
                                 }
                             }
                             if !completes.is_empty() && unacked.is_empty() {
@@ -262,6 +281,12 @@ impl Forwarder {
                 attempt = 0;
             } else {
                 tracing::warn!(reason = %broke, unacked = unacked.len(), "reconnecting");
+                for s in unacked.drain(..) {
+                    report(Report::Resend {
+                        container: s.container,
+                        batch_id: s.batch_id,
+                    });
+                }
             }
         }
     }

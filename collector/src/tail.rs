@@ -137,6 +137,15 @@ impl FileTail {
         self.offset
     }
 
+    /// Goes back to the last acknowledged position (the batch in flight was lost and
+    /// is rebuilt from the file).
+    pub fn rewind(&mut self) {
+        self.offset = self.state.resume;
+        self.buf.clear();
+        self.joiner = Joiner::default();
+        self.pending_start = [None, None];
+    }
+
     /// Bytes in the file not read yet.
     pub fn lag(&self) -> u64 {
         self.file
