@@ -75,6 +75,13 @@ enum Command {
         what: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: ListFormat,
+        /// After the table, print a row each time a deployment appears or changes
+        /// (status or line count), like `kubectl get -w`; Ctrl+C to stop.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// How often to look for changes with -w.
+        #[arg(long, default_value = "2s", requires = "watch")]
+        interval: String,
     },
     /// One deployment's status and counts.
     Describe { id: String },
@@ -206,7 +213,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Logs(args) => logs(&Client::new(&conn)?, &conn, args).await,
-        Command::Get { output, .. } => list(&Client::new(&conn)?, output).await,
+        Command::Get {
+            output,
+            watch: false,
+            ..
+        } => list(&Client::new(&conn)?, output).await,
+        Command::Get {
+            output: ListFormat::Json,
+            watch: true,
+            ..
+        } => Err(Exit(
+            2,
+            "-w prints table rows; use it without -o json (or poll `get deployments -o json`)"
+                .into(),
+        )
+        .into()),
+        Command::Get {
+            watch: true,
+            interval,
+            ..
+        } => {
+            let every = logstream_model::time::parse_duration(&interval)
+                .filter(|n| *n >= 100_000_000)
+                .ok_or_else(|| {
+                    Exit(
+                        2,
+                        format!(
+                            "--interval {interval:?}: use a duration of at least 100ms, e.g. 2s"
+                        ),
+                    )
+                })?;
+            watch_list(
+                &Client::new(&conn)?,
+                std::time::Duration::from_nanos(every as u64),
+            )
+            .await
+        }
         Command::Describe { id } => describe(&Client::new(&conn)?, &id).await,
         Command::Export { id, format, output } => {
             export(&Client::new(&conn)?, &id, &format, output).await
@@ -468,18 +510,65 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
     }
 }
 
+const LIST_HEADERS: [&str; 5] = ["ID", "STATUS", "LINES", "SIZE", "AGE"];
+
 async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
     let body = get_json(c, "/v1/deployments", &[]).await?;
-    let items = body["deployments"].as_array().cloned().unwrap_or_default();
     if let ListFormat::Json = output {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(0);
     }
+    output::table(&LIST_HEADERS, &list_rows(&body));
+    Ok(0)
+}
+
+/// `get deployments -w`: the table, then one row per appearance or change. Runs until
+/// interrupted; a failed poll is reported once (dim) and retried.
+async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i32> {
+    let body = get_json(c, "/v1/deployments", &[]).await?;
+    let rows = list_rows(&body);
+    let widths = output::table(&LIST_HEADERS, &rows);
+    // Key: id -> (status, lines): what makes a row worth printing again.
+    let key = |r: &[String; 5]| (r[1].clone(), r[2].clone());
+    let mut seen: std::collections::HashMap<String, (String, String)> =
+        rows.iter().map(|r| (r[0].clone(), key(r))).collect();
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let body = match get_json(c, "/v1/deployments", &[]).await {
+            Ok(b) => {
+                failing = false;
+                b
+            }
+            Err(e) => {
+                if !failing {
+                    let msg = format!("watch: {e:#}; retrying");
+                    if c.color {
+                        eprintln!("\x1b[2m{msg}\x1b[0m");
+                    } else {
+                        eprintln!("{msg}");
+                    }
+                }
+                failing = true;
+                continue;
+            }
+        };
+        for r in list_rows(&body) {
+            if seen.get(&r[0]) != Some(&key(&r)) {
+                seen.insert(r[0].clone(), key(&r));
+                output::row(&widths, &r);
+            }
+        }
+    }
+}
+
+fn list_rows(body: &Value) -> Vec<[String; 5]> {
+    let items = body["deployments"].as_array().cloned().unwrap_or_default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let rows: Vec<[String; 5]> = items
+    items
         .iter()
         .map(|d| {
             let age = d["created_at"]
@@ -501,9 +590,7 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
                 age,
             ]
         })
-        .collect();
-    output::table(&["ID", "STATUS", "LINES", "SIZE", "AGE"], &rows);
-    Ok(0)
+        .collect()
 }
 
 async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {

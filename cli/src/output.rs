@@ -135,26 +135,30 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Prints an aligned table with kubectl's look (two spaces between columns).
-pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+/// Prints a kubectl-style table; returns the column widths (for rows printed later).
+pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> Vec<usize> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == N {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:w$}  "));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(headers.to_vec());
+    row(&widths, &headers.map(str::to_owned));
     for r in rows {
-        line(r.iter().map(String::as_str).collect());
+        row(&widths, r);
     }
+    widths
+}
+
+/// One table row with the given column widths (wider cells push the rest right).
+pub fn row<const N: usize>(widths: &[usize], cells: &[String; N]) {
+    let mut s = String::new();
+    for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        if i + 1 == N {
+            s.push_str(c);
+        } else {
+            s.push_str(&format!("{c:w$}  "));
+        }
+    }
+    println!("{}", s.trim_end());
 }

@@ -455,3 +455,53 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
     assert_eq!(rest, vec!["after"]);
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_a_row_when_a_deployment_appears_or_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(&g, &t, "first", &[json!({"message": "a"})]).await;
+    let mut child = cli(&g, &t)
+        .args(["get", "deployments", "-w", "--interval", "100ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(next_line(&mut out).await.starts_with("ID"));
+    let row = next_line(&mut out).await;
+    assert!(row.starts_with("first") && row.contains("running"), "{row}");
+    push(&g, &t, "second", &[json!({"message": "b"})]).await;
+    let row = next_line(&mut out).await;
+    assert!(row.starts_with("second"), "{row}");
+    complete(&g, &t, "first", "failed", 4).await;
+    let row = next_line(&mut out).await;
+    assert!(
+        row.starts_with("first") && row.contains("failed (4)"),
+        "{row}"
+    );
+    child.kill().await.unwrap();
+
+    // -w is for tables; an interval that is not a duration names the flag.
+    let out = cli(&g, &t)
+        .args(["get", "deployments", "-w", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&g, &t)
+        .args(["get", "deployments", "-w", "--interval", "soon"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--interval"));
+}
+
+async fn next_line(out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), out.next_line())
+        .await
+        .expect("a line within 20 s")
+        .unwrap()
+        .expect("stdout open")
+}

@@ -35,9 +35,10 @@ struct Cli {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// Pod metadata from a file holding `kubectl get pods -o json` output, re-read when
-    /// it changes.
+    /// it changes. Without it, pods come from the Kubernetes API (in-cluster config or
+    /// kubeconfig), watched by node name.
     #[arg(long)]
-    pods: PathBuf,
+    pods: Option<PathBuf>,
     /// Label naming a pod's deployment; pods without it are skipped.
     #[arg(long, default_value = "logstream.dev/deployment")]
     deployment_label: String,
@@ -74,10 +75,17 @@ fn main() -> anyhow::Result<()> {
         deployment_label: cli.deployment_label.clone(),
         step_label: cli.step_label.clone(),
     };
-    let pods =
-        std::fs::read(&cli.pods).with_context(|| format!("--pods {}", cli.pods.display()))?;
-    let pods = parse_pod_list(&pods, &sel)
-        .map_err(|e| anyhow::anyhow!("--pods {}: {e}", cli.pods.display()))?;
+    let initial = match &cli.pods {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("--pods {}", path.display()))?;
+            Some(
+                parse_pod_list(&bytes, &sel)
+                    .map_err(|e| anyhow::anyhow!("--pods {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     if !cli.log_root.is_dir() {
         anyhow::bail!("--log-root {}: not a directory", cli.log_root.display());
     }
@@ -95,7 +103,9 @@ fn main() -> anyhow::Result<()> {
     let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine = Engine::new(settings, out_tx, metrics.clone()).map_err(|e| anyhow::anyhow!(e))?;
-    events_tx.send(Event::Pods(pods)).ok();
+    if let Some(pods) = initial {
+        events_tx.send(Event::Pods(pods)).ok();
+    }
 
     // inotify: new files are seen at once; the engine's rescan is the safety net.
     let tx = events_tx.clone();
@@ -115,35 +125,52 @@ fn main() -> anyhow::Result<()> {
 
     // Pod metadata file: re-read when it changes.
     let tx = events_tx.clone();
-    let pods_path = cli.pods.clone();
-    std::thread::spawn(move || {
-        let mut seen = std::fs::metadata(&pods_path)
-            .and_then(|m| m.modified())
-            .ok();
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = std::fs::metadata(&pods_path)
+    if let Some(pods_path) = cli.pods.clone() {
+        let sel = sel.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::fs::metadata(&pods_path)
                 .and_then(|m| m.modified())
                 .ok();
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match std::fs::read(&pods_path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| parse_pod_list(&b, &sel))
-            {
-                Ok(p) => {
-                    if tx.send(Event::Pods(p)).is_err() {
-                        return;
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = std::fs::metadata(&pods_path)
+                    .and_then(|m| m.modified())
+                    .ok();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match std::fs::read(&pods_path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| parse_pod_list(&b, &sel))
+                {
+                    Ok(p) => {
+                        if tx.send(Event::Pods(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %pods_path.display(), error = %e, "reading pod metadata failed; keeping the previous")
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(file = %pods_path.display(), error = %e, "reading pod metadata failed; keeping the previous")
-                }
             }
-        }
-    });
+        });
+    }
+    // Or from the Kubernetes API: this node's pods.
+    if cli.pods.is_none() {
+        let client = rt
+            .block_on(kube::Client::try_default())
+            .context("no --pods FILE and no Kubernetes configuration (in-cluster or kubeconfig)")?;
+        let tx = events_tx.clone();
+        let node = cli.node_name.clone();
+        let sel = sel.clone();
+        rt.spawn(async move {
+            logstream_collector::pods::watch_node_pods(client, &node, sel, move |p| {
+                let _ = tx.send(Event::Pods(p));
+            })
+            .await;
+        });
+    }
 
     let forwarder = Forwarder {
         endpoint: cli.gateway.clone(),

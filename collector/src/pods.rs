@@ -103,6 +103,41 @@ pub fn parse_pod_list(json: &[u8], sel: &Selection) -> Result<PodMap, String> {
     Ok(out)
 }
 
+/// Watches this node's pods through the Kubernetes API (a `kube` runtime watcher with
+/// the field selector `spec.nodeName=<node>`, so the API server filters) and calls
+/// `publish` with the full map after every change. Returns when the watch stream ends.
+pub async fn watch_node_pods(
+    client: kube::Client,
+    node: &str,
+    sel: Selection,
+    publish: impl Fn(PodMap),
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    let api: kube::Api<Pod> = kube::Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, wc).default_backoff());
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            // The store is swapped in at InitDone: publish then and on every change.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => {
+                let map: PodMap = reader
+                    .state()
+                    .iter()
+                    .filter_map(|p| PodInfo::from_pod(p, &sel))
+                    .map(|i| (i.uid.clone(), i))
+                    .collect();
+                publish(map);
+            }
+            Err(e) => tracing::warn!(error = %e, "watching pods failed; retrying with backoff"),
+        }
+    }
+}
+
 /// Splits a `/var/log/pods` directory name `<namespace>_<pod>_<uid>`.
 pub fn parse_pod_dir(name: &str) -> Option<(&str, &str, &str)> {
     let (rest, uid) = name.rsplit_once('_')?;

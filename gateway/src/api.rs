@@ -129,15 +129,24 @@ type ApiResult<T> = Result<T, ApiError>;
 
 // === Auth ===
 
-/// The authenticated caller, from `Authorization: Bearer` (or `access_token` for
-/// stream/export GETs, which browsers' EventSource cannot give headers).
+/// The authenticated caller, from `Authorization: Bearer` (or `Logstream-Authorization:
+/// Bearer`, for requests through the Kubernetes API server's service proxy, which keeps
+/// `Authorization` for itself; or `access_token` for stream/export GETs, which browsers'
+/// EventSource cannot give headers).
 pub struct Auth(pub Principal);
+
+/// The header clients use when `Authorization` is taken by a proxy.
+pub const PROXY_SAFE_AUTHORIZATION: &str = "logstream-authorization";
 
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Auth> {
-        let token = match parts.headers.get(header::AUTHORIZATION) {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .or_else(|| parts.headers.get(PROXY_SAFE_AUTHORIZATION));
+        let token = match header {
             Some(v) => {
                 let v = v
                     .to_str()

@@ -386,3 +386,35 @@ async fn a_concurrent_lease_write_loses_cleanly() {
         .push((Method::PUT, "/leases/l".into(), 409));
     assert!(!a.try_acquire_or_renew().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_spec_change_updates_only_its_objects_and_the_observed_generation() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    let hpa = "/apis/autoscaling/v2/namespaces/ci/horizontalpodautoscalers/acme-edge";
+    let cm = "/api/v1/namespaces/ci/configmaps/acme-gateway";
+    let cm_before = fake.get(cm).unwrap()["data"].clone();
+    assert_eq!(fake.get(hpa).unwrap()["spec"]["maxReplicas"], 10);
+
+    let mut ls = fake.get(LS).unwrap();
+    ls["spec"]["gateway"] = json!({"edge": {"maxReplicas": 25}});
+    ls["metadata"]["generation"] = 2.into();
+    fake.put(LS, ls);
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(fake.get(hpa).unwrap()["spec"]["maxReplicas"], 25);
+    assert_eq!(
+        fake.get(cm).unwrap()["data"],
+        cm_before,
+        "the gateway config did not change"
+    );
+    let st = fake.get(LS).unwrap()["status"].clone();
+    assert_eq!(st["observedGeneration"], 2);
+    assert!(
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["observedGeneration"] == 2)
+    );
+}
