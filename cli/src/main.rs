@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod kube;
 mod output;
 mod run;
 
@@ -55,6 +56,18 @@ struct Conn {
     /// Colour output.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     color: ColorWhen,
+    /// Without --server: the kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Without --server: the namespace of the LogStream (default: the context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Without --server: which LogStream, when the namespace has several.
+    #[arg(long, global = true)]
+    logstream: Option<String>,
+    /// Without --server: the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -145,7 +158,7 @@ struct LogsArgs {
 
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
-struct Exit(i32, String);
+pub struct Exit(pub i32, pub String);
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,7 +210,24 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let conn = cli.conn;
+    let mut conn = cli.conn;
+    let needs_server = !matches!(cli.command, Command::Completion { .. } | Command::Version);
+    if needs_server && conn.server.is_none() {
+        let found = kube::discover(&kube::KubeOpts {
+            kubeconfig: conn.kubeconfig.clone(),
+            context: conn.context.clone(),
+            namespace: conn.namespace.clone(),
+            logstream: conn.logstream.clone(),
+        })
+        .await?;
+        if std::env::var_os("LOGSTREAM_DEBUG").is_some() {
+            eprintln!("gateway: {}", found.describe);
+        }
+        conn.server = Some(found.server);
+        if conn.token.is_none() && conn.token_file.is_none() {
+            conn.token = found.user_token;
+        }
+    }
     match cli.command {
         Command::Completion { shell } => {
             clap_complete::generate(
@@ -270,7 +300,11 @@ pub struct Client {
 impl Client {
     fn new(conn: &Conn) -> anyhow::Result<Client> {
         let Some(server) = conn.server.clone() else {
-            return Err(Exit(2, "no gateway: pass --server URL or set LOGSTREAM_SERVER (finding it from the kubeconfig context is not built yet)".into()).into());
+            return Err(Exit(
+                2,
+                "no gateway: pass --server URL or set LOGSTREAM_SERVER".into(),
+            )
+            .into());
         };
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {

@@ -505,3 +505,139 @@ async fn next_line(out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStd
         .unwrap()
         .expect("stdout open")
 }
+
+/// A fake Kubernetes API server: it authenticates the kubeconfig's credentials (a
+/// bearer token that only its exec plugin knows), serves the LogStream list, and
+/// proxies `/api/v1/namespaces/ci/services/acme-edge:http/proxy/...` to the real gateway
+/// after stripping `Authorization`, as kube-apiserver does.
+async fn fake_api_server(gateway: String) -> String {
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    const API_TOKEN: &str = "Bearer kube-user-token";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let gateway = gateway.clone();
+        async move {
+            if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(API_TOKEN) {
+                return (StatusCode::UNAUTHORIZED, "{}").into_response();
+            }
+            let path = req.uri().path().to_owned();
+            if path == "/apis/logstream.dev/v1alpha1/namespaces/ci/logstreams" {
+                let ls = json!({
+                    "apiVersion": "logstream.dev/v1alpha1", "kind": "LogStreamList", "metadata": {},
+                    "items": [{"apiVersion": "logstream.dev/v1alpha1", "kind": "LogStream",
+                        "metadata": {"name": "acme", "namespace": "ci"},
+                        "spec": {"tenant": "acme"},
+                        "status": {"endpoints": {"ingest": "acme-store.ci.svc:8081", "http": "http://acme-edge.ci.svc:8080",
+                                                 "service": "acme-edge", "namespace": "ci", "port": "http"}}}]
+                });
+                return axum::Json(ls).into_response();
+            }
+            if path.starts_with("/apis/logstream.dev/v1alpha1/namespaces/") {
+                return axum::Json(json!({"apiVersion": "logstream.dev/v1alpha1", "kind": "LogStreamList", "metadata": {}, "items": []})).into_response();
+            }
+            let Some(rest) = path.strip_prefix("/api/v1/namespaces/ci/services/acme-edge:http/proxy") else {
+                return (StatusCode::NOT_FOUND, "{}").into_response();
+            };
+            let url = match req.uri().query() {
+                Some(q) => format!("{gateway}{rest}?{q}"),
+                None => format!("{gateway}{rest}"),
+            };
+            let method = req.method().clone();
+            let mut headers = req.headers().clone();
+            headers.remove("authorization");
+            headers.remove("host");
+            let body = axum::body::to_bytes(req.into_body(), 64 << 20).await.unwrap();
+            let resp = reqwest::Client::new().request(method, url).headers(headers).body(body).send().await.unwrap();
+            let status = resp.status();
+            let ct = resp.headers().get("content-type").cloned();
+            let mut r = axum::response::Response::new(axum::body::Body::from_stream(resp.bytes_stream()));
+            *r.status_mut() = status;
+            if let Some(ct) = ct {
+                r.headers_mut().insert("content-type", ct);
+            }
+            r
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_server_the_gateway_is_found_from_the_kubeconfig_through_the_service_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(
+        &g,
+        &t,
+        "via-kube",
+        &[json!({"message": "one"}), json!({"message": "two"})],
+    )
+    .await;
+    complete(&g, &t, "via-kube", "succeeded", 0).await;
+    let api = fake_api_server(g.http.clone()).await;
+    // The kubeconfig's user authenticates with an exec plugin (like cloud providers').
+    let plugin = tmp.path().join("credential-plugin");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\necho '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"kube-user-token\"}}'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
+             clusters: [{{name: c, cluster: {{server: \"{api}\"}}}}]\n\
+             users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: \"{}\", interactiveMode: Never}}}}}}]\n\
+             contexts: [{{name: dev, context: {{cluster: c, user: u, namespace: ci}}}}]\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let kube_cli = || {
+        let mut c = Command::new(BIN);
+        c.env_remove("LOGSTREAM_SERVER")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("LOGSTREAM_TOKEN", &t)
+            .kill_on_drop(true);
+        c
+    };
+    let out = kube_cli()
+        .args(["logs", "-f", "via-kube", "--color", "never"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["one", "two"]);
+    let out = kube_cli()
+        .args(["get", "deployments"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via-kube"));
+
+    // A namespace without a LogStream is a usage error naming the fix.
+    let out = kube_cli()
+        .args(["get", "deployments", "-n", "empty"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no LogStream in namespace \"empty\"") && err.contains("--server"),
+        "{err}"
+    );
+}
