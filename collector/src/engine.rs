@@ -510,6 +510,7 @@ impl Engine {
         );
         let batch = Batch {
             container: c.id,
+            gateway: pod.as_ref().and_then(|p| p.gateway.clone()),
             req: pb::PushRequest {
                 deployment: deployment.to_owned(),
                 source,
@@ -640,7 +641,7 @@ impl Engine {
 
     /// A finished pod whose files are all read and acknowledged completes its deployment.
     fn check_completions(&mut self) {
-        let mut done: Vec<(String, String, String, i32)> = Vec::new();
+        let mut done: Vec<(String, String, String, i32, Option<String>)> = Vec::new();
         for (uid, pod) in &self.pods {
             let (Some(dep), Some((status, code))) = (&pod.deployment, &pod.finished) else {
                 continue;
@@ -677,16 +678,23 @@ impl Engine {
                 continue;
             }
             if all_done {
-                done.push((uid.clone(), dep.clone(), status.clone(), *code));
+                done.push((
+                    uid.clone(),
+                    dep.clone(),
+                    status.clone(),
+                    *code,
+                    pod.gateway.clone(),
+                ));
             }
         }
-        for (uid, deployment, status, exit_code) in done {
+        for (uid, deployment, status, exit_code, gateway) in done {
             self.completing.insert(uid.clone(), Instant::now());
             let _ = self.out.send(Outgoing::Complete {
                 pod_uid: uid,
                 deployment,
                 status,
                 exit_code,
+                gateway,
             });
         }
     }

@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub container: u64,
+    /// The tenant gateway; `None`: the default (`--gateway`).
+    pub gateway: Option<String>,
     pub req: pb::PushRequest,
 }
 
@@ -29,7 +31,50 @@ pub enum Outgoing {
         deployment: String,
         status: String,
         exit_code: i32,
+        gateway: Option<String>,
     },
+}
+
+impl Outgoing {
+    fn gateway(&self) -> Option<&str> {
+        match self {
+            Outgoing::Push(b) => b.gateway.as_deref(),
+            Outgoing::Complete { gateway, .. } => gateway.as_deref(),
+        }
+    }
+}
+
+/// Sends each batch to its tenant's gateway: one [`Forwarder`] (one stream) per
+/// gateway, started on first use. Runs until `rx` closes and every forwarder is done.
+pub async fn route(
+    default: Option<String>,
+    token: Arc<TokenFile>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    report: impl Fn(Report) + Send + Sync + Clone + 'static,
+) {
+    let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<Outgoing>> =
+        std::collections::HashMap::new();
+    let mut tasks = Vec::new();
+    while let Some(o) = rx.recv().await {
+        let Some(endpoint) = o.gateway().map(str::to_owned).or_else(|| default.clone()) else {
+            tracing::error!("a batch has no gateway and no --gateway is set; it stays unsent");
+            continue;
+        };
+        let lane = lanes.entry(endpoint.clone()).or_insert_with(|| {
+            let (tx, lane_rx) = mpsc::unbounded_channel();
+            let f = Forwarder {
+                endpoint,
+                token: token.clone(),
+            };
+            tasks.push(tokio::spawn(f.run(lane_rx, report.clone())));
+            tx
+        });
+        let _ = lane.send(o);
+    }
+    drop(lanes);
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 /// What the forwarder reports back.
@@ -228,7 +273,7 @@ impl Forwarder {
                             });
                             let _ = tx.send(b.req);
                         }
-                        Some(Outgoing::Complete { pod_uid, deployment, status, exit_code }) => {
+                        Some(Outgoing::Complete { pod_uid, deployment, status, exit_code, .. }) => {
                             completes.push_back((pod_uid, pb::CompleteRequest { deployment, status, exit_code }));
                             if unacked.is_empty() {
                                 break "completion pending".into();

@@ -3,9 +3,11 @@
 use anyhow::Context as _;
 use clap::Parser;
 use logstream_collector::engine::{Engine, Event, Settings};
-use logstream_collector::forward::{Forwarder, TokenFile};
+use logstream_collector::forward::{TokenFile, route};
 use logstream_collector::metrics::Metrics;
-use logstream_collector::pods::{Selection, parse_pod_list};
+use logstream_collector::pods::{
+    PodMap, Selection, build_map, parse_logstream_list, parse_pod_list,
+};
 use logstream_model::redact::{MaskStyle, Redactor};
 use notify::Watcher as _;
 use std::net::SocketAddr;
@@ -22,9 +24,15 @@ struct Cli {
     /// Where kubelet writes container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`).
     #[arg(long, default_value = "/var/log/pods")]
     log_root: PathBuf,
-    /// The gateway's gRPC endpoint, e.g. http://acme-store.ci.svc:8081.
+    /// One gateway for every selected pod (its gRPC endpoint, e.g.
+    /// http://acme-store.ci.svc:8081). Without it, each pod goes to the gateway of the
+    /// LogStream that selects it (LogStreams from the Kubernetes API or --logstreams).
     #[arg(long, env = "LOGSTREAM_GATEWAY")]
-    gateway: String,
+    gateway: Option<String>,
+    /// LogStreams from a file holding `kubectl get logstreams -A -o json` output
+    /// (with --pods), re-read when it changes.
+    #[arg(long, requires = "pods")]
+    logstreams: Option<PathBuf>,
     /// Bearer token file (a projected ServiceAccount token); re-read when it changes.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -75,15 +83,13 @@ fn main() -> anyhow::Result<()> {
         deployment_label: cli.deployment_label.clone(),
         step_label: cli.step_label.clone(),
     };
+    if cli.gateway.is_none() && cli.pods.is_some() && cli.logstreams.is_none() {
+        anyhow::bail!(
+            "no gateway: pass --gateway URL, or --logstreams FILE so each pod goes to its LogStream's gateway"
+        );
+    }
     let initial = match &cli.pods {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("--pods {}", path.display()))?;
-            Some(
-                parse_pod_list(&bytes, &sel)
-                    .map_err(|e| anyhow::anyhow!("--pods {}: {e}", path.display()))?,
-            )
-        }
+        Some(path) => Some(read_metadata(path, cli.logstreams.as_deref(), &sel)?),
         None => None,
     };
     if !cli.log_root.is_dir() {
@@ -123,40 +129,39 @@ fn main() -> anyhow::Result<()> {
         .watch(&cli.log_root, notify::RecursiveMode::Recursive)
         .with_context(|| format!("watching --log-root {}", cli.log_root.display()))?;
 
-    // Pod metadata file: re-read when it changes.
+    // Pod metadata files: re-read when they change.
     let tx = events_tx.clone();
     if let Some(pods_path) = cli.pods.clone() {
         let sel = sel.clone();
+        let ls_path = cli.logstreams.clone();
         std::thread::spawn(move || {
-            let mut seen = std::fs::metadata(&pods_path)
-                .and_then(|m| m.modified())
-                .ok();
+            let stamp = || {
+                [Some(pods_path.as_path()), ls_path.as_deref()]
+                    .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+            };
+            let mut seen = stamp();
             loop {
                 std::thread::sleep(Duration::from_millis(200));
-                let now = std::fs::metadata(&pods_path)
-                    .and_then(|m| m.modified())
-                    .ok();
+                let now = stamp();
                 if now == seen {
                     continue;
                 }
                 seen = now;
-                match std::fs::read(&pods_path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| parse_pod_list(&b, &sel))
-                {
+                match read_metadata(&pods_path, ls_path.as_deref(), &sel) {
                     Ok(p) => {
                         if tx.send(Event::Pods(p)).is_err() {
                             return;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(file = %pods_path.display(), error = %e, "reading pod metadata failed; keeping the previous")
+                        tracing::warn!(error = %e, "reading pod metadata failed; keeping the previous")
                     }
                 }
             }
         });
     }
-    // Or from the Kubernetes API: this node's pods.
+    // Or from the Kubernetes API: this node's pods (and, without --gateway, the
+    // LogStreams that route them).
     if cli.pods.is_none() {
         let client = rt
             .block_on(kube::Client::try_default())
@@ -164,22 +169,30 @@ fn main() -> anyhow::Result<()> {
         let tx = events_tx.clone();
         let node = cli.node_name.clone();
         let sel = sel.clone();
+        let by_logstreams = cli.gateway.is_none();
         rt.spawn(async move {
-            logstream_collector::pods::watch_node_pods(client, &node, sel, move |p| {
-                let _ = tx.send(Event::Pods(p));
-            })
+            logstream_collector::pods::watch_node_pods(
+                client,
+                &node,
+                sel,
+                by_logstreams,
+                move |p| {
+                    let _ = tx.send(Event::Pods(p));
+                },
+            )
             .await;
         });
     }
 
-    let forwarder = Forwarder {
-        endpoint: cli.gateway.clone(),
-        token: TokenFile::new(cli.token_file.clone()),
-    };
     let tx = events_tx.clone();
-    let fwd = rt.spawn(forwarder.run(out_rx, move |r| {
-        let _ = tx.send(Event::Forwarder(r));
-    }));
+    let fwd = rt.spawn(route(
+        cli.gateway.clone(),
+        TokenFile::new(cli.token_file.clone()),
+        out_rx,
+        move |r| {
+            let _ = tx.send(Event::Forwarder(r));
+        },
+    ));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cli.metrics_listen))
         .with_context(|| format!("--metrics-listen {}", cli.metrics_listen))?;
@@ -207,7 +220,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!(
         "logstream collector: following {} -> {} (metrics on http://{})",
         cli.log_root.display(),
-        cli.gateway,
+        cli.gateway.as_deref().unwrap_or("each LogStream's gateway"),
         cli.metrics_listen
     );
     drop(events_tx);
@@ -216,4 +229,24 @@ fn main() -> anyhow::Result<()> {
     // Give in-flight batches a moment to be acknowledged; checkpoints are already safe.
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fwd).await.ok() });
     result.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Pods (and LogStreams, if given) from files, as the engine's pod map.
+fn read_metadata(
+    pods: &std::path::Path,
+    logstreams: Option<&std::path::Path>,
+    sel: &Selection,
+) -> anyhow::Result<PodMap> {
+    let bytes = std::fs::read(pods).with_context(|| format!("--pods {}", pods.display()))?;
+    let pods_list =
+        parse_pod_list(&bytes).map_err(|e| anyhow::anyhow!("--pods {}: {e}", pods.display()))?;
+    let ls = match logstreams {
+        Some(p) => {
+            let b = std::fs::read(p).with_context(|| format!("--logstreams {}", p.display()))?;
+            parse_logstream_list(&b)
+                .map_err(|e| anyhow::anyhow!("--logstreams {}: {e}", p.display()))?
+        }
+        None => Vec::new(),
+    };
+    Ok(build_map(&pods_list, sel, &ls))
 }

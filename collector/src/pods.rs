@@ -17,6 +17,9 @@ pub struct PodInfo {
     pub step: Option<String>,
     /// `Some((status, exit_code))` once every container has terminated.
     pub finished: Option<(String, i32)>,
+    /// The tenant gateway's gRPC endpoint from the pod's LogStream; `None`: the
+    /// collector's `--gateway`.
+    pub gateway: Option<String>,
 }
 
 /// Label keys that select pods and name their deployment and step.
@@ -52,6 +55,7 @@ impl PodInfo {
             deployment,
             step: labels.get(&sel.step_label).cloned(),
             finished: finished(pod),
+            gateway: None,
         })
     }
 }
@@ -85,55 +89,193 @@ fn finished(pod: &Pod) -> Option<(String, i32)> {
 /// Pods by uid.
 pub type PodMap = HashMap<String, PodInfo>;
 
-/// Parses a `kubectl get pods -o json` List (or a single Pod).
-pub fn parse_pod_list(json: &[u8], sel: &Selection) -> Result<PodMap, String> {
+/// Whether `labels` satisfy a Kubernetes label selector.
+pub fn selector_matches(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expr = sel.match_expressions.iter().flatten().all(|e| {
+        let have = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expr
+}
+
+/// Which tenant a pod belongs to. With no LogStreams known, the collector's own label
+/// keys and `--gateway` apply. With LogStreams, the first (by namespace/name) whose
+/// namespaces and pod selector match and whose deployment label the pod carries
+/// decides the deployment, the step label and the gateway (its `status.endpoints`);
+/// a pod no LogStream selects is skipped, as is one whose LogStream has no endpoint yet.
+pub fn pod_info(
+    pod: &Pod,
+    sel: &Selection,
+    logstreams: &[logstream_crds::LogStream],
+) -> Option<PodInfo> {
+    let base = PodInfo::from_pod(pod, sel)?;
+    if logstreams.is_empty() {
+        return Some(base);
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mut sorted: Vec<&logstream_crds::LogStream> = logstreams.iter().collect();
+    sorted.sort_by_key(|l| (l.metadata.namespace.clone(), l.metadata.name.clone()));
+    for ls in sorted {
+        let spec = &ls.spec;
+        let own_ns = ls.metadata.namespace.clone().unwrap_or_default();
+        let in_ns = if spec.selector.namespaces.is_empty() {
+            base.namespace == own_ns
+        } else {
+            spec.selector.namespaces.contains(&base.namespace)
+        };
+        if !in_ns
+            || spec
+                .selector
+                .pod_selector
+                .as_ref()
+                .is_some_and(|s| !selector_matches(s, &labels))
+        {
+            continue;
+        }
+        let Some(dep) = labels
+            .get(&spec.labels.deployment)
+            .filter(|d| logstream_model::validate_deployment_id(d).is_ok())
+        else {
+            continue;
+        };
+        let Some(ingest) = ls
+            .status
+            .as_ref()
+            .and_then(|s| s.endpoints.as_ref())
+            .map(|e| e.ingest.clone())
+        else {
+            continue;
+        };
+        return Some(PodInfo {
+            deployment: Some(dep.clone()),
+            step: labels.get(&spec.labels.step).cloned(),
+            gateway: Some(format!("http://{ingest}")),
+            ..base
+        });
+    }
+    Some(PodInfo {
+        deployment: None,
+        ..base
+    })
+}
+
+/// The pod map for a set of pods and LogStreams.
+pub fn build_map(
+    pods: &[Pod],
+    sel: &Selection,
+    logstreams: &[logstream_crds::LogStream],
+) -> PodMap {
+    pods.iter()
+        .filter_map(|p| pod_info(p, sel, logstreams))
+        .map(|i| (i.uid.clone(), i))
+        .collect()
+}
+
+/// Parses `kubectl get logstreams -A -o json` (a List) for `--logstreams FILE`.
+pub fn parse_logstream_list(json: &[u8]) -> Result<Vec<logstream_crds::LogStream>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
     let items = match v.get("items") {
         Some(items) => items.as_array().cloned().unwrap_or_default(),
         None => vec![v],
     };
-    let mut out = PodMap::new();
-    for item in items {
-        let pod: Pod = serde_json::from_value(item).map_err(|e| format!("not a Pod: {e}"))?;
-        if let Some(info) = PodInfo::from_pod(&pod, sel) {
-            out.insert(info.uid.clone(), info);
-        }
-    }
-    Ok(out)
+    items
+        .into_iter()
+        .map(|i| serde_json::from_value(i).map_err(|e| format!("not a LogStream: {e}")))
+        .collect()
+}
+
+/// Parses a `kubectl get pods -o json` List (or a single Pod).
+pub fn parse_pod_list(json: &[u8]) -> Result<Vec<Pod>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
+    let items = match v.get("items") {
+        Some(items) => items.as_array().cloned().unwrap_or_default(),
+        None => vec![v],
+    };
+    items
+        .into_iter()
+        .map(|i| serde_json::from_value(i).map_err(|e| format!("not a Pod: {e}")))
+        .collect()
 }
 
 /// Watches this node's pods through the Kubernetes API (a `kube` runtime watcher with
-/// the field selector `spec.nodeName=<node>`, so the API server filters) and calls
-/// `publish` with the full map after every change. Returns when the watch stream ends.
+/// the field selector `spec.nodeName=<node>`, so the API server filters) and, with
+/// `logstreams`, every LogStream (tenant selection and gateways); calls `publish` with
+/// the full map after every change, once both have been listed. Returns when the
+/// streams end.
 pub async fn watch_node_pods(
     client: kube::Client,
     node: &str,
     sel: Selection,
+    logstreams: bool,
     publish: impl Fn(PodMap),
 ) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-    let api: kube::Api<Pod> = kube::Api::all(client);
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, wc).default_backoff());
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
+    enum Tick {
+        Pods(bool),
+        LogStreams(bool),
+        Failed(String),
+    }
+    fn tick<K>(ev: Result<watcher::Event<K>, watcher::Error>, f: fn(bool) -> Tick) -> Tick {
         match ev {
-            // The store is swapped in at InitDone: publish then and on every change.
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Ok(_) => {
-                let map: PodMap = reader
-                    .state()
-                    .iter()
-                    .filter_map(|p| PodInfo::from_pod(p, &sel))
-                    .map(|i| (i.uid.clone(), i))
-                    .collect();
-                publish(map);
+            // A store is swapped in at InitDone: publish then and on every change.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => f(false),
+            Ok(_) => f(true),
+            Err(e) => Tick::Failed(e.to_string()),
+        }
+    }
+    let pods_api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let (pods, pods_writer) = reflector::store();
+    let pod_ticks = reflector(pods_writer, watcher(pods_api, wc).default_backoff())
+        .map(|e| tick(e, Tick::Pods))
+        .boxed();
+    let (lss, ls_writer) = reflector::store::<logstream_crds::LogStream>();
+    let ls_ticks = if logstreams {
+        let api: kube::Api<logstream_crds::LogStream> = kube::Api::all(client);
+        reflector(
+            ls_writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .map(|e| tick(e, Tick::LogStreams))
+        .boxed()
+    } else {
+        futures::stream::pending().boxed()
+    };
+    let mut ticks = futures::stream::select(pod_ticks, ls_ticks);
+    let (mut pods_ready, mut ls_ready) = (false, !logstreams);
+    while let Some(t) = ticks.next().await {
+        match t {
+            Tick::Pods(ready) => pods_ready |= ready,
+            Tick::LogStreams(ready) => ls_ready |= ready,
+            Tick::Failed(e) => {
+                tracing::warn!(error = %e, "watching pods or LogStreams failed; retrying with backoff");
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "watching pods failed; retrying with backoff"),
+        }
+        if pods_ready && ls_ready {
+            let p: Vec<Pod> = pods.state().iter().map(|p| (**p).clone()).collect();
+            let l: Vec<logstream_crds::LogStream> =
+                lss.state().iter().map(|l| (**l).clone()).collect();
+            publish(build_map(&p, &sel, &l));
         }
     }
 }

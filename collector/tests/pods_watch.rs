@@ -36,7 +36,7 @@ async fn node_pods_are_listed_and_watched_by_field_selector_and_selected_by_labe
     let client = kube::Client::new(svc, "default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        watch_node_pods(client, "node-a", Selection::default(), move |m| {
+        watch_node_pods(client, "node-a", Selection::default(), false, move |m| {
             let _ = tx.send(m);
         })
         .await;

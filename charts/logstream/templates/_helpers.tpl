@@ -18,15 +18,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "logstream.operatorName" -}}{{ include "logstream.fullname" . }}-operator{{- end -}}
 {{- define "logstream.collectorName" -}}{{ include "logstream.fullname" . }}-collector{{- end -}}
 
-{{/* The collector's gateway: explicit, or the sample LogStream's store. */}}
-{{- define "logstream.collectorGateway" -}}
-{{- if .Values.collector.gateway -}}
-{{- .Values.collector.gateway -}}
-{{- else -}}
-{{- printf "http://%s-store.%s.svc.%s:8081" .Values.sampleLogStream.name .Release.Namespace .Values.operator.clusterDomain -}}
-{{- end -}}
-{{- end -}}
-
 {{- define "logstream.edgeService" -}}
 {{- default (printf "%s-edge" .Values.sampleLogStream.name) .Values.expose.service -}}
 {{- end -}}
