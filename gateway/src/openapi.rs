@@ -8,7 +8,9 @@ pub const DOCUMENT: &str = r##"{
   "info": {"title": "logstream gateway", "version": "v1",
     "description": "Ingest, live tail (SSE/WebSocket), history and export of deployment logs. Tenant comes from the bearer token."},
   "components": {
-    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+      "proxySafeBearer": {"type": "apiKey", "in": "header", "name": "Logstream-Authorization",
+        "description": "`Bearer <token>`, for requests through the Kubernetes API server's service proxy, which strips Authorization."}},
     "parameters": {
       "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
       "cursor": {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "Resume after this cursor (from a line's `cursor` or `next_cursor`)."},
@@ -37,7 +39,7 @@ pub const DOCUMENT: &str = r##"{
       "Error": {"description": "Bad request, auth, quota or availability error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     }
   },
-  "security": [{"bearer": []}],
+  "security": [{"bearer": []}, {"proxySafeBearer": []}],
   "paths": {
     "/v1/deployments": {"get": {"summary": "The tenant's deployments", "responses": {"200": {"description": "List", "content": {"application/json": {"schema": {"type": "object", "properties": {"deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}}}}}}, "default": {"$ref": "#/components/responses/Error"}}}},
     "/v1/deployments/{id}": {"get": {"summary": "One deployment's status and counts", "parameters": [{"$ref": "#/components/parameters/id"}], "responses": {"200": {"description": "Deployment", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deployment"}}}}, "default": {"$ref": "#/components/responses/Error"}}}},
