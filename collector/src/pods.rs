@@ -188,20 +188,16 @@ pub fn build_map(
 
 /// Parses `kubectl get logstreams -A -o json` (a List) for `--logstreams FILE`.
 pub fn parse_logstream_list(json: &[u8]) -> Result<Vec<logstream_crds::LogStream>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
-    let items = match v.get("items") {
-        Some(items) => items.as_array().cloned().unwrap_or_default(),
-        None => vec![v],
-    };
-    items
-        .into_iter()
-        .map(|i| serde_json::from_value(i).map_err(|e| format!("not a LogStream: {e}")))
-        .collect()
+    parse_list(json, "LogStream")
 }
 
 /// Parses a `kubectl get pods -o json` List (or a single Pod).
 pub fn parse_pod_list(json: &[u8]) -> Result<Vec<Pod>, String> {
+    parse_list(json, "Pod")
+}
+
+/// The items of a `kubectl get ... -o json` List (or the one object it holds).
+fn parse_list<T: serde::de::DeserializeOwned>(json: &[u8], kind: &str) -> Result<Vec<T>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
     let items = match v.get("items") {
@@ -210,7 +206,7 @@ pub fn parse_pod_list(json: &[u8]) -> Result<Vec<Pod>, String> {
     };
     items
         .into_iter()
-        .map(|i| serde_json::from_value(i).map_err(|e| format!("not a Pod: {e}")))
+        .map(|i| serde_json::from_value(i).map_err(|e| format!("not a {kind}: {e}")))
         .collect()
 }
 
