@@ -37,6 +37,17 @@ fn gauge(metrics: &str, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("{name} in {metrics}"))
 }
 
+/// The edge's `logstream_live_viewers` gauge, read from its /metrics.
+async fn live_viewers(edge: &str) -> i64 {
+    let m = reqwest::get(format!("{edge}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    gauge(&m, "logstream_live_viewers")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,13 +123,7 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
             seen += 1;
         }
     }
-    let m: String = reqwest::get(format!("{edge}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(gauge(&m, "logstream_live_viewers"), 1);
+    assert_eq!(live_viewers(&edge).await, 1);
 
     // WebSocket through the edge (the upgrade is forwarded and spliced).
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
@@ -187,13 +192,7 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
     // Both streams closed: the gauge falls back to 0.
     let mut live = -1;
     for _ in 0..100 {
-        let m: String = reqwest::get(format!("{edge}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        live = gauge(&m, "logstream_live_viewers");
+        live = live_viewers(&edge).await;
         if live == 0 {
             break;
         }
