@@ -366,7 +366,7 @@ impl Engine {
                 continue;
             };
             self.read_container(&dir);
-            self.maybe_send(&dir, &deployment);
+            self.maybe_send(&dir, &pod, &deployment);
             self.retire(&dir);
             if let Some(c) = self.containers.get(&dir) {
                 lag += c.tails.iter().map(FileTail::lag).sum::<u64>();
@@ -432,9 +432,8 @@ impl Engine {
         }
     }
 
-    fn maybe_send(&mut self, dir: &Path, deployment: &str) {
+    fn maybe_send(&mut self, dir: &Path, pod: &PodInfo, deployment: &str) {
         let s = &self.s;
-        let pod = self.pods.get(&self.containers[dir].pod_uid).cloned();
         let c = self.containers.get_mut(dir).expect("present");
         if c.in_flight.is_some() || c.queued.is_empty() {
             return;
@@ -453,6 +452,7 @@ impl Engine {
         if !due {
             return;
         }
+        let step = pod.step.clone().unwrap_or_else(|| c.name.clone());
         let mut lines = Vec::new();
         let mut last: Option<(u64, u64)> = None;
         let mut bytes = 0;
@@ -467,13 +467,9 @@ impl Engine {
             let e = c.queued.pop_front().expect("front");
             for r in e.records {
                 bytes += r.message.len() + 64;
-                let step = pod
-                    .as_ref()
-                    .and_then(|p| p.step.clone())
-                    .unwrap_or_else(|| c.name.clone());
                 lines.push(pb::Line {
                     ts_unix_nanos: r.ts,
-                    step,
+                    step: step.clone(),
                     stream: match r.stream {
                         logstream_model::Stream::Stdout => pb::Stream::Stdout as i32,
                         logstream_model::Stream::Stderr => pb::Stream::Stderr as i32,
@@ -510,7 +506,7 @@ impl Engine {
         );
         let batch = Batch {
             container: c.id,
-            gateway: pod.as_ref().and_then(|p| p.gateway.clone()),
+            gateway: pod.gateway.clone(),
             req: pb::PushRequest {
                 deployment: deployment.to_owned(),
                 source,
