@@ -12,11 +12,12 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod export;
 mod kube;
 mod output;
 mod run;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,6 +69,9 @@ struct Conn {
     /// Without --server: the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
     kubeconfig: Option<std::path::PathBuf>,
+    /// Set when the server was found through the kubeconfig.
+    #[arg(skip)]
+    via_kubeconfig: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -98,14 +102,19 @@ enum Command {
     },
     /// One deployment's status and counts.
     Describe { id: String },
-    /// Download a deployment's whole log.
+    /// Download a deployment's whole log (progress bar on a terminal; with -o,
+    /// resumable: run the same command again after an interruption).
     Export {
         id: String,
         #[arg(long, value_parser = ["text", "ndjson", "csv"], default_value = "text")]
         format: String,
-        /// Write to this file instead of standard output.
+        /// Write to this file instead of standard output (via FILE.part, which a later
+        /// run resumes).
         #[arg(short = 'o', long)]
         output: Option<std::path::PathBuf>,
+        /// Discard an interrupted FILE.part and start over.
+        #[arg(long, requires = "output")]
+        restart: bool,
     },
     /// Run a command as a pipeline step: stream its output, report its exit code.
     Run(run::RunArgs),
@@ -154,6 +163,16 @@ struct LogsArgs {
     cursor: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
+    /// How -f receives live lines: Server-Sent Events, or a WebSocket (batched frames;
+    /// needs --server: the kubeconfig route carries SSE only).
+    #[arg(long, value_enum, default_value = "sse")]
+    transport: Transport,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Transport {
+    Sse,
+    Ws,
 }
 
 /// A failure with the exit code it maps to.
@@ -224,6 +243,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("gateway: {}", found.describe);
         }
         conn.server = Some(found.server);
+        conn.via_kubeconfig = true;
         if conn.token.is_none() && conn.token_file.is_none() {
             conn.token = found.user_token;
         }
@@ -280,8 +300,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Describe { id } => describe(&Client::new(&conn)?, &id).await,
-        Command::Export { id, format, output } => {
-            export(&Client::new(&conn)?, &id, &format, output).await
+        Command::Export {
+            id,
+            format,
+            output,
+            restart,
+        } => {
+            export::export(
+                &Client::new(&conn)?,
+                export::ExportArgs {
+                    id: &id,
+                    format: &format,
+                    output,
+                    restart,
+                },
+            )
+            .await
         }
         Command::Run(args) => run::run(Client::new(&conn)?, args).await,
     }
@@ -295,6 +329,8 @@ pub struct Client {
     token_file: Option<std::path::PathBuf>,
     http: reqwest::Client,
     color: bool,
+    /// The server is the local forwarder to the API server's service proxy.
+    via_kubeconfig: bool,
 }
 
 impl Client {
@@ -331,6 +367,7 @@ impl Client {
             token_file: conn.token_file.clone(),
             http,
             color,
+            via_kubeconfig: conn.via_kubeconfig,
         })
     }
 
@@ -375,6 +412,10 @@ async fn get_json(c: &Client, path: &str, query: &[(&str, String)]) -> anyhow::R
 async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
+    api_error_of(status, &body)
+}
+
+fn api_error_of(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
     let msg = body["error"]["message"]
         .as_str()
         .map(str::to_owned)
@@ -402,98 +443,208 @@ fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
     q
 }
 
-async fn logs(c: &Client, _conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
+async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(&args.id)
         .map_err(|e| Exit(2, format!("ID {:?}: {e}", args.id)))?;
     let mut printer = Printer::new(args.output, c.color, args.timestamps);
-    let mut cursor = args.cursor.clone();
     if !args.follow {
         return history(c, &args, &mut printer).await.map(|()| 0);
     }
-    // Follow: SSE with Last-Event-ID resume; backoff with jitter on any disconnect.
-    let mut attempt = 0u32;
-    let mut unauthorized = 0u32;
-    let mut tail = args.tail;
+    if args.transport == Transport::Ws && c.via_kubeconfig {
+        return Err(usage(format!(
+            "--transport ws: the route found from the kubeconfig (context {}) carries SSE only; drop --transport or pass --server",
+            conn.context.as_deref().unwrap_or("current")
+        )));
+    }
+    // Follow: reconnect with the last cursor after any disconnect, backoff with jitter.
+    let mut f = Follow {
+        cursor: args.cursor.clone(),
+        tail: args.tail,
+        attempt: 0,
+        unauthorized: 0,
+    };
     loop {
-        let mut q = query(&args);
-        if cursor.is_none()
-            && let Some(n) = tail
+        let ended = match args.transport {
+            Transport::Sse => follow_sse(c, &args, &mut f, &mut printer).await?,
+            Transport::Ws => follow_ws(c, &args, &mut f, &mut printer).await?,
+        };
+        printer.flush()?;
+        match ended {
+            Session::End(status) => {
+                return Ok(match status.as_deref() {
+                    Some("succeeded") => 0,
+                    Some("cancelled") => 3,
+                    _ => 1,
+                });
+            }
+            Session::Dropped(why) => {
+                f.attempt += 1;
+                reconnect_wait(c, f.attempt, &why).await;
+            }
+        }
+    }
+}
+
+/// Where a follow is, across reconnections.
+struct Follow {
+    cursor: Option<String>,
+    /// `--tail N`, until the first line arrives (then the cursor rules).
+    tail: Option<usize>,
+    attempt: u32,
+    unauthorized: u32,
+}
+
+impl Follow {
+    fn query(&self, args: &LogsArgs) -> Vec<(&'static str, String)> {
+        let mut q = query(args);
+        if self.cursor.is_none()
+            && let Some(n) = self.tail
         {
             q.push(("tail", n.to_string()));
         }
-        let mut req = c
-            .request(
-                reqwest::Method::GET,
-                &format!("/v1/deployments/{}/stream", args.id),
-            )?
-            .query(&q)
-            .header("accept", "text/event-stream");
-        if let Some(cur) = &cursor {
-            req = req.header("last-event-id", cur);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                attempt += 1;
-                reconnect_wait(c, attempt, &e.to_string()).await;
-                continue;
-            }
-        };
-        if !resp.status().is_success() {
-            // 401 with a token file: it may be rotating (a projected ServiceAccount
-            // token, an exec plugin writing it); re-read it on the next attempt, for a
-            // while, before giving up.
-            let refreshable = resp.status() == reqwest::StatusCode::UNAUTHORIZED
-                && c.token_file.is_some()
-                && unauthorized < 5;
-            if resp.status().is_server_error()
-                || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || refreshable
-            {
-                if refreshable {
-                    unauthorized += 1;
-                }
-                attempt += 1;
-                reconnect_wait(c, attempt, &format!("HTTP {}", resp.status())).await;
-                continue;
-            }
-            return Err(api_error(resp).await);
-        }
-        let mut events = resp.bytes_stream().eventsource();
-        while let Some(ev) = events.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(_) => break,
-            };
-            match ev.event.as_str() {
-                "line" => {
-                    attempt = 0;
-                    unauthorized = 0;
-                    let line: Value =
-                        serde_json::from_str(&ev.data).context("a line from the gateway")?;
-                    printer.line(&line)?;
-                    // Live output must show up now, also through a pipe.
-                    printer.flush()?;
-                    cursor = Some(ev.id);
-                    tail = None;
-                }
-                "end" => {
-                    printer.flush()?;
-                    let end: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                    return Ok(match end["status"].as_str() {
-                        Some("succeeded") => 0,
-                        Some("cancelled") => 3,
-                        _ => 1,
-                    });
-                }
-                // reconnect (gateway restarting), auth_expired (token file re-read on reconnect)
-                _ => break,
-            }
-        }
-        printer.flush()?;
-        attempt += 1;
-        reconnect_wait(c, attempt, "stream interrupted").await;
+        q
     }
+
+    /// A line arrived: print it now (live output shows up at once, also through a pipe).
+    fn line(&mut self, printer: &mut Printer, line: &Value, cursor: String) -> anyhow::Result<()> {
+        self.attempt = 0;
+        self.unauthorized = 0;
+        printer.line(line)?;
+        self.cursor = Some(cursor);
+        self.tail = None;
+        Ok(())
+    }
+
+    /// Whether an HTTP refusal is worth reconnecting for: 5xx, 429, or a 401 while a
+    /// token file may be rotating (a projected token, an exec plugin writing it).
+    fn retry(&mut self, c: &Client, status: reqwest::StatusCode) -> bool {
+        let refreshable = status == reqwest::StatusCode::UNAUTHORIZED
+            && c.token_file.is_some()
+            && self.unauthorized < 5;
+        if refreshable {
+            self.unauthorized += 1;
+        }
+        status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS || refreshable
+    }
+}
+
+/// How one connection of a follow ended.
+enum Session {
+    /// The deployment completed with this status.
+    End(Option<String>),
+    /// Reconnect (with why, for the status line).
+    Dropped(String),
+}
+
+async fn follow_sse(
+    c: &Client,
+    args: &LogsArgs,
+    f: &mut Follow,
+    printer: &mut Printer,
+) -> anyhow::Result<Session> {
+    let mut req = c
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{}/stream", args.id),
+        )?
+        .query(&f.query(args))
+        .header("accept", "text/event-stream");
+    if let Some(cur) = &f.cursor {
+        req = req.header("last-event-id", cur);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Ok(Session::Dropped(e.to_string())),
+    };
+    if !resp.status().is_success() {
+        if f.retry(c, resp.status()) {
+            return Ok(Session::Dropped(format!("HTTP {}", resp.status())));
+        }
+        return Err(api_error(resp).await);
+    }
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(Ok(ev)) = events.next().await {
+        match ev.event.as_str() {
+            "line" => {
+                let line: Value =
+                    serde_json::from_str(&ev.data).context("a line from the gateway")?;
+                f.line(printer, &line, ev.id)?;
+                printer.flush()?;
+            }
+            "end" => {
+                let end: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                return Ok(Session::End(end["status"].as_str().map(str::to_owned)));
+            }
+            // reconnect (gateway restarting), auth_expired (token re-read on reconnect)
+            _ => break,
+        }
+    }
+    Ok(Session::Dropped("stream interrupted".into()))
+}
+
+async fn follow_ws(
+    c: &Client,
+    args: &LogsArgs,
+    f: &mut Follow,
+    printer: &mut Printer,
+) -> anyhow::Result<Session> {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let mut q = f.query(args);
+    if let Some(cur) = &f.cursor {
+        q.push(("cursor", cur.clone()));
+    }
+    let mut url = reqwest::Url::parse(&format!("{}/v1/deployments/{}/stream", c.base, args.id))
+        .context("--server")?;
+    url.query_pairs_mut().extend_pairs(&q);
+    let ws_url = url.as_str().replacen("http", "ws", 1);
+    let mut req = ws_url.into_client_request().context("--server")?;
+    if let Some(t) = c.token()? {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().context("the token")?,
+        );
+    }
+    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+        Ok(ok) => ok,
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = reqwest::StatusCode::from_u16(resp.status().as_u16())
+                .unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+            if f.retry(c, status) {
+                return Ok(Session::Dropped(format!("HTTP {status}")));
+            }
+            let body: Value = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            return Err(api_error_of(status, &body));
+        }
+        Err(e) => return Ok(Session::Dropped(e.to_string())),
+    };
+    while let Some(msg) = ws.next().await {
+        let text = match msg {
+            Ok(tungstenite::Message::Text(t)) => t,
+            Ok(tungstenite::Message::Close(frame)) => {
+                let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
+                return Ok(Session::Dropped(why));
+            }
+            Ok(_) => continue,
+            Err(e) => return Ok(Session::Dropped(e.to_string())),
+        };
+        let frame: Value = serde_json::from_str(&text).context("a frame from the gateway")?;
+        match frame["type"].as_str() {
+            Some("lines") => {
+                for line in frame["lines"].as_array().into_iter().flatten() {
+                    let cursor = line["cursor"].as_str().unwrap_or_default().to_owned();
+                    f.line(printer, line, cursor)?;
+                }
+                printer.flush()?;
+            }
+            Some("end") => return Ok(Session::End(frame["status"].as_str().map(str::to_owned))),
+            _ => {}
+        }
+    }
+    Ok(Session::Dropped("stream interrupted".into()))
 }
 
 /// Exponential backoff with jitter, one dim status line on stderr.
@@ -544,7 +695,7 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
     }
 }
 
-const LIST_HEADERS: [&str; 5] = ["ID", "STATUS", "LINES", "SIZE", "AGE"];
+const LIST_HEADERS: [&str; 6] = ["ID", "STATUS", "STEPS", "LINES", "SIZE", "AGE"];
 
 async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
     let body = get_json(c, "/v1/deployments", &[]).await?;
@@ -562,8 +713,8 @@ async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i3
     let body = get_json(c, "/v1/deployments", &[]).await?;
     let rows = list_rows(&body);
     let widths = output::table(&LIST_HEADERS, &rows);
-    // Key: id -> (status, lines): what makes a row worth printing again.
-    let key = |r: &[String; 5]| (r[1].clone(), r[2].clone());
+    // Key: id -> (status, steps and lines): what makes a row worth printing again.
+    let key = |r: &[String; 6]| (r[1].clone(), r[2].clone() + " " + &r[3]);
     let mut seen: std::collections::HashMap<String, (String, String)> =
         rows.iter().map(|r| (r[0].clone(), key(r))).collect();
     let mut failing = false;
@@ -596,7 +747,7 @@ async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i3
     }
 }
 
-fn list_rows(body: &Value) -> Vec<[String; 5]> {
+fn list_rows(body: &Value) -> Vec<[String; 6]> {
     let items = body["deployments"].as_array().cloned().unwrap_or_default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -619,12 +770,36 @@ fn list_rows(body: &Value) -> Vec<[String; 5]> {
             [
                 d["id"].as_str().unwrap_or("?").to_owned(),
                 status,
+                steps_cell(&d["steps"]),
                 d["lines"].to_string(),
                 output::bytes(d["bytes"].as_u64().unwrap_or(0)),
                 age,
             ]
         })
         .collect()
+}
+
+/// `build,test,+3`: the first steps by name, then how many more.
+fn steps_cell(steps: &Value) -> String {
+    let names: Vec<&str> = steps
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return "<none>".into();
+    }
+    let mut cell = String::new();
+    for (i, n) in names.iter().enumerate() {
+        if cell.len() + n.len() > 30 && i > 0 {
+            cell.push_str(&format!(",+{}", names.len() - i));
+            break;
+        }
+        if i > 0 {
+            cell.push(',');
+        }
+        cell.push_str(n);
+    }
+    cell
 }
 
 async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
@@ -640,56 +815,20 @@ async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
         "last_ts",
         "created_at",
         "completed_at",
+        "steps",
         "viewers",
     ] {
-        if !d[key].is_null() {
-            println!(
-                "{:<13}{}",
-                format!("{}:", key),
-                d[key]
-                    .as_str()
-                    .map_or_else(|| d[key].to_string(), str::to_owned)
-            );
-        }
-    }
-    Ok(0)
-}
-
-async fn export(
-    c: &Client,
-    id: &str,
-    format: &str,
-    output: Option<std::path::PathBuf>,
-) -> anyhow::Result<i32> {
-    logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let resp = c
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/deployments/{id}/export"),
-        )?
-        .query(&[("format", format)])
-        .send()
-        .await
-        .context("connecting to the gateway")?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
-    let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("-o {}", p.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    let mut body = resp.bytes_stream();
-    let mut total = 0usize;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("download interrupted; run the command again")?;
-        total += chunk.len();
-        out.write_all(&chunk)?;
-    }
-    out.flush()?;
-    if let Some(p) = output {
-        eprintln!("wrote {} to {}", output::bytes(total as u64), p.display());
+        let value = match &d[key] {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(", "),
+            v => v.to_string(),
+        };
+        println!("{:<13}{value}", format!("{key}:"));
     }
     Ok(0)
 }

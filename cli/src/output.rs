@@ -48,18 +48,19 @@ impl Printer {
             Format::Csv => {
                 if !self.csv_header {
                     self.csv_header = true;
-                    writeln!(self.out, "seq,ts,step,stream,level,message")?;
+                    self.out.write_all(logstream_model::export::CSV_HEADER)?;
                 }
-                writeln!(
-                    self.out,
-                    "{},{},{},{},{},{}",
-                    l["seq"],
+                let mut rec = Vec::new();
+                logstream_model::export::csv_line(
+                    &mut rec,
+                    l["seq"].as_u64().unwrap_or(0),
                     s("ts"),
-                    csv(s("step")),
+                    s("step"),
                     s("stream"),
                     s("level"),
-                    csv(s("message"))
-                )?;
+                    s("message"),
+                );
+                self.out.write_all(&rec)?;
             }
             Format::Text => {
                 if self.timestamps {
@@ -103,14 +104,6 @@ impl Printer {
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.out.flush()?;
         Ok(())
-    }
-}
-
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
     }
 }
 

@@ -164,14 +164,29 @@ async fn logs_follow_exits_with_the_deployments_outcome() {
         )
         .await;
         complete(&g, &t, id, status, 7).await;
-        let out = cli(&g, &t).args(["logs", "-f", id]).output().await.unwrap();
-        assert_eq!(out.status.code(), Some(want), "{id}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+        for transport in ["sse", "ws"] {
+            let out = cli(&g, &t)
+                .args(["logs", "-f", id, "--transport", transport])
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(out.status.code(), Some(want), "{id} over {transport}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_survives_a_gateway_restart_with_every_line_exactly_once() {
+    follow_across_a_gateway_restart("sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_over_websocket_survives_a_gateway_restart_with_every_line_exactly_once() {
+    follow_across_a_gateway_restart("ws").await;
+}
+
+async fn follow_across_a_gateway_restart(transport: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let g = gateway(tmp.path(), "127.0.0.1:0").await;
     let addr = g.http.trim_start_matches("http://").to_owned();
@@ -186,7 +201,15 @@ async fn follow_survives_a_gateway_restart_with_every_line_exactly_once() {
     )
     .await;
     let mut child = cli(&g, &t)
-        .args(["logs", "-f", "live", "--color", "never"])
+        .args([
+            "logs",
+            "-f",
+            "live",
+            "--color",
+            "never",
+            "--transport",
+            transport,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -287,7 +310,7 @@ async fn formats_colours_tables_and_export() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["level"], "error");
     let csv = String::from_utf8(run(&["logs", "fmt", "-o", "csv"]).await.stdout).unwrap();
-    assert!(csv.starts_with("seq,ts,step,stream,level,message\n1,"));
+    assert!(csv.starts_with("seq,ts,step,stream,level,message\r\n1,"));
     let coloured =
         String::from_utf8(run(&["logs", "fmt", "--color", "always"]).await.stdout).unwrap();
     assert!(
@@ -318,20 +341,115 @@ async fn formats_colours_tables_and_export() {
     assert_eq!(filtered, "build | ERROR boom\n");
     let table = String::from_utf8(run(&["get", "deployments"]).await.stdout).unwrap();
     let mut rows = table.lines();
-    assert!(rows.next().unwrap().starts_with("ID"));
-    assert!(rows.next().unwrap().starts_with("fmt"));
-    let file = tmp.path().join("out.log");
-    let out = run(&[
+    let header: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["ID", "STATUS", "STEPS", "LINES", "SIZE", "AGE"]);
+    let row: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["fmt", "running", "build,test", "2"]);
+    let described = String::from_utf8(run(&["describe", "fmt"]).await.stdout).unwrap();
+    assert!(
+        described.contains("steps:       build, test\n"),
+        "{described}"
+    );
+    // Every format is rendered by the CLI exactly as the gateway's own export writes it.
+    for format in ["text", "ndjson", "csv"] {
+        let file = tmp.path().join(format!("out.{format}"));
+        let out = run(&[
+            "export",
+            "fmt",
+            "--format",
+            format,
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            gateway_export(&g, &t, "fmt", format).await,
+            "{format}"
+        );
+        assert!(!tmp.path().join(format!("out.{format}.part")).exists());
+    }
+}
+
+/// The gateway's own export of a deployment, straight over HTTP.
+async fn gateway_export(g: &Running, token: &str, id: &str, format: &str) -> Vec<u8> {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/deployments/{id}/export?format={format}",
+            g.http
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_killed_midway_resumes_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    for chunk in 0..30 {
+        let lines: Vec<Value> = (0..10_000)
+            .map(|i| json!({"message": format!("line {} with, a \"quote\"", chunk * 10_000 + i), "step": format!("s{}", chunk % 3)}))
+            .collect();
+        push(&g, &t, "big", &lines).await;
+    }
+    complete(&g, &t, "big", "succeeded", 0).await;
+    let file = tmp.path().join("big.csv");
+    let part = tmp.path().join("big.csv.part");
+    let state = tmp.path().join("big.csv.part.json");
+    let args = [
         "export",
-        "fmt",
+        "big",
         "--format",
-        "ndjson",
+        "csv",
         "-o",
         file.to_str().unwrap(),
-    ])
-    .await;
-    assert!(out.status.success());
-    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    ];
+    // Kill -9 once the first state is saved (5,000 lines in): data after it is cut off.
+    let mut first = cli(&g, &t).args(args).spawn().unwrap();
+    while !state.exists() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.kill().await.unwrap();
+    assert!(part.exists() && !file.exists());
+    // Another export into the same file is refused while this one is unfinished.
+    let other = cli(&g, &t)
+        .args([
+            "export",
+            "big",
+            "--format",
+            "text",
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--restart"));
+    let out = cli(&g, &t).args(args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming") && stderr.contains("after line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("wrote 300000 lines"), "{stderr}");
+    assert!(!part.exists() && !state.exists());
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        gateway_export(&g, &t, "big", "csv").await,
+        "every line once, in order, one header"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,6 +745,14 @@ async fn without_server_the_gateway_is_found_from_the_kubeconfig_through_the_ser
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("via-kube"));
+    // The service proxy route carries SSE; asking for a WebSocket there says so.
+    let out = kube_cli()
+        .args(["logs", "-f", "via-kube", "--transport", "ws"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport ws"));
 
     // A namespace without a LogStream is a usage error naming the fix.
     let out = kube_cli()

@@ -688,6 +688,7 @@ fn deployment_json(id: &str, st: &crate::store::LogStats) -> serde_json::Value {
         "last_ts": ts(st.last_ts),
         "created_at": logstream_model::time::format_rfc3339(st.created_at),
         "completed_at": st.completion.map(|c| logstream_model::time::format_rfc3339(c.at)),
+        "steps": st.steps,
     })
 }
 
@@ -1152,39 +1153,29 @@ enum Format {
     Csv,
 }
 
-fn csv_field(out: &mut Vec<u8>, s: &str) {
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
-    }
-}
-
 fn export_line(out: &mut Vec<u8>, format: Format, id: &LogId, r: LogRecord) {
+    use logstream_model::export;
     match format {
         Format::Text => {
-            out.extend_from_slice(logstream_model::time::format_rfc3339(r.ts).as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(r.message.as_bytes());
-            out.push(b'\n');
+            export::text_line(
+                out,
+                &logstream_model::time::format_rfc3339(r.ts),
+                &r.message,
+            );
         }
         Format::Ndjson => {
             out.extend_from_slice(&crate::hub::WireLine::new(id, r).json);
             out.push(b'\n');
         }
-        Format::Csv => {
-            out.extend_from_slice(
-                format!("{},{},", r.seq, logstream_model::time::format_rfc3339(r.ts)).as_bytes(),
-            );
-            csv_field(out, &r.step);
-            out.extend_from_slice(
-                format!(",{},{},", r.stream.as_str(), r.level.as_str()).as_bytes(),
-            );
-            csv_field(out, &r.message);
-            out.extend_from_slice(b"\r\n");
-        }
+        Format::Csv => export::csv_line(
+            out,
+            r.seq,
+            &logstream_model::time::format_rfc3339(r.ts),
+            &r.step,
+            r.stream.as_str(),
+            r.level.as_str(),
+            &r.message,
+        ),
     }
 }
 
@@ -1198,8 +1189,10 @@ async fn export(
     require(&p, Scope::Export)?;
     let lid = log_id(&p, &id)?;
     let mut allowed = FILTERS.to_vec();
-    allowed.push("format");
+    allowed.extend(["format", "cursor"]);
     let rp = read_params(&q, &lid, &allowed)?;
+    // `cursor`: resume an interrupted export after the last line received.
+    let resume_from = rp.cursor.as_ref().map(|c| c.seq);
     let (format, ext, ctype) = match q.get("format").map(String::as_str) {
         None | Some("text") => (Format::Text, "log", "text/plain; charset=utf-8"),
         Some("ndjson") => (Format::Ndjson, "ndjson", "application/x-ndjson"),
@@ -1229,8 +1222,8 @@ async fn export(
     tokio::task::spawn_blocking(move || {
         let mut enc =
             gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        let mut from = 0;
-        let mut first = true;
+        let mut from = resume_from.unwrap_or(0);
+        let mut first = resume_from.is_none();
         loop {
             let page = match log.read(Direction::Forward, from, &rp.filter, 5000) {
                 Ok(p) => p,
@@ -1243,7 +1236,7 @@ async fn export(
             };
             let mut chunk = Vec::new();
             if first && format == Format::Csv {
-                chunk.extend_from_slice(b"seq,ts,step,stream,level,message\r\n");
+                chunk.extend_from_slice(logstream_model::export::CSV_HEADER);
             }
             first = false;
             for r in page.records {

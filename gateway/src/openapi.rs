@@ -33,7 +33,8 @@ pub const DOCUMENT: &str = r##"{
         "id": {"type": "string"}, "status": {"type": "string", "enum": ["running", "succeeded", "failed", "cancelled"]},
         "exit_code": {"type": ["integer", "null"]}, "lines": {"type": "integer"}, "first_seq": {"type": "integer"}, "last_seq": {"type": "integer"},
         "bytes": {"type": "integer"}, "first_ts": {"type": ["string", "null"]}, "last_ts": {"type": ["string", "null"]},
-        "created_at": {"type": "string"}, "completed_at": {"type": ["string", "null"]}, "viewers": {"type": "integer"}}}
+        "created_at": {"type": "string"}, "completed_at": {"type": ["string", "null"]}, "viewers": {"type": "integer"},
+        "steps": {"type": "array", "items": {"type": "string"}, "description": "Step names in order of first appearance (at most 256)"}}}
     },
     "responses": {
       "Error": {"description": "Bad request, auth, quota or availability error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -62,7 +63,7 @@ pub const DOCUMENT: &str = r##"{
     "/v1/deployments/{id}/stream": {"get": {"summary": "Live tail: SSE (Accept: text/event-stream) or WebSocket (Upgrade)", "parameters": [{"$ref": "#/components/parameters/id"}, {"$ref": "#/components/parameters/cursor"}, {"$ref": "#/components/parameters/since"}, {"$ref": "#/components/parameters/until"}, {"$ref": "#/components/parameters/level"}, {"$ref": "#/components/parameters/step"}, {"$ref": "#/components/parameters/stream"}, {"$ref": "#/components/parameters/q"},
           {"name": "tail", "in": "query", "schema": {"type": "integer"}}, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}, {"name": "access_token", "in": "query", "schema": {"type": "string"}}],
         "responses": {"200": {"description": "event: line (id = cursor), event: end, : hb", "content": {"text/event-stream": {}}}, "101": {"description": "WebSocket"}, "default": {"$ref": "#/components/responses/Error"}}}},
-    "/v1/deployments/{id}/export": {"get": {"summary": "The whole log, streamed", "parameters": [{"$ref": "#/components/parameters/id"}, {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["text", "ndjson", "csv"]}}, {"name": "access_token", "in": "query", "schema": {"type": "string"}}],
+    "/v1/deployments/{id}/export": {"get": {"summary": "The whole log, streamed (from after `cursor` when resuming; no CSV header then)", "parameters": [{"$ref": "#/components/parameters/id"}, {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["text", "ndjson", "csv"]}}, {"$ref": "#/components/parameters/cursor"}, {"name": "access_token", "in": "query", "schema": {"type": "string"}}],
         "responses": {"200": {"description": "Attachment", "content": {"text/plain": {}, "application/x-ndjson": {}, "text/csv": {}}}, "default": {"$ref": "#/components/responses/Error"}}}},
     "/v1/audit": {"get": {"summary": "The caller's tenant's audit log (admin scope)", "parameters": [{"name": "action", "in": "query", "schema": {"type": "string"}}, {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"$ref": "#/components/parameters/since"}, {"$ref": "#/components/parameters/until"}, {"$ref": "#/components/parameters/cursor"}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}, {"name": "direction", "in": "query", "schema": {"type": "string", "enum": ["forward", "backward"]}}],
         "responses": {"200": {"description": "Events", "content": {"application/json": {"schema": {"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}, "next_cursor": {"type": "string"}, "complete": {"type": "boolean"}}}}}}, "default": {"$ref": "#/components/responses/Error"}}}},

@@ -1225,9 +1225,21 @@ async fn reads_streams_exports_and_rejections_land_in_the_tenants_audit_log() {
     );
     let beta_admin = gw.token("beta", &[Scope::Admin]);
     get_json(&gw, &beta_admin, "/v1/deployments").await;
-    gw.state.audit.flush().await;
-
     let admin = gw.token("acme", &[Scope::Admin]);
+    // `stream_close` is written when the server notices the viewer left: await it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        gw.state.audit.flush().await;
+        let (_, closed) = get_json(&gw, &admin, "/v1/audit?action=stream_close").await;
+        if !closed["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream_close event"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(
         get_json(&gw, &token, "/v1/audit").await.0,
         403,

@@ -15,6 +15,7 @@
 
 pub mod b64;
 mod cursor;
+pub mod export;
 mod filter;
 mod id;
 mod level;

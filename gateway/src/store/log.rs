@@ -73,7 +73,12 @@ pub struct LogStats {
     pub first_ts: Option<i64>,
     pub last_ts: Option<i64>,
     pub completion: Option<Completion>,
+    /// Step names in the order they first appeared (at most [`MAX_STEPS`]).
+    pub steps: Vec<String>,
 }
+
+/// How many step names a log records for listings; later new names are not listed.
+pub const MAX_STEPS: usize = 256;
 
 impl LogStats {
     pub fn lines(&self) -> u64 {
@@ -124,6 +129,8 @@ struct View {
     segments: Vec<SegmentView>,
     durable_seq: u64,
     meta: Meta,
+    /// `steps.json`: step names in order of appearance, written ahead of the lines.
+    steps: Vec<String>,
 }
 
 struct Writer {
@@ -185,6 +192,8 @@ impl DeploymentLog {
                 m
             }
         };
+        // Logs written before steps were recorded have no file: their listing shows none.
+        let steps = meta::read_atomic::<Vec<String>>(&dir.join("steps.json"))?.unwrap_or_default();
         let mut seg_seqs = list_segments(&dir)?;
         if seg_seqs.is_empty() && meta.completion.is_none() {
             create_segment(&dir, meta.retained_from)?;
@@ -247,6 +256,7 @@ impl DeploymentLog {
                 segments,
                 durable_seq,
                 meta,
+                steps,
             }),
             index_cache: Mutex::new(Vec::new()),
         }))
@@ -418,7 +428,8 @@ impl DeploymentLog {
         let result = if accepted.is_empty() {
             Ok(())
         } else {
-            self.write_blocks(w, &accepted, &marks, now)
+            self.record_steps(&accepted)
+                .and_then(|()| self.write_blocks(w, &accepted, &marks, now))
         };
         match result {
             Ok(()) => {
@@ -441,6 +452,27 @@ impl DeploymentLog {
                 }
             }
         }
+    }
+
+    /// Adds step names not seen before to `steps.json`, ahead of the lines that carry
+    /// them (a crash in between lists a step whose lines the producer will retry).
+    fn record_steps(&self, records: &[LogRecord]) -> Result<(), StoreError> {
+        let known = self.view.read().steps.len();
+        if known >= MAX_STEPS {
+            return Ok(());
+        }
+        let mut steps = self.view.read().steps.clone();
+        for r in records {
+            if steps.len() < MAX_STEPS && !r.step.is_empty() && !steps.contains(&r.step) {
+                steps.push(r.step.clone());
+            }
+        }
+        if steps.len() == known {
+            return Ok(());
+        }
+        meta::write_atomic(&self.dir.join("steps.json"), &steps)?;
+        self.view.write().steps = steps;
+        Ok(())
     }
 
     /// Encodes `records` into blocks, writes and fsyncs them, updates index and view.
@@ -652,6 +684,7 @@ impl DeploymentLog {
             first_ts,
             last_ts,
             completion: view.meta.completion,
+            steps: view.steps.clone(),
         }
     }
 
