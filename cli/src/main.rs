@@ -222,7 +222,10 @@ fn main() {
                     code
                 }
             },
-            _ = tokio::signal::ctrl_c() => 130,
+            _ = tokio::signal::ctrl_c() => {
+                restore_terminal();
+                130
+            }
         }
     });
     std::process::exit(code);
@@ -831,6 +834,18 @@ async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
         println!("{:<13}{value}", format!("{key}:"));
     }
     Ok(0)
+}
+
+/// After Ctrl+C: whatever was cut short, leave the terminal in its normal colours and
+/// on a fresh line.
+fn restore_terminal() {
+    if std::io::stdout().is_terminal() {
+        print!("\x1b[0m");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+    if std::io::stderr().is_terminal() {
+        eprintln!("\x1b[0m");
+    }
 }
 
 /// Exit code 2 and a message, for usage errors found after parsing.

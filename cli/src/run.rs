@@ -5,6 +5,8 @@
 //! ```text
 //! child stdout ─┐                         bounded (backpressure on the child's pipes)
 //! child stderr ─┴─> lines ──mpsc(10k)──> batcher (1,000 lines / 50 ms)
+//!   (or --pty: one terminal, so the command colours and line-buffers as it would
+//!    for a person; stdout and stderr arrive merged, as on a terminal)
 //!        │                                   └─POST /logs, Logstream-Source + -Batch,
 //!        └─ echoed locally                     retried with backoff until acked
 //! exit ──> drain, POST /complete ──> exit with the child's code
@@ -34,6 +36,11 @@ pub struct RunArgs {
     /// Do not echo the command's output locally.
     #[arg(long)]
     quiet: bool,
+    /// Run the command in a pseudo-terminal (it sees a terminal: colours, progress,
+    /// line buffering); its stdout and stderr arrive as one stream, as on a terminal.
+    /// Width from $COLUMNS, else 120.
+    #[arg(long)]
+    pty: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -92,26 +99,54 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             return Err(api_error(resp).await);
         }
     }
-    let mut child = tokio::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Exit(127, format!("cannot run {:?}: {e}", args.command[0])))?;
     let (tx, rx) = mpsc::channel::<Line>(10_000);
-    let out = tokio::spawn(pump(
-        child.stdout.take().expect("piped"),
-        false,
-        tx.clone(),
-        args.quiet,
-    ));
-    let err = tokio::spawn(pump(
-        child.stderr.take().expect("piped"),
-        true,
-        tx,
-        args.quiet,
-    ));
+    let cannot =
+        |e: &dyn std::fmt::Display| Exit(127, format!("cannot run {:?}: {e}", args.command[0]));
+    let (mut child, out, err) = if args.pty {
+        let (pty, pts) = pty_process::open().map_err(|e| cannot(&e))?;
+        let cols = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .filter(|c| *c >= 20)
+            .unwrap_or(120);
+        pty.resize(pty_process::Size::new(40, cols))
+            .map_err(|e| cannot(&e))?;
+        let child = pty_process::Command::new(&args.command[0])
+            .args(&args.command[1..])
+            .spawn(pts)
+            .map_err(|e| cannot(&e))?;
+        let (read, mut write) = pty.into_split();
+        // Our stdin goes to the terminal; at its end the terminal gets ^D (end of input).
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut write).await;
+            let _ = write.write_all(b"\x04").await;
+            // Keep the terminal's writing half open while the command runs.
+            std::future::pending::<()>().await;
+        });
+        let out = tokio::spawn(pump(read, false, tx, args.quiet));
+        (child, out, None)
+    } else {
+        let mut child = tokio::process::Command::new(&args.command[0])
+            .args(&args.command[1..])
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| cannot(&e))?;
+        let out = tokio::spawn(pump(
+            child.stdout.take().expect("piped"),
+            false,
+            tx.clone(),
+            args.quiet,
+        ));
+        let err = tokio::spawn(pump(
+            child.stderr.take().expect("piped"),
+            true,
+            tx,
+            args.quiet,
+        ));
+        (child, out, Some(err))
+    };
     let sender = tokio::spawn(send_batches(c.clone(), args.deployment.clone(), step, rx));
     let status = tokio::select! {
         s = child.wait() => s?,
@@ -119,14 +154,18 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             let _ = child.start_kill();
             let _ = child.wait().await;
             let _ = out.await;
-            let _ = err.await;
+            if let Some(err) = err {
+                let _ = err.await;
+            }
             sender.await??;
             complete(&c, &args.deployment, "cancelled", 130).await?;
             return Ok(130);
         }
     };
     out.await??;
-    err.await??;
+    if let Some(err) = err {
+        err.await??;
+    }
     sender.await??;
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
@@ -154,8 +193,14 @@ async fn pump(
     let mut echo_err = tokio::io::stderr();
     loop {
         buf.clear();
-        if r.read_until(b'\n', &mut buf).await? == 0 {
-            return Ok(());
+        match r.read_until(b'\n', &mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A terminal whose other side closed (the command exited) reads EIO: the end,
+            // after the unterminated last line, if any.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) && !buf.is_empty() => {}
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
         if !quiet {
             if stderr {

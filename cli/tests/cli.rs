@@ -767,3 +767,199 @@ async fn without_server_the_gateway_is_found_from_the_kubeconfig_through_the_ser
         "{err}"
     );
 }
+
+/// Runs the CLI in a pseudo-terminal (100x24). `react` sees the output so far each time
+/// more arrives and may type something back (once). Returns the exit code and all the
+/// terminal showed.
+async fn in_pty(
+    g: &Running,
+    token: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    mut react: impl FnMut(&str) -> Option<&'static [u8]>,
+) -> (Option<i32>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (pty, pts) = pty_process::open().unwrap();
+    pty.resize(pty_process::Size::new(24, 100)).unwrap();
+    let mut cmd = pty_process::Command::new(BIN)
+        .args(args)
+        .env("LOGSTREAM_SERVER", &g.http)
+        .env("LOGSTREAM_TOKEN", token)
+        .env_remove("NO_COLOR")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let mut child = cmd.spawn(pts).unwrap();
+    let (mut r, mut w) = pty.into_split();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf))
+            .await
+            .expect("the CLI keeps writing or exits")
+        {
+            Ok(0) | Err(_) => break, // EIO: the CLI exited and the terminal closed
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if !answered && let Some(keys) = react(&String::from_utf8_lossy(&out)) {
+            answered = true;
+            w.write_all(keys).await.unwrap();
+        }
+    }
+    let status = child.wait().await.unwrap();
+    (status.code(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_levels_and_steps_are_coloured_unless_no_color() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(
+        &g,
+        &t,
+        "tty",
+        &[
+            json!({"message": "ERROR boom", "step": "build"}),
+            json!({"message": "WARN careful", "step": "build"}),
+            json!({"message": "DEBUG detail", "step": "test"}),
+            json!({"message": "plain", "step": "test"}),
+        ],
+    )
+    .await;
+    let never = |_: &str| None;
+    let (code, shown) = in_pty(&g, &t, &["logs", "tty"], &[], never).await;
+    assert_eq!(code, Some(0), "{shown}");
+    for (what, seq) in [
+        ("error red", "\x1b[31mERROR boom\x1b[0m"),
+        ("warn yellow", "\x1b[33mWARN careful\x1b[0m"),
+        ("debug dim", "\x1b[2mDEBUG detail\x1b[0m"),
+        ("first step cyan, padded", "\x1b[36mbuild\x1b[0m | "),
+        ("second step magenta", "\x1b[35mtest\x1b[0m  | plain"),
+    ] {
+        assert!(shown.contains(seq), "{what}: {shown:?}");
+    }
+    for env in [[("NO_COLOR", "1")].as_slice(), &[]] {
+        let args: &[&str] = if env.is_empty() {
+            &["logs", "tty", "--color", "never"]
+        } else {
+            &["logs", "tty"]
+        };
+        let (code, shown) = in_pty(&g, &t, args, env, never).await;
+        assert_eq!(code, Some(0));
+        assert!(!shown.contains('\x1b'), "{args:?} {env:?}: {shown:?}");
+        assert!(shown.contains("build | ERROR boom"), "{shown:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_follow_exits_130_with_the_terminal_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(&g, &t, "long", &[json!({"message": "ERROR still going"})]).await;
+    let (code, shown) = in_pty(&g, &t, &["logs", "-f", "long"], &[], |s| {
+        s.contains("still going\x1b[0m")
+            .then_some(b"\x03".as_slice())
+    })
+    .await;
+    assert_eq!(code, Some(130), "{shown:?}");
+    let after = &shown[shown.find("still going").unwrap()..];
+    assert!(
+        after.trim_end().ends_with("^C\x1b[0m\x1b[0m"),
+        "colours reset, then a fresh line: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_shows_a_progress_bar_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let lines: Vec<Value> = (0..20_000)
+        .map(|i| json!({"message": format!("line {i}")}))
+        .collect();
+    push(&g, &t, "bar", &lines).await;
+    let file = tmp.path().join("bar.log");
+    let args = ["export", "bar", "-o", file.to_str().unwrap()];
+    let (code, shown) = in_pty(&g, &t, &args, &[], |_| None).await;
+    assert_eq!(code, Some(0), "{shown:?}");
+    assert!(shown.contains("/20000 lines"), "a bar: {shown:?}");
+    assert!(shown.contains("wrote 20000 lines"), "{shown:?}");
+    assert!(shown.contains("still running"), "{shown:?}");
+    let piped = cli(&g, &t).args(args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("/20000 lines"),
+        "no bar without a terminal: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        20_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_pty_gives_the_command_a_terminal_and_keeps_its_colours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let script = r#"if [ -t 1 ]; then echo "stdout is a terminal"; fi
+printf '\033[31mred\033[0m\n' >&2
+printf 'no newline at the end'
+exit 3"#;
+    let out = cli(&g, &t)
+        .args([
+            "run",
+            "--deployment",
+            "ptyrun",
+            "--step",
+            "sh",
+            "--pty",
+            "--quiet",
+        ])
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let (got, d) = messages(&g, &t, "ptyrun").await;
+    assert_eq!(
+        got,
+        [
+            "stdout is a terminal",
+            "\x1b[31mred\x1b[0m",
+            "no newline at the end"
+        ]
+    );
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    // Without --pty the same command sees pipes.
+    let out = cli(&g, &t)
+        .args([
+            "run",
+            "--deployment",
+            "piperun",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let (messages, _) = messages(&g, &t, "piperun").await;
+    assert!(
+        !messages.contains(&"stdout is a terminal".to_owned()),
+        "{messages:?}"
+    );
+}
