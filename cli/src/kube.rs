@@ -34,6 +34,9 @@ struct Target {
 pub struct Found {
     pub server: String,
     pub user_token: Option<String>,
+    /// Gets the user's token again (its exec plugin run again, its token file re-read),
+    /// for a 401 from the gateway; `None` when the token is a fixed string.
+    pub refresh: Option<crate::Refresh>,
     pub describe: String,
 }
 
@@ -52,7 +55,11 @@ pub async fn discover(opts: &KubeOpts) -> anyhow::Result<Found> {
             "no gateway: pass --server URL or set LOGSTREAM_SERVER, or use a kubeconfig (reading it failed: {e})"
         ))
     })?;
-    let user_token = user_token(&kc, opts.context.as_deref());
+    let token = user_token(&kc, opts.context.as_deref());
+    let refresh: Option<crate::Refresh> = refreshable(&kc, opts.context.as_deref()).then(|| {
+        let (kc, ctx) = (kc.clone(), opts.context.clone());
+        Arc::new(move || user_token(&kc, ctx.as_deref())) as crate::Refresh
+    });
     let options = KubeConfigOptions {
         context: opts.context.clone(),
         ..Default::default()
@@ -124,13 +131,14 @@ pub async fn discover(opts: &KubeOpts) -> anyhow::Result<Found> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Found {
         server,
-        user_token,
+        user_token: token,
+        refresh,
         describe: format!("LogStream {ns}/{name} via the API server's service proxy"),
     })
 }
 
-/// The kubeconfig user's token: `token`, `tokenFile`, or its exec plugin's output.
-fn user_token(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
+/// The context's user.
+fn auth_info<'a>(kc: &'a Kubeconfig, context: Option<&str>) -> Option<&'a kube::config::AuthInfo> {
     let ctx_name = context
         .map(str::to_owned)
         .or_else(|| kc.current_context.clone())?;
@@ -141,12 +149,22 @@ fn user_token(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
         .context
         .as_ref()?;
     let user = ctx.user.as_deref()?;
-    let auth = kc
-        .auth_infos
+    kc.auth_infos
         .iter()
         .find(|a| a.name == user)?
         .auth_info
-        .as_ref()?;
+        .as_ref()
+}
+
+/// Whether the user's token can change (a token file, an exec plugin).
+fn refreshable(kc: &Kubeconfig, context: Option<&str>) -> bool {
+    auth_info(kc, context)
+        .is_some_and(|a| a.token.is_none() && (a.token_file.is_some() || a.exec.is_some()))
+}
+
+/// The kubeconfig user's token: `token`, `tokenFile`, or its exec plugin's output.
+fn user_token(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let auth = auth_info(kc, context)?;
     if let Some(t) = &auth.token {
         use secrecy::ExposeSecret;
         return Some(t.expose_secret().to_owned());

@@ -72,7 +72,13 @@ struct Conn {
     /// Set when the server was found through the kubeconfig.
     #[arg(skip)]
     via_kubeconfig: bool,
+    /// Gets the kubeconfig user's token again (exec plugin, token file).
+    #[arg(skip)]
+    refresh: Option<Refresh>,
 }
+
+/// Gets a fresh token (the kubeconfig user's exec plugin run again).
+pub type Refresh = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum ColorWhen {
@@ -249,6 +255,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         conn.via_kubeconfig = true;
         if conn.token.is_none() && conn.token_file.is_none() {
             conn.token = found.user_token;
+            conn.refresh = found.refresh;
         }
     }
     match cli.command {
@@ -328,7 +335,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    /// The bearer token (replaced by `refresh` after a 401).
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    refresh: Option<Refresh>,
     token_file: Option<std::path::PathBuf>,
     http: reqwest::Client,
     color: bool,
@@ -366,7 +375,8 @@ impl Client {
             .build()?;
         Ok(Client {
             base,
-            token: conn.token.clone(),
+            token: std::sync::Arc::new(std::sync::Mutex::new(conn.token.clone())),
+            refresh: conn.refresh.clone(),
             token_file: conn.token_file.clone(),
             http,
             color,
@@ -381,7 +391,21 @@ impl Client {
                 .with_context(|| format!("--token-file {}", f.display()))?;
             return Ok(Some(t.trim().to_owned()));
         }
-        Ok(self.token.clone())
+        Ok(self.token.lock().expect("token lock").clone())
+    }
+
+    /// Whether a 401 may be cured by getting the token again.
+    fn refreshable(&self) -> bool {
+        self.token_file.is_some() || self.refresh.is_some()
+    }
+
+    /// Gets the token again where it comes from a command (the file is re-read anyway).
+    fn refresh_token(&self) {
+        if let Some(r) = &self.refresh
+            && let Some(t) = r()
+        {
+            *self.token.lock().expect("token lock") = Some(t);
+        }
     }
 
     fn request(
@@ -521,11 +545,11 @@ impl Follow {
     /// Whether an HTTP refusal is worth reconnecting for: 5xx, 429, or a 401 while a
     /// token file may be rotating (a projected token, an exec plugin writing it).
     fn retry(&mut self, c: &Client, status: reqwest::StatusCode) -> bool {
-        let refreshable = status == reqwest::StatusCode::UNAUTHORIZED
-            && c.token_file.is_some()
-            && self.unauthorized < 5;
+        let refreshable =
+            status == reqwest::StatusCode::UNAUTHORIZED && c.refreshable() && self.unauthorized < 5;
         if refreshable {
             self.unauthorized += 1;
+            c.refresh_token();
         }
         status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS || refreshable
     }

@@ -628,17 +628,19 @@ async fn next_line(out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStd
 /// bearer token that only its exec plugin knows), serves the LogStream list, and
 /// proxies `/api/v1/namespaces/ci/services/acme-edge:http/proxy/...` to the real gateway
 /// after stripping `Authorization`, as kube-apiserver does.
-async fn fake_api_server(gateway: String) -> String {
+/// A fake API server: LogStreams in namespace `ci` and the service proxy to `gateway`;
+/// `api_token` is the bearer it accepts (any, when `None`).
+async fn fake_api_server(gateway: String, api_token: Option<&'static str>) -> String {
     use axum::extract::Request;
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    const API_TOKEN: &str = "Bearer kube-user-token";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().fallback(move |req: Request| {
         let gateway = gateway.clone();
         async move {
-            if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(API_TOKEN) {
+            let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if bearer.is_none_or(|b| api_token.is_some_and(|want| want != b)) {
                 return (StatusCode::UNAUTHORIZED, "{}").into_response();
             }
             let path = req.uri().path().to_owned();
@@ -683,6 +685,87 @@ async fn fake_api_server(gateway: String) -> String {
     base
 }
 
+/// A kubeconfig for `api` whose user authenticates with an exec plugin (as cloud
+/// providers' do) printing the output of `token_cmd` as its token.
+fn exec_kubeconfig(dir: &Path, api: &str, token_cmd: &str) -> std::path::PathBuf {
+    let plugin = dir.join("credential-plugin");
+    std::fs::write(
+        &plugin,
+        format!("#!/bin/sh\nprintf '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"%s\"}}}}' \"$({token_cmd})\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
+             clusters: [{{name: c, cluster: {{server: \"{api}\"}}}}]\n\
+             users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: \"{}\", interactiveMode: Never}}}}}}]\n\
+             contexts: [{{name: dev, context: {{cluster: c, user: u, namespace: ci}}}}]\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_mid_follow_runs_the_kubeconfig_exec_plugin_again_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let writer = token(&g);
+    let api = fake_api_server(g.http.clone(), None).await;
+    // The exec plugin's token is also the gateway token (no LOGSTREAM_TOKEN): it expires
+    // in 2 s, the stream ends, the reconnect gets 401, the plugin runs again.
+    let file = tmp.path().join("current-token");
+    let mint = |secs| {
+        g.state.auth.mint(
+            "viewer",
+            "acme",
+            &[Scope::Read],
+            Duration::from_secs(secs),
+            None,
+        )
+    };
+    std::fs::write(&file, mint(2)).unwrap();
+    let kubeconfig = exec_kubeconfig(tmp.path(), &api, &format!("cat {}", file.display()));
+    push(&g, &writer, "exec", &[json!({"message": "before"})]).await;
+    let mut child = Command::new(BIN)
+        .args(["logs", "-f", "exec", "--color", "never"])
+        .env_remove("LOGSTREAM_SERVER")
+        .env_remove("LOGSTREAM_TOKEN")
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut status = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "before");
+    std::fs::write(&file, mint(600)).unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), status.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(note.contains("reconnecting"), "{note}");
+    push(&g, &writer, "exec", &[json!({"message": "after"})]).await;
+    complete(&g, &writer, "exec", "succeeded", 0).await;
+    let mut rest = Vec::new();
+    while let Some(l) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.push(l);
+    }
+    assert_eq!(rest, vec!["after"]);
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_server_the_gateway_is_found_from_the_kubeconfig_through_the_service_proxy() {
     let tmp = tempfile::tempdir().unwrap();
@@ -696,28 +779,9 @@ async fn without_server_the_gateway_is_found_from_the_kubeconfig_through_the_ser
     )
     .await;
     complete(&g, &t, "via-kube", "succeeded", 0).await;
-    let api = fake_api_server(g.http.clone()).await;
+    let api = fake_api_server(g.http.clone(), Some("kube-user-token")).await;
     // The kubeconfig's user authenticates with an exec plugin (like cloud providers').
-    let plugin = tmp.path().join("credential-plugin");
-    std::fs::write(
-        &plugin,
-        "#!/bin/sh\necho '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"kube-user-token\"}}'\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kubeconfig = tmp.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
-             clusters: [{{name: c, cluster: {{server: \"{api}\"}}}}]\n\
-             users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: \"{}\", interactiveMode: Never}}}}}}]\n\
-             contexts: [{{name: dev, context: {{cluster: c, user: u, namespace: ci}}}}]\n",
-            plugin.display()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = exec_kubeconfig(tmp.path(), &api, "echo kube-user-token");
     let kube_cli = || {
         let mut c = Command::new(BIN);
         c.env_remove("LOGSTREAM_SERVER")
