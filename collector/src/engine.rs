@@ -38,6 +38,17 @@ pub struct Settings {
     /// How long a replaced (rotated) file must stay quiet at its end before it is let go.
     pub rotate_wait: Duration,
     pub redactor: Arc<Redactor>,
+    /// Sidecar mode: these plain files instead of kubelet's layout under `log_root`.
+    pub sidecar: Option<Sidecar>,
+}
+
+/// What a sidecar follows: plain log files of one pod (each file is a step, named by its
+/// stem, unless the pod names one step), in a volume shared with the app container.
+#[derive(Clone, Debug)]
+pub struct Sidecar {
+    pub files: Vec<PathBuf>,
+    /// The pod's uid: the key of its entry in the pod map.
+    pub pod_uid: String,
 }
 
 impl Settings {
@@ -54,6 +65,7 @@ impl Settings {
             rescan: Duration::from_secs(5),
             rotate_wait: Duration::from_secs(1),
             redactor: Arc::new(Redactor::builtin()),
+            sidecar: None,
         }
     }
 }
@@ -212,8 +224,58 @@ impl Engine {
         }
     }
 
-    /// Finds container log files under the log root.
+    /// A container entry for `key` (created on first sight).
+    fn container(&mut self, key: &Path, pod_uid: &str, name: String) -> &mut Container {
+        self.containers.entry(key.to_owned()).or_insert_with(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.by_id.insert(id, key.to_owned());
+            Container {
+                id,
+                pod_uid: pod_uid.to_owned(),
+                name,
+                tails: VecDeque::new(),
+                files: BTreeMap::new(),
+                queued: VecDeque::new(),
+                queued_bytes: 0,
+                first_queued: None,
+                in_flight: None,
+                redactors: [
+                    StreamRedactor::new(self.s.redactor.clone()),
+                    StreamRedactor::new(self.s.redactor.clone()),
+                ],
+                quiet_since: None,
+                at_eof: false,
+            }
+        })
+    }
+
+    /// Sidecar mode: each given file is a container of its own, keyed by its path.
+    fn scan_sidecar(&mut self, sc: &Sidecar) {
+        for path in &sc.files {
+            if !path.is_file() {
+                continue; // not created yet (or between a rotation's rename and create)
+            }
+            let name = path
+                .file_stem()
+                .map_or_else(|| "log".to_owned(), |s| s.to_string_lossy().into_owned());
+            self.container(path, &sc.pod_uid, name)
+                .files
+                .insert(0, path.clone());
+        }
+    }
+
+    /// Finds container log files under the log root (or the sidecar's files).
     fn scan(&mut self) {
+        if let Some(sc) = self.s.sidecar.clone() {
+            self.scan_sidecar(&sc);
+        } else {
+            self.scan_kubelet();
+        }
+        self.forget_gone();
+    }
+
+    fn scan_kubelet(&mut self) {
         let Ok(pods) = std::fs::read_dir(&self.s.log_root) else {
             return;
         };
@@ -235,33 +297,15 @@ impl Engine {
                     let Some(n) = restart_number(&name) else {
                         continue;
                     };
-                    let entry = self.containers.entry(dir.clone()).or_insert_with(|| {
-                        let id = self.next_id;
-                        self.next_id += 1;
-                        self.by_id.insert(id, dir.clone());
-                        Container {
-                            id,
-
-                            pod_uid: uid.to_owned(),
-                            name: c.file_name().to_string_lossy().into_owned(),
-                            tails: VecDeque::new(),
-                            files: BTreeMap::new(),
-                            queued: VecDeque::new(),
-                            queued_bytes: 0,
-                            first_queued: None,
-                            in_flight: None,
-                            redactors: [
-                                StreamRedactor::new(self.s.redactor.clone()),
-                                StreamRedactor::new(self.s.redactor.clone()),
-                            ],
-                            quiet_since: None,
-                            at_eof: false,
-                        }
-                    });
-                    entry.files.insert(n, f.path());
+                    let name = c.file_name().to_string_lossy().into_owned();
+                    self.container(&dir, uid, name).files.insert(n, f.path());
                 }
             }
         }
+    }
+
+    /// Drops what belongs to files and containers that are gone; opens new files.
+    fn forget_gone(&mut self) {
         // Checkpoints of files whose container directory is gone.
         let before = self.checkpoints.files.len();
         self.checkpoints
@@ -297,7 +341,33 @@ impl Engine {
         };
         let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
         let mut opened = Vec::new();
-        if c.tails.is_empty() {
+        if c.tails.is_empty() && self.s.sidecar.is_some() {
+            // A file renamed away (rotated) before it was read to its end, while we were
+            // stopped: find its inode in the directory and finish it first.
+            let current = c.files.values().next().and_then(|p| file_id(p).ok());
+            let unfinished: Vec<crate::checkpoint::FileState> = self
+                .checkpoints
+                .files
+                .values()
+                .filter(|s| s.path == dir && !s.done && Some(s.id) != current)
+                .cloned()
+                .collect();
+            let siblings: Vec<PathBuf> = dir
+                .parent()
+                .and_then(|d| std::fs::read_dir(d).ok())
+                .map(|it| it.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            for saved in unfinished {
+                let Some(p) = siblings.iter().find(|p| file_id(p).ok() == Some(saved.id)) else {
+                    continue;
+                };
+                if let Ok(mut t) = FileTail::open(p, Some(&saved), self.s.max_line) {
+                    t.raw = true;
+                    t.state.path = dir.to_owned(); // still this container's file
+                    opened.push(t);
+                }
+            }
+        } else if c.tails.is_empty() {
             // Rotated files not read to their end (we stopped, or were down when kubelet
             // rotated): finish them first, oldest first.
             if let Ok(entries) = std::fs::read_dir(dir) {
@@ -313,7 +383,8 @@ impl Engine {
                 rotated.sort();
                 for (p, id) in rotated {
                     let saved = self.checkpoints.files.get(&id).cloned();
-                    if let Ok(t) = FileTail::open(&p, saved.as_ref(), self.s.max_line) {
+                    if let Ok(mut t) = FileTail::open(&p, saved.as_ref(), self.s.max_line) {
+                        t.raw = self.s.sidecar.is_some();
                         opened.push(t);
                     }
                 }
@@ -326,7 +397,8 @@ impl Engine {
             }
             let saved = self.checkpoints.files.get(&id).cloned();
             match FileTail::open(path, saved.as_ref(), self.s.max_line) {
-                Ok(t) => {
+                Ok(mut t) => {
+                    t.raw = self.s.sidecar.is_some();
                     if !c.tails.is_empty() || !opened.is_empty() {
                         self.metrics.rotations.inc();
                     }

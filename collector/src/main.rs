@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use logstream_collector::engine::{Engine, Event, Settings};
+use logstream_collector::engine::{Engine, Event, Settings, Sidecar};
 use logstream_collector::forward::{TokenFile, route};
 use logstream_collector::metrics::Metrics;
 use logstream_collector::pods::{
@@ -21,6 +21,17 @@ use std::time::Duration;
     about = "Follows container logs on this node and forwards them to the logstream gateway"
 )]
 struct Cli {
+    /// `node`: a DaemonSet following every selected pod on the node. `sidecar`: a
+    /// container of one pod following plain log files (--path) in a volume shared
+    /// with the app; identity from the Downward API (POD_NAMESPACE, POD_NAME, POD_UID,
+    /// LOGSTREAM_DEPLOYMENT, optional LOGSTREAM_STEP).
+    #[arg(long, value_enum, default_value = "node")]
+    mode: Mode,
+    /// Sidecar mode: a plain log file to follow (repeatable); each file is a step named
+    /// by its stem unless LOGSTREAM_STEP names one. Rotation by rename or copytruncate
+    /// is followed; the file may appear later.
+    #[arg(long = "path", value_name = "FILE")]
+    paths: Vec<PathBuf>,
     /// Where kubelet writes container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`).
     #[arg(long, default_value = "/var/log/pods")]
     log_root: PathBuf,
@@ -39,9 +50,9 @@ struct Cli {
     /// Where checkpoints are kept (a hostPath in the DaemonSet).
     #[arg(long, default_value = "/var/lib/logstream-collector")]
     state_dir: PathBuf,
-    /// This node's name (batch sources are named after it).
+    /// This node's name (batch sources are named after it). Node mode only.
     #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    node_name: Option<String>,
     /// Pod metadata from a file holding `kubectl get pods -o json` output, re-read when
     /// it changes. Without it, pods come from the Kubernetes API (in-cluster config or
     /// kubeconfig), watched by node name.
@@ -59,6 +70,51 @@ struct Cli {
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Node,
+    Sidecar,
+}
+
+/// Sidecar mode: the pod's identity from the Downward API environment.
+fn sidecar_identity(cli: &Cli) -> anyhow::Result<(Sidecar, PodMap)> {
+    if cli.paths.is_empty() {
+        anyhow::bail!("--mode sidecar: pass --path FILE for each log file to follow");
+    }
+    if cli.gateway.is_none() {
+        anyhow::bail!("--mode sidecar: pass --gateway URL (or LOGSTREAM_GATEWAY)");
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let need = |k: &str, how: &str| {
+        env(k).ok_or_else(|| anyhow::anyhow!("--mode sidecar: set {k} ({how})"))
+    };
+    let namespace = need("POD_NAMESPACE", "Downward API fieldRef metadata.namespace")?;
+    let name = need("POD_NAME", "Downward API fieldRef metadata.name")?;
+    let uid = need("POD_UID", "Downward API fieldRef metadata.uid")?;
+    let deployment = need(
+        "LOGSTREAM_DEPLOYMENT",
+        "e.g. Downward API fieldRef metadata.labels['logstream.dev/deployment']",
+    )?;
+    logstream_model::validate_deployment_id(&deployment)
+        .map_err(|e| anyhow::anyhow!("LOGSTREAM_DEPLOYMENT {deployment:?}: {e}"))?;
+    let pod = logstream_collector::pods::PodInfo {
+        namespace,
+        name,
+        uid: uid.clone(),
+        deployment: Some(deployment),
+        step: env("LOGSTREAM_STEP"),
+        // A sidecar cannot see its pod's final status: the pipeline (or the node
+        // collector) completes the deployment.
+        finished: None,
+        gateway: None,
+    };
+    let sc = Sidecar {
+        files: cli.paths.clone(),
+        pod_uid: uid.clone(),
+    };
+    Ok((sc, PodMap::from([(uid, pod)])))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,24 +139,41 @@ fn main() -> anyhow::Result<()> {
         deployment_label: cli.deployment_label.clone(),
         step_label: cli.step_label.clone(),
     };
+    let sidecar = match cli.mode {
+        Mode::Sidecar => Some(sidecar_identity(&cli)?),
+        Mode::Node => None,
+    };
+    if sidecar.is_none() && !cli.paths.is_empty() {
+        anyhow::bail!(
+            "--path is for --mode sidecar; in node mode files are found under --log-root"
+        );
+    }
+    let source = match (&sidecar, &cli.node_name) {
+        (Some((_, pods)), _) => {
+            let p = pods.values().next().expect("one pod");
+            format!("sidecar/{}/{}", p.namespace, p.name)
+        }
+        (None, Some(n)) => n.clone(),
+        (None, None) => anyhow::bail!(
+            "--node-name (or NODE_NAME, from the Downward API's spec.nodeName) is required in node mode"
+        ),
+    };
     if cli.gateway.is_none() && cli.pods.is_some() && cli.logstreams.is_none() {
         anyhow::bail!(
             "no gateway: pass --gateway URL, or --logstreams FILE so each pod goes to its LogStream's gateway"
         );
     }
-    let initial = match &cli.pods {
-        Some(path) => Some(read_metadata(path, cli.logstreams.as_deref(), &sel)?),
-        None => None,
+    let initial = match (&cli.pods, &sidecar) {
+        (_, Some((_, pods))) => Some(pods.clone()),
+        (Some(path), None) => Some(read_metadata(path, cli.logstreams.as_deref(), &sel)?),
+        (None, None) => None,
     };
-    if !cli.log_root.is_dir() {
+    if sidecar.is_none() && !cli.log_root.is_dir() {
         anyhow::bail!("--log-root {}: not a directory", cli.log_root.display());
     }
-    let mut settings = Settings::new(
-        cli.log_root.clone(),
-        cli.state_dir.clone(),
-        cli.node_name.clone(),
-    );
+    let mut settings = Settings::new(cli.log_root.clone(), cli.state_dir.clone(), source);
     settings.redactor = Arc::new(redactor);
+    settings.sidecar = sidecar.as_ref().map(|(sc, _)| sc.clone());
     let metrics = Metrics::default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,9 +198,18 @@ fn main() -> anyhow::Result<()> {
             let _ = tx.send(Event::Fs { created });
         }
     })?;
-    watcher
-        .watch(&cli.log_root, notify::RecursiveMode::Recursive)
-        .with_context(|| format!("watching --log-root {}", cli.log_root.display()))?;
+    match &settings_dirs(&cli) {
+        None => watcher
+            .watch(&cli.log_root, notify::RecursiveMode::Recursive)
+            .with_context(|| format!("watching --log-root {}", cli.log_root.display()))?,
+        Some(dirs) => {
+            for d in dirs {
+                watcher
+                    .watch(d, notify::RecursiveMode::NonRecursive)
+                    .with_context(|| format!("--path: watching directory {}", d.display()))?;
+            }
+        }
+    }
 
     // Pod metadata files: re-read when they change.
     let tx = events_tx.clone();
@@ -162,12 +244,15 @@ fn main() -> anyhow::Result<()> {
     }
     // Or from the Kubernetes API: this node's pods (and, without --gateway, the
     // LogStreams that route them).
-    if cli.pods.is_none() {
+    if cli.pods.is_none() && cli.mode == Mode::Node {
         let client = rt
             .block_on(kube::Client::try_default())
             .context("no --pods FILE and no Kubernetes configuration (in-cluster or kubeconfig)")?;
         let tx = events_tx.clone();
-        let node = cli.node_name.clone();
+        let node = cli
+            .node_name
+            .clone()
+            .expect("node mode has --node-name (checked above)");
         let sel = sel.clone();
         let by_logstreams = cli.gateway.is_none();
         rt.spawn(async move {
@@ -217,9 +302,22 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = tx.send(Event::Stop);
     });
+    let following = match cli.mode {
+        Mode::Node => cli.log_root.display().to_string(),
+        Mode::Sidecar => cli
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     eprintln!(
-        "logstream collector: following {} -> {} (metrics on http://{})",
-        cli.log_root.display(),
+        "logstream collector ({} mode): following {following} -> {} (metrics on http://{})",
+        if cli.mode == Mode::Node {
+            "node"
+        } else {
+            "sidecar"
+        },
         cli.gateway.as_deref().unwrap_or("each LogStream's gateway"),
         cli.metrics_listen
     );
@@ -229,6 +327,24 @@ fn main() -> anyhow::Result<()> {
     // Give in-flight batches a moment to be acknowledged; checkpoints are already safe.
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fwd).await.ok() });
     result.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Sidecar mode: the directories holding the --path files (watched for creations and
+/// renames). `None` in node mode.
+fn settings_dirs(cli: &Cli) -> Option<Vec<PathBuf>> {
+    (cli.mode == Mode::Sidecar).then(|| {
+        let mut dirs: Vec<PathBuf> = cli
+            .paths
+            .iter()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    })
 }
 
 /// Pods (and LogStreams, if given) from files, as the engine's pod map.

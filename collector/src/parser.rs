@@ -74,6 +74,18 @@ pub fn parse_docker(line: &[u8]) -> Option<ContainerLine<'static>> {
     })
 }
 
+/// A line of a plain log file (sidecar mode): the whole line is the message, stamped
+/// with `now`, on stdout; a trailing `\r` is dropped, invalid UTF-8 replaced.
+pub fn parse_raw(line: &[u8], now: i64) -> ContainerLine<'_> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    ContainerLine {
+        ts: now,
+        stream: Stream::Stdout,
+        partial: false,
+        message: String::from_utf8_lossy(line),
+    }
+}
+
 /// Parses a line of either format, chosen by its first byte.
 pub fn parse(line: &[u8]) -> Option<ContainerLine<'_>> {
     if line.first() == Some(&b'{') {

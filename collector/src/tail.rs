@@ -47,6 +47,8 @@ pub struct FileTail {
     joiner: Joiner,
     pending_start: [Option<u64>; 2],
     max_line: usize,
+    /// Plain lines (sidecar mode), not CRI/Docker container log lines.
+    pub raw: bool,
 }
 
 /// Identity of the file at `path` now.
@@ -125,6 +127,7 @@ impl FileTail {
             joiner: Joiner::default(),
             pending_start: [None, None],
             max_line,
+            raw: false,
         })
     }
 
@@ -187,13 +190,18 @@ impl FileTail {
         self.buf.truncate(old + n);
         out.eof = n < want;
         let mut pos = 0;
+        let now = if self.raw { now_ns() } else { 0 };
         while let Some(nl) = memchr::memchr(b'\n', &self.buf[pos..]) {
             let line = &self.buf[pos..pos + nl];
             let line_start = self.offset + pos as u64;
             let end = line_start + nl as u64 + 1;
             pos += nl + 1;
             out.physical += 1;
-            let Some(parsed) = parser::parse(line) else {
+            let parsed = if self.raw {
+                parser::parse_raw(line, now)
+            } else if let Some(p) = parser::parse(line) {
+                p
+            } else {
                 out.parse_errors += 1;
                 continue;
             };
@@ -230,6 +238,12 @@ impl FileTail {
         out.bytes = pos as u64;
         Ok(out)
     }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]

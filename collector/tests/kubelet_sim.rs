@@ -384,3 +384,131 @@ async fn every_line_arrives_once_in_order_through_rotation_crashes_and_gateway_r
     collector.wait().unwrap();
     gw.shutdown().await.unwrap();
 }
+
+/// The collector in sidecar mode on `files`, as the pod `ci/build-7` of `deployment`.
+fn start_sidecar(
+    files: &[&Path],
+    state: &Path,
+    token: &Path,
+    grpc: u16,
+    deployment: &str,
+) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_logstream-collector"));
+    c.args(["--mode", "sidecar", "--state-dir", state.to_str().unwrap()])
+        .args(["--token-file", token.to_str().unwrap()])
+        .args(["--gateway", &format!("http://127.0.0.1:{grpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("NODE_NAME")
+        .env("POD_NAMESPACE", "ci")
+        .env("POD_NAME", "build-7")
+        .env("POD_UID", "0b6f1a52-uid")
+        .env("LOGSTREAM_DEPLOYMENT", deployment)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for f in files {
+        c.args(["--path", f.to_str().unwrap()]);
+    }
+    c.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_follows_plain_files_through_rotation_and_a_crash_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, state) = (tmp.path().join("shared"), tmp.path().join("state"));
+    std::fs::create_dir_all(&shared).unwrap();
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let gw = start_gateway(&tmp.path().join("gw"), http_port, grpc_port).await;
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let (app, worker) = (shared.join("app.log"), shared.join("worker.log"));
+    let write = |path: &Path, from: u64, to: u64| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in from..to {
+            // Plain lines as an app writes them: some CRLF, some carrying a secret.
+            match i % 500 {
+                7 => writeln!(f, "line {i} key={SECRET}").unwrap(),
+                9 => write!(f, "line {i} windows\r\n").unwrap(),
+                _ => writeln!(f, "line {i}").unwrap(),
+            }
+        }
+    };
+    write(&app, 0, 3000);
+    let mut sidecar = start_sidecar(&[&app, &worker], &state, &token_file, grpc_port, "side-7");
+    // SIGKILL mid-stream; while it is down the app writes on, rotates its file by
+    // rename and goes on in a new one; the second file appears. The restarted sidecar
+    // finishes the renamed file (found by its inode) before the new one.
+    wait_for_count(&gw.http, &token, "side-7", 1000).await;
+    sidecar.kill().unwrap();
+    sidecar.wait().unwrap();
+    write(&app, 3000, 3500);
+    std::fs::rename(&app, shared.join("app.log.1")).unwrap();
+    write(&app, 3500, 5000);
+    write(&worker, 0, 1000);
+    let mut sidecar = start_sidecar(&[&app, &worker], &state, &token_file, grpc_port, "side-7");
+    wait_for_count(&gw.http, &token, "side-7", 6000).await;
+    // And a rename while it runs.
+    std::fs::rename(&app, shared.join("app.log.2")).unwrap();
+    write(&app, 5000, 6000);
+    wait_for_count(&gw.http, &token, "side-7", 7000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now
+    sidecar.kill().unwrap();
+    sidecar.wait().unwrap();
+
+    let lines = all_lines(&gw.http, &token, "side-7").await;
+    assert_eq!(lines.len(), 7000, "every line once");
+    for (step, n) in [("app", 6000), ("worker", 1000)] {
+        let got: Vec<String> = lines
+            .iter()
+            .filter(|l| l["step"] == step)
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got.len(), n, "{step}");
+        for (i, m) in got.iter().enumerate() {
+            match i % 500 {
+                7 => assert!(
+                    m.starts_with(&format!("line {i} key=")) && !m.contains(SECRET),
+                    "{m}"
+                ),
+                9 => assert_eq!(m, &format!("line {i} windows")),
+                _ => assert_eq!(m, &format!("line {i}"), "{step} in order"),
+            }
+        }
+    }
+}
+
+#[test]
+fn sidecar_mode_names_the_missing_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logstream-collector"))
+        .args([
+            "--mode",
+            "sidecar",
+            "--path",
+            "/tmp/x.log",
+            "--gateway",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--state-dir", tmp.path().to_str().unwrap()])
+        .env("POD_NAMESPACE", "ci")
+        .env("POD_NAME", "p")
+        .env_remove("POD_UID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("POD_UID") && err.contains("metadata.uid"),
+        "{err}"
+    );
+}
