@@ -4,15 +4,18 @@
 //!
 //! One thread does the file work. It wakes on inotify events (new files are picked up
 //! at once), on acknowledgements, and on a short poll tick; a slow rescan is the safety
-//! net for missed events. Each container has at most one batch in flight, and each pass
-//! reads at most `read_budget` bytes per container in turn, so memory is bounded and one
-//! noisy pod cannot starve the others; while the gateway is away nothing more is read
-//! and the data waits in the node's log files.
+//! net for missed events. Each container has at most one batch in flight and one queued,
+//! and each pass reads at most `read_budget` bytes per container in turn, so memory is
+//! bounded and one noisy pod cannot starve the others. A batch not acknowledged within
+//! `spool_after` is rebuilt into the on-disk spool (see `spool.rs`), and so are the
+//! container's next batches until the spool has drained; when the spool is full nothing
+//! more is read and the data waits in the node's log files.
 
 use crate::checkpoint::{Checkpoints, FileId};
 use crate::forward::{Batch, Outgoing, Report};
 use crate::metrics::Metrics;
 use crate::pods::{PodInfo, PodMap, parse_pod_dir};
+use crate::spool::{Header, Spool};
 use crate::tail::{Emitted, FileTail, file_id};
 use logstream_model::redact::{Redactor, StreamRedactor};
 use logstream_proto::v1 as pb;
@@ -38,6 +41,10 @@ pub struct Settings {
     /// How long a replaced (rotated) file must stay quiet at its end before it is let go.
     pub rotate_wait: Duration,
     pub redactor: Arc<Redactor>,
+    /// Bytes the on-disk spool may hold (0: no spool; the backlog waits in the files).
+    pub spool_bytes: u64,
+    /// How long a batch may wait for its acknowledgement before its container spools.
+    pub spool_after: Duration,
     /// Sidecar mode: these plain files instead of kubelet's layout under `log_root`.
     pub sidecar: Option<Sidecar>,
 }
@@ -65,6 +72,8 @@ impl Settings {
             rescan: Duration::from_secs(5),
             rotate_wait: Duration::from_secs(1),
             redactor: Arc::new(Redactor::builtin()),
+            spool_bytes: 256 << 20,
+            spool_after: Duration::from_secs(2),
             sidecar: None,
         }
     }
@@ -85,6 +94,9 @@ pub enum Event {
 struct InFlight {
     batch_id: u64,
     resume: u64,
+    /// The spool entry it was sent from (`None`: straight from the file).
+    spooled: Option<u64>,
+    since: Instant,
 }
 
 /// One container's log: its files in order (rotated ones first), read one at a time.
@@ -103,6 +115,10 @@ struct Container {
     /// Since when the head tail has been at its end (for rotate_wait).
     quiet_since: Option<Instant>,
     at_eof: bool,
+    /// The next batch goes to the spool (the one in flight took too long).
+    spool_next: bool,
+    /// Waiting for room in a full spool.
+    stalled: bool,
 }
 
 pub struct Engine {
@@ -116,6 +132,7 @@ pub struct Engine {
     completing: HashMap<String, Instant>,
     completed: std::collections::HashSet<String>,
     out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    spool: Option<Spool>,
     pub metrics: Metrics,
 }
 
@@ -146,11 +163,31 @@ impl Engine {
         out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
         metrics: Metrics,
     ) -> Result<Engine, String> {
-        let checkpoints = Checkpoints::load(&s.state_dir)?;
-        Ok(Engine {
+        let mut checkpoints = Checkpoints::load(&s.state_dir)?;
+        let spool = if s.spool_bytes > 0 {
+            Some(Spool::open(&s.state_dir.join("spool"), s.spool_bytes)?)
+        } else {
+            None
+        };
+        // The spool is the write-ahead log of its batches: a checkpoint a crash left
+        // behind a spooled batch moves up to it (else the file would be read into
+        // differently cut batches that overlap it).
+        let mut dirty = false;
+        for e in spool.iter().flat_map(Spool::entries) {
+            if let Some(st) = checkpoints.files.get_mut(&e.head.file)
+                && st.generation == e.head.generation
+                && st.acked < e.head.end
+            {
+                st.acked = e.head.end;
+                st.resume = e.head.resume;
+                st.pending = st.pending.filter(|p| *p > e.head.end);
+                dirty = true;
+            }
+        }
+        let mut engine = Engine {
             s,
             checkpoints,
-            dirty: false,
+            dirty,
             containers: HashMap::new(),
             by_id: HashMap::new(),
             next_id: 1,
@@ -158,8 +195,20 @@ impl Engine {
             completing: HashMap::new(),
             completed: Default::default(),
             out,
+            spool,
             metrics,
-        })
+        };
+        // Containers with spooled batches are sent from even if their files are gone.
+        let spooled: Vec<Header> = engine
+            .spool
+            .iter()
+            .flat_map(Spool::entries)
+            .map(|e| e.head.clone())
+            .collect();
+        for h in spooled {
+            engine.container(&h.key, &h.pod_uid, h.container.clone());
+        }
+        Ok(engine)
     }
 
     /// Runs until `Event::Stop`; saves checkpoints on the way out.
@@ -175,7 +224,7 @@ impl Engine {
             let timeout = if self
                 .containers
                 .values()
-                .any(|c| !c.at_eof && c.in_flight.is_none())
+                .any(|c| !c.at_eof && c.queued_bytes < self.s.batch_bytes && !c.stalled)
             {
                 Duration::ZERO
             } else {
@@ -246,6 +295,8 @@ impl Engine {
                 ],
                 quiet_since: None,
                 at_eof: false,
+                spool_next: false,
+                stalled: false,
             }
         })
     }
@@ -316,7 +367,11 @@ impl Engine {
         let gone: Vec<PathBuf> = self
             .containers
             .iter()
-            .filter(|(d, c)| c.tails.is_empty() && !d.exists())
+            .filter(|(d, c)| {
+                c.tails.is_empty()
+                    && !d.exists()
+                    && !self.spool.as_ref().is_some_and(|s| s.holds(d))
+            })
             .map(|(d, _)| d.clone())
             .collect();
         for d in gone {
@@ -424,6 +479,7 @@ impl Engine {
         let dirs: Vec<PathBuf> = self.containers.keys().cloned().collect();
         let mut lag = 0u64;
         for dir in dirs {
+            self.send_spooled(&dir);
             let pod = {
                 let c = &self.containers[&dir];
                 self.pod_of(c).cloned()
@@ -445,7 +501,46 @@ impl Engine {
             }
         }
         self.metrics.lag_bytes.set(lag as i64);
+        if let Some(sp) = &self.spool {
+            self.metrics.spool_bytes.set(sp.bytes() as i64);
+            self.metrics.spool_batches.set(sp.batches() as i64);
+        }
+        self.metrics
+            .stalled
+            .set(self.containers.values().filter(|c| c.stalled).count() as i64);
         self.check_completions();
+    }
+
+    /// Sends a container's oldest spooled batch when nothing of it is in flight.
+    fn send_spooled(&mut self, dir: &Path) {
+        let (Some(spool), Some(c)) = (self.spool.as_mut(), self.containers.get_mut(dir)) else {
+            return;
+        };
+        if c.in_flight.is_some() {
+            return;
+        }
+        let Some(e) = spool.front(dir).cloned() else {
+            return;
+        };
+        match spool.load(&e) {
+            Ok(req) => {
+                c.in_flight = Some(InFlight {
+                    batch_id: req.batch_id,
+                    resume: e.head.resume,
+                    spooled: Some(e.seq),
+                    since: Instant::now(),
+                });
+                let _ = self.out.send(Outgoing::Push(Batch {
+                    container: c.id,
+                    gateway: e.head.gateway.clone(),
+                    req,
+                }));
+            }
+            Err(err) => {
+                tracing::error!(seq = e.seq, error = %err, "a spooled batch cannot be read back; it is skipped and kept on disk");
+                spool.set_aside(dir, e.seq);
+            }
+        }
     }
 
     fn read_container(&mut self, dir: &Path) {
@@ -458,8 +553,8 @@ impl Engine {
             .front()
             .and_then(|t| t.state.pending.filter(|p| *p > t.state.acked))
             .is_some_and(|p| !c.queued.iter().any(|e| e.end >= p));
-        if c.in_flight.is_some() || (c.queued_bytes >= s.batch_bytes && !rebuilding) {
-            return; // Backpressure: one batch in flight per container, bounded queue.
+        if c.queued_bytes >= s.batch_bytes && !rebuilding {
+            return; // Backpressure: a bounded queue (and one batch in flight) per container.
         }
         let Some(t) = c.tails.front_mut() else {
             c.at_eof = true;
@@ -507,8 +602,35 @@ impl Engine {
     fn maybe_send(&mut self, dir: &Path, pod: &PodInfo, deployment: &str) {
         let s = &self.s;
         let c = self.containers.get_mut(dir).expect("present");
-        if c.in_flight.is_some() || c.queued.is_empty() {
+        // The gateway has not acknowledged a batch for too long: take it back (it is
+        // rebuilt exactly from the file, as after a crash: the intent is kept) into the
+        // spool. Should the first copy arrive after all, the gateway stores it once.
+        if self.spool.is_some()
+            && c.in_flight
+                .as_ref()
+                .is_some_and(|f| f.spooled.is_none() && f.since.elapsed() >= s.spool_after)
+        {
+            c.in_flight = None;
+            reset_reading(c, &s.redactor);
+            c.spool_next = true;
             return;
+        }
+        let to_spool = self
+            .spool
+            .as_ref()
+            .is_some_and(|sp| c.spool_next || sp.holds(dir));
+        if (c.in_flight.is_some() && !to_spool) || c.queued.is_empty() {
+            return;
+        }
+        if to_spool {
+            let estimate = c.queued_bytes.min(s.batch_bytes) as u64 + 4096;
+            if !self.spool.as_ref().is_some_and(|sp| sp.has_room(estimate)) {
+                if !c.stalled {
+                    c.stalled = true;
+                    self.metrics.spool_full.inc();
+                }
+                return; // Backpressure: the queue stays full, nothing more is read.
+            }
         }
         let Some(t) = c.tails.front_mut() else { return };
         // After a crash, the batch that was in flight is rebuilt exactly.
@@ -566,25 +688,61 @@ impl Engine {
             .sum();
         c.first_queued = (!c.queued.is_empty()).then(Instant::now);
         let Some((end, resume)) = last else { return };
+        let source = format!(
+            "{}/{}/{}/{}.{}",
+            s.source, c.pod_uid, c.name, t.state.id.ino, t.state.generation
+        );
+        let req = pb::PushRequest {
+            deployment: deployment.to_owned(),
+            source,
+            batch_id: end,
+            lines,
+        };
+        if to_spool {
+            let head = Header {
+                key: dir.to_owned(),
+                pod_uid: c.pod_uid.clone(),
+                container: c.name.clone(),
+                gateway: pod.gateway.clone(),
+                file: t.state.id,
+                generation: t.state.generation,
+                end,
+                resume,
+            };
+            let spool = self.spool.as_mut().expect("spooling");
+            match spool.push(head, &req) {
+                Ok(_) => {
+                    // Durable in the spool: the file's checkpoint moves past the batch.
+                    t.state.acked = end;
+                    t.state.resume = resume;
+                    t.state.pending = None;
+                    c.spool_next = false;
+                    c.stalled = false;
+                    self.metrics.spooled.inc_by(req.lines.len() as u64);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "writing to the spool failed; the batch is read again from its file");
+                    reset_reading(c, &s.redactor);
+                    c.spool_next = true;
+                    return;
+                }
+            }
+            self.dirty = true;
+            self.flush_checkpoints();
+            return;
+        }
         t.state.pending = Some(end);
         self.dirty = true;
         c.in_flight = Some(InFlight {
             batch_id: end,
             resume,
+            spooled: None,
+            since: Instant::now(),
         });
-        let source = format!(
-            "{}/{}/{}/{}.{}",
-            s.source, c.pod_uid, c.name, t.state.id.ino, t.state.generation
-        );
         let batch = Batch {
             container: c.id,
             gateway: pod.gateway.clone(),
-            req: pb::PushRequest {
-                deployment: deployment.to_owned(),
-                source,
-                batch_id: end,
-                lines,
-            },
+            req,
         };
         // Write the intent before the batch can reach the gateway.
         self.flush_checkpoints();
@@ -636,20 +794,13 @@ impl Engine {
                 let Some(c) = self.containers.get_mut(dir) else {
                     return;
                 };
-                if c.in_flight.take_if(|f| f.batch_id == batch_id).is_none() {
+                let Some(f) = c.in_flight.take_if(|f| f.batch_id == batch_id) else {
                     return;
+                };
+                // A spooled batch is simply sent again from the spool.
+                if f.spooled.is_none() {
+                    reset_reading(c, &self.s.redactor);
                 }
-                if let Some(t) = c.tails.front_mut() {
-                    t.rewind();
-                }
-                c.queued.clear();
-                c.queued_bytes = 0;
-                c.first_queued = None;
-                c.at_eof = false;
-                c.redactors = [
-                    StreamRedactor::new(self.s.redactor.clone()),
-                    StreamRedactor::new(self.s.redactor.clone()),
-                ];
             }
             Report::Retry => self.metrics.retries.inc(),
         }
@@ -665,6 +816,12 @@ impl Engine {
         let Some(f) = c.in_flight.take_if(|f| f.batch_id == batch_id) else {
             return;
         };
+        if let Some(seq) = f.spooled {
+            if let Some(sp) = self.spool.as_mut() {
+                sp.remove(dir, seq);
+            }
+            return;
+        }
         if let Some(t) = c.tails.front_mut() {
             t.state.acked = f.batch_id;
             t.state.resume = f.resume;
@@ -685,7 +842,8 @@ impl Engine {
         {
             return;
         }
-        let idle = c.in_flight.is_none()
+        // A spooled batch in flight no longer needs its file.
+        let idle = c.in_flight.as_ref().is_none_or(|f| f.spooled.is_some())
             && c.queued.is_empty()
             && c.at_eof
             && c.quiet_since.is_some_and(|q| q.elapsed() >= rotate_wait);
@@ -717,17 +875,19 @@ impl Engine {
             if self.completed.contains(uid) || self.completing.contains_key(uid) {
                 continue;
             }
+            let spool = self.spool.as_ref();
             let mut containers = self
                 .containers
-                .values()
-                .filter(|c| &c.pod_uid == uid)
+                .iter()
+                .filter(|(_, c)| &c.pod_uid == uid)
+                .map(|(d, c)| (c, spool.is_some_and(|s| s.holds(d))))
                 .peekable();
             if containers.peek().is_none() {
                 continue;
             }
             let mut all_done = true;
             let mut already = true;
-            for c in containers {
+            for (c, spooled) in containers {
                 let quiet = c
                     .quiet_since
                     .is_some_and(|q| q.elapsed() >= self.s.rotate_wait);
@@ -735,6 +895,7 @@ impl Engine {
                     && quiet
                     && c.queued.is_empty()
                     && c.in_flight.is_none()
+                    && !spooled
                     && c.tails.len() <= 1)
                 {
                     all_done = false;
@@ -766,4 +927,20 @@ impl Engine {
             });
         }
     }
+}
+
+/// Forgets what was read past the checkpoint: the queue, the joins, the redactors'
+/// state; reading starts again at the resume point (and rebuilds a pending batch).
+fn reset_reading(c: &mut Container, redactor: &Arc<Redactor>) {
+    if let Some(t) = c.tails.front_mut() {
+        t.rewind();
+    }
+    c.queued.clear();
+    c.queued_bytes = 0;
+    c.first_queued = None;
+    c.at_eof = false;
+    c.redactors = [
+        StreamRedactor::new(redactor.clone()),
+        StreamRedactor::new(redactor.clone()),
+    ];
 }

@@ -67,6 +67,15 @@ struct Cli {
     /// Extra redaction pattern `name=regex` (repeatable); built-ins are always on.
     #[arg(long = "redact", value_name = "NAME=REGEX")]
     redact: Vec<String>,
+    /// Bytes the on-disk spool (under --state-dir) may hold for batches the gateway is
+    /// slow to take, so rotated files may go while it is away: 256Mi, 1Gi, 0 (no
+    /// spool: the backlog waits in the log files only).
+    #[arg(long, default_value = "256Mi", value_parser = parse_size)]
+    spool_bytes: u64,
+    /// How long a batch may wait for the gateway's acknowledgement before its
+    /// container's batches go to the spool.
+    #[arg(long, default_value = "2s", value_parser = parse_wait)]
+    spool_after: Duration,
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -174,6 +183,8 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::new(cli.log_root.clone(), cli.state_dir.clone(), source);
     settings.redactor = Arc::new(redactor);
     settings.sidecar = sidecar.as_ref().map(|(sc, _)| sc.clone());
+    settings.spool_bytes = cli.spool_bytes;
+    settings.spool_after = cli.spool_after;
     let metrics = Metrics::default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -327,6 +338,31 @@ fn main() -> anyhow::Result<()> {
     // Give in-flight batches a moment to be acknowledged; checkpoints are already safe.
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fwd).await.ok() });
     result.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `256Mi`, `1Gi`, `500k`, `1048576`.
+fn parse_size(v: &str) -> Result<u64, String> {
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?}: use a size like 256Mi, 1Gi or 0"))?;
+    let mult = match unit {
+        "" => 1,
+        "k" | "K" | "Ki" => 1 << 10,
+        "M" | "Mi" => 1 << 20,
+        "G" | "Gi" => 1 << 30,
+        _ => return Err(format!("{v:?}: unit {unit:?} is not one of Ki, Mi, Gi")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{v:?}: too large"))
+}
+
+/// `2s`, `500ms`, `1m`.
+fn parse_wait(v: &str) -> Result<Duration, String> {
+    logstream_model::time::parse_duration(v)
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_nanos(n as u64))
+        .ok_or_else(|| format!("{v:?}: use a duration like 2s or 500ms"))
 }
 
 /// Sidecar mode: the directories holding the --path files (watched for creations and

@@ -17,6 +17,11 @@ pub struct Metrics {
     pub parse_errors: IntCounter,
     pub rotations: IntCounter,
     pub truncations: IntCounter,
+    pub spool_bytes: IntGauge,
+    pub spool_batches: IntGauge,
+    pub spooled: IntCounter,
+    pub spool_full: IntCounter,
+    pub stalled: IntGauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +74,23 @@ impl Default for Metrics {
             truncations: counter(
                 "truncations_total",
                 "Files truncated in place (copytruncate).",
+            ),
+            spool_bytes: gauge(
+                "spool_bytes",
+                "Bytes of undelivered batches in the on-disk spool.",
+            ),
+            spool_batches: gauge("spool_batches", "Undelivered batches in the on-disk spool."),
+            spooled: counter(
+                "spooled_lines_total",
+                "Lines written to the spool because the gateway was slow or away.",
+            ),
+            spool_full: counter(
+                "spool_full_total",
+                "Times a container stopped reading because the spool was full (backpressure: the data waits in its files).",
+            ),
+            stalled: gauge(
+                "backpressure_containers",
+                "Containers not being read now because the spool is full.",
             ),
             registry,
         }

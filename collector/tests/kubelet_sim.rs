@@ -143,7 +143,20 @@ async fn start_gateway(dir: &Path, http: u16, grpc: u16) -> Running {
 }
 
 fn start_collector(root: &Path, state: &Path, pods: &Path, token: &Path, grpc: u16) -> Child {
+    start_collector_with(root, state, pods, token, grpc, &[], free_port())
+}
+
+fn start_collector_with(
+    root: &Path,
+    state: &Path,
+    pods: &Path,
+    token: &Path,
+    grpc: u16,
+    extra: &[&str],
+    metrics_port: u16,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_logstream-collector"))
+        .args(extra)
         .args([
             "--log-root",
             root.to_str().unwrap(),
@@ -162,7 +175,7 @@ fn start_collector(root: &Path, state: &Path, pods: &Path, token: &Path, grpc: u
             "--node-name",
             "node-a",
         ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -211,6 +224,61 @@ async fn wait_for_count(http: &str, token: &str, id: &str, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Lines `0..n` of the simulator's `pod`: each exactly once, in order per stream, on
+/// the right stream and step, secrets masked.
+fn assert_exactly_once_in_order(lines: &[Value], p: usize, n: u64) {
+    let id = format!("pod {p}");
+    let mut seen = vec![0u32; n as usize];
+    let mut last_by_stream = [None::<u64>, None];
+    for l in lines {
+        let msg = l["message"].as_str().unwrap();
+        assert!(!msg.contains(SECRET), "a secret reached the gateway: {msg}");
+        let n: u64 = msg
+            .strip_prefix(&format!("pod {p} line "))
+            .unwrap_or_else(|| panic!("{id}: unexpected line {msg:?}"))
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        seen[n as usize] += 1;
+        let s = usize::from(l["stream"] == "stderr");
+        assert_eq!(s as u64, n % 2, "{msg} on the wrong stream");
+        if let Some(prev) = last_by_stream[s] {
+            assert!(n > prev, "{id}: line {n} after {prev} on one stream");
+        }
+        last_by_stream[s] = Some(n);
+        assert_eq!(l["step"], format!("step-{p}"));
+        if n.is_multiple_of(11) {
+            assert!(msg.contains("key=AKIA"), "masked but recognisable: {msg}");
+        }
+    }
+    let missing: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let dup: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 1)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{id}: {} lines missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        dup.is_empty(),
+        "{id}: {} lines duplicated, first {:?}",
+        dup.len(),
+        &dup[..dup.len().min(10)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,56 +397,7 @@ async fn every_line_arrives_once_in_order_through_rotation_crashes_and_gateway_r
 
     for p in 1..PODS {
         let id = format!("run-{p}");
-        let lines = all_lines(&http, &token, &id).await;
-        let mut seen = vec![0u32; next[p] as usize];
-        let mut last_by_stream = [None::<u64>, None];
-        for l in &lines {
-            let msg = l["message"].as_str().unwrap();
-            assert!(!msg.contains(SECRET), "a secret reached the gateway: {msg}");
-            let n: u64 = msg
-                .strip_prefix(&format!("pod {p} line "))
-                .unwrap_or_else(|| panic!("{id}: unexpected line {msg:?}"))
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            seen[n as usize] += 1;
-            let s = usize::from(l["stream"] == "stderr");
-            assert_eq!(s as u64, n % 2, "{msg} on the wrong stream");
-            if let Some(prev) = last_by_stream[s] {
-                assert!(n > prev, "{id}: line {n} after {prev} on one stream");
-            }
-            last_by_stream[s] = Some(n);
-            assert_eq!(l["step"], format!("step-{p}"));
-            if n.is_multiple_of(11) {
-                assert!(msg.contains("key=AKIA"), "masked but recognisable: {msg}");
-            }
-        }
-        let missing: Vec<usize> = seen
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c == 0)
-            .map(|(i, _)| i)
-            .collect();
-        let dup: Vec<usize> = seen
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 1)
-            .map(|(i, _)| i)
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{id}: {} lines missing, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
-        assert!(
-            dup.is_empty(),
-            "{id}: {} lines duplicated, first {:?}",
-            dup.len(),
-            &dup[..dup.len().min(10)]
-        );
+        assert_exactly_once_in_order(&all_lines(&http, &token, &id).await, p, next[p]);
     }
     collector.kill().unwrap();
     collector.wait().unwrap();
@@ -511,4 +530,135 @@ fn sidecar_mode_names_the_missing_identity() {
         err.contains("POD_UID") && err.contains("metadata.uid"),
         "{err}"
     );
+}
+
+/// A gauge or counter of the collector's /metrics.
+async fn metric(port: u16, name: &str) -> i64 {
+    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return -1; // not listening yet
+    };
+    let text = r.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("logstream_collector_{name} ")))
+        .map_or(-1, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (polling /metrics) until `ok` holds for the collector's metrics.
+async fn until_metrics(port: u16, what: &str, ok: impl AsyncFn(u16) -> bool) {
+    let start = Instant::now();
+    while !ok(port).await {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, state, gwdir) = (
+        tmp.path().join("pods"),
+        tmp.path().join("state"),
+        tmp.path().join("gw"),
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    let pods_file = tmp.path().join("pods.json");
+    let (http_port, grpc_port) = (free_port(), free_port());
+    // The gateway mints the token, then goes away for most of the test.
+    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    gw.shutdown().await.unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut sim = Sim::new(&root, &pods_file);
+    sim.add_pod(1, "spooled");
+    const LIMIT: i64 = 1 << 20;
+    let mport = free_port();
+    let args = ["--spool-bytes", "1Mi", "--spool-after", "200ms"];
+    let start = |port| {
+        start_collector_with(
+            &root,
+            &state,
+            &pods_file,
+            &token_file,
+            grpc_port,
+            &args,
+            port,
+        )
+    };
+    let mut collector = start(mport);
+    let mut next = 0u64;
+    let mut write = |sim: &Sim, n: u64| {
+        let mut f = sim.open(1);
+        for _ in 0..n {
+            sim.write_line(&mut f, 1, next);
+            next += 1;
+        }
+    };
+
+    // 1. The gateway is away: lines go to the spool and the file is read to its end...
+    write(&sim, 3000);
+    until_metrics(mport, "all 3000 lines spooled", async |p| {
+        metric(p, "spool_bytes").await > 0
+            && metric(p, "lag_bytes").await == 0
+            && metric(p, "spooled_lines_total").await >= 3000
+    })
+    .await;
+    // ...so kubelet may rotate it and delete the rotated file: nothing is lost.
+    sim.rotate_rename(1, 1);
+    let rotated = sim.dir(1).join("0.log.20261123-100001");
+    until_metrics(mport, "the rotated file let go", async |p| {
+        metric(p, "files_watched").await == 0
+    })
+    .await;
+    std::fs::remove_file(&rotated).unwrap();
+
+    // 2. More than the spool holds: it fills to its limit, then reading stops.
+    write(&sim, 60_000);
+    until_metrics(mport, "the spool full and reading held back", async |p| {
+        metric(p, "spool_full_total").await >= 1 && metric(p, "backpressure_containers").await == 1
+    })
+    .await;
+    let held = metric(mport, "spool_bytes").await;
+    assert!(
+        held > LIMIT / 4 && held <= LIMIT,
+        "spool holds {held} bytes, limit {LIMIT}"
+    );
+    assert!(
+        metric(mport, "lag_bytes").await > 0,
+        "the rest waits in the file"
+    );
+
+    // 3. kill -9 with a full spool; the restarted collector takes up the spool.
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    let mport = free_port();
+    let mut collector = start(mport);
+    until_metrics(mport, "the spool reloaded", async |p| {
+        metric(p, "spool_bytes").await == held
+    })
+    .await;
+
+    // 4. The gateway returns: the spool drains, then the file; every line once, in order.
+    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
+    wait_for_count(&gw.http, &token, "spooled", next as usize).await;
+    until_metrics(mport, "the spool drained", async |p| {
+        metric(p, "spool_bytes").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now
+    assert_exactly_once_in_order(&all_lines(&gw.http, &token, "spooled").await, 1, next);
+    let left: Vec<_> = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "delivered batches are deleted: {left:?}");
+    collector.kill().unwrap();
+    collector.wait().unwrap();
 }
