@@ -3,7 +3,8 @@
 
 1. Every object `logstream-operator render` produces for each sample LogStream in
    e2e/samples/, and the CRD itself, against the Kubernetes OpenAPI schemas of two
-   minor versions (kubernetes-validate, strict: unknown fields are errors).
+   minor versions (kubernetes-validate, strict: unknown fields are errors); so are
+   the plain Kubernetes examples in e2e/examples/ (the collector as a sidecar).
 2. The samples against the CRD's own openAPIV3Schema (as JSON Schema, unknown fields
    refused as `kubectl apply` does by default), and the bad samples marked
    `# refused: schema: <field>` must be refused naming that field. (CEL rules are
@@ -77,6 +78,15 @@ def main():
             if obj:
                 k8s_validate(obj, os.path.basename(sample))
                 checked += 1
+
+    # Plain Kubernetes examples (e.g. the collector as a sidecar).
+    examples = sorted(glob.glob(os.path.join(ROOT, "e2e/examples/*.yaml")))
+    for example in examples:
+        with open(example) as f:
+            for obj in yaml.safe_load_all(f):
+                if obj:
+                    k8s_validate(obj, os.path.basename(example))
+                    checked += 1
 
     crd_text = subprocess.run([operator, "crds"], capture_output=True, text=True, check=True).stdout
     with open(os.path.join(ROOT, "crds/logstream.dev_logstreams.yaml")) as f:
