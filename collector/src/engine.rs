@@ -228,7 +228,14 @@ impl Engine {
             {
                 Duration::ZERO
             } else {
-                self.s.poll
+                // Wake when the oldest queued line's batch is due (batch_delay), not at
+                // the next poll tick: that is the latency of a quiet pod's lines.
+                let now = Instant::now();
+                self.containers
+                    .values()
+                    .filter_map(|c| c.first_queued)
+                    .map(|f| (f + self.s.batch_delay).saturating_duration_since(now))
+                    .fold(self.s.poll, Duration::min)
             };
             let mut next = match events.recv_timeout(timeout) {
                 Ok(e) => Some(e),
@@ -585,13 +592,20 @@ impl Engine {
         for mut e in r.lines {
             for rec in &mut e.records {
                 let mut state = logstream_model::RedactionState::default();
-                let red = c.redactors[rec.stream.code() as usize].redact(&rec.message, &mut state);
+                let red = match c.redactors[rec.stream.code() as usize]
+                    .redact(&rec.message, &mut state)
+                {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(s) => Some(s),
+                };
                 if !state.is_empty() {
                     self.metrics
                         .redactions
                         .inc_by(state.0.values().map(|v| u64::from(*v)).sum());
                 }
-                rec.message = red;
+                if let Some(red) = red {
+                    rec.message = red;
+                }
                 c.queued_bytes += rec.message.len() + 64;
             }
             c.first_queued.get_or_insert_with(Instant::now);

@@ -227,14 +227,40 @@ fn main() -> anyhow::Result<()> {
     if let Some(pods_path) = cli.pods.clone() {
         let sel = sel.clone();
         let ls_path = cli.logstreams.clone();
+        // Their directories are watched (inotify), so a new pod is known at once; a
+        // slow poll is the safety net (and covers files replaced by rename elsewhere).
+        let (changed_tx, changed) = std::sync::mpsc::channel::<()>();
+        let mut meta_watcher =
+            notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+                let _ = changed_tx.send(());
+            })?;
+        for p in [Some(pods_path.as_path()), ls_path.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            meta_watcher
+                .watch(dir, notify::RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", dir.display()))?;
+        }
         std::thread::spawn(move || {
+            let _watching = meta_watcher;
             let stamp = || {
-                [Some(pods_path.as_path()), ls_path.as_deref()]
-                    .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+                [Some(pods_path.as_path()), ls_path.as_deref()].map(|p| {
+                    // mtime alone may not change between two quick writes: inode
+                    // (files are replaced by rename) and length too.
+                    use std::os::unix::fs::MetadataExt;
+                    let m = std::fs::metadata(p?).ok()?;
+                    Some((m.modified().ok(), m.ino(), m.len()))
+                })
             };
             let mut seen = stamp();
             loop {
-                std::thread::sleep(Duration::from_millis(200));
+                let _ = changed.recv_timeout(Duration::from_secs(1));
+                while changed.try_recv().is_ok() {}
                 let now = stamp();
                 if now == seen {
                     continue;

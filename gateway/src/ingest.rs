@@ -64,7 +64,7 @@ fn to_records(
     let mut out = Vec::with_capacity(lines.len());
     for l in lines {
         let mut redaction = RedactionState::default();
-        let message = redactor.redact(&l.message, &mut redaction);
+        let message = redactor.redact(&l.message, &mut redaction).into_owned();
         let level = l.level.unwrap_or_else(|| Level::detect(&message));
         let parts = split_line(&message, max_line);
         let n = parts.len();

@@ -243,6 +243,8 @@ pub struct Redactor {
     /// Anchor automaton: pattern id -> detector index.
     anchors: AhoCorasick,
     anchor_owner: Vec<usize>,
+    /// Detectors without an anchor (custom patterns): run on every line.
+    always: Vec<usize>,
     style: MaskStyle,
 }
 
@@ -316,14 +318,23 @@ impl Redactor {
                 owner.push(i);
             }
         }
+        // A DFA: a few dozen short anchors, searched (overlapping) on every line.
         let anchors = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(&pats)
             .expect("anchors build");
+        let always = detectors
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.anchors.iter().any(String::is_empty))
+            .map(|(i, _)| i)
+            .collect();
         Ok(Redactor {
             detectors,
             anchors,
+            always,
             anchor_owner: owner,
             style,
         })
@@ -341,13 +352,15 @@ impl Redactor {
 
     /// Finds secret spans in `line`: (start, end, detector index, kept prefix).
     fn spans(&self, line: &str) -> Vec<(usize, usize, usize)> {
-        let mut selected = vec![false; self.detectors.len()];
+        // Most lines match no anchor: nothing is allocated for them.
+        let mut selected: Vec<bool> = Vec::new();
         let mut any = false;
-        for (i, d) in self.detectors.iter().enumerate() {
-            if d.anchors.iter().any(String::is_empty) {
+        if !self.always.is_empty() {
+            selected = vec![false; self.detectors.len()];
+            for &i in &self.always {
                 selected[i] = true;
-                any = true;
             }
+            any = true;
         }
         for m in self.anchors.find_overlapping_iter(line) {
             let owner = self.anchor_owner[m.pattern().as_usize()];
@@ -357,6 +370,9 @@ impl Redactor {
                 && !d.anchors.iter().any(|a| line[m.start()..m.end()] == **a)
             {
                 continue;
+            }
+            if selected.is_empty() {
+                selected = vec![false; self.detectors.len()];
             }
             selected[owner] = true;
             any = true;
@@ -551,8 +567,23 @@ impl StreamRedactor {
         Ok(())
     }
 
-    /// Redacts one line of this stream.
-    pub fn redact(&mut self, line: &str, state: &mut RedactionState) -> String {
+    /// Redacts one line of this stream; borrows when there is nothing to mask.
+    pub fn redact<'a>(&mut self, line: &'a str, state: &mut RedactionState) -> Cow<'a, str> {
+        if !self.in_pem
+            && !line.contains("::add-mask::")
+            && !line.contains("PRIVATE KEY-----")
+            && self.redactor.spans(line).is_empty()
+            && self
+                .masks_ac
+                .as_ref()
+                .is_none_or(|ac| ac.find(line).is_none())
+        {
+            return Cow::Borrowed(line);
+        }
+        Cow::Owned(self.redact_owned(line, state))
+    }
+
+    fn redact_owned(&mut self, line: &str, state: &mut RedactionState) -> String {
         // GitHub Actions' `::add-mask::VALUE`: register, and never emit the value.
         if let Some(rest) = line.trim_start().strip_prefix("::add-mask::") {
             let value = rest.trim_end();
@@ -567,7 +598,7 @@ impl StreamRedactor {
                 let tail_end = line[end..]
                     .find("PRIVATE KEY-----")
                     .map_or(line.len(), |i| end + i + "PRIVATE KEY-----".len());
-                let rest = self.redact(&line[tail_end..], state);
+                let rest = self.redact_owned(&line[tail_end..], state);
                 state.add("private_key", 1);
                 return format!("{}{}", "*".repeat(line[..tail_end].chars().count()), rest);
             }
