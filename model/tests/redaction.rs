@@ -298,7 +298,10 @@ fn pem_blocks_spanning_lines_are_masked_whole() {
         "-----END RSA PRIVATE KEY-----",
         "done",
     ];
-    let out: Vec<String> = lines.iter().map(|l| s.redact(l, &mut state).into_owned()).collect();
+    let out: Vec<String> = lines
+        .iter()
+        .map(|l| s.redact(l, &mut state).into_owned())
+        .collect();
     assert_eq!(out[0], "writing key.pem");
     assert_eq!(out[5], "done");
     for (i, o) in out[1..5].iter().enumerate() {
