@@ -119,6 +119,8 @@ struct Container {
     spool_next: bool,
     /// Waiting for room in a full spool.
     stalled: bool,
+    /// The last read error (logged when it changes).
+    read_error: Option<String>,
 }
 
 pub struct Engine {
@@ -304,6 +306,7 @@ impl Engine {
                 at_eof: false,
                 spool_next: false,
                 stalled: false,
+                read_error: None,
             }
         })
     }
@@ -311,7 +314,11 @@ impl Engine {
     /// Sidecar mode: each given file is a container of its own, keyed by its path.
     fn scan_sidecar(&mut self, sc: &Sidecar) {
         for path in &sc.files {
-            if !path.is_file() {
+            let usable = std::fs::metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.is_file() || m.file_type().is_fifo()
+            });
+            if !usable {
                 continue; // not created yet (or between a rotation's rename and create)
             }
             let name = path
@@ -568,9 +575,17 @@ impl Engine {
             return;
         };
         let r = match t.read(s.read_budget) {
-            Ok(r) => r,
+            Ok(r) => {
+                c.read_error = None;
+                r
+            }
             Err(e) => {
-                tracing::warn!(path = %t.path.display(), error = %e, "reading a log file failed");
+                // Said once per distinct error, not on every pass.
+                let msg = e.to_string();
+                if c.read_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(path = %t.path.display(), error = %msg, "reading a log file failed; retrying");
+                    c.read_error = Some(msg);
+                }
                 c.at_eof = true;
                 return;
             }
@@ -629,10 +644,13 @@ impl Engine {
             c.spool_next = true;
             return;
         }
+        // A pipe cannot be read again: its batches always go through the spool, so what
+        // was read survives a broken stream or a restart.
+        let fifo = c.tails.front().is_some_and(|t| t.fifo);
         let to_spool = self
             .spool
             .as_ref()
-            .is_some_and(|sp| c.spool_next || sp.holds(dir));
+            .is_some_and(|sp| c.spool_next || sp.holds(dir) || fifo);
         if (c.in_flight.is_some() && !to_spool) || c.queued.is_empty() {
             return;
         }

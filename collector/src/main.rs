@@ -27,9 +27,10 @@ struct Cli {
     /// LOGSTREAM_DEPLOYMENT, optional LOGSTREAM_STEP).
     #[arg(long, value_enum, default_value = "node")]
     mode: Mode,
-    /// Sidecar mode: a plain log file to follow (repeatable); each file is a step named
-    /// by its stem unless LOGSTREAM_STEP names one. Rotation by rename or copytruncate
-    /// is followed; the file may appear later.
+    /// Sidecar mode: a plain log file or named pipe to follow (repeatable); each is a
+    /// step named by its stem unless LOGSTREAM_STEP names one. Rotation by rename or
+    /// copytruncate is followed; the file may appear later. A pipe's lines go through
+    /// the spool (it cannot be read twice).
     #[arg(long = "path", value_name = "FILE")]
     paths: Vec<PathBuf>,
     /// Where kubelet writes container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`).
@@ -119,6 +120,19 @@ fn sidecar_identity(cli: &Cli) -> anyhow::Result<(Sidecar, PodMap)> {
         finished: None,
         gateway: None,
     };
+    if cli.spool_bytes == 0 {
+        use std::os::unix::fs::FileTypeExt;
+        if let Some(p) = cli
+            .paths
+            .iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo()))
+        {
+            anyhow::bail!(
+                "--path {}: a named pipe cannot be read twice, so its lines go through the spool; drop --spool-bytes 0",
+                p.display()
+            );
+        }
+    }
     let sc = Sidecar {
         files: cli.paths.clone(),
         pod_uid: uid.clone(),

@@ -49,6 +49,9 @@ pub struct FileTail {
     max_line: usize,
     /// Plain lines (sidecar mode), not CRI/Docker container log lines.
     pub raw: bool,
+    /// A named pipe (sidecar mode): read as it comes, never seeked or re-read; offsets
+    /// count the bytes read since it was opened.
+    pub fifo: bool,
 }
 
 /// Identity of the file at `path` now.
@@ -83,6 +86,35 @@ impl FileTail {
         saved: Option<&FileState>,
         max_line: usize,
     ) -> std::io::Result<FileTail> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        if std::fs::metadata(path)?.file_type().is_fifo() {
+            // Non-blocking: opening waits for no writer, reading for no data.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            let m = file.metadata()?;
+            let id = FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            };
+            // What a pipe held before is gone: each opening is a new source.
+            let state = FileState {
+                path: path.to_owned(),
+                id,
+                fingerprint: 0,
+                fingerprint_len: 0,
+                generation: saved.filter(|s| s.id == id).map_or(0, |s| s.generation + 1),
+                resume: 0,
+                acked: 0,
+                pending: None,
+                finished: false,
+                done: false,
+            };
+            let mut t = FileTail::with(path, file, state, max_line);
+            t.fifo = true;
+            return Ok(t);
+        }
         let file = File::open(path)?;
         let m = file.metadata()?;
         let id = FileId {
@@ -118,7 +150,11 @@ impl FileTail {
                 }
             }
         };
-        Ok(FileTail {
+        Ok(FileTail::with(path, file, state, max_line))
+    }
+
+    fn with(path: &Path, file: File, state: FileState, max_line: usize) -> FileTail {
+        FileTail {
             path: path.to_owned(),
             file,
             offset: state.resume,
@@ -128,7 +164,8 @@ impl FileTail {
             pending_start: [None, None],
             max_line,
             raw: false,
-        })
+            fifo: false,
+        }
     }
 
     pub fn id(&self) -> FileId {
@@ -151,6 +188,9 @@ impl FileTail {
 
     /// Bytes in the file not read yet.
     pub fn lag(&self) -> u64 {
+        if self.fifo {
+            return 0;
+        }
         self.file
             .metadata()
             .map(|m| m.len().saturating_sub(self.offset))
@@ -160,7 +200,11 @@ impl FileTail {
     /// Reads up to `budget` bytes of complete lines.
     pub fn read(&mut self, budget: usize) -> std::io::Result<ReadOutcome> {
         let mut out = ReadOutcome::default();
-        let len = self.file.metadata()?.len();
+        let len = if self.fifo {
+            u64::MAX
+        } else {
+            self.file.metadata()?.len()
+        };
         if len < self.offset + self.buf.len() as u64 {
             // copytruncate: the file was emptied and is being written from the start.
             out.truncated = true;
@@ -173,7 +217,8 @@ impl FileTail {
             self.joiner = Joiner::default();
             self.pending_start = [None, None];
         }
-        if (self.state.fingerprint_len as usize) < FINGERPRINT_BYTES
+        if !self.fifo
+            && (self.state.fingerprint_len as usize) < FINGERPRINT_BYTES
             && len > u64::from(self.state.fingerprint_len)
             && self.offset == 0
         {
@@ -182,11 +227,21 @@ impl FileTail {
             self.state.fingerprint_len = n;
         }
         let start = self.offset + self.buf.len() as u64;
-        self.file.seek(SeekFrom::Start(start))?;
+        if !self.fifo {
+            self.file.seek(SeekFrom::Start(start))?;
+        }
         let old = self.buf.len();
         let want = budget.max(64 * 1024);
         self.buf.resize(old + want, 0);
-        let n = self.file.read(&mut self.buf[old..])?;
+        let n = match self.file.read(&mut self.buf[old..]) {
+            Ok(n) => n,
+            // A pipe with a writer but nothing written yet.
+            Err(e) if self.fifo && e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                self.buf.truncate(old);
+                return Err(e);
+            }
+        };
         self.buf.truncate(old + n);
         out.eof = n < want;
         let mut pos = 0;

@@ -423,7 +423,7 @@ fn start_sidecar(
         .env("POD_UID", "0b6f1a52-uid")
         .env("LOGSTREAM_DEPLOYMENT", deployment)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::null());
     for f in files {
         c.args(["--path", f.to_str().unwrap()]);
     }
@@ -661,4 +661,87 @@ async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lo
     assert!(left.is_empty(), "delivered batches are deleted: {left:?}");
     collector.kill().unwrap();
     collector.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_follows_a_named_pipe_across_writers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let gw = start_gateway(&tmp.path().join("gw"), http_port, grpc_port).await;
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let pipe = shared.join("steps.pipe");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Without the spool a pipe is refused: its lines could not be read again.
+    let state = tmp.path().join("state");
+    let refused = Command::new(env!("CARGO_BIN_EXE_logstream-collector"))
+        .args([
+            "--mode",
+            "sidecar",
+            "--spool-bytes",
+            "0",
+            "--gateway",
+            "http://127.0.0.1:1",
+        ])
+        .args([
+            "--path",
+            pipe.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .envs([
+            ("POD_NAMESPACE", "ci"),
+            ("POD_NAME", "p"),
+            ("POD_UID", "u"),
+            ("LOGSTREAM_DEPLOYMENT", "d"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("named pipe"));
+
+    let mut sidecar = start_sidecar(&[&pipe], &state, &token_file, grpc_port, "piped-1");
+    // Two writers one after the other, as two commands of a step writing to the pipe;
+    // opening for writing waits until the sidecar has the pipe open.
+    let p2 = pipe.clone();
+    tokio::task::spawn_blocking(move || {
+        for (from, to) in [(0, 20_000), (20_000, 25_000)] {
+            let mut w =
+                std::io::BufWriter::new(std::fs::OpenOptions::new().write(true).open(&p2).unwrap());
+            for i in from..to {
+                writeln!(w, "piped {i}").unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    wait_for_count(&gw.http, &token, "piped-1", 25_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now
+    let got: Vec<String> = all_lines(&gw.http, &token, "piped-1")
+        .await
+        .iter()
+        .map(|l| {
+            assert_eq!(l["step"], "steps");
+            l["message"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..25_000).map(|i| format!("piped {i}")).collect();
+    assert_eq!(got, want, "every line once, in order");
+    sidecar.kill().unwrap();
+    sidecar.wait().unwrap();
 }
