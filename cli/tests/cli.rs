@@ -522,7 +522,7 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
     )
     .unwrap();
     push(&g, &writer, "rot", &[json!({"message": "before"})]).await;
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "logs",
             "-f",
@@ -539,20 +539,36 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    follow_through_token_expiry(child, &g, &writer, "rot", || {
+        std::fs::write(
+            &file,
+            g.state.auth.mint(
+                "viewer",
+                "acme",
+                &[Scope::Read],
+                Duration::from_secs(600),
+                None,
+            ),
+        )
+        .unwrap();
+    })
+    .await;
+}
+
+/// A follow of `id` (which holds the line `before`) whose token expires in 2 s: after
+/// `before`, `rotate` puts a fresh token where the CLI gets it; the CLI says it is
+/// reconnecting, prints `after` (pushed then) exactly once and exits 0.
+async fn follow_through_token_expiry(
+    mut child: tokio::process::Child,
+    g: &Running,
+    writer: &str,
+    id: &str,
+    rotate: impl FnOnce(),
+) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut status = BufReader::new(child.stderr.take().unwrap()).lines();
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "before");
-    std::fs::write(
-        &file,
-        g.state.auth.mint(
-            "viewer",
-            "acme",
-            &[Scope::Read],
-            Duration::from_secs(600),
-            None,
-        ),
-    )
-    .unwrap();
+    rotate();
     // The stream ends at the first token's expiry; the CLI says it is reconnecting.
     let note = tokio::time::timeout(Duration::from_secs(10), status.next_line())
         .await
@@ -560,8 +576,8 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
         .unwrap()
         .unwrap();
     assert!(note.contains("reconnecting"), "{note}");
-    push(&g, &writer, "rot", &[json!({"message": "after"})]).await;
-    complete(&g, &writer, "rot", "succeeded", 0).await;
+    push(g, writer, id, &[json!({"message": "after"})]).await;
+    complete(g, writer, id, "succeeded", 0).await;
     let mut rest = Vec::new();
     while let Some(l) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
@@ -732,7 +748,7 @@ async fn a_401_mid_follow_runs_the_kubeconfig_exec_plugin_again_and_resumes() {
     std::fs::write(&file, mint(2)).unwrap();
     let kubeconfig = exec_kubeconfig(tmp.path(), &api, &format!("cat {}", file.display()));
     push(&g, &writer, "exec", &[json!({"message": "before"})]).await;
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["logs", "-f", "exec", "--color", "never"])
         .env_remove("LOGSTREAM_SERVER")
         .env_remove("LOGSTREAM_TOKEN")
@@ -742,28 +758,10 @@ async fn a_401_mid_follow_runs_the_kubeconfig_exec_plugin_again_and_resumes() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut status = BufReader::new(child.stderr.take().unwrap()).lines();
-    assert_eq!(lines.next_line().await.unwrap().unwrap(), "before");
-    std::fs::write(&file, mint(600)).unwrap();
-    let note = tokio::time::timeout(Duration::from_secs(10), status.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(note.contains("reconnecting"), "{note}");
-    push(&g, &writer, "exec", &[json!({"message": "after"})]).await;
-    complete(&g, &writer, "exec", "succeeded", 0).await;
-    let mut rest = Vec::new();
-    while let Some(l) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        rest.push(l);
-    }
-    assert_eq!(rest, vec!["after"]);
-    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+    follow_through_token_expiry(child, &g, &writer, "exec", || {
+        std::fs::write(&file, mint(600)).unwrap();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

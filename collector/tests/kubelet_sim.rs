@@ -404,6 +404,23 @@ async fn every_line_arrives_once_in_order_through_rotation_crashes_and_gateway_r
     gw.shutdown().await.unwrap();
 }
 
+/// A gateway on fresh ports with its data in `dir/gw`, and a read-write token for it,
+/// also written to `dir/token`.
+async fn gateway_with_token(dir: &Path) -> (Running, u16, String, PathBuf) {
+    let grpc = free_port();
+    let gw = start_gateway(&dir.join("gw"), free_port(), grpc).await;
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    (gw, grpc, token, token_file)
+}
+
 /// The collector in sidecar mode on `files`, as the pod `ci/build-7` of `deployment`.
 fn start_sidecar(
     files: &[&Path],
@@ -435,17 +452,7 @@ async fn sidecar_follows_plain_files_through_rotation_and_a_crash_exactly_once()
     let tmp = tempfile::tempdir().unwrap();
     let (shared, state) = (tmp.path().join("shared"), tmp.path().join("state"));
     std::fs::create_dir_all(&shared).unwrap();
-    let (http_port, grpc_port) = (free_port(), free_port());
-    let gw = start_gateway(&tmp.path().join("gw"), http_port, grpc_port).await;
-    let token = gw.state.auth.mint(
-        "test",
-        "acme",
-        &[Scope::Read, Scope::Write],
-        Duration::from_secs(3600),
-        None,
-    );
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
+    let (gw, grpc_port, token, token_file) = gateway_with_token(tmp.path()).await;
     let (app, worker) = (shared.join("app.log"), shared.join("worker.log"));
     let write = |path: &Path, from: u64, to: u64| {
         let mut f = std::fs::OpenOptions::new()
@@ -668,17 +675,7 @@ async fn sidecar_follows_a_named_pipe_across_writers() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
-    let (http_port, grpc_port) = (free_port(), free_port());
-    let gw = start_gateway(&tmp.path().join("gw"), http_port, grpc_port).await;
-    let token = gw.state.auth.mint(
-        "test",
-        "acme",
-        &[Scope::Read, Scope::Write],
-        Duration::from_secs(3600),
-        None,
-    );
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
+    let (gw, grpc_port, token, token_file) = gateway_with_token(tmp.path()).await;
     let pipe = shared.join("steps.pipe");
     assert!(
         Command::new("mkfifo")
