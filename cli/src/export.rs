@@ -290,7 +290,7 @@ async fn download(
         let chunk = chunk.context("download interrupted")?;
         pending.extend_from_slice(&chunk);
         let mut start = 0;
-        while let Some(n) = memchr(&pending[start..]) {
+        while let Some(n) = memchr::memchr(b'\n', &pending[start..]) {
             let raw = &pending[start..start + n];
             start += n + 1;
             let line: Value = serde_json::from_slice(raw).context("a line from the gateway")?;
@@ -316,10 +316,6 @@ async fn download(
         return Err(anyhow::anyhow!("download ended inside a line"));
     }
     save(sink, st)
-}
-
-fn memchr(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
 }
 
 fn write(sink: &mut Sink, b: &[u8]) -> anyhow::Result<()> {

@@ -192,20 +192,23 @@ impl Spool {
         decode(&bytes).map(|(_, req)| req)
     }
 
-    /// Deletes an acknowledged batch (a deletion lost in a crash only means the batch
-    /// is sent again, which the gateway recognises).
-    pub fn remove(&mut self, key: &Path, seq: u64) {
-        let Some(q) = self.queues.get_mut(key) else {
-            return;
-        };
-        let Some(i) = q.iter().position(|e| e.seq == seq) else {
-            return;
-        };
-        let e = q.remove(i).expect("present");
+    /// Takes a batch out of its container's queue (its file stays as it is).
+    fn take(&mut self, key: &Path, seq: u64) -> Option<Entry> {
+        let q = self.queues.get_mut(key)?;
+        let e = q.remove(q.iter().position(|e| e.seq == seq)?)?;
         if q.is_empty() {
             self.queues.remove(key);
         }
         self.bytes -= e.size;
+        Some(e)
+    }
+
+    /// Deletes an acknowledged batch (a deletion lost in a crash only means the batch
+    /// is sent again, which the gateway recognises).
+    pub fn remove(&mut self, key: &Path, seq: u64) {
+        if self.take(key, seq).is_none() {
+            return;
+        }
         if let Err(err) = std::fs::remove_file(self.path(seq)) {
             tracing::warn!(seq, error = %err, "deleting a delivered spool file failed");
         }
@@ -215,15 +218,7 @@ impl Spool {
     pub fn set_aside(&mut self, key: &Path, seq: u64) {
         let path = self.path(seq);
         let _ = std::fs::rename(&path, path.with_extension("damaged"));
-        if let Some(q) = self.queues.get_mut(key)
-            && let Some(i) = q.iter().position(|e| e.seq == seq)
-        {
-            let e = q.remove(i).expect("present");
-            self.bytes -= e.size;
-            if q.is_empty() {
-                self.queues.remove(key);
-            }
-        }
+        self.take(key, seq);
     }
 
     /// Every spooled batch, per container in order.

@@ -457,18 +457,20 @@ impl DeploymentLog {
     /// Adds step names not seen before to `steps.json`, ahead of the lines that carry
     /// them (a crash in between lists a step whose lines the producer will retry).
     fn record_steps(&self, records: &[LogRecord]) -> Result<(), StoreError> {
-        let known = self.view.read().steps.len();
-        if known >= MAX_STEPS {
-            return Ok(());
-        }
-        let mut steps = self.view.read().steps.clone();
+        // The common case, every step already known, is decided under the read lock
+        // without copying anything.
+        let mut steps = {
+            let view = self.view.read();
+            let unseen = |r: &LogRecord| !r.step.is_empty() && !view.steps.contains(&r.step);
+            if view.steps.len() >= MAX_STEPS || !records.iter().any(unseen) {
+                return Ok(());
+            }
+            view.steps.clone()
+        };
         for r in records {
             if steps.len() < MAX_STEPS && !r.step.is_empty() && !steps.contains(&r.step) {
                 steps.push(r.step.clone());
             }
-        }
-        if steps.len() == known {
-            return Ok(());
         }
         meta::write_atomic(&self.dir.join("steps.json"), &steps)?;
         self.view.write().steps = steps;
