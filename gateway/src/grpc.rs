@@ -1,80 +1,75 @@
-//! gRPC `logstream.v1`: `Ingest.Push` (bidirectional batches ⇄ durable acks),
-//! `Ingest.Complete`, `Tail.Subscribe` (server stream from a cursor). Same auth, same
-//! store, same live viewer core as HTTP; errors convert from `ApiError` in one place.
+//! gRPC `logstream.v1`: `Ingest.Push` (bidirectional batches <-> durable acks),
+//! `Ingest.Complete`, `Tail.Subscribe` (a viewer session over a server stream). A thin
+//! transport over the core: the same token parser, access checks, filter builder,
+//! completion rule and viewer session as HTTP. Errors leave through exactly one mapping,
+//! `status()`; a refused batch carries the core error's `code` in `PushAck.error.code`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use logstream_model::{Cursor, Filter, Level, LevelSet};
+use logstream_model::{FilterParams, Level};
 use logstream_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::ApiError;
-use crate::auth::{Principal, Scope};
-use crate::ingest::{self, IngestLine};
-use crate::live::{self, Start, ViewerEvent, ViewerSlot};
-use crate::server::AppState;
-use crate::store::{BatchId, LogId, Outcome};
+use crate::auth::{AuthError, Principal, Scope};
+use crate::core::ingest::{self, IngestLine};
+use crate::core::viewer::{Session, SessionEvent, Start};
+use crate::core::{Error, ErrorKind, Gateway, access, read};
+use crate::store::BatchId;
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
-        use axum::http::StatusCode as S;
-        let code = match e.status {
-            S::BAD_REQUEST | S::PAYLOAD_TOO_LARGE | S::UNSUPPORTED_MEDIA_TYPE => {
-                tonic::Code::InvalidArgument
-            }
-            S::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            S::FORBIDDEN => tonic::Code::PermissionDenied,
-            S::NOT_FOUND => tonic::Code::NotFound,
-            S::CONFLICT => tonic::Code::FailedPrecondition,
-            S::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
-            S::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        };
-        Status::new(code, format!("{}: {}", e.code, e.message))
+/// The one mapping from the core's error to a gRPC status: the code by kind, the
+/// message `"{code}: {message}"`, and the code alone in the `logstream-error-code`
+/// metadata (plus `retry-after` seconds when the core gives one).
+pub fn status(e: Error) -> Status {
+    let code = match e.kind {
+        ErrorKind::Invalid | ErrorKind::TooLarge | ErrorKind::Unsupported => {
+            tonic::Code::InvalidArgument
+        }
+        ErrorKind::NotAcceptable => tonic::Code::InvalidArgument,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::Forbidden => tonic::Code::PermissionDenied,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::Conflict => tonic::Code::FailedPrecondition,
+        ErrorKind::TooMany => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Internal => tonic::Code::Internal,
+    };
+    let mut st = Status::new(code, format!("{}: {}", e.code, e.message));
+    if let Ok(v) = e.code.parse() {
+        st.metadata_mut().insert("logstream-error-code", v);
+    }
+    if let Some(d) = e.retry_after
+        && let Ok(v) = d.as_secs().max(1).to_string().parse()
+    {
+        st.metadata_mut().insert("retry-after", v);
+    }
+    st
+}
+
+/// The refusal of one batch, for `PushAck.error`: the core error's contract code.
+fn ack_error(e: Error) -> pb::Error {
+    pb::Error {
+        code: e.code.to_owned(),
+        message: e.message,
     }
 }
 
-async fn principal<T>(state: &AppState, req: &Request<T>) -> Result<Principal, Status> {
-    let v = req.metadata().get("authorization").ok_or_else(|| {
-        Status::unauthenticated("no bearer token; send `authorization: Bearer <token>` metadata")
-    })?;
-    let token = v
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("authorization metadata is not `Bearer <token>`"))?;
-    state.auth.verify_request(token).await.map_err(|e| {
-        state.metrics.auth_failures.inc();
-        state.audit(
-            "auth_rejected",
-            "",
-            "",
-            "",
-            &e.to_string(),
-            req.remote_addr(),
-        );
-        Status::unauthenticated(e.to_string())
-    })
-}
-
-fn log_id(p: &Principal, deployment: &str, scope: Scope) -> Result<LogId, Status> {
-    if !p.has(scope) {
-        return Err(Status::permission_denied(format!(
-            "this token lacks the {} scope",
-            scope.as_str()
-        )));
-    }
-    logstream_model::validate_deployment_id(deployment)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if !p.may_access(deployment) {
-        return Err(ApiError::not_found().into());
-    }
-    Ok(LogId::new(p.tenant.clone(), deployment))
+async fn principal<T>(state: &Gateway, req: &Request<T>) -> Result<Principal, Status> {
+    let md = req.metadata();
+    let token = access::token_from_headers(
+        md.get("authorization").map(|v| v.as_bytes()),
+        md.get(access::PROXY_SAFE_AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )
+    .unwrap_or(Err(AuthError::Missing));
+    state
+        .authenticate(token, req.remote_addr())
+        .await
+        .map_err(status)
 }
 
 fn level_from_pb(l: i32) -> Option<Level> {
@@ -117,12 +112,12 @@ fn stream_to_pb(s: logstream_model::Stream) -> pb::Stream {
     }
 }
 
-/// `Ingest` and `Tail` services over the shared state.
+/// `Ingest` and `Tail` services over the gateway core.
 #[derive(Clone)]
-pub struct Services(Arc<AppState>);
+pub struct Services(Arc<Gateway>);
 
 /// The gRPC router (both services, gzip and zstd accepted and sent).
-pub fn routes(state: Arc<AppState>) -> tonic::transport::server::Router {
+pub fn routes(state: Arc<Gateway>) -> tonic::transport::server::Router {
     use tonic::codec::CompressionEncoding as E;
     let svc = Services(state);
     let ingest = pb::ingest_server::IngestServer::new(svc.clone())
@@ -162,7 +157,8 @@ impl pb::ingest_server::Ingest for Services {
                 let msg = tokio::select! {
                     m = inbound.message() => m.transpose(),
                     _ = shutdown.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("gateway restarting; reconnect and re-send unacknowledged batches"))).await;
+                        let e = Error::shutting_down("the gateway is restarting; reconnect and re-send unacknowledged batches");
+                        let _ = tx.send(Err(status(e))).await;
                         return;
                     }
                 };
@@ -188,21 +184,18 @@ impl pb::ingest_server::Ingest for Services {
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let p = principal(&self.0, &req).await?;
         let r = req.into_inner();
-        let id = log_id(&p, &r.deployment, Scope::Write)?;
-        let status = Outcome::parse(&r.status).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "status {:?} is not succeeded, failed or cancelled",
-                r.status
-            ))
-        })?;
-        let c = ingest::complete(&self.0, &id, status, r.exit_code, &p.subject).await?;
+        let id = access::deployment(&p, &r.deployment, Scope::Write).map_err(status)?;
+        let outcome = ingest::parse_status(&r.status).map_err(status)?;
+        let c = ingest::complete(&self.0, &id, outcome, r.exit_code, &p.subject)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CompleteResponse {
             last_seq: c.last_seq,
         }))
     }
 }
 
-async fn push_one(state: &Arc<AppState>, p: &Principal, batch: pb::PushRequest) -> pb::PushAck {
+async fn push_one(state: &Arc<Gateway>, p: &Principal, batch: pb::PushRequest) -> pb::PushAck {
     let started = Instant::now();
     let mut ack = pb::PushAck {
         deployment: batch.deployment.clone(),
@@ -210,13 +203,10 @@ async fn push_one(state: &Arc<AppState>, p: &Principal, batch: pb::PushRequest) 
         batch_id: batch.batch_id,
         ..Default::default()
     };
-    let id = match log_id(p, &batch.deployment, Scope::Write) {
+    let id = match access::deployment(p, &batch.deployment, Scope::Write) {
         Ok(id) => id,
-        Err(s) => {
-            ack.error = Some(pb::Error {
-                code: format!("{:?}", s.code()),
-                message: s.message().to_owned(),
-            });
+        Err(e) => {
+            ack.error = Some(ack_error(e));
             return ack;
         }
     };
@@ -242,123 +232,111 @@ async fn push_one(state: &Arc<AppState>, p: &Principal, batch: pb::PushRequest) 
             ack.cursor = r.cursor;
             ack.duplicate = r.duplicate;
         }
-        Err(e) => {
-            ack.error = Some(pb::Error {
-                code: e.code.to_owned(),
-                message: e.message,
-            })
-        }
+        Err(e) => ack.error = Some(ack_error(e)),
     }
     ack
+}
+
+/// A gRPC filter as the same parameters HTTP takes, for the one filter builder.
+fn filter(f: Option<pb::Filter>) -> Result<logstream_model::Filter, Error> {
+    let Some(f) = f else {
+        return Ok(logstream_model::Filter::default());
+    };
+    let join = |v: Vec<&str>| (!v.is_empty()).then(|| v.join(","));
+    let levels = join(
+        f.levels
+            .iter()
+            .filter_map(|l| level_from_pb(*l))
+            .map(Level::as_str)
+            .collect(),
+    );
+    let streams = join(
+        f.streams
+            .iter()
+            .map(|s| stream_from_pb(*s).as_str())
+            .collect(),
+    );
+    let steps = join(f.steps.iter().map(String::as_str).collect());
+    let time = |ns: i64| (ns != 0).then(|| logstream_model::time::format_rfc3339(ns));
+    let (since, until) = (time(f.since_unix_nanos), time(f.until_unix_nanos));
+    read::filter(&FilterParams {
+        level: levels.as_deref(),
+        step: steps.as_deref(),
+        stream: streams.as_deref(),
+        since: since.as_deref(),
+        until: until.as_deref(),
+        q: Some(f.query.as_str()),
+    })
+}
+
+fn line_to_pb(l: &crate::hub::WireLine) -> pb::StoredLine {
+    pb::StoredLine {
+        seq: l.seq(),
+        cursor: l.cursor.clone(),
+        line: Some(pb::Line {
+            ts_unix_nanos: l.record.ts,
+            step: l.record.step.clone(),
+            stream: stream_to_pb(l.record.stream) as i32,
+            level: level_to_pb(l.record.level) as i32,
+            message: l.record.message.clone(),
+            metadata: l.record.metadata.clone().into_iter().collect(),
+        }),
+    }
 }
 
 #[tonic::async_trait]
 impl pb::tail_server::Tail for Services {
     type SubscribeStream = BoxStream<pb::SubscribeResponse>;
 
+    /// gRPC encoding of a viewer session: line batches, then `End`; a session closed by
+    /// token expiry ends with `UNAUTHENTICATED` (`auth_expired: ...`), one closed by
+    /// shutdown with `UNAVAILABLE` (`shutting_down: ...`). Heartbeats are HTTP/2's own.
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let p = principal(&self.0, &req).await?;
+        let client = req.remote_addr();
         let r = req.into_inner();
-        let id = log_id(&p, &r.deployment, Scope::Read)?;
+        let id = access::deployment(&p, &r.deployment, Scope::Read).map_err(status)?;
         let start = if !r.cursor.is_empty() {
-            Start::After(
-                Cursor::decode(&r.cursor, &id.tenant, &id.deployment)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
-                    .seq,
-            )
+            Start::After(read::cursor(&r.cursor, &id, "cursor").map_err(status)?.seq)
         } else if r.tail > 0 {
             Start::Tail(r.tail as usize)
         } else {
             Start::After(0)
         };
-        let filter = match r.filter {
-            None => Filter::default(),
-            Some(f) => {
-                let mut filter = Filter {
-                    steps: f.steps,
-                    since: (f.since_unix_nanos != 0).then_some(f.since_unix_nanos),
-                    until: (f.until_unix_nanos != 0).then_some(f.until_unix_nanos),
-                    ..Filter::default()
-                };
-                if !f.levels.is_empty() {
-                    filter.levels = f
-                        .levels
-                        .iter()
-                        .filter_map(|l| level_from_pb(*l))
-                        .fold(LevelSet::EMPTY, LevelSet::with);
-                }
-                if f.streams.len() == 1 {
-                    filter.stream = Some(stream_from_pb(f.streams[0]));
-                }
-                if !f.query.is_empty() {
-                    filter.query = Some(
-                        regex::RegexBuilder::new(&f.query)
-                            .size_limit(1 << 20)
-                            .build()
-                            .map_err(|e| Status::invalid_argument(format!("query: {e}")))?,
-                    );
-                }
-                filter
-            }
-        };
-        let s = self.0.clone();
-        let log = s
-            .store
-            .log(&id, false)
-            .map_err(ApiError::from)?
-            .ok_or_else(|| Status::from(ApiError::not_found()))?;
-        let slot = ViewerSlot::acquire(&s, &id, &p, None)?;
-        let mut viewer = live::spawn(s.clone(), log, start, filter).await;
+        let filter = filter(r.filter).map_err(status)?;
+        let mut session = Session::open(&self.0, &p, &id, start, filter, client)
+            .await
+            .map_err(status)?;
         let (tx, rx) = mpsc::channel(4);
-        let mut shutdown = s.shutdown.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             loop {
                 let ev = tokio::select! {
-                    ev = viewer.recv() => ev,
-                    _ = shutdown.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("gateway restarting; resubscribe with the last cursor"))).await;
-                        return;
-                    }
+                    ev = session.next() => ev,
+                    () = tx.closed() => return,
                 };
-                let lines = match ev {
-                    Some(ViewerEvent::Lines(lines)) => lines,
-                    Some(ViewerEvent::Frame(frame)) => frame.lines.to_vec(),
-                    Some(ViewerEvent::End(c)) => {
-                        let _ = tx
-                            .send(Ok(pb::SubscribeResponse {
-                                event: Some(pb::subscribe_response::Event::End(pb::End {
-                                    status: c.status.as_str().into(),
-                                    exit_code: c.exit_code,
-                                })),
-                            }))
-                            .await;
-                        return;
-                    }
+                let msg = match ev {
                     None => return,
-                };
-                let msg = {
-                    {
+                    Some(SessionEvent::Heartbeat) => continue,
+                    Some(SessionEvent::Lines(lines)) => {
                         pb::subscribe_response::Event::Lines(pb::LineBatch {
-                            lines: lines
-                                .iter()
-                                .map(|l| pb::StoredLine {
-                                    seq: l.seq(),
-                                    cursor: l.cursor.clone(),
-                                    line: Some(pb::Line {
-                                        ts_unix_nanos: l.record.ts,
-                                        step: l.record.step.clone(),
-                                        stream: stream_to_pb(l.record.stream) as i32,
-                                        level: level_to_pb(l.record.level) as i32,
-                                        message: l.record.message.clone(),
-                                        metadata: l.record.metadata.clone().into_iter().collect(),
-                                    }),
-                                })
-                                .collect(),
+                            lines: lines.iter().map(|l| line_to_pb(l)).collect(),
                         })
+                    }
+                    Some(SessionEvent::Frame(frame)) => {
+                        pb::subscribe_response::Event::Lines(pb::LineBatch {
+                            lines: frame.lines.iter().map(|l| line_to_pb(l)).collect(),
+                        })
+                    }
+                    Some(SessionEvent::End(c)) => pb::subscribe_response::Event::End(pb::End {
+                        status: c.status.as_str().into(),
+                        exit_code: c.exit_code,
+                    }),
+                    Some(SessionEvent::Closed(e)) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
                     }
                 };
                 if tx

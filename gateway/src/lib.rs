@@ -11,17 +11,18 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod core;
 pub mod edge;
 pub mod grpc;
+pub mod http;
 pub mod hub;
-pub mod ingest;
-pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod quota;
 pub mod server;
-pub mod store;
+pub use logstream_store as store;
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use logstream_gateway::auth::{Authenticator, Scope};
 use logstream_gateway::config::{Config, Role};
-use logstream_gateway::server::{self, AppState, Listeners};
+use logstream_gateway::core::Gateway;
+use logstream_gateway::server::{self, Listeners};
 use logstream_gateway::store::{self, LogId, Store, StoreConfig, StoreHooks};
 
 #[derive(Parser)]
@@ -166,7 +167,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = Listeners::bind(config.listen, config.grpc_listen).await?;
         let http = listeners.http.local_addr()?;
         let grpc = listeners.grpc.local_addr()?;
-        let state = AppState::open(config.clone(), shutdown_rx)?;
+        let state = Gateway::open(config.clone(), shutdown_rx)?;
         if !config.accept_hs256 {
             println!("logstream gateway ready (role {}): HTTP http://{http}, gRPC {grpc}; tokens come from the configured public keys", format!("{:?}", config.role).to_lowercase());
             return server::serve(state, listeners, shutdown_tx, server::shutdown_signal()).await;

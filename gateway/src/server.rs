@@ -1,221 +1,15 @@
-//! The gateway process: shared state, the HTTP and gRPC servers on one runtime, the
-//! retention task, and graceful shutdown.
+//! The wiring: the HTTP and gRPC transports over the gateway core on one runtime, the
+//! retention task, and graceful shutdown. The state itself is `crate::core::Gateway`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::store::{LogId, Store, StoreConfig, StoreHooks, SystemClock};
-
-/// Everything handlers share.
-pub struct AppState {
-    pub config: Config,
-    pub store: Store,
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    /// Live viewers per tenant and per deployment, for the limits.
-    pub viewer_counts: Mutex<crate::live::ViewerCounts>,
-    /// Flips to true at shutdown: live streams tell their viewers to reconnect.
-    pub shutdown: watch::Receiver<bool>,
-    /// The redactor of tenants without an override, shared by their deployments.
-    pub redactor: Arc<logstream_model::redact::Redactor>,
-    /// Per-tenant redactors (`tenant_redaction` in the config).
-    pub tenant_redactors: HashMap<String, Arc<logstream_model::redact::Redactor>>,
-    /// Per running deployment: registered secret values, `::add-mask::` values and PEM
-    /// state. Held in memory only (never stored); dropped when the deployment completes.
-    pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
-    /// The audit log writer.
-    pub audit: crate::audit::Audit,
-    /// Per-tenant quota book-keeping.
-    pub quotas: crate::quota::Quotas,
-}
-
-impl AppState {
-    /// Records an audit event for `subject` on `tenant`/`deployment`.
-    pub fn audit(
-        &self,
-        action: &str,
-        subject: &str,
-        tenant: &str,
-        deployment: &str,
-        result: &str,
-        client: Option<std::net::SocketAddr>,
-    ) {
-        self.audit.record(crate::audit::AuditEvent {
-            action: action.to_owned(),
-            subject: subject.to_owned(),
-            tenant: tenant.to_owned(),
-            deployment: deployment.to_owned(),
-            result: result.to_owned(),
-            client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
-        });
-    }
-
-    /// The redaction state of a deployment (created on first use).
-    pub fn stream_redactor(
-        &self,
-        id: &LogId,
-    ) -> Arc<Mutex<logstream_model::redact::StreamRedactor>> {
-        self.redaction
-            .lock()
-            .entry(id.clone())
-            .or_insert_with(|| {
-                let r = self
-                    .tenant_redactors
-                    .get(&id.tenant)
-                    .unwrap_or(&self.redactor);
-                Arc::new(Mutex::new(logstream_model::redact::StreamRedactor::new(
-                    r.clone(),
-                )))
-            })
-            .clone()
-    }
-}
-
-impl AppState {
-    /// Opens the store under `config.data_dir` and loads (or creates) the signing key.
-    pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<AppState>> {
-        config.validate()?;
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(config.viewer_queue, metrics.clone()));
-        let hooks = StoreHooks {
-            clock: Arc::new(SystemClock),
-            listener: hub.clone(),
-            faults: Default::default(),
-        };
-        let store_cfg = StoreConfig {
-            zstd_level: config.zstd_level,
-            ..StoreConfig::default()
-        };
-        let store = Store::open(config.data_dir.join("store"), store_cfg, hooks)?;
-        let key_path = config
-            .signing_key_file
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
-        let key = Authenticator::load_or_create_key(&key_path)
-            .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
-        let mut auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
-        let mut keys = Vec::new();
-        for k in &config.public_keys {
-            let alg: jsonwebtoken::Algorithm = k.alg.parse().map_err(|_| anyhow::anyhow!("invalid configuration: public_keys: alg {:?} is not one of RS256, RS384, RS512, PS256, ES256, ES384, EdDSA", k.alg))?;
-            let pem = std::fs::read(&k.file).map_err(|e| {
-                anyhow::anyhow!(
-                    "invalid configuration: public_keys: {}: {e}",
-                    k.file.display()
-                )
-            })?;
-            keys.push(
-                crate::auth::PublicKey::from_pem(&pem, alg, k.kid.clone()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: public_keys: {}: {e}",
-                        k.file.display()
-                    )
-                })?,
-            );
-        }
-        auth = auth.with_public_keys(keys);
-        if let Some(f) = &config.jwks_file {
-            auth = auth
-                .with_jwks_file(f.clone())
-                .map_err(|e| anyhow::anyhow!("invalid configuration: jwks_file: {e}"))?;
-        }
-        if !config.accept_hs256 {
-            auth = auth.without_hs256();
-        }
-        let mut issuers = Vec::new();
-        for i in &config.service_account_issuers {
-            let mut http = reqwest::Client::builder();
-            if let Some(ca) = &i.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
-                        ca.display()
-                    )
-                })?;
-                for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
-                        ca.display()
-                    )
-                })? {
-                    http = http.add_root_certificate(cert);
-                }
-            }
-            let http = http
-                .build()
-                .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-            issuers.push(
-                crate::auth::SaIssuer::new(
-                    i.issuer.clone(),
-                    i.audience.clone(),
-                    i.jwks_url.clone(),
-                    http,
-                )
-                .with_token_file(i.token_file.clone()),
-            );
-        }
-        let mappings = config
-            .service_accounts
-            .iter()
-            .map(|m| crate::auth::SaMapping {
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
-                tenant: m.tenant.clone(),
-                scopes: m
-                    .scopes
-                    .iter()
-                    .filter_map(|s| crate::auth::Scope::parse(s))
-                    .collect(),
-            })
-            .collect();
-        auth = auth.with_service_accounts(issuers, mappings);
-        if let Some(url) = &config.jwks_url {
-            auth = auth.with_jwks_url(url.clone(), reqwest::Client::new());
-        }
-        let audit = crate::audit::Audit::start(&store, metrics.clone())?;
-        let redactor = Arc::new(
-            config
-                .redaction
-                .build()
-                .map_err(|e| anyhow::anyhow!("invalid configuration: redaction: {e}"))?,
-        );
-        let mut tenant_redactors = HashMap::new();
-        for (tenant, r) in &config.tenant_redaction {
-            let built = r.build().map_err(|e| {
-                anyhow::anyhow!("invalid configuration: tenant_redaction: {tenant}: {e}")
-            })?;
-            tenant_redactors.insert(tenant.clone(), Arc::new(built));
-        }
-        let quotas = crate::quota::Quotas::new(
-            config.quotas,
-            config.tenant_quotas.clone().into_iter().collect(),
-        );
-        Ok(Arc::new(AppState {
-            audit,
-            quotas,
-            config,
-            store,
-            hub,
-            auth,
-            metrics,
-            viewer_counts: Mutex::new(crate::live::ViewerCounts::default()),
-            shutdown,
-            redactor,
-            tenant_redactors,
-            redaction: Mutex::new(HashMap::new()),
-        }))
-    }
-}
+use crate::core::Gateway;
 
 /// Bound listeners, so tests can bind port 0 and read the addresses.
 pub struct Listeners {
@@ -238,12 +32,12 @@ impl Listeners {
 /// Serves HTTP and gRPC until `stop` resolves, then shuts down gracefully: stops
 /// accepting, tells live viewers to reconnect, lets in-flight requests finish.
 pub async fn serve(
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     listeners: Listeners,
     shutdown_tx: watch::Sender<bool>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = crate::api::app(state.clone());
+    let app = crate::http::app(state.clone());
     let grpc = crate::grpc::routes(state.clone());
     let retention = tokio::spawn(retention_loop(state.clone()));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -346,7 +140,7 @@ async fn serve_http(
 
 /// Deletes expired segments every `retention_interval` (each deletion is audited) and
 /// forgets the handles of idle completed logs.
-async fn retention_loop(state: Arc<AppState>) {
+async fn retention_loop(state: Arc<Gateway>) {
     let mut tick = tokio::time::interval(state.config.retention_interval());
     loop {
         tick.tick().await;
@@ -407,7 +201,7 @@ pub struct Running {
     pub http: String,
     /// `http://127.0.0.1:PORT` of the gRPC listener.
     pub grpc: String,
-    pub state: Arc<AppState>,
+    pub state: Arc<Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -420,7 +214,7 @@ impl Running {
         let listeners = Listeners::bind(config.listen, config.grpc_listen).await?;
         let http = format!("http://{}", listeners.http.local_addr()?);
         let grpc = format!("http://{}", listeners.grpc.local_addr()?);
-        let state = AppState::open(config, shutdown_rx)?;
+        let state = Gateway::open(config, shutdown_rx)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(state.clone(), listeners, shutdown_tx, async move {
             let _ = stopped.await;

@@ -10,14 +10,14 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::Config;
-use logstream_gateway::server::{self, AppState};
+use logstream_gateway::server;
 use logstream_proto::v1 as pb;
 use serde_json::{Value, json};
 
 struct Gateway {
     http: String,
     grpc: String,
-    state: Arc<AppState>,
+    state: Arc<logstream_gateway::core::Gateway>,
     running: server::Running,
 }
 
@@ -955,7 +955,7 @@ async fn grpc_push_acks_durably_dedups_and_tail_subscribes_from_a_cursor() {
         .complete(pb::CompleteRequest {
             deployment: "g".into(),
             status: "succeeded".into(),
-            exit_code: 0,
+            exit_code: Some(0),
         })
         .await
         .unwrap();
@@ -1005,7 +1005,7 @@ async fn grpc_without_a_valid_token_is_unauthenticated() {
         .complete(pb::CompleteRequest {
             deployment: "x".into(),
             status: "succeeded".into(),
-            exit_code: 0,
+            exit_code: Some(0),
         })
         .await
         .unwrap_err();
@@ -1060,7 +1060,7 @@ async fn probes_metrics_and_openapi_documents_every_route() {
         .json()
         .await
         .unwrap();
-    let src = include_str!("../src/api.rs");
+    let src = include_str!("../src/http.rs");
     let mut routes = HashMap::new();
     for line in src
         .lines()

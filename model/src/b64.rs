@@ -1,51 +1,53 @@
-//! Base64 without padding, in the standard and URL-safe alphabets (RFC 4648).
+//! Base64 without padding, in the standard and URL-safe alphabets (RFC 4648), on the
+//! `base64` crate.
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, NO_PAD};
+use base64::engine::{DecodePaddingMode, general_purpose};
+
+/// Which of the two alphabets to encode with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alphabet {
+    /// `A-Z a-z 0-9 + /`
+    Standard,
+    /// `A-Z a-z 0-9 - _`
+    UrlSafe,
+}
 
 /// `A-Z a-z 0-9 + /`
-pub const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub const STANDARD: Alphabet = Alphabet::Standard;
 /// `A-Z a-z 0-9 - _`
-pub const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+pub const URL_SAFE: Alphabet = Alphabet::UrlSafe;
+
+/// Decoding: padding optional, unused trailing bits ignored.
+const LENIENT: GeneralPurposeConfig = NO_PAD
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
 
 /// Encodes `bytes` without `=` padding.
-pub fn encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// The 6-bit value of a character of either alphabet.
-pub fn value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' | b'-' => Some(62),
-        b'/' | b'_' => Some(63),
-        _ => None,
+pub fn encode(bytes: &[u8], alphabet: Alphabet) -> String {
+    match alphabet {
+        Alphabet::Standard => general_purpose::STANDARD_NO_PAD.encode(bytes),
+        Alphabet::UrlSafe => general_purpose::URL_SAFE_NO_PAD.encode(bytes),
     }
 }
 
-/// Decodes either alphabet, with or without `=` padding; `None` on any other character.
+/// Decodes either alphabet, with or without `=` padding; `None` on any other character
+/// (or a length no encoding has).
 pub fn decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        acc = (acc << 6) | u32::from(value(c)?);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
+    let url = s.contains(['-', '_']);
+    if url && s.contains(['+', '/']) {
+        return None; // one alphabet or the other
     }
-    Some(out)
+    let engine = if url {
+        &URL_SAFE_LENIENT
+    } else {
+        &STANDARD_LENIENT
+    };
+    engine.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -62,5 +64,17 @@ mod tests {
         assert_eq!(encode(b"hello", STANDARD), "aGVsbG8");
         assert_eq!(decode("aGVsbG8="), Some(b"hello".to_vec()));
         assert_eq!(decode("a b"), None);
+    }
+
+    #[test]
+    fn alphabets_differ_only_in_the_last_two_characters() {
+        let data = b"\xfb\xff\xbf";
+        assert_eq!(encode(data, STANDARD), "+/+/");
+        assert_eq!(encode(data, URL_SAFE), "-_-_");
+        assert_eq!(decode("+/+/").as_deref(), Some(&data[..]));
+        assert_eq!(decode("-_-_").as_deref(), Some(&data[..]));
+        assert_eq!(decode("+_-/"), None, "mixed alphabets");
+        // Unused trailing bits are ignored, as before.
+        assert_eq!(decode("aGVsbG9"), Some(b"hello".to_vec()));
     }
 }

@@ -126,32 +126,21 @@ fn base64url_encode(raw: &[u8; RAW_LEN]) -> String {
 /// Strict decoding: URL-safe characters only, exactly `RAW_LEN` bytes, unused bits zero
 /// (so every cursor has exactly one spelling).
 fn base64url_decode(s: &str) -> Result<[u8; RAW_LEN], CursorError> {
-    let mut raw = [0u8; RAW_LEN];
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    let mut len = 0;
-    for c in s.chars() {
-        let v = match c {
-            '+' | '/' => None,
-            c if c.is_ascii() => crate::b64::value(c as u8),
-            _ => None,
-        }
-        .map(u32::from)
-        .ok_or(CursorError::Character(c))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            raw[len] = (acc >> bits) as u8;
-            len += 1;
-            acc &= (1 << bits) - 1;
-        }
+    use base64::Engine as _;
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(CursorError::Character(c));
     }
-    // 39 characters carry 234 bits: 232 of data and 2 that must be zero.
-    if acc != 0 || len != RAW_LEN {
-        return Err(CursorError::NonCanonical);
+    // 39 characters carry 234 bits: 232 of data and 2 that must be zero (the engine
+    // refuses set trailing bits).
+    // (The engine wants room for its length estimate, up to 2 bytes more.)
+    let mut buf = [0u8; RAW_LEN + 3];
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut buf) {
+        Ok(RAW_LEN) => Ok(buf[..RAW_LEN].try_into().expect("RAW_LEN bytes")),
+        _ => Err(CursorError::NonCanonical),
     }
-    Ok(raw)
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ pub struct FilterParams<'a> {
 impl Filter {
     /// Builds a filter from query parameters; `now` resolves relative times (`since=10m`).
     /// `step` may list several steps separated by commas.
+    /// `stream` may list both streams (`stdout,stderr`), which keeps every line.
     pub fn parse(p: &FilterParams<'_>, now: i64) -> Result<Filter, FilterError> {
         let mut f = Filter::default();
         if let Some(level) = p.level.filter(|s| !s.is_empty()) {
@@ -67,9 +68,20 @@ impl Filter {
                 .filter(|s| !s.is_empty())
                 .collect();
         }
-        if let Some(stream) = p.stream.filter(|s| !s.is_empty()) {
-            f.stream =
-                Some(Stream::parse(stream).ok_or_else(|| FilterError::Stream(stream.to_owned()))?);
+        if let Some(list) = p.stream.filter(|s| !s.is_empty()) {
+            // One stream, or a list: both streams is no stream filter at all.
+            let mut seen = [false; 2];
+            for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match Stream::parse(s).ok_or_else(|| FilterError::Stream(s.to_owned()))? {
+                    Stream::Stdout => seen[0] = true,
+                    Stream::Stderr => seen[1] = true,
+                }
+            }
+            f.stream = match seen {
+                [true, false] => Some(Stream::Stdout),
+                [false, true] => Some(Stream::Stderr),
+                _ => None,
+            };
         }
         let time = |param: &'static str, v: Option<&str>| -> Result<Option<i64>, FilterError> {
             match v.filter(|s| !s.is_empty()) {
@@ -148,6 +160,26 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_may_be_a_list_and_both_streams_keep_everything() {
+        let f = |v: &str| {
+            Filter::parse(
+                &FilterParams {
+                    stream: Some(v),
+                    ..FilterParams::default()
+                },
+                0,
+            )
+        };
+        assert_eq!(f("stderr").unwrap().stream, Some(Stream::Stderr));
+        assert_eq!(f("stderr,stderr").unwrap().stream, Some(Stream::Stderr));
+        assert!(f("stdout,stderr").unwrap().is_all());
+        assert_eq!(
+            f("stdout,bogus").unwrap_err(),
+            FilterError::Stream("bogus".into())
+        );
+    }
 
     #[test]
     fn bad_parameters_name_themselves() {

@@ -21,7 +21,9 @@ mod id;
 mod level;
 mod record;
 pub mod redact;
+pub mod retry;
 pub mod time;
+pub mod wire;
 
 pub use cursor::{Cursor, CursorError};
 pub use filter::{Filter, FilterError, FilterParams};

@@ -1,5 +1,8 @@
-//! A live viewer: history from the store, then the broadcast, with no gap and no
-//! duplicate across the boundary, and catch-up from the store whenever it falls behind.
+//! A viewer follows a deployment live: history from the store, then the broadcast, with
+//! no gap and no duplicate across the boundary, and catch-up from the store whenever it
+//! falls behind. `Session` is the one viewer loop every transport drives (SSE,
+//! WebSocket, gRPC `Tail.Subscribe`): lines, heartbeats, completion, token expiry and
+//! shutdown, in that one place; each transport only encodes its events.
 //!
 //! ```text
 //! subscribe to hub ──> read store pages after the cursor ──> follow broadcast
@@ -12,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use logstream_model::Filter;
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::api::ApiError;
+use crate::core::{Error, Gateway, Result};
 use crate::hub::{Frame, LiveEvent, WireLine};
-use crate::server::AppState;
 use crate::store::{Completion, DeploymentLog, Direction, LogId};
 
 /// What a viewer receives.
@@ -46,7 +50,7 @@ const MAX_EVENT_BYTES: usize = 256 << 10;
 
 /// Starts a viewer task; events arrive on the returned channel.
 pub async fn spawn(
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     log: Arc<DeploymentLog>,
     start: Start,
     filter: Filter,
@@ -64,7 +68,7 @@ pub async fn spawn(
             state: state.clone(),
         };
         if let Err(e) = viewer.run(live, start).await {
-            tracing::warn!(error = %e.message, "live viewer ended with an error");
+            tracing::warn!(error = %e, "viewer ended with an error");
         }
         state.metrics.live_viewers.dec();
     });
@@ -77,18 +81,14 @@ struct Viewer {
     tx: mpsc::Sender<ViewerEvent>,
     /// Highest seq delivered or skipped by the filter.
     last: u64,
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
 }
 
 /// The viewer went away.
 struct Gone;
 
 impl Viewer {
-    async fn run(
-        &mut self,
-        mut live: broadcast::Receiver<LiveEvent>,
-        start: Start,
-    ) -> Result<(), ApiError> {
+    async fn run(&mut self, mut live: broadcast::Receiver<LiveEvent>, start: Start) -> Result<()> {
         let id = self.log.id.clone();
         match start {
             Start::After(seq) => self.last = seq,
@@ -230,7 +230,7 @@ impl Viewer {
     }
 
     /// Reads from the store after `self.last` up to `until` (or everything durable).
-    async fn catch_up(&mut self, until: Option<u64>) -> Result<Result<(), Gone>, ApiError> {
+    async fn catch_up(&mut self, until: Option<u64>) -> Result<std::result::Result<(), Gone>> {
         loop {
             if until.is_some_and(|u| self.last >= u) {
                 return Ok(Ok(()));
@@ -241,9 +241,7 @@ impl Viewer {
             let p = tokio::task::spawn_blocking(move || {
                 page.read(Direction::Forward, from, &filter, CATCH_UP_PAGE)
             })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::from)?;
+            .await??;
             let lines: Vec<_> = p
                 .records
                 .into_iter()
@@ -259,7 +257,7 @@ impl Viewer {
         }
     }
 
-    async fn send(&self, lines: Vec<Arc<WireLine>>) -> Result<(), Gone> {
+    async fn send(&self, lines: Vec<Arc<WireLine>>) -> std::result::Result<(), Gone> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -276,11 +274,9 @@ async fn read(
     from: u64,
     filter: Filter,
     limit: usize,
-) -> Result<Vec<logstream_model::LogRecord>, ApiError> {
+) -> Result<Vec<logstream_model::LogRecord>> {
     let log = log.clone();
-    let page = tokio::task::spawn_blocking(move || log.read(dir, from, &filter, limit))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let page = tokio::task::spawn_blocking(move || log.read(dir, from, &filter, limit)).await??;
     Ok(page.records)
 }
 
@@ -305,7 +301,8 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 /// Viewer-count guard: counts a viewer against its tenant, deployment and token limits
 /// while it lives; opening and closing are audited.
 pub struct ViewerSlot {
-    state: Arc<AppState>,
+    counts: Arc<Mutex<ViewerCounts>>,
+    audit: crate::audit::Audit,
     id: LogId,
     subject: String,
     token: String,
@@ -313,13 +310,13 @@ pub struct ViewerSlot {
 }
 
 impl ViewerSlot {
-    /// Takes a slot or says which limit is reached (429).
+    /// Takes a slot or says which limit is reached (`too_many`, retry after 5 s).
     pub fn acquire(
-        state: &Arc<AppState>,
+        state: &Gateway,
         id: &LogId,
         who: &crate::auth::Principal,
         client: Option<std::net::SocketAddr>,
-    ) -> Result<ViewerSlot, ApiError> {
+    ) -> Result<ViewerSlot> {
         let token = format!("{}/{:x}", who.tenant, who.token_id);
         let mut counts = state.viewer_counts.lock();
         let c = &state.config;
@@ -345,11 +342,12 @@ impl ViewerSlot {
         ];
         for (code, now, limit, what) in checks {
             if now >= limit {
-                return Err(ApiError::too_many(
+                return Err(Error::too_many(
                     code,
                     format!(
                         "{what} already has {now} live streams (limit {limit}); close some streams or raise the limit"
                     ),
+                    Duration::from_secs(5),
                 ));
             }
         }
@@ -366,7 +364,8 @@ impl ViewerSlot {
             client,
         );
         Ok(ViewerSlot {
-            state: state.clone(),
+            counts: state.viewer_counts.clone(),
+            audit: state.audit.clone(),
             id: id.clone(),
             subject: who.subject.clone(),
             token,
@@ -377,17 +376,98 @@ impl ViewerSlot {
 
 impl Drop for ViewerSlot {
     fn drop(&mut self) {
-        self.state.audit(
-            "stream_close",
-            &self.subject,
-            &self.id.tenant,
-            &self.id.deployment,
-            "ok",
-            self.client,
-        );
-        let mut counts = self.state.viewer_counts.lock();
+        self.audit.record(crate::audit::AuditEvent {
+            action: "stream_close".into(),
+            subject: std::mem::take(&mut self.subject),
+            tenant: self.id.tenant.clone(),
+            deployment: self.id.deployment.clone(),
+            result: "ok".into(),
+            client: self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
+        });
+        let mut counts = self.counts.lock();
         dec(&mut counts.tenants, &self.id.tenant);
         dec(&mut counts.deployments, &self.id);
         dec(&mut counts.tokens, &self.token);
+    }
+}
+
+/// What a session hands its transport to encode.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// Lines in seq order, filtered.
+    Lines(Vec<Arc<WireLine>>),
+    /// A whole commit group, already framed for SSE and WebSocket.
+    Frame(Arc<Frame>),
+    /// Nothing happened for a heartbeat interval (transports without their own
+    /// keep-alive send something so proxies keep the connection).
+    Heartbeat,
+    /// The deployment completed: the last event.
+    End(Completion),
+    /// The session ends with this error: `auth_expired` when the token expired,
+    /// `shutting_down` when the gateway is stopping. The last event.
+    Closed(Error),
+}
+
+/// One viewer's session: the viewer task's events, heartbeats, the token's expiry and the
+/// gateway's shutdown, merged in one place for every transport. Holds the viewer's slot
+/// (limits, audit) for as long as it lives; dropping it ends the viewer task.
+pub struct Session {
+    rx: mpsc::Receiver<ViewerEvent>,
+    heartbeat: tokio::time::Interval,
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+    _slot: ViewerSlot,
+}
+
+impl Session {
+    /// Opens a session for `who` on deployment `id` (already access-checked): takes a
+    /// viewer slot, finds the deployment and starts its viewer task.
+    pub async fn open(
+        state: &Arc<Gateway>,
+        who: &crate::auth::Principal,
+        id: &LogId,
+        start: Start,
+        filter: Filter,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<Session> {
+        let log = state.existing_log(id).await?;
+        let slot = ViewerSlot::acquire(state, id, who, client)?;
+        let now = crate::core::read::now_ns().max(0) as u64 / 1_000_000_000;
+        let expires_in = Duration::from_secs(who.expires_at.saturating_sub(now));
+        let heartbeat = Duration::from_secs(state.config.heartbeat_secs);
+        let rx = spawn(state.clone(), log, start, filter).await;
+        Ok(Session {
+            rx,
+            heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+            expiry: Box::pin(tokio::time::sleep(expires_in)),
+            shutdown: state.shutdown.clone(),
+            done: false,
+            _slot: slot,
+        })
+    }
+
+    /// The next event; `None` after the last one (or when the viewer task ended).
+    /// Cancel-safe: it may be raced against a transport's own events.
+    pub async fn next(&mut self) -> Option<SessionEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = tokio::select! {
+            ev = self.rx.recv() => match ev? {
+                ViewerEvent::Lines(lines) => SessionEvent::Lines(lines),
+                ViewerEvent::Frame(frame) => SessionEvent::Frame(frame),
+                ViewerEvent::End(c) => SessionEvent::End(c),
+            },
+            _ = self.heartbeat.tick() => SessionEvent::Heartbeat,
+            () = &mut self.expiry => SessionEvent::Closed(Error::auth_expired()),
+            _ = self.shutdown.wait_for(|down| *down) => SessionEvent::Closed(Error::shutting_down(
+                "the gateway is restarting; reconnect with the last cursor",
+            )),
+        };
+        if matches!(ev, SessionEvent::End(_) | SessionEvent::Closed(_)) {
+            self.done = true;
+        }
+        Some(ev)
     }
 }

@@ -1,4 +1,4 @@
-//! Ingest shared by HTTP and gRPC: lines in, durable ack out.
+//! Ingest, the same for every transport: lines in, durable ack out; and completion.
 //!
 //! Lines over `max_line_bytes` are split on character boundaries into parts marked
 //! `metadata.split = "i/n"` (never dropped, never cut without a marker); a missing level
@@ -10,8 +10,7 @@ use std::time::Instant;
 use logstream_model::redact::StreamRedactor;
 use logstream_model::{Cursor, Level, LogRecord, RedactionState, Stream};
 
-use crate::api::ApiError;
-use crate::server::AppState;
+use crate::core::{Error, Gateway, Result};
 use crate::store::{BatchId, Completion, LogId, Outcome};
 
 /// One line as a producer sends it.
@@ -90,12 +89,12 @@ fn to_records(
 /// Appends `lines` to `id` (creating the deployment on its first line) and returns once
 /// they are durable.
 pub async fn append(
-    state: &Arc<AppState>,
+    state: &Arc<Gateway>,
     id: &LogId,
     lines: Vec<IngestLine>,
     batch: Option<BatchId>,
     started: Instant,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply> {
     // Quotas first: an over-quota request does no work at all.
     let (lines_n, bytes_n) = (
         lines.len() as u64,
@@ -106,8 +105,7 @@ pub async fn append(
     let new_deployment = state.quotas.limits(&id.tenant).deployments_per_day > 0 && {
         let (s, lid) = (state.clone(), id.clone());
         tokio::task::spawn_blocking(move || s.store.log(&lid, false))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??
+            .await??
             .is_none()
     };
     state
@@ -115,14 +113,11 @@ pub async fn append(
         .check_ingest(&id.tenant, lines_n, bytes_n, new_deployment, || state.store.tenant_bytes(&id.tenant))
         .map_err(|q| {
             state.metrics.requests_refused.with_label_values(&[q.quota]).inc();
-            ApiError {
-                retry_after: Some(q.retry_after.as_secs().max(1)),
-                ..ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    "quota_exceeded",
-                    format!("tenant {} is over its {} quota ({}); nothing from this request was stored, retry after the Retry-After seconds", id.tenant, q.quota, q.limit),
-                )
-            }
+            Error::too_many(
+                "quota_exceeded",
+                format!("tenant {} is over its {} quota ({}); nothing from this request was stored, retry after the Retry-After seconds", id.tenant, q.quota, q.limit),
+                q.retry_after.max(std::time::Duration::from_secs(1)),
+            )
         })?;
     let records = {
         let redactor = state.stream_redactor(id);
@@ -143,8 +138,7 @@ pub async fn append(
         let log = s.store.log(&lid, true)?.expect("created");
         log.append(records, batch)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .await??;
     state
         .metrics
         .ack_latency
@@ -167,21 +161,38 @@ pub async fn append(
     })
 }
 
-/// Completes `id`: seals its log and ends its live streams.
+/// The exit code a completion records: the one given, else 0 for `succeeded` and 1
+/// otherwise. The one rule for every transport (gRPC's `exit_code` is `optional`, so
+/// "not given" is told apart from 0 there too).
+pub fn exit_code(status: Outcome, given: Option<i32>) -> i32 {
+    given.unwrap_or(if status == Outcome::Succeeded { 0 } else { 1 })
+}
+
+/// Parses a completion status as clients send it.
+pub fn parse_status(status: &str) -> Result<Outcome> {
+    Outcome::parse(status).ok_or_else(|| {
+        Error::invalid(
+            "invalid_status",
+            format!("status {status:?} is not succeeded, failed or cancelled"),
+        )
+    })
+}
+
+/// Completes `id`: seals its log and ends its viewers' sessions.
 pub async fn complete(
-    state: &Arc<AppState>,
+    state: &Arc<Gateway>,
     id: &LogId,
     status: Outcome,
-    exit_code: i32,
+    exit_code: Option<i32>,
     subject: &str,
-) -> Result<Completion, ApiError> {
+) -> Result<Completion> {
+    let exit_code = self::exit_code(status, exit_code);
     let (s, lid) = (state.clone(), id.clone());
     let c = tokio::task::spawn_blocking(move || {
         let log = s.store.log(&lid, true)?.expect("created");
         log.complete(status, exit_code)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .await??;
     state.redaction.lock().remove(id);
     state.audit(
         "complete",

@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use logstream_gateway::store::{Direction, LogId, Store, StoreConfig, StoreHooks, verify_dir};
 use logstream_model::{Filter, LogRecord};
+use logstream_store::{Direction, LogId, Store, StoreConfig, StoreHooks, verify_dir};
 use rand::Rng;
 
 const THREADS: usize = 4;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use logstream_gateway::store::{
+use logstream_model::{Filter, Level, LevelSet, LogRecord, Stream};
+use logstream_store::{
     BatchId, Clock, Direction, LogId, Outcome, Store, StoreConfig, StoreError, StoreHooks,
     verify_dir,
 };
-use logstream_model::{Filter, Level, LevelSet, LogRecord, Stream};
 use proptest::prelude::*;
 
 struct TestClock(AtomicI64);
@@ -520,12 +520,12 @@ fn compaction_rewrites_small_blocks_and_keeps_every_line() {
         log.append(vec![line(i)], None).unwrap();
     }
     assert!(
-        logstream_gateway::store::compact(&store, &id).is_err(),
+        logstream_store::compact(&store, &id).is_err(),
         "running logs are not compacted"
     );
     log.complete(Outcome::Succeeded, 0).unwrap();
     drop(log);
-    let (before, after) = logstream_gateway::store::compact(&store, &id).unwrap();
+    let (before, after) = logstream_store::compact(&store, &id).unwrap();
     assert_eq!((before.blocks, before.lines), (300, 300));
     assert_eq!(after.lines, 300);
     assert!(after.blocks < 5, "{after:?}");

@@ -1,4 +1,4 @@
-//! Segment store benchmark: `cargo bench -p logstream-gateway --bench store`.
+//! Segment store benchmark: `cargo bench -p logstream-store --bench store`.
 //!
 //! For every loghub sample and every captured CI log (`../shared/data/`), replayed as
 //! deployments:
@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use logstream_gateway::store::{Direction, LogId, Store, StoreConfig, StoreHooks};
 use logstream_model::{Filter, LogRecord};
+use logstream_store::{Direction, LogId, Store, StoreConfig, StoreHooks};
 use rand::Rng;
 
 fn data_dir() -> PathBuf {
@@ -261,11 +261,10 @@ fn main() {
                 }
                 sizes.push(dir_bytes(tmp.path()));
                 if *level == 3 {
-                    log.complete(logstream_gateway::store::Outcome::Succeeded, 0)
+                    log.complete(logstream_store::Outcome::Succeeded, 0)
                         .unwrap();
                     drop(log);
-                    logstream_gateway::store::compact(&store, &LogId::new("bench", "size"))
-                        .unwrap();
+                    logstream_store::compact(&store, &LogId::new("bench", "size")).unwrap();
                     compacted = dir_bytes(tmp.path());
                 }
             }

@@ -1,17 +1,50 @@
-//! The segment store: per (tenant, deployment), an append-only, hash-chained log of
-//! zstd-compressed blocks in segment files, fsync'd before acknowledging.
+//! logstream's segment store: per (tenant, deployment), an append-only, hash-chained
+//! log of zstd-compressed blocks in segment files, fsync'd before acknowledging.
 //!
 //! ```text
 //! <root>/tenants/<tenant>/deployments/<deployment>/
 //!     meta.json                       created_at, completion, retention anchor
 //!     producers.json                  last batch id per producer (at each roll)
+//!     steps.json                      step names in order of appearance
 //!     00000000000000000001.seg/.idx   segment + its sparse index (64 B per block)
 //!     00000000000000052341.seg/.idx   ...
 //! <root>/system/audit/                the audit log, same format
 //! ```
 //!
-//! See `format` for the bytes, `log` for append/read/recovery, `verify` for the tamper
-//! check. Everything here is synchronous; the gateway calls it from blocking threads.
+//! A segment file is named after the seq of its first line and holds a header and then
+//! blocks; the active (last) one is appended to and rolled past a size, block count or
+//! age ([`StoreConfig`]). A block carries its first seq, line count, min/max timestamp,
+//! level and stream masks, the step names and producer batches it holds, a CRC32C, and
+//! the BLAKE3 hash of the block before it. The `.idx` file is a cache of the block
+//! headers (64 B per block) and is rebuilt from the `.seg` when it does not match.
+//!
+//! Guarantees:
+//! - **Durable acknowledgement.** `append` returns once its lines are `fdatasync`'d.
+//!   Concurrent appends share one write and one fsync (group commit).
+//! - **Dense seqs.** The store assigns seqs per deployment, dense, starting at 1.
+//! - **Idempotent batches.** A batch whose id is not above the last stored one of its
+//!   source is stored once; the marks live in block headers and `producers.json`, so this
+//!   holds across restarts.
+//! - **Recovery.** Opening a log keeps the active segment's valid blocks and truncates a
+//!   torn or corrupt tail block (a write cut short by a crash was never acknowledged:
+//!   acknowledgement follows the fsync). An invalid block in a sealed segment is
+//!   reported as [`StoreError::Corrupt`], never skipped.
+//! - **I/O errors reach the writer.** A failed write is rolled back to the last block
+//!   boundary; if the rollback fails too, the log refuses appends until reopened.
+//! - **Tamper evidence.** An edited byte fails the CRC; a removed or reordered block
+//!   breaks the seq run and the hash chain. [`verify_dir`] checks both from the bytes on
+//!   disk, and [`compact`] refuses a log that fails it.
+//! - **Sealing and retention.** Completing a deployment seals its log. Retention deletes
+//!   whole sealed segments and first records in `meta.json` where the chain resumes, so
+//!   a trimmed log still verifies.
+//! - **Atomic metadata.** The `.json` files are written tmp, fsync, rename, fsync dir;
+//!   a reader tries a leftover tmp first. `meta.json` and `producers.json` are versioned.
+//! - **Readers never block the writer.** They read only durable lines, through the
+//!   index, without the writer lock.
+//!
+//! See `format` for the bytes, `log` for append/read/retention/recovery, `meta` for the
+//! metadata files, `verify` for the tamper check and compaction. Everything here is
+//! synchronous, with no async runtime; the gateway calls it from blocking threads.
 
 mod format;
 mod log;

@@ -1,0 +1,220 @@
+//! What tests of the gateway (and of its clients) need, in one place: a real gateway on
+//! loopback ports it bound itself (no bind-then-drop race), tokens, and the common
+//! client calls: push, complete, read every line, scrape a metric, follow over SSE.
+//! Compiled only with the `testkit` feature (the gateway's own tests enable it).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::auth::Scope;
+use crate::config::Config;
+use crate::core::Gateway;
+use crate::server::Running;
+
+/// A gateway serving on `127.0.0.1` ports chosen by the kernel and held from bind to
+/// shutdown.
+pub struct TestGateway {
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    /// `http://127.0.0.1:PORT` of the gRPC listener.
+    pub grpc: String,
+    pub state: Arc<Gateway>,
+    running: Running,
+}
+
+impl TestGateway {
+    /// Role `all` with its data under `dir`.
+    pub async fn start(dir: &Path) -> TestGateway {
+        TestGateway::start_with(dir, |_| {}).await
+    }
+
+    /// As `start`, with the configuration changed by `tweak` first.
+    pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = Config::loopback(dir);
+        tweak(&mut config);
+        let running = Running::start(config).await.expect("gateway starts");
+        TestGateway {
+            http: running.http.clone(),
+            grpc: running.grpc.clone(),
+            state: running.state.clone(),
+            running,
+        }
+    }
+
+    /// A token for `tenant` with `scopes`, valid for an hour.
+    pub fn token(&self, tenant: &str, scopes: &[Scope]) -> String {
+        self.token_for(tenant, scopes, Duration::from_secs(3600))
+    }
+
+    /// A token for `tenant` with `scopes`, valid for `ttl`.
+    pub fn token_for(&self, tenant: &str, scopes: &[Scope], ttl: Duration) -> String {
+        self.state.auth.mint("test", tenant, scopes, ttl, None)
+    }
+
+    /// Read, write and export on tenant `acme`.
+    pub fn rw(&self) -> String {
+        self.token("acme", &[Scope::Read, Scope::Write, Scope::Export])
+    }
+
+    /// Graceful shutdown, within 10 s.
+    pub async fn shutdown(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.running.shutdown())
+            .await
+            .expect("graceful shutdown in time")
+            .expect("clean shutdown");
+    }
+
+    /// Pushes `lines` (step `build`) to `id` over HTTP; asserts a 200 and returns the ack.
+    pub async fn push(&self, token: &str, id: &str, lines: &[String]) -> Value {
+        let body: String = lines
+            .iter()
+            .map(|l| json!({"message": l, "step": "build"}).to_string() + "\n")
+            .collect();
+        let r = client()
+            .post(format!("{}/v1/deployments/{id}/logs", self.http))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        r.json().await.expect("ack JSON")
+    }
+
+    /// Completes `id`; asserts a 200.
+    pub async fn complete(&self, token: &str, id: &str, status: &str, code: i32) {
+        let r = client()
+            .post(format!("{}/v1/deployments/{id}/complete", self.http))
+            .bearer_auth(token)
+            .json(&json!({"status": status, "exit_code": code}))
+            .send()
+            .await
+            .expect("complete");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+
+    /// GET `path` with `token`: the status and the JSON body (`Null` if not JSON).
+    pub async fn get_json(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = client()
+            .get(format!("{}{path}", self.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every line of `id`, paging through its history.
+    pub async fn read_all(&self, token: &str, id: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get_json(
+                    token,
+                    &format!("/v1/deployments/{id}/logs?limit=5000&cursor={cursor}"),
+                )
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let lines = page["lines"].as_array().cloned().unwrap_or_default();
+            let empty = lines.is_empty();
+            out.extend(lines);
+            cursor = page["next_cursor"].as_str().unwrap_or_default().to_owned();
+            if empty || page["complete"] == true {
+                return out;
+            }
+        }
+    }
+
+    /// The value of the first sample of `metric` on `/metrics` (`name` or
+    /// `name{labels}` as printed), or `None` when absent.
+    pub async fn metric(&self, metric: &str) -> Option<f64> {
+        scrape(&self.http, metric).await
+    }
+}
+
+/// The value of the first sample of `metric` (`name` or `name{labels}` as printed) on
+/// `base`'s `/metrics`.
+pub async fn scrape(base: &str, metric: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == metric).then(|| value.parse().ok())?
+    })
+}
+
+/// A client without automatic decompression (tests see the bytes the gateway sent).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .gzip(false)
+        .build()
+        .expect("HTTP client")
+}
+
+/// `"{prefix} {i}"` for each `i` in `range`.
+pub fn lines(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix} {i}")).collect()
+}
+
+/// The `seq` of each line JSON.
+pub fn seqs(v: &[Value]) -> Vec<u64> {
+    v.iter().map(|l| l["seq"].as_u64().expect("seq")).collect()
+}
+
+/// Binds a listener on a kernel-chosen loopback port and keeps it: hand it to the server
+/// instead of a port number, so no other process can take the port in between.
+pub async fn loopback_listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
+}
+
+/// An SSE event as tests look at it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: String,
+}
+
+/// Opens `id`'s live stream over SSE (`query` starts with `?` or is empty) and returns
+/// its events as they come.
+pub async fn sse_events(
+    base: &str,
+    token: &str,
+    id: &str,
+    query: &str,
+) -> impl futures::Stream<Item = SseEvent> + Unpin {
+    use eventsource_stream::Eventsource;
+    let resp = client()
+        .get(format!("{base}/v1/deployments/{id}/stream{query}"))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    Box::pin(
+        resp.bytes_stream()
+            .eventsource()
+            .filter_map(|ev| async move { ev.ok() })
+            .map(|ev| SseEvent {
+                event: ev.event,
+                id: ev.id,
+                data: ev.data,
+            }),
+    )
+}

@@ -1,0 +1,121 @@
+//! The HTTP API's JSON bodies as types, shared by the gateway (which writes them) and
+//! the CLI (which reads them), so both sides of the contract in ARCHITECTURE.md are
+//! checked by the compiler. Field names and shapes are the contract: change them only
+//! with the contract.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::RedactionState;
+
+/// Every error answer: `{"error":{"code","message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable snake_case `code` (see `crate::retry` for which a client may retry) and a
+/// message naming the problem and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: &str) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            },
+        }
+    }
+}
+
+/// One stored line as every reading door gives it (history, viewers, NDJSON export).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// Resume after this line (opaque).
+    pub cursor: String,
+    pub seq: u64,
+    /// RFC 3339 with nanoseconds.
+    pub ts: String,
+    pub step: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub level: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "RedactionState::is_empty")]
+    pub redaction: RedactionState,
+}
+
+/// `GET /v1/deployments/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub lines: Vec<Line>,
+    pub next_cursor: String,
+    /// Nothing more in this direction (and, forward, the deployment has completed).
+    pub complete: bool,
+}
+
+/// `POST /v1/deployments/{id}/logs`: the durable acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReply {
+    pub accepted: u64,
+    pub cursor: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The batch (`Logstream-Source` + `Logstream-Batch`) was stored before.
+    pub duplicate: bool,
+}
+
+/// `POST /v1/deployments/{id}/complete` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// Default: 0 when succeeded, else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// How a deployment ended: the completion answer, and the `end` event of viewers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub status: String,
+    pub exit_code: i32,
+    pub last_seq: u64,
+}
+
+/// One deployment (`GET /v1/deployments/{id}` and the items of the list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub lines: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub bytes: u64,
+    pub first_ts: Option<String>,
+    pub last_ts: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    /// Step names in the order of their first line.
+    pub steps: Vec<String>,
+    /// Live viewers now (only on `GET /v1/deployments/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<u64>,
+}
+
+/// `GET /v1/deployments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentList {
+    pub deployments: Vec<Deployment>,
+}
