@@ -92,8 +92,9 @@ async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: A
                     } else {
                         Level::Warn
                     };
+                    // The action is the event's own `action` field (in the message),
+                    // not the line's step: the audit log has no steps.
                     records.push(LogRecord {
-                        step: e.action.clone(),
                         level,
                         message: serde_json::to_string(&e).expect("event serialises"),
                         ..LogRecord::default()

@@ -706,6 +706,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_config_files_scope_names_are_exactly_the_scopes() {
+        use logstream_model::config::SCOPE_NAMES;
+        let every = [Scope::Write, Scope::Read, Scope::Export, Scope::Admin];
+        for s in every {
+            // A new variant breaks this match: add it to `every` and to SCOPE_NAMES.
+            match s {
+                Scope::Write | Scope::Read | Scope::Export | Scope::Admin => {}
+            }
+            assert!(SCOPE_NAMES.contains(&s.as_str()), "{s:?}");
+        }
+        for name in SCOPE_NAMES {
+            assert_eq!(Scope::parse(name).map(Scope::as_str), Some(name));
+        }
+        assert_eq!(SCOPE_NAMES.len(), every.len());
+    }
+
+    #[test]
     fn minted_tokens_verify_and_bad_ones_say_why() {
         let a = Authenticator::hs256(b"secret-one", None, None);
         let t = a.mint(

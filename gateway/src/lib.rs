@@ -20,7 +20,6 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod metrics;
-pub mod openapi;
 pub mod quota;
 pub mod server;
 pub use logstream_store as store;

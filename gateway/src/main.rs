@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use logstream_gateway::auth::{Authenticator, Scope};
-use logstream_gateway::config::{Config, Role};
+use logstream_gateway::config::{self, Config, Role};
 use logstream_gateway::core::Gateway;
 use logstream_gateway::server::{self, Listeners};
 use logstream_gateway::store::{self, LogId, Store, StoreConfig, StoreHooks};
@@ -40,7 +40,7 @@ enum Command {
 #[derive(Args, Clone, Default)]
 struct ServeArgs {
     /// What to serve.
-    #[arg(long, env = "LOGSTREAM_ROLE", value_enum)]
+    #[arg(long, env = "LOGSTREAM_ROLE", value_parser = role_parser())]
     role: Option<Role>,
     /// HTTP listen address [default: 127.0.0.1:8080].
     #[arg(long, env = "LOGSTREAM_LISTEN")]
@@ -101,6 +101,13 @@ struct StoreTarget {
     deployment: Option<String>,
 }
 
+/// `--role`: one of the file format's role names (listed in `--help`).
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        .try_map(|s| s.parse::<Role>())
+}
+
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let ServeArgs {
         role,
@@ -110,7 +117,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config,
     } = args.clone();
     let mut c = match &config {
-        Some(p) => Config::from_file(p)?,
+        Some(p) => config::from_file(p)?,
         None => Config::default(),
     };
     if let Some(r) = role {
@@ -188,7 +195,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn token(t: TokenArgs) -> anyhow::Result<()> {
     let mut config = match &t.config {
-        Some(p) => Config::from_file(p)?,
+        Some(p) => config::from_file(p)?,
         None => Config::default(),
     };
     config.data_dir = t.data_dir;

@@ -10,21 +10,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
 
-/// Limits of one tenant; 0 means unlimited.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuotaLimits {
-    /// Lines per second accepted at ingest. Default: 0 (unlimited).
-    pub ingest_lines_per_sec: u64,
-    /// Message bytes per second accepted at ingest. Default: 0 (unlimited).
-    pub ingest_bytes_per_sec: u64,
-    /// New deployments per rolling 24 hours. Default: 0 (unlimited).
-    pub deployments_per_day: u64,
-    /// Bytes of segment files the tenant may keep. Default: 0 (unlimited).
-    pub max_stored_bytes: u64,
-}
+/// Limits of one tenant (a part of the configuration file).
+pub use logstream_model::config::QuotaLimits;
 
 /// Which quota refused a request, and when to retry.
 #[derive(Debug, Clone, PartialEq)]

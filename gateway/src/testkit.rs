@@ -137,6 +137,16 @@ impl TestGateway {
     pub async fn metric(&self, metric: &str) -> Option<f64> {
         scrape(&self.http, metric).await
     }
+
+    /// A connected channel to the gRPC listener, for the generated clients (`IngestClient`,
+    /// `TailClient`); add the token per request or with an interceptor.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.grpc.clone())
+            .expect("gRPC URL")
+            .connect()
+            .await
+            .expect("gRPC connects")
+    }
 }
 
 /// The value of the first sample of `metric` (`name` or `name{labels}` as printed) on

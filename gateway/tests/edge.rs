@@ -7,6 +7,7 @@ use futures::{SinkExt, StreamExt};
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::{Config, Role};
 use logstream_gateway::server;
+use logstream_gateway::testkit::{TestGateway, loopback_listener, scrape};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ async fn start_edge(upstream: String) -> (String, tokio::sync::oneshot::Sender<(
         ..Config::default()
     };
     config.validate().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = loopback_listener().await;
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -30,36 +31,21 @@ async fn start_edge(upstream: String) -> (String, tokio::sync::oneshot::Sender<(
     (url, stop)
 }
 
-fn gauge(metrics: &str, name: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {metrics}"))
-}
-
 /// The edge's `logstream_live_viewers` gauge, read from its /metrics.
 async fn live_viewers(edge: &str) -> i64 {
-    let m = reqwest::get(format!("{edge}/metrics"))
+    scrape(edge, "logstream_live_viewers")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    gauge(&m, "logstream_live_viewers")
+        .expect("logstream_live_viewers on the edge's /metrics") as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = server::Running::start(Config::loopback(tmp.path()))
-        .await
-        .unwrap();
-    let token = store.state.auth.mint(
-        "t",
+    let store = TestGateway::start(tmp.path()).await;
+    let token = store.token_for(
         "acme",
         &[Scope::Read, Scope::Write],
         Duration::from_secs(600),
-        None,
     );
     let (edge, _stop) = start_edge(store.http.clone()).await;
     let http = reqwest::Client::new();
@@ -206,7 +192,7 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
             .status(),
         200
     );
-    store.shutdown().await.unwrap();
+    store.shutdown().await;
 }
 
 #[tokio::test]

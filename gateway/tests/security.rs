@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use logstream_gateway::auth::Scope;
-use logstream_gateway::config::{Config, PublicKeyConfig};
-use logstream_gateway::server::Running;
+use logstream_gateway::config::PublicKeyConfig;
+use logstream_gateway::testkit::{TestGateway, loopback_listener};
 use serde_json::{Value, json};
 
 fn keys() -> std::path::PathBuf {
@@ -36,13 +36,7 @@ fn pem(name: &str) -> Vec<u8> {
     std::fs::read(keys().join(name)).unwrap()
 }
 
-async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::loopback(dir);
-    tweak(&mut c);
-    Running::start(c).await.unwrap()
-}
-
-async fn status_and_message(g: &Running, token: &str, path: &str) -> (u16, String) {
+async fn status_and_message(g: &TestGateway, token: &str, path: &str) -> (u16, String) {
     let r = reqwest::Client::new()
         .get(format!("{}{path}", g.http))
         .bearer_auth(token)
@@ -60,7 +54,7 @@ async fn status_and_message(g: &Running, token: &str, path: &str) -> (u16, Strin
 #[tokio::test]
 async fn every_bad_token_is_refused_with_401_saying_why() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = start(tmp.path(), |c| {
+    let g = TestGateway::start_with(tmp.path(), |c| {
         c.audience = Some("logstream".into());
         c.public_keys = vec![PublicKeyConfig {
             file: keys().join("rsa.pub"),
@@ -201,7 +195,7 @@ async fn es256_eddsa_and_jwks_keys_are_accepted_and_hs256_can_be_turned_off() {
     let x = logstream_model::b64::encode(&der[der.len() - 32..], logstream_model::b64::URL_SAFE);
     let jwks = tmp.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed1", "use": "sig", "x": x}]}).to_string()).unwrap();
-    let g = start(tmp.path(), |c| {
+    let g = TestGateway::start_with(tmp.path(), |c| {
         c.accept_hs256 = false;
         c.public_keys = vec![PublicKeyConfig {
             file: keys().join("ec.pub"),
@@ -244,13 +238,11 @@ async fn es256_eddsa_and_jwks_keys_are_accepted_and_hs256_can_be_turned_off() {
 #[tokio::test]
 async fn odd_deployment_ids_are_refused_and_nothing_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = start(tmp.path(), |_| {}).await;
-    let t = g.state.auth.mint(
-        "x",
+    let g = TestGateway::start(tmp.path()).await;
+    let t = g.token_for(
         "acme",
         &[Scope::Read, Scope::Write],
         Duration::from_secs(600),
-        None,
     );
     let long = "a".repeat(10_000);
     for id in [
@@ -292,20 +284,16 @@ async fn odd_deployment_ids_are_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn a_token_for_one_tenant_never_reaches_another_through_any_door() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = start(tmp.path(), |_| {}).await;
-    let a = g.state.auth.mint(
-        "a",
+    let g = TestGateway::start(tmp.path()).await;
+    let a = g.token_for(
         "acme",
         &[Scope::Read, Scope::Write, Scope::Export, Scope::Admin],
         Duration::from_secs(600),
-        None,
     );
-    let b = g.state.auth.mint(
-        "b",
+    let b = g.token_for(
         "beta",
         &[Scope::Read, Scope::Write, Scope::Export, Scope::Admin],
         Duration::from_secs(600),
-        None,
     );
     let c = reqwest::Client::new();
     let r: Value = c
@@ -372,11 +360,7 @@ async fn a_token_for_one_tenant_never_reaches_another_through_any_door() {
         .unwrap();
     assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
     // And over gRPC.
-    let channel = tonic::transport::Endpoint::from_shared(g.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = g.grpc_channel().await;
     let auth = format!("Bearer {b}");
     let mut tail = logstream_proto::v1::tail_client::TailClient::with_interceptor(
         channel,
@@ -404,11 +388,8 @@ async fn a_token_for_one_tenant_never_reaches_another_through_any_door() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_failed_auths_leave_the_server_responsive_and_memory_flat() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = start(tmp.path(), |_| {}).await;
-    let good = g
-        .state
-        .auth
-        .mint("x", "acme", &[Scope::Read], Duration::from_secs(600), None);
+    let g = TestGateway::start(tmp.path()).await;
+    let good = g.token_for("acme", &[Scope::Read], Duration::from_secs(600));
     let rss = || -> u64 {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         s.lines()
@@ -470,7 +451,7 @@ async fn ten_thousand_failed_auths_leave_the_server_responsive_and_memory_flat()
 async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();
-    let g = start(tmp.path(), |c| c.header_read_timeout_secs = 1).await;
+    let g = TestGateway::start_with(tmp.path(), |c| c.header_read_timeout_secs = 1).await;
     let addr = g.http.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Half a request head, then nothing (slowloris).
@@ -505,7 +486,7 @@ async fn oidc_issuer(
     require_token: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = loopback_listener().await;
     let base = format!("http://{}", listener.local_addr().unwrap());
     let fetches = std::sync::Arc::new(AtomicUsize::new(0));
     let jwks = std::fs::read_to_string(keys().join("jwks-rsa.json")).unwrap();
@@ -544,7 +525,7 @@ async fn kubernetes_service_account_tokens_map_to_their_tenant() {
     let iss = issuer.clone();
     let reader_token = tmp.path().join("reader-token");
     std::fs::write(&reader_token, format!("{ISSUER_READER}\n")).unwrap();
-    let g = start(tmp.path(), move |c| {
+    let g = TestGateway::start_with(tmp.path(), move |c| {
         c.service_account_issuers = vec![SaIssuerConfig {
             issuer: iss,
             audience: "logstream".into(),
@@ -578,10 +559,7 @@ async fn kubernetes_service_account_tokens_map_to_their_tenant() {
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     // The line landed in acme's tenant.
-    let reader = g
-        .state
-        .auth
-        .mint("r", "acme", &[Scope::Read], Duration::from_secs(60), None);
+    let reader = g.token_for("acme", &[Scope::Read], Duration::from_secs(60));
     assert_eq!(
         status_and_message(&g, &reader, "/v1/deployments/sa-build")
             .await
@@ -638,7 +616,7 @@ async fn tokens_signed_by_keys_at_a_jwks_url_are_accepted() {
     let (issuer, fetches) = oidc_issuer(false).await;
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("{issuer}/openid/v1/jwks");
-    let g = start(tmp.path(), move |c| c.jwks_url = Some(url)).await;
+    let g = TestGateway::start_with(tmp.path(), move |c| c.jwks_url = Some(url)).await;
     let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
     let good = sign(Algorithm::RS256, Some("sa1"), &claims("acme"), &rsa);
     assert_eq!(

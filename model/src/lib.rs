@@ -14,6 +14,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod b64;
+pub mod config;
 mod cursor;
 pub mod export;
 mod filter;

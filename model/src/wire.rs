@@ -11,6 +11,7 @@ use crate::RedactionState;
 
 /// Every error answer: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -18,6 +19,7 @@ pub struct ErrorBody {
 /// A stable snake_case `code` (see `crate::retry` for which a client may retry) and a
 /// message naming the problem and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -36,6 +38,7 @@ impl ErrorBody {
 
 /// One stored line as every reading door gives it (history, viewers, NDJSON export).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Line {
     /// Resume after this line (opaque).
     pub cursor: String,
@@ -49,12 +52,15 @@ pub struct Line {
     pub message: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Secrets masked in this line, by detector: how many.
     #[serde(default, skip_serializing_if = "RedactionState::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u32>))]
     pub redaction: RedactionState,
 }
 
 /// `GET /v1/deployments/{id}/logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryPage {
     pub lines: Vec<Line>,
     pub next_cursor: String,
@@ -62,8 +68,56 @@ pub struct HistoryPage {
     pub complete: bool,
 }
 
+/// One NDJSON line of `POST /v1/deployments/{id}/logs` (all but `message` optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IngestLine {
+    /// RFC 3339, or a Unix time number (seconds, milliseconds or nanoseconds by
+    /// magnitude); default: when the gateway receives it.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub ts: Option<serde_json::Value>,
+    #[serde(default)]
+    pub step: Option<String>,
+    /// `stdout` (default) or `stderr`.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// trace, debug, info, warn, error, fatal; default: detected from the message.
+    #[serde(default)]
+    pub level: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `POST /v1/deployments/{id}/secrets` body: values to mask in later lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecretsRequest {
+    /// 1 to 1000 values of 4 to 4096 bytes.
+    pub values: Vec<String>,
+}
+
+/// `POST /v1/deployments/{id}/secrets` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecretsReply {
+    pub registered: u64,
+}
+
+/// `GET /v1/audit`: the tenant's audit events, paginated like history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    /// `{"action","subject","tenant","deployment","result","client","seq","time"}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub events: Vec<serde_json::Value>,
+    pub next_cursor: String,
+    pub complete: bool,
+}
+
 /// `POST /v1/deployments/{id}/logs`: the durable acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestReply {
     pub accepted: u64,
     pub cursor: String,
@@ -75,6 +129,7 @@ pub struct IngestReply {
 
 /// `POST /v1/deployments/{id}/complete` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// `succeeded`, `failed` or `cancelled`.
@@ -86,6 +141,7 @@ pub struct CompleteRequest {
 
 /// How a deployment ended: the completion answer, and the `end` event of viewers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Completion {
     pub status: String,
     pub exit_code: i32,
@@ -94,6 +150,7 @@ pub struct Completion {
 
 /// One deployment (`GET /v1/deployments/{id}` and the items of the list).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     pub id: String,
     /// `running`, `succeeded`, `failed` or `cancelled`.
@@ -116,6 +173,7 @@ pub struct Deployment {
 
 /// `GET /v1/deployments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentList {
     pub deployments: Vec<Deployment>,
 }

@@ -22,16 +22,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::{SinkExt, StreamExt};
 use logstream_model::{Cursor, Level, LogRecord, Stream};
-use serde::Deserialize;
 use serde_json::json;
 
-use logstream_model::wire::ErrorBody;
+use logstream_model::wire::{self, ErrorBody};
+use openapi::{AuditQuery, ExportQuery, FilterQuery, IngestQuery, PageQuery, StreamQuery};
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::core::ingest::{self, IngestLine};
 use crate::core::viewer::{Session, SessionEvent, Start};
 use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
 use crate::store::{Completion, Direction, LogId};
+
+mod openapi;
 
 // === Errors: the one mapping from the core's error ===
 
@@ -135,7 +137,7 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
         .route("/v1/audit", get(audit_log))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -150,6 +152,13 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .with_state(state)
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "ok", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, description = "ready"), (status = 503, description = "shutting down", body = ErrorBody)))]
 async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
     if *s.shutdown.borrow() {
         return Error::shutting_down("the gateway is shutting down").into_response();
@@ -157,6 +166,7 @@ async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
     "ready".into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
     s.metrics.store_bytes.set(s.store.open_log_bytes() as i64);
     (
@@ -166,28 +176,16 @@ async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/openapi.json", security(()), responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
+        openapi::document(),
     )
         .into_response()
 }
 
 // === Ingest ===
-
-#[derive(Deserialize)]
-struct NdjsonLine {
-    #[serde(default)]
-    ts: Option<serde_json::Value>,
-    #[serde(default)]
-    step: Option<String>,
-    #[serde(default)]
-    stream: Option<String>,
-    #[serde(default)]
-    level: Option<String>,
-    message: Option<String>,
-}
 
 async fn read_body(state: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
     let max = state.config.max_body_bytes;
@@ -260,7 +258,7 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<IngestLine>> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let l: NdjsonLine = serde_json::from_slice(raw).map_err(|e| {
+        let l: wire::IngestLine = serde_json::from_slice(raw).map_err(|e| {
             Error::invalid(
                 "invalid_json",
                 format!("line {n}: not a JSON object with a \"message\" string: {e}"),
@@ -324,6 +322,7 @@ fn parse_text(body: &[u8], step: &str, stream: Stream) -> Result<Vec<IngestLine>
         .collect())
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/logs", summary = "Ingest lines; the answer comes once they are durable", params(("id" = String, Path, description = "Deployment id: [A-Za-z0-9][A-Za-z0-9._-]{0,127}"), IngestQuery, ("Logstream-Source" = Option<String>, Header, description = "With Logstream-Batch: a retried batch is stored once"), ("Logstream-Batch" = Option<u64>, Header)), request_body(content((Vec<wire::IngestLine> = "application/x-ndjson"), (String = "text/plain")), description = "NDJSON lines, or plain text lines (gzip with Content-Encoding)"), responses((status = 200, description = "Durable", body = wire::IngestReply), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn ingest_http(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -420,13 +419,13 @@ async fn ingest_http(
         }
     };
     let reply = ingest::append(&s, &id, lines, batch, started).await?;
-    Ok(axum::Json(json!({
-        "accepted": reply.accepted,
-        "cursor": reply.cursor,
-        "first_seq": reply.first_seq,
-        "last_seq": reply.last_seq,
-        "duplicate": reply.duplicate,
-    }))
+    Ok(axum::Json(wire::IngestReply {
+        accepted: reply.accepted,
+        cursor: reply.cursor,
+        first_seq: reply.first_seq,
+        last_seq: reply.last_seq,
+        duplicate: reply.duplicate,
+    })
     .into_response())
 }
 
@@ -442,14 +441,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::invalid("invalid_json", format!("expected {expected}: {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteBody {
-    status: String,
-    #[serde(default)]
-    exit_code: Option<i32>,
-}
-
+#[utoipa::path(post, path = "/v1/deployments/{id}/complete", summary = "Complete a deployment: seals its log, ends its viewers' sessions", params(("id" = String, Path)), request_body = wire::CompleteRequest, responses((status = 200, description = "Completed", body = wire::Completion), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn complete(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -458,7 +450,7 @@ async fn complete(
     body: Body,
 ) -> Result<Response> {
     let id = access::deployment(&p, &id, Scope::Write)?;
-    let b: CompleteBody = json_body(
+    let b: wire::CompleteRequest = json_body(
         &s,
         &headers,
         body,
@@ -467,17 +459,12 @@ async fn complete(
     .await?;
     let status = ingest::parse_status(&b.status)?;
     let c = ingest::complete(&s, &id, status, b.exit_code, &p.subject).await?;
-    Ok(axum::Json(completion_json(&c)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretsBody {
-    values: Vec<String>,
+    Ok(axum::Json(completion(&c)).into_response())
 }
 
 /// Registers values to mask in this deployment's later lines. Write-only: the values are
 /// held in memory for the running deployment and never stored or returned.
+#[utoipa::path(post, path = "/v1/deployments/{id}/secrets", summary = "Register values to mask in this deployment's later lines (write-only, held in memory)", params(("id" = String, Path)), request_body = wire::SecretsRequest, responses((status = 200, description = "Registered", body = wire::SecretsReply), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn secrets(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -486,7 +473,7 @@ async fn secrets(
     body: Body,
 ) -> Result<Response> {
     let lid = access::deployment(&p, &id, Scope::Write)?;
-    let b: SecretsBody = json_body(&s, &headers, body, r#"{"values":["..."]}"#).await?;
+    let b: wire::SecretsRequest = json_body(&s, &headers, body, r#"{"values":["..."]}"#).await?;
     if b.values.is_empty() || b.values.len() > 1000 {
         return Err(Error::invalid("invalid_secrets", "send 1 to 1000 values"));
     }
@@ -522,33 +509,51 @@ async fn secrets(
         &format!("ok: {} values", b.values.len()),
         None,
     );
-    Ok(axum::Json(json!({ "registered": b.values.len() })).into_response())
+    Ok(axum::Json(wire::SecretsReply {
+        registered: b.values.len() as u64,
+    })
+    .into_response())
+}
+
+fn completion(c: &Completion) -> wire::Completion {
+    wire::Completion {
+        status: c.status.as_str().to_owned(),
+        exit_code: c.exit_code,
+        last_seq: c.last_seq,
+    }
 }
 
 fn completion_json(c: &Completion) -> serde_json::Value {
-    json!({"status": c.status.as_str(), "exit_code": c.exit_code, "last_seq": c.last_seq})
+    serde_json::to_value(completion(c)).expect("a completion serialises")
 }
 
 // === Reading ===
 
-fn deployment_json(id: &str, st: &crate::store::LogStats) -> serde_json::Value {
+fn deployment(id: &str, st: &crate::store::LogStats) -> wire::Deployment {
     let ts = |t: Option<i64>| t.map(logstream_model::time::format_rfc3339);
-    json!({
-        "id": id,
-        "status": st.completion.map_or("running", |c| c.status.as_str()),
-        "exit_code": st.completion.map(|c| c.exit_code),
-        "lines": st.lines(),
-        "first_seq": st.first_seq,
-        "last_seq": st.last_seq,
-        "bytes": st.bytes,
-        "first_ts": ts(st.first_ts),
-        "last_ts": ts(st.last_ts),
-        "created_at": logstream_model::time::format_rfc3339(st.created_at),
-        "completed_at": st.completion.map(|c| logstream_model::time::format_rfc3339(c.at)),
-        "steps": st.steps,
-    })
+    wire::Deployment {
+        id: id.to_owned(),
+        status: st
+            .completion
+            .map_or("running", |c| c.status.as_str())
+            .to_owned(),
+        exit_code: st.completion.map(|c| c.exit_code),
+        lines: st.lines(),
+        first_seq: st.first_seq,
+        last_seq: st.last_seq,
+        bytes: st.bytes,
+        first_ts: ts(st.first_ts),
+        last_ts: ts(st.last_ts),
+        created_at: logstream_model::time::format_rfc3339(st.created_at),
+        completed_at: st
+            .completion
+            .map(|c| logstream_model::time::format_rfc3339(c.at)),
+        steps: st.steps.clone(),
+        viewers: None,
+    }
 }
 
+#[utoipa::path(get, path = "/v1/deployments", summary = "The tenant's deployments", responses((status = 200, description = "List", body = wire::DeploymentList), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn list(State(s): State<Arc<Gateway>>, Auth(p): Auth) -> Result<Response> {
     access::require(&p, Scope::Read)?;
     let (s2, p2) = (s.clone(), p.clone());
@@ -562,16 +567,17 @@ async fn list(State(s): State<Arc<Gateway>>, Auth(p): Auth) -> Result<Response> 
                 .store
                 .log(&LogId::new(p2.tenant.clone(), d.clone()), false)?
             {
-                items.push(deployment_json(&d, &log.stats()));
+                items.push(deployment(&d, &log.stats()));
             }
         }
         Ok(items)
     })
     .await?;
     s.audit("list", &p.subject, &p.tenant, "", "ok", None);
-    Ok(axum::Json(json!({ "deployments": items })).into_response())
+    Ok(axum::Json(wire::DeploymentList { deployments: items }).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/deployments/{id}", summary = "One deployment's status and counts", params(("id" = String, Path)), responses((status = 200, description = "Deployment", body = wire::Deployment), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn get_one(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -579,11 +585,14 @@ async fn get_one(
 ) -> Result<Response> {
     let lid = access::deployment(&p, &id, Scope::Read)?;
     let log = s.existing_log(&lid).await?;
-    let mut body = deployment_json(&id, &log.stats());
-    body["viewers"] = json!(s.hub.viewers(&lid));
+    let body = wire::Deployment {
+        viewers: Some(s.hub.viewers(&lid) as u64),
+        ..deployment(&id, &log.stats())
+    };
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/deployments/{id}/logs", summary = "History, paginated", params(("id" = String, Path), FilterQuery, PageQuery), responses((status = 200, description = "A page", body = wire::HistoryPage), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn history(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -603,32 +612,31 @@ async fn history(
     let (l2, filter, limit, dir) = (log.clone(), rp.filter, rp.limit, rp.direction);
     let page = read::blocking(move || l2.read(dir, from, &filter, limit)).await?;
     s.audit("read", &p.subject, &lid.tenant, &lid.deployment, "ok", None);
-    let lines: Vec<serde_json::Value> = page
+    let wallclock = page.records.last().map_or(0, |r| r.ts);
+    let lines: Vec<wire::Line> = page
         .records
         .into_iter()
         .map(|r| {
             serde_json::from_slice(&crate::hub::WireLine::new(&lid, r).json).expect("our own JSON")
         })
         .collect();
-    let wallclock = lines
-        .last()
-        .and_then(|l| l["ts"].as_str())
-        .and_then(logstream_model::time::parse_rfc3339)
-        .unwrap_or(0);
     let next = Cursor::new(&lid.tenant, &lid.deployment, page.scanned_to, wallclock).encode();
     let complete = page.exhausted
         && (dir == Direction::Backward
             || log
                 .completion()
                 .is_some_and(|c| page.scanned_to >= c.last_seq));
-    Ok(
-        axum::Json(json!({ "lines": lines, "next_cursor": next, "complete": complete }))
-            .into_response(),
-    )
+    Ok(axum::Json(wire::HistoryPage {
+        lines,
+        next_cursor: next,
+        complete,
+    })
+    .into_response())
 }
 
 /// The audit log of the caller's tenant (admin scope): `action`, `deployment`, `since`,
 /// `until`, `cursor`, `limit`, `direction`.
+#[utoipa::path(get, path = "/v1/audit", summary = "The caller's tenant's audit log (admin scope)", params(AuditQuery), responses((status = 200, description = "Events", body = wire::AuditPage), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn audit_log(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -656,21 +664,32 @@ async fn audit_log(
             ));
         }
     }
-    let mut rq: HashMap<String, String> = q
+    let rq: HashMap<String, String> = q
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "action" | "deployment"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if let Some(a) = q.get("action") {
-        rq.insert("step".into(), a.clone());
-    }
     let mut rp = read::read_params(
         &rq,
         &id,
-        &["since", "until", "cursor", "limit", "direction", "step"],
+        &["since", "until", "cursor", "limit", "direction"],
     )?;
-    // Only this tenant's events (tenant names are [A-Za-z0-9._-]: escape the dots).
-    let mut pattern = format!("\"tenant\":\"{}\"", regex::escape(&p.tenant));
+    // Events are JSON in a fixed field order (action, subject, tenant, deployment, ...):
+    // select by the `action` field (one or several, comma-separated), then only this
+    // tenant's events (tenant names are [A-Za-z0-9._-]: escape the dots).
+    let mut pattern = String::new();
+    if let Some(a) = q.get("action") {
+        let actions: Vec<String> = a
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(regex::escape)
+            .collect();
+        if !actions.is_empty() {
+            pattern = format!("^\\{{\"action\":\"(?:{})\".*", actions.join("|"));
+        }
+    }
+    pattern.push_str(&format!("\"tenant\":\"{}\"", regex::escape(&p.tenant)));
     if let Some(d) = q.get("deployment") {
         logstream_model::validate_deployment_id(d)
             .map_err(|e| Error::invalid("invalid_deployment_id", e.to_string()))?;
@@ -698,14 +717,17 @@ async fn audit_log(
         .collect();
     let next = Cursor::new(&id.tenant, &id.deployment, page.scanned_to, 0).encode();
     s.audit("audit_read", &p.subject, &p.tenant, "", "ok", None);
-    Ok(
-        axum::Json(json!({ "events": events, "next_cursor": next, "complete": page.exhausted }))
-            .into_response(),
-    )
+    Ok(axum::Json(wire::AuditPage {
+        events,
+        next_cursor: next,
+        complete: page.exhausted,
+    })
+    .into_response())
 }
 
 // === Live ===
 
+#[utoipa::path(get, path = "/v1/deployments/{id}/stream", summary = "Follow live: SSE (Accept: text/event-stream) or WebSocket (Upgrade)", params(("id" = String, Path), FilterQuery, StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor")), responses((status = 200, description = "event: line (id = cursor, data = a Line), event: end (data = a Completion), event: auth_expired, event: reconnect, `: hb` comments", content_type = "text/event-stream"), (status = 101, description = "WebSocket: {\"type\":\"lines\",\"lines\":[Line]} and {\"type\":\"end\",...} text frames"), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn stream(
     State(s): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -899,6 +921,7 @@ fn export_line(out: &mut Vec<u8>, format: Format, id: &LogId, r: LogRecord) {
     }
 }
 
+#[utoipa::path(get, path = "/v1/deployments/{id}/export", summary = "The whole log, streamed (gzip when accepted)", params(("id" = String, Path), FilterQuery, ExportQuery), responses((status = 200, description = "An attachment in the asked format", content((String = "text/plain"), (String = "application/x-ndjson"), (String = "text/csv"))), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn export(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,

@@ -1,0 +1,638 @@
+//! The gateway's configuration file: the one contract between the operator, which
+//! writes it (a ConfigMap per LogStream), and the gateway, which reads it (`--config`).
+//!
+//! ```text
+//! LogStream ──operator builds──> Config ──toml::to_string──> store.toml / edge.toml
+//!                                                                  │
+//!            gateway: Config::validate <──toml::from_str (deny_unknown_fields)
+//! ```
+//!
+//! Pure data and pure checks: reading the file (and loading the keys it names) is the
+//! gateway's. Every field says its default; a missing field takes it, an unknown one is
+//! refused by name. Serializing a `Config` and parsing it back gives the same `Config`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The scopes a token (or a ServiceAccount mapping) may carry.
+pub const SCOPE_NAMES: [&str; 4] = ["logs:write", "logs:read", "logs:export", "admin"];
+
+/// What this process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Store and edge in one process: the embedded default.
+    #[default]
+    All,
+    /// Stores logs, serves ingest and `Tail.Subscribe` (and the HTTP API).
+    Store,
+    /// The viewer front: forwards HTTP (history, export, SSE, WebSocket) to `upstream`.
+    Edge,
+}
+
+impl Role {
+    /// Every role, in the order `--help` lists them.
+    pub const ALL: [Role; 3] = [Role::All, Role::Store, Role::Edge];
+
+    /// The name used in the file, on the command line and in `LOGSTREAM_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Store => "store",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not `all`, `store` or `edge`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role {0:?}: use all, store or edge")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// The gateway's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// What this process serves. Default: `all`.
+    pub role: Role,
+    /// Role `edge` only: the store's HTTP base URL, e.g. `http://acme-store.ci.svc:8080`.
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// HTTP listen address. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// gRPC listen address. Default: `127.0.0.1:8081`.
+    pub grpc_listen: SocketAddr,
+    /// Where logs, keys and the audit log live. Default: `./logstream-data`.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, after decompression. Default: 64 MiB.
+    pub max_body_bytes: usize,
+    /// Lines longer than this are split into marked parts. Default: 1 MiB.
+    pub max_line_bytes: usize,
+    /// Retention when a tenant has no override, e.g. `720h`. Default: `720h` (30 days).
+    pub retention: String,
+    /// Per-tenant retention overrides, e.g. `{ acme = "168h" }`. Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_retention: BTreeMap<String, String>,
+    /// How often retention runs. Default: `10m`.
+    pub retention_interval: String,
+    /// Live viewers per tenant across its deployments. Default: 10000.
+    pub max_viewers_per_tenant: usize,
+    /// Live viewers per deployment. Default: 10000.
+    pub max_viewers_per_deployment: usize,
+    /// Live streams one token may hold open at once (against runaway clients).
+    /// Default: 64.
+    pub max_streams_per_token: usize,
+    /// Seconds a client has to send a complete HTTP/1 request head before it is
+    /// disconnected (slowloris). Default: 30.
+    pub header_read_timeout_secs: u64,
+    /// Seconds between SSE heartbeats / WebSocket pings. Default: 15.
+    pub heartbeat_secs: u64,
+    /// Frames a live viewer may fall behind before it is switched to catch-up reads
+    /// from the store. Default: 1024.
+    pub viewer_queue: usize,
+    /// HS256 signing key file (hex or raw bytes). Default: `<data_dir>/dev-signing-key`,
+    /// generated on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys accepted for RS256/ES256/EdDSA tokens, e.g.
+    /// `[[public_keys]] file = "issuer.pem", alg = "RS256", kid = "k1"`. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JSON Web Key Set file whose keys are accepted; re-read (at most every 30 s)
+    /// when a token names an unknown `kid`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL whose keys are accepted (an identity provider's), fetched on first use
+    /// and re-fetched (at most every 30 s) when a token names an unknown `kid`.
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Issuers of Kubernetes ServiceAccount tokens (projected, audience `logstream`),
+    /// e.g. `[[service_account_issuers]] issuer = "https://kubernetes.default.svc"`.
+    /// Keys come from `jwks_url`, or from OIDC discovery at the issuer. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_account_issuers: Vec<SaIssuerConfig>,
+    /// Which ServiceAccounts act for which tenant (what each LogStream allows), e.g.
+    /// `[[service_accounts]] namespace = "ci", name = "*", tenant = "acme"`. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<SaMappingConfig>,
+    /// Accept HS256 tokens signed with the signing key (the dev default). Turn off in
+    /// production when tokens come from an identity provider. Default: true.
+    pub accept_hs256: bool,
+    /// Expected `aud` claim, if any. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Expected `iss` claim, if any. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// zstd level of stored blocks. Default: 3.
+    pub zstd_level: i32,
+    /// Redaction at ingest for tenants without an override. Default: built-ins, stars.
+    pub redaction: RedactionConfig,
+    /// Per-tenant redaction (what a tenant's LogStream asks for), e.g.
+    /// `[tenant_redaction.acme] patterns = [{ name = "ticket", regex = "TICKET-[0-9]{6}" }]`.
+    /// Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_redaction: BTreeMap<String, RedactionConfig>,
+    /// Quotas of every tenant without an override. Default: unlimited.
+    pub quotas: QuotaLimits,
+    /// Per-tenant quota overrides, e.g. `[tenant_quotas.acme] ingest_lines_per_sec = 5000`.
+    /// Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_quotas: BTreeMap<String, QuotaLimits>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::All,
+            upstream: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            data_dir: PathBuf::from("logstream-data"),
+            max_body_bytes: 64 << 20,
+            max_line_bytes: 1 << 20,
+            retention: "720h".into(),
+            tenant_retention: BTreeMap::new(),
+            retention_interval: "10m".into(),
+            max_viewers_per_tenant: 10_000,
+            max_viewers_per_deployment: 10_000,
+            max_streams_per_token: 64,
+            header_read_timeout_secs: 30,
+            heartbeat_secs: 15,
+            viewer_queue: 1024,
+            signing_key_file: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            accept_hs256: true,
+            jwks_url: None,
+            service_account_issuers: Vec::new(),
+            service_accounts: Vec::new(),
+            audience: None,
+            issuer: None,
+            zstd_level: 3,
+            redaction: RedactionConfig::default(),
+            tenant_redaction: BTreeMap::new(),
+            quotas: QuotaLimits::default(),
+            tenant_quotas: BTreeMap::new(),
+        }
+    }
+}
+
+/// How lines are redacted at ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Use the built-in detectors (AWS, GitHub, Slack, JWT, PEM, passwords, ...).
+    /// Default: true.
+    pub builtins: bool,
+    /// `stars` (keep the public prefix such as `AKIA`, then one `*` per character) or
+    /// `label` (`[REDACTED:detector]`). Default: `stars`.
+    pub style: String,
+    /// Named custom patterns; the whole match (or group 1) is masked. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<NamedPattern>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        RedactionConfig {
+            builtins: true,
+            style: "stars".into(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// A custom redaction pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPattern {
+    /// Detector name in `redaction_state` and metrics: `[a-z0-9_]{1,64}`.
+    pub name: String,
+    /// Regular expression (Rust `regex` syntax, compiled size at most 1 MiB).
+    pub regex: String,
+}
+
+impl RedactionConfig {
+    /// Compiles the configuration; the error names the bad pattern.
+    pub fn build(&self) -> Result<crate::redact::Redactor, String> {
+        use crate::redact::{MaskStyle, Redactor};
+        let style = match self.style.as_str() {
+            "stars" => MaskStyle::Stars,
+            "label" => MaskStyle::Label,
+            other => return Err(format!("style {other:?} must be stars or label")),
+        };
+        let patterns: Vec<(String, String)> = self
+            .patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.regex.clone()))
+            .collect();
+        Redactor::new(self.builtins, &patterns, style).map_err(|e| e.to_string())
+    }
+}
+
+/// An issuer of ServiceAccount tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaIssuerConfig {
+    /// The `iss` claim of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry. Default: `logstream`.
+    #[serde(default = "default_sa_audience")]
+    pub audience: String,
+    /// Where its JWKS is; default: OIDC discovery at `<issuer>/.well-known/openid-configuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle to trust for the issuer (the cluster CA in-cluster). Default: the
+    /// system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A bearer token file sent when fetching the discovery document and keys (the
+    /// pod's own ServiceAccount token in-cluster, where the API server serves them only
+    /// to authenticated callers); re-read on every fetch. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_sa_audience() -> String {
+    "logstream".into()
+}
+
+/// ServiceAccounts of a namespace acting for a tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaMappingConfig {
+    /// The ServiceAccounts' namespace.
+    pub namespace: String,
+    /// Glob over ServiceAccount names. Default: `*`.
+    #[serde(default = "default_sa_name")]
+    pub name: String,
+    /// The tenant they act for.
+    pub tenant: String,
+    /// Scopes they get, from [`SCOPE_NAMES`]. Default: `["logs:write"]` (collectors and
+    /// CI pods push).
+    #[serde(default = "default_sa_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_sa_name() -> String {
+    "*".into()
+}
+
+fn default_sa_scopes() -> Vec<String> {
+    vec!["logs:write".into()]
+}
+
+/// One accepted public key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// PEM file of the public key.
+    pub file: PathBuf,
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384` or `EdDSA`.
+    pub alg: String,
+    /// Key id tokens must name (optional). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+/// Limits of one tenant; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaLimits {
+    /// Lines per second accepted at ingest. Default: 0 (unlimited).
+    pub ingest_lines_per_sec: u64,
+    /// Message bytes per second accepted at ingest. Default: 0 (unlimited).
+    pub ingest_bytes_per_sec: u64,
+    /// New deployments per rolling 24 hours. Default: 0 (unlimited).
+    pub deployments_per_day: u64,
+    /// Bytes of segment files the tenant may keep. Default: 0 (unlimited).
+    pub max_stored_bytes: u64,
+}
+
+/// A configuration value that does not make sense, named.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    crate::time::parse_duration(s)
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_nanos(n as u64))
+        .ok_or_else(|| ConfigError {
+            field,
+            problem: format!("{s:?} is not a duration; use e.g. 720h, 30m, 90s"),
+        })
+}
+
+impl Config {
+    /// Defaults with both listeners on free loopback ports and data in `data_dir`: an
+    /// embedded gateway for tests, benchmarks and local tools.
+    pub fn loopback(data_dir: &std::path::Path) -> Config {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            data_dir: data_dir.to_owned(),
+            listen: any,
+            grpc_listen: any,
+            ..Config::default()
+        }
+    }
+
+    /// Checks every value the file format cannot: durations, tenants, patterns, scopes,
+    /// ranges, and that `upstream` goes with role `edge`. The error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        duration("retention", &self.retention)?;
+        duration("retention_interval", &self.retention_interval)?;
+        for (tenant, r) in &self.tenant_retention {
+            crate::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_retention",
+                problem: e.to_string(),
+            })?;
+            duration("tenant_retention", r)?;
+        }
+        self.redaction.build().map_err(|problem| ConfigError {
+            field: "redaction",
+            problem,
+        })?;
+        for (tenant, r) in &self.tenant_redaction {
+            crate::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_redaction",
+                problem: e.to_string(),
+            })?;
+            r.build().map_err(|problem| ConfigError {
+                field: "tenant_redaction",
+                problem: format!("{tenant}: {problem}"),
+            })?;
+        }
+        for m in &self.service_accounts {
+            crate::validate_tenant(&m.tenant).map_err(|e| ConfigError {
+                field: "service_accounts",
+                problem: e.to_string(),
+            })?;
+            if let Some(bad) = m.scopes.iter().find(|s| !SCOPE_NAMES.contains(&s.as_str())) {
+                return Err(ConfigError {
+                    field: "service_accounts",
+                    problem: format!(
+                        "scope {bad:?}: use logs:write, logs:read, logs:export or admin"
+                    ),
+                });
+            }
+        }
+        for tenant in self.tenant_quotas.keys() {
+            crate::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_quotas",
+                problem: e.to_string(),
+            })?;
+        }
+        if self.max_line_bytes < 1024 {
+            return Err(ConfigError {
+                field: "max_line_bytes",
+                problem: "must be at least 1024".into(),
+            });
+        }
+        if self.max_body_bytes < self.max_line_bytes {
+            return Err(ConfigError {
+                field: "max_body_bytes",
+                problem: "must be at least max_line_bytes".into(),
+            });
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 300 {
+            return Err(ConfigError {
+                field: "heartbeat_secs",
+                problem: "must be between 1 and 300".into(),
+            });
+        }
+        if self.header_read_timeout_secs == 0 || self.header_read_timeout_secs > 600 {
+            return Err(ConfigError {
+                field: "header_read_timeout_secs",
+                problem: "must be between 1 and 600".into(),
+            });
+        }
+        if self.viewer_queue < 16 {
+            return Err(ConfigError {
+                field: "viewer_queue",
+                problem: "must be at least 16".into(),
+            });
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(ConfigError {
+                field: "zstd_level",
+                problem: "must be between 1 and 19".into(),
+            });
+        }
+        match (self.role, &self.upstream) {
+            (Role::Edge, None) => {
+                return Err(ConfigError {
+                    field: "upstream",
+                    problem: "role `edge` forwards to a store: set upstream = \"http://<store-service>:8080\"".into(),
+                });
+            }
+            (Role::All | Role::Store, Some(_)) => {
+                return Err(ConfigError {
+                    field: "upstream",
+                    problem:
+                        "only role `edge` forwards to an upstream; remove it or set role = \"edge\""
+                            .into(),
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Retention of `tenant`.
+    pub fn retention_for(&self, tenant: &str) -> Duration {
+        let s = self.tenant_retention.get(tenant).unwrap_or(&self.retention);
+        duration("retention", s).unwrap_or(Duration::from_secs(30 * 86_400))
+    }
+
+    pub fn retention_interval(&self) -> Duration {
+        duration("retention_interval", &self.retention_interval).unwrap_or(Duration::from_secs(600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused_by_name() {
+        assert!(
+            toml::from_str::<Config>("listn = \"x\"")
+                .unwrap_err()
+                .to_string()
+                .contains("listn")
+        );
+        assert!(
+            toml::from_str::<Config>("[quotas]\ningest_lines = 5")
+                .unwrap_err()
+                .to_string()
+                .contains("ingest_lines")
+        );
+        let c: Config = toml::from_str("retention = \"forever\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "retention");
+        let c: Config = toml::from_str("[tenant_retention]\nacme = \"24h\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.retention_for("acme"), Duration::from_secs(86_400));
+        assert_eq!(c.retention_for("other"), Duration::from_secs(720 * 3600));
+        let c: Config = toml::from_str(
+            "[[service_accounts]]\nnamespace = \"ci\"\ntenant = \"acme\"\nscopes = [\"logs:wrte\"]",
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "service_accounts");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default_config() {
+        assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    /// A config with every field away from its default (and every optional part set).
+    fn everything_set() -> Config {
+        let redaction = RedactionConfig {
+            builtins: false,
+            style: "label".into(),
+            patterns: vec![NamedPattern {
+                name: "ticket".into(),
+                regex: "TICKET-[0-9]{6}".into(),
+            }],
+        };
+        let quotas = QuotaLimits {
+            ingest_lines_per_sec: 5000,
+            ingest_bytes_per_sec: 1 << 20,
+            deployments_per_day: 100,
+            max_stored_bytes: i64::MAX as u64,
+        };
+        Config {
+            role: Role::Store,
+            upstream: None,
+            listen: "0.0.0.0:9080".parse().unwrap(),
+            grpc_listen: "[::1]:9081".parse().unwrap(),
+            data_dir: "/data".into(),
+            max_body_bytes: 8 << 20,
+            max_line_bytes: 4096,
+            retention: "168h".into(),
+            tenant_retention: BTreeMap::from([("acme".into(), "24h".into())]),
+            retention_interval: "1m".into(),
+            max_viewers_per_tenant: 7,
+            max_viewers_per_deployment: 3,
+            max_streams_per_token: 2,
+            header_read_timeout_secs: 5,
+            heartbeat_secs: 1,
+            viewer_queue: 16,
+            signing_key_file: Some("/data/signing-key".into()),
+            public_keys: vec![
+                PublicKeyConfig {
+                    file: "/keys/a.pem".into(),
+                    alg: "RS256".into(),
+                    kid: Some("k1".into()),
+                },
+                PublicKeyConfig {
+                    file: "/keys/b.pem".into(),
+                    alg: "EdDSA".into(),
+                    kid: None,
+                },
+            ],
+            jwks_file: Some("/keys/jwks.json".into()),
+            jwks_url: Some("https://login.example.com/jwks".into()),
+            service_account_issuers: vec![SaIssuerConfig {
+                issuer: "https://kubernetes.default.svc".into(),
+                audience: "other".into(),
+                jwks_url: Some("https://kubernetes.default.svc/openid/v1/jwks".into()),
+                ca_file: Some("/sa/ca.crt".into()),
+                token_file: None,
+            }],
+            service_accounts: vec![SaMappingConfig {
+                namespace: "ci".into(),
+                name: "ci-*".into(),
+                tenant: "acme".into(),
+                scopes: vec!["logs:write".into(), "admin".into()],
+            }],
+            accept_hs256: false,
+            audience: Some("logstream".into()),
+            issuer: Some("https://login.example.com".into()),
+            zstd_level: 19,
+            redaction: redaction.clone(),
+            tenant_redaction: BTreeMap::from([
+                ("acme".into(), redaction),
+                ("beta".into(), RedactionConfig::default()),
+            ]),
+            quotas,
+            tenant_quotas: BTreeMap::from([("acme".into(), QuotaLimits::default())]),
+        }
+    }
+
+    #[test]
+    fn serializing_and_parsing_back_gives_the_same_config() {
+        let edge = Config {
+            role: Role::Edge,
+            upstream: Some("http://acme-store.ci.svc:8080".into()),
+            ..Config::default()
+        };
+        for c in [
+            Config::default(),
+            Config::loopback("/tmp/x".as_ref()),
+            edge,
+            everything_set(),
+        ] {
+            c.validate().unwrap();
+            let text = toml::to_string(&c).unwrap();
+            let back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, c, "{text}");
+        }
+    }
+
+    #[test]
+    fn unset_options_and_empty_maps_are_left_out_of_the_file() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        for key in [
+            "upstream",
+            "signing_key_file",
+            "public_keys",
+            "jwks",
+            "issuer",
+            "audience",
+            "service_account",
+            "tenant_",
+            "patterns",
+        ] {
+            assert!(!text.contains(key), "{key} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn roles_parse_from_their_names_only() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        assert_eq!("Edge".parse::<Role>(), Err(UnknownRole("Edge".into())));
+    }
+}
