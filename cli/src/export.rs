@@ -176,8 +176,12 @@ pub async fn export(c: &Client, a: ExportArgs<'_>) -> anyhow::Result<i32> {
             Err(e) if e.downcast_ref::<Exit>().is_some() => return Err(e),
             Err(e) if attempt + 1 < ATTEMPTS => {
                 attempt += 1;
-                let wait = Duration::from_millis(250 * 2u64.pow(attempt.min(5)))
-                    + Duration::from_millis(rand::random::<u64>() % 250);
+                let wait = logstream_model::retry::backoff(
+                    attempt,
+                    Duration::from_millis(250),
+                    Duration::from_secs(8),
+                    rand::random(),
+                );
                 bar.suspend(|| {
                     eprintln!(
                         "export interrupted ({e:#}); resuming after line {} in {:.1}s",

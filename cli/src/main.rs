@@ -16,8 +16,8 @@ mod export;
 mod kube;
 mod output;
 mod run;
+mod style;
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,7 +56,7 @@ struct Conn {
     token_file: Option<std::path::PathBuf>,
     /// Colour output.
     #[arg(long, global = true, value_enum, default_value = "auto")]
-    color: ColorWhen,
+    color: style::ColorWhen,
     /// Without --server: the kubeconfig context to use (default: the current one).
     #[arg(long, global = true)]
     context: Option<String>,
@@ -79,13 +79,6 @@ struct Conn {
 
 /// Gets a fresh token (the kubeconfig user's exec plugin run again).
 pub type Refresh = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum ColorWhen {
-    Auto,
-    Always,
-    Never,
-}
 
 #[derive(Subcommand)]
 enum Command {
@@ -229,7 +222,7 @@ fn main() {
                 }
             },
             _ = tokio::signal::ctrl_c() => {
-                restore_terminal();
+                style::restore_terminal();
                 130
             }
         }
@@ -362,14 +355,7 @@ impl Client {
             )
             .into());
         }
-        let color = match conn.color {
-            ColorWhen::Always => true,
-            ColorWhen::Never => false,
-            ColorWhen::Auto => {
-                std::io::stdout().is_terminal()
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            }
-        };
+        let color = style::enabled(conn.color);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
@@ -674,17 +660,17 @@ async fn follow_ws(
     Ok(Session::Dropped("stream interrupted".into()))
 }
 
-/// Exponential backoff with jitter, one dim status line on stderr.
+/// Exponential backoff with jitter (200 ms doubling, at most 10 s), one dim status line
+/// on stderr. `attempt` counts from 1.
 async fn reconnect_wait(c: &Client, attempt: u32, why: &str) {
-    let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt.min(6) - 1);
-    let wait =
-        base.min(Duration::from_secs(10)) + Duration::from_millis(rand::random::<u64>() % 250);
+    let wait = logstream_model::retry::backoff(
+        attempt.saturating_sub(1),
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+        rand::random(),
+    );
     let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
-    if c.color {
-        eprintln!("\x1b[2m{msg}\x1b[0m");
-    } else {
-        eprintln!("{msg}");
-    }
+    eprintln!("{}", style::dim(c.color, msg));
     tokio::time::sleep(wait).await;
 }
 
@@ -754,12 +740,7 @@ async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i3
             }
             Err(e) => {
                 if !failing {
-                    let msg = format!("watch: {e:#}; retrying");
-                    if c.color {
-                        eprintln!("\x1b[2m{msg}\x1b[0m");
-                    } else {
-                        eprintln!("{msg}");
-                    }
+                    eprintln!("{}", style::dim(c.color, format!("watch: {e:#}; retrying")));
                 }
                 failing = true;
                 continue;
@@ -858,18 +839,6 @@ async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
         println!("{:<13}{value}", format!("{key}:"));
     }
     Ok(0)
-}
-
-/// After Ctrl+C: whatever was cut short, leave the terminal in its normal colours and
-/// on a fresh line.
-fn restore_terminal() {
-    if std::io::stdout().is_terminal() {
-        print!("\x1b[0m");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-    }
-    if std::io::stderr().is_terminal() {
-        eprintln!("\x1b[0m");
-    }
 }
 
 /// Exit code 2 and a message, for usage errors found after parsing.

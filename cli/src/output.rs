@@ -6,6 +6,8 @@ use std::io::{BufWriter, Stdout, Write};
 
 use serde_json::Value;
 
+use crate::style;
+
 /// `-o` for lines.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -13,8 +15,6 @@ pub enum Format {
     Json,
     Csv,
 }
-
-const STEP_COLOURS: [&str; 6] = ["36", "35", "34", "32", "33", "96"];
 
 /// Writes lines to standard output.
 pub struct Printer {
@@ -24,7 +24,8 @@ pub struct Printer {
     out: BufWriter<Stdout>,
     /// Width of the widest step seen, for alignment.
     step_width: usize,
-    steps: HashMap<String, &'static str>,
+    /// Each step's number in order of first appearance (its colour).
+    steps: HashMap<String, usize>,
     csv_header: bool,
 }
 
@@ -64,38 +65,19 @@ impl Printer {
             }
             Format::Text => {
                 if self.timestamps {
-                    if self.color {
-                        write!(self.out, "\x1b[2m{}\x1b[0m ", s("ts"))?;
-                    } else {
-                        write!(self.out, "{} ", s("ts"))?;
-                    }
+                    write!(self.out, "{} ", style::dim(self.color, s("ts")))?;
                 }
                 let step = s("step");
                 if !step.is_empty() {
                     self.step_width = self.step_width.max(step.chars().count());
                     let n = self.steps.len();
-                    let colour = *self
-                        .steps
-                        .entry(step.to_owned())
-                        .or_insert(STEP_COLOURS[n % STEP_COLOURS.len()]);
+                    let nth = *self.steps.entry(step.to_owned()).or_insert(n);
                     let pad = self.step_width - step.chars().count();
-                    if self.color {
-                        write!(self.out, "\x1b[{colour}m{step}\x1b[0m{:pad$} | ", "")?;
-                    } else {
-                        write!(self.out, "{step}{:pad$} | ", "")?;
-                    }
+                    let step = style::step(self.color, nth, step);
+                    write!(self.out, "{step}{:pad$} | ", "")?;
                 }
-                let message = s("message");
-                let code = match s("level") {
-                    "error" | "fatal" => Some("31"),
-                    "warn" => Some("33"),
-                    "debug" | "trace" => Some("2"),
-                    _ => None,
-                };
-                match code {
-                    Some(c) if self.color => writeln!(self.out, "\x1b[{c}m{message}\x1b[0m")?,
-                    _ => writeln!(self.out, "{message}")?,
-                }
+                let message = style::level(self.color, s("level"), s("message"));
+                writeln!(self.out, "{message}")?;
             }
         }
         Ok(())

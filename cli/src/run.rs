@@ -291,9 +291,13 @@ async fn send_batches(
                 }
             }
             attempt += 1;
-            let wait =
-                Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
-            tokio::time::sleep(wait + Duration::from_millis(rand::random::<u64>() % 100)).await;
+            tokio::time::sleep(logstream_model::retry::backoff(
+                attempt,
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                rand::random(),
+            ))
+            .await;
         }
         pending.clear();
     }

@@ -797,9 +797,13 @@ impl Engine {
                 container,
                 batch_id,
                 lines,
+                code,
                 ..
             } => {
+                // Final: the checkpoint (or the spool) moves past the batch like an ack,
+                // so the container's next lines go on.
                 self.metrics.lines_rejected.inc_by(lines);
+                self.metrics.batch_rejected(&code);
                 self.acked(container, batch_id);
             }
             Report::Completed { pod_uid } => {
@@ -975,4 +979,188 @@ fn reset_reading(c: &mut Container, redactor: &Arc<Redactor>) {
         StreamRedactor::new(redactor.clone()),
         StreamRedactor::new(redactor.clone()),
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// An engine on a temp log root holding one pod (`uid-1`, deployment `dep`) with one
+    /// container, driven by hand (scan, pass, report) instead of `run`.
+    struct Rig {
+        _tmp: tempfile::TempDir,
+        log: PathBuf,
+        engine: Engine,
+        out: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+        written: u64,
+    }
+
+    impl Rig {
+        fn new(spool: bool) -> Rig {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("pods/ci_pod-1_uid-1/main");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = Settings::new(
+                tmp.path().join("pods"),
+                tmp.path().join("state"),
+                "n".into(),
+            );
+            s.batch_delay = Duration::ZERO;
+            s.batch_bytes = 1 << 10; // a few lines per batch
+            if spool {
+                // Every batch not acknowledged at once goes through the spool.
+                s.spool_after = Duration::ZERO;
+            } else {
+                s.spool_bytes = 0;
+            }
+            let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+            let mut engine = Engine::new(s, tx, Metrics::default()).unwrap();
+            engine.pods.insert(
+                "uid-1".into(),
+                PodInfo {
+                    namespace: "ci".into(),
+                    name: "pod-1".into(),
+                    uid: "uid-1".into(),
+                    deployment: Some("dep".into()),
+                    step: None,
+                    finished: None,
+                    gateway: None,
+                },
+            );
+            Rig {
+                log: dir.join("0.log"),
+                _tmp: tmp,
+                engine,
+                out,
+                written: 0,
+            }
+        }
+
+        fn write(&mut self, n: u64) {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .unwrap();
+            for _ in 0..n {
+                let i = self.written;
+                writeln!(
+                    f,
+                    "2026-01-01T00:00:00.{i:09}Z stdout F line {i} {}",
+                    "x".repeat(100)
+                )
+                .unwrap();
+                self.written += 1;
+            }
+        }
+
+        fn container(&self) -> &Container {
+            self.engine.containers.values().next().expect("a container")
+        }
+
+        /// Passes until a batch goes out that `want` accepts (earlier ones are dropped).
+        fn next_batch(&mut self, want: impl Fn(&Container) -> bool) -> Batch {
+            for _ in 0..200 {
+                self.engine.scan();
+                self.engine.pass();
+                while let Ok(o) = self.out.try_recv() {
+                    if let Outgoing::Push(b) = o
+                        && want(self.container())
+                    {
+                        return b;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            panic!("no batch went out");
+        }
+
+        fn reject(&mut self, b: &Batch) {
+            self.engine.report(Report::Rejected {
+                container: b.container,
+                batch_id: b.req.batch_id,
+                lines: b.req.lines.len() as u64,
+                code: "deployment_completed".into(),
+                reason: "the deployment has completed".into(),
+            });
+        }
+
+        fn rejected(&self, code: &str) -> u64 {
+            self.engine
+                .metrics
+                .batches_rejected
+                .with_label_values(&[code])
+                .get()
+        }
+    }
+
+    fn line_no(l: &pb::Line) -> u64 {
+        l.message.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_batch_refused_for_good_moves_the_checkpoint_past_it() {
+        let mut rig = Rig::new(false);
+        rig.write(40);
+        let first = rig.next_batch(|_| true);
+        assert!(rig.container().in_flight.is_some());
+        rig.reject(&first);
+        let c = rig.container();
+        assert!(c.in_flight.is_none(), "nothing waits for the refused batch");
+        let t = c.tails.front().unwrap();
+        assert_eq!(
+            t.state.acked, first.req.batch_id,
+            "the checkpoint moved past it"
+        );
+        assert_eq!(t.state.pending, None);
+        assert_eq!(rig.rejected("deployment_completed"), 1);
+        assert_eq!(
+            rig.engine.metrics.lines_rejected.get(),
+            first.req.lines.len() as u64
+        );
+        // The next batch starts right after the refused one: nothing is sent twice.
+        let next = rig.next_batch(|_| true);
+        assert_eq!(
+            line_no(&next.req.lines[0]),
+            line_no(first.req.lines.last().unwrap()) + 1
+        );
+        assert!(next.req.batch_id > first.req.batch_id);
+        // Saved to disk, so a restart resumes after it too.
+        rig.engine.flush_checkpoints();
+        let saved = Checkpoints::load(&rig.engine.s.state_dir).unwrap();
+        assert_eq!(
+            saved.files.values().next().unwrap().acked,
+            first.req.batch_id
+        );
+    }
+
+    #[test]
+    fn a_spooled_batch_refused_for_good_leaves_the_spool() {
+        let mut rig = Rig::new(true);
+        rig.write(40);
+        let spooled = rig.next_batch(|c| c.in_flight.as_ref().is_some_and(|f| f.spooled.is_some()));
+        let seq = rig.container().in_flight.as_ref().unwrap().spooled.unwrap();
+        let spool = rig.engine.spool.as_ref().unwrap();
+        assert_eq!(spool.entries().next().map(|e| e.seq), Some(seq));
+        rig.reject(&spooled);
+        assert!(rig.container().in_flight.is_none());
+        let spool = rig.engine.spool.as_ref().unwrap();
+        assert!(
+            spool.entries().all(|e| e.seq != seq),
+            "the refused batch is out of the spool"
+        );
+        assert!(
+            !rig.engine
+                .s
+                .state_dir
+                .join(format!("spool/{seq:020}.batch"))
+                .exists(),
+            "and its file deleted"
+        );
+        assert_eq!(rig.rejected("deployment_completed"), 1);
+        // The container goes on with the rest.
+        let next = rig.next_batch(|c| c.in_flight.is_some());
+        assert!(line_no(&next.req.lines[0]) > line_no(spooled.req.lines.last().unwrap()));
+    }
 }

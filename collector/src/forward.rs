@@ -1,12 +1,17 @@
 //! The gRPC side: batches go out on one `Ingest.Push` stream (zstd), acknowledgements
 //! come back in order and are handed to the engine, which only then moves checkpoints.
-//! A broken stream or a retryable refusal (quota, unavailable, expired token) reconnects
-//! with exponential backoff and jitter and re-sends every unacknowledged batch with its
-//! original source and id, which the gateway stores once.
+//! A broken stream or a retryable refusal (the contract's list,
+//! `logstream_model::retry::RETRYABLE_CODES`: quota, unavailable, storage, shutdown,
+//! internal) reconnects with exponential backoff and jitter and re-sends every
+//! unacknowledged batch with its original source and id, which the gateway stores once.
+//! Any other refusal is final for that batch: it is counted, logged once per deployment
+//! and code, and the container moves on past it. A completion refused with a final code
+//! is not retried either.
 
+use logstream_model::retry;
 use logstream_proto::v1 as pb;
 use pb::ingest_client::IngestClient;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -87,14 +92,19 @@ pub enum Report {
         lines: u64,
         bytes: u64,
     },
-    /// The gateway refused it for good (bad deployment id, permission): counted and
-    /// logged, and the checkpoint moves past it so the file is not blocked forever.
+    /// The gateway refused it for good (a code not in the contract's retry list: the
+    /// deployment completed, a bad id, a missing scope): counted by `code`, and the
+    /// checkpoint moves past it so the file is not blocked forever.
     Rejected {
         container: u64,
         batch_id: u64,
         lines: u64,
+        code: String,
         reason: String,
     },
+    /// The pod's completion is settled: the gateway completed the deployment, or refused
+    /// the completion with a final code (e.g. `deployment_completed`: it was already
+    /// completed, maybe with another status), which is logged and not retried.
     Completed {
         pod_uid: String,
     },
@@ -155,19 +165,87 @@ pub struct Forwarder {
     pub token: Arc<TokenFile>,
 }
 
+/// 100 ms doubling, at most 5 s, jittered so many collectors do not reconnect in step.
 fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
-    let capped = base.min(Duration::from_secs(5));
-    // Full jitter on the upper half, so many collectors do not reconnect in step.
-    let half = capped / 2;
-    half + half.mul_f64(rand::random::<f64>())
+    retry::backoff(
+        attempt,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        rand::random(),
+    )
 }
 
-fn retryable(code: &str) -> bool {
-    !matches!(
-        code,
-        "InvalidArgument" | "PermissionDenied" | "NotFound" | "FailedPrecondition"
-    )
+/// The contract code of a refused call: the gateway's `logstream-error-code` metadata,
+/// else the prefix of its message (`"{code}: {message}"`).
+fn status_code(s: &tonic::Status) -> Option<String> {
+    s.metadata()
+        .get("logstream-error-code")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| retry::status_code(s.message()).map(str::to_owned))
+}
+
+/// Whether a refused completion is final (not to be sent again). A contract code
+/// decides by the contract's retry list, except a refused token (`unauthorized`,
+/// `auth_expired`): that refuses the credentials, not the request, and the token file
+/// is re-read before the next attempt (as when opening the push stream). A status
+/// without a code (transport errors, an older gateway) is final only for the gRPC
+/// codes that say the request itself is wrong.
+fn completion_final(s: &tonic::Status) -> Option<String> {
+    use tonic::Code;
+    if s.code() == Code::Unauthenticated {
+        return None;
+    }
+    match status_code(s) {
+        Some(code) if matches!(code.as_str(), "unauthorized" | "auth_expired") => None,
+        Some(code) => (!retry::is_retryable(&code)).then_some(code),
+        None => matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::AlreadyExists
+                | Code::OutOfRange
+                | Code::Unimplemented
+        )
+        .then(|| format!("{:?}", s.code())),
+    }
+}
+
+/// Remembers which (deployment, code) refusals were logged, so a deployment whose every
+/// batch is refused (it completed while its pod writes on) is logged once, not once
+/// per batch. Bounded: the oldest entry is forgotten first (and may be logged again).
+struct LoggedOnce {
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+    cap: usize,
+}
+
+impl LoggedOnce {
+    fn new(cap: usize) -> LoggedOnce {
+        LoggedOnce {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// True the first time this pair is seen (while it is remembered).
+    fn first(&mut self, deployment: &str, code: &str) -> bool {
+        let key = (deployment.to_owned(), code.to_owned());
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
 }
 
 impl Forwarder {
@@ -207,6 +285,7 @@ impl Forwarder {
         let mut completes: VecDeque<(String, pb::CompleteRequest)> = VecDeque::new();
         let mut attempt = 0u32;
         let mut closed = false;
+        let mut logged = LoggedOnce::new(1024);
         loop {
             if closed && unacked.is_empty() && completes.is_empty() {
                 return;
@@ -225,17 +304,28 @@ impl Forwarder {
             };
             // Completions first: they are small and their pods' lines are all acked.
             while let Some((uid, req)) = completes.front().cloned() {
+                let deployment = req.deployment.clone();
                 let r = match self.authed(req) {
-                    Ok(r) => client.complete(r).await.map_err(|s| s.to_string()),
-                    Err(e) => Err(e),
+                    Ok(r) => client.complete(r).await.map_err(|s| {
+                        let fin = completion_final(&s);
+                        (s.to_string(), fin)
+                    }),
+                    Err(e) => Err((e, None)),
                 };
                 match r {
                     Ok(_) => {
                         completes.pop_front();
                         report(Report::Completed { pod_uid: uid });
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "completing a deployment failed; retrying");
+                    Err((e, Some(code))) => {
+                        // Final: sending it again would be refused again (and would hold
+                        // up every batch behind it).
+                        tracing::error!(%deployment, %code, error = %e, "the gateway refused to complete a deployment; not retrying");
+                        completes.pop_front();
+                        report(Report::Completed { pod_uid: uid });
+                    }
+                    Err((e, None)) => {
+                        tracing::warn!(%deployment, error = %e, "completing a deployment failed; retrying");
                         break;
                     }
                 }
@@ -274,7 +364,7 @@ impl Forwarder {
                             let _ = tx.send(b.req);
                         }
                         Some(Outgoing::Complete { pod_uid, deployment, status, exit_code, .. }) => {
-                            completes.push_back((pod_uid, pb::CompleteRequest { deployment, status, exit_code }));
+                            completes.push_back((pod_uid, pb::CompleteRequest { deployment, status, exit_code: Some(exit_code) }));
                             if unacked.is_empty() {
                                 break "completion pending".into();
                             }
@@ -301,13 +391,16 @@ impl Forwarder {
                                     attempt = 0;
                                     report(Report::Acked { container: b.container, batch_id: b.batch_id, lines, bytes });
                                 }
-                                Some(e) if retryable(&e.code) => {
+                                Some(e) if retry::is_retryable(&e.code) => {
                                     break format!("the gateway refused a batch for now ({}: {}); retrying", e.code, e.message);
                                 }
                                 Some(e) => {
                                     let b = unacked.pop_front().expect("front");
-                                    tracing::error!(deployment = %b.deployment, source = %b.source, code = %e.code, error = %e.message, lines, "the gateway refused a batch for good");
-                                    report(Report::Rejected { container: b.container, batch_id: b.batch_id, lines, reason: e.message });
+                                    attempt = 0;
+                                    if logged.first(&b.deployment, &e.code) {
+                                        tracing::error!(deployment = %b.deployment, source = %b.source, code = %e.code, error = %e.message, lines, "the gateway refused a batch for good; its lines are skipped, and later refusals of this deployment with this code are only counted (logstream_collector_batches_rejected_total)");
+                                    }
+                                    report(Report::Rejected { container: b.container, batch_id: b.batch_id, lines, code: e.code, reason: e.message });
                                 }
                             }
                             if !completes.is_empty() && unacked.is_empty() {
@@ -334,5 +427,73 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn each_deployment_and_code_is_logged_once_within_a_bound() {
+        let mut l = LoggedOnce::new(2);
+        assert!(l.first("a", "deployment_completed"));
+        assert!(!l.first("a", "deployment_completed"));
+        assert!(l.first("a", "missing_scope"));
+        assert!(!l.first("a", "missing_scope"));
+        // A third pair evicts the oldest, which may then be logged again.
+        assert!(l.first("b", "deployment_completed"));
+        assert_eq!(l.seen.len(), 2);
+        assert!(!l.first("b", "deployment_completed"));
+        assert!(l.first("a", "deployment_completed"));
+        assert_eq!((l.seen.len(), l.order.len()), (2, 2));
+    }
+
+    #[test]
+    fn completions_refused_with_a_final_code_are_not_retried() {
+        let fin = |code, msg: &str| completion_final(&Status::new(code, msg));
+        assert_eq!(
+            fin(
+                Code::FailedPrecondition,
+                "deployment_completed: the deployment has completed"
+            ),
+            Some("deployment_completed".into())
+        );
+        assert_eq!(
+            fin(Code::NotFound, "deployment_not_found: no such deployment"),
+            Some("deployment_not_found".into())
+        );
+        assert_eq!(
+            fin(Code::InvalidArgument, "invalid_deployment_id: bad"),
+            Some("invalid_deployment_id".into())
+        );
+        // The contract's retryable codes, whatever the gRPC code says.
+        for (code, msg) in [
+            (Code::Unavailable, "storage_unavailable: disk"),
+            (Code::Unavailable, "shutting_down: bye"),
+            (Code::ResourceExhausted, "quota_exceeded: slow down"),
+            (Code::Internal, "internal: logged"),
+            (Code::Unavailable, "unavailable: later"),
+        ] {
+            assert_eq!(fin(code, msg), None, "{msg}");
+        }
+        // A refused token: re-read and retried.
+        assert_eq!(fin(Code::Unauthenticated, "unauthorized: expired"), None);
+        assert_eq!(fin(Code::Unauthenticated, "no bearer token"), None);
+        // No code in the message: transport trouble is retried, a wrong request is not.
+        assert_eq!(fin(Code::Unavailable, "transport error"), None);
+        assert_eq!(fin(Code::Unknown, "h2 protocol error"), None);
+        assert_eq!(
+            fin(Code::FailedPrecondition, "conflict"),
+            Some("FailedPrecondition".into())
+        );
+        // The code in metadata wins over the message.
+        let mut s = Status::new(Code::FailedPrecondition, "sealed");
+        s.metadata_mut().insert(
+            "logstream-error-code",
+            "deployment_completed".parse().unwrap(),
+        );
+        assert_eq!(completion_final(&s), Some("deployment_completed".into()));
     }
 }

@@ -1,6 +1,6 @@
 //! Collector metrics (`/metrics`, prefix `logstream_collector_`).
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -12,6 +12,8 @@ pub struct Metrics {
     pub lines_forwarded: IntCounter,
     pub bytes_forwarded: IntCounter,
     pub lines_rejected: IntCounter,
+    /// By the gateway's error code.
+    pub batches_rejected: IntCounterVec,
     pub retries: IntCounter,
     pub redactions: IntCounter,
     pub parse_errors: IntCounter,
@@ -56,8 +58,20 @@ impl Default for Metrics {
             ),
             lines_rejected: counter(
                 "lines_rejected_total",
-                "Lines the gateway refused for good (logged with the reason).",
+                "Lines the gateway refused for good (skipped; see batches_rejected_total for the codes).",
             ),
+            batches_rejected: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "batches_rejected_total",
+                        "Batches the gateway refused for good, by error code (not retried: the lines are skipped; the first refusal per deployment and code is logged).",
+                    ),
+                    &["code"],
+                )
+                .expect("metric");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
             retries: counter("retries_total", "Reconnects and re-sends to the gateway."),
             redactions: counter(
                 "redactions_total",
@@ -98,6 +112,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a batch refused for good. The code comes from the gateway: anything not
+    /// shaped like an error code is counted as `other`, so labels stay few.
+    pub fn batch_rejected(&self, code: &str) {
+        let code = if !code.is_empty()
+            && code.len() <= 64
+            && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            code
+        } else {
+            "other"
+        };
+        self.batches_rejected.with_label_values(&[code]).inc();
+    }
+
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

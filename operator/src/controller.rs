@@ -187,10 +187,15 @@ pub fn error_policy(ls: Arc<LogStream>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
-/// The retry delay after `n` consecutive failures.
+/// The retry delay after `n` consecutive failures: 5 s doubling, at most 5 min, no
+/// jitter (a reconcile is requeued for one object, there is no herd to spread).
 pub fn backoff(n: u32) -> Duration {
-    Duration::from_secs(5u64.saturating_mul(1 << n.saturating_sub(1).min(6)))
-        .min(Duration::from_secs(300))
+    logstream_model::retry::backoff(
+        n.saturating_sub(1),
+        Duration::from_secs(5),
+        Duration::from_secs(300),
+        0.0,
+    )
 }
 
 async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
