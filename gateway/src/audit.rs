@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::store::{DeploymentLog, LogId, Store, StoreError};
+use crate::store::{DeploymentId, DeploymentLog, Store, StoreError};
 
 /// One audited event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub struct AuditEvent {
 }
 
 /// The log id of the audit log.
-pub fn audit_log_id() -> LogId {
-    LogId::new("_system", "audit")
+pub fn audit_log_id() -> DeploymentId {
+    DeploymentId::new("_system", "audit")
 }
 
 enum Msg {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
-use crate::store::{CommitListener, Completion, LogId};
+use crate::store::{CommitListener, Completion, DeploymentId};
 
 /// One stored line with its cursor and its JSON form, shared by all viewers.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ struct LineJson<'a> {
 }
 
 impl WireLine {
-    pub fn new(id: &LogId, record: LogRecord) -> WireLine {
+    pub fn new(id: &DeploymentId, record: LogRecord) -> WireLine {
         let cursor = Cursor::new(&id.tenant, &id.deployment, record.seq, record.ts).encode();
         let json = serde_json::to_vec(&LineJson {
             cursor: &cursor,
@@ -136,7 +136,7 @@ pub enum LiveEvent {
 
 /// The live channels of all deployments with viewers.
 pub struct Hub {
-    channels: Mutex<HashMap<LogId, broadcast::Sender<LiveEvent>>>,
+    channels: Mutex<HashMap<DeploymentId, broadcast::Sender<LiveEvent>>>,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -151,7 +151,7 @@ impl Hub {
     }
 
     /// Subscribes to `id`'s live lines (every commit after this call is delivered).
-    pub fn subscribe(&self, id: &LogId) -> broadcast::Receiver<LiveEvent> {
+    pub fn subscribe(&self, id: &DeploymentId) -> broadcast::Receiver<LiveEvent> {
         let mut map = self.channels.lock();
         map.entry(id.clone())
             .or_insert_with(|| broadcast::channel(self.capacity).0)
@@ -159,14 +159,14 @@ impl Hub {
     }
 
     /// Number of subscribed viewers of `id`.
-    pub fn viewers(&self, id: &LogId) -> usize {
+    pub fn viewers(&self, id: &DeploymentId) -> usize {
         self.channels
             .lock()
             .get(id)
             .map_or(0, |tx| tx.receiver_count())
     }
 
-    fn sender(&self, id: &LogId) -> Option<broadcast::Sender<LiveEvent>> {
+    fn sender(&self, id: &DeploymentId) -> Option<broadcast::Sender<LiveEvent>> {
         let mut map = self.channels.lock();
         let tx = map.get(id)?;
         if tx.receiver_count() == 0 {
@@ -178,7 +178,7 @@ impl Hub {
 }
 
 impl CommitListener for Hub {
-    fn committed(&self, id: &LogId, records: &[LogRecord]) {
+    fn committed(&self, id: &DeploymentId, records: &[LogRecord]) {
         let bytes: usize = records.iter().map(|r| r.message.len()).sum();
         self.metrics.ingest_lines.inc_by(records.len() as u64);
         self.metrics.ingest_bytes.inc_by(bytes as u64);
@@ -190,7 +190,7 @@ impl CommitListener for Hub {
         let _ = tx.send(LiveEvent::Lines(Arc::new(Frame::new(lines))));
     }
 
-    fn completed(&self, id: &LogId, completion: &Completion) {
+    fn completed(&self, id: &DeploymentId, completion: &Completion) {
         if let Some(tx) = self.channels.lock().remove(id) {
             let _ = tx.send(LiveEvent::End(*completion));
         }

@@ -9,7 +9,7 @@ use logstream_gateway::auth::{Authenticator, Scope};
 use logstream_gateway::config::{self, Config, Role};
 use logstream_gateway::core::Gateway;
 use logstream_gateway::server::{self, Listeners};
-use logstream_gateway::store::{self, LogId, Store, StoreConfig, StoreHooks};
+use logstream_gateway::store::{self, DeploymentId, Store, StoreConfig, StoreHooks};
 
 #[derive(Parser)]
 #[command(
@@ -268,7 +268,7 @@ fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
             None => store.deployments(&tenant)?,
         };
         for d in deployments {
-            let id = LogId::new(tenant.clone(), d);
+            let id = DeploymentId::new(tenant.clone(), d);
             let log = store
                 .log(&id, false)?
                 .with_context(|| format!("{id}: no such deployment"))?;

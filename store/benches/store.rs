@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use logstream_model::{Filter, LogRecord};
-use logstream_store::{Direction, LogId, Store, StoreConfig, StoreHooks};
+use logstream_store::{DeploymentId, Direction, Store, StoreConfig, StoreHooks};
 use rand::Rng;
 
 fn data_dir() -> PathBuf {
@@ -123,7 +123,7 @@ fn append_run(
     };
     let store = Store::open(root.join("store"), cfg, StoreHooks::default()).unwrap();
     let log = store
-        .log(&LogId::new("bench", "append"), true)
+        .log(&DeploymentId::new("bench", "append"), true)
         .unwrap()
         .unwrap();
     let mut all = Vec::with_capacity(lines.len() * reps);
@@ -253,7 +253,7 @@ fn main() {
                 };
                 let store = Store::open(tmp.path(), cfg, StoreHooks::default()).unwrap();
                 let log = store
-                    .log(&LogId::new("bench", "size"), true)
+                    .log(&DeploymentId::new("bench", "size"), true)
                     .unwrap()
                     .unwrap();
                 for chunk in records(lines, 0).chunks(1000) {
@@ -264,7 +264,7 @@ fn main() {
                     log.complete(logstream_store::Outcome::Succeeded, 0)
                         .unwrap();
                     drop(log);
-                    logstream_store::compact(&store, &LogId::new("bench", "size")).unwrap();
+                    logstream_store::compact(&store, &DeploymentId::new("bench", "size")).unwrap();
                     compacted = dir_bytes(tmp.path());
                 }
             }
@@ -312,7 +312,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path(), base.clone(), StoreHooks::default()).unwrap();
     let log = store
-        .log(&LogId::new("bench", "read"), true)
+        .log(&DeploymentId::new("bench", "read"), true)
         .unwrap()
         .unwrap();
     let mut ts = 0i64;

@@ -73,23 +73,23 @@ pub struct BatchId {
     pub batch_id: u64,
 }
 
-/// Names one deployment's log.
+/// Names a deployment of a tenant (whose log a `DeploymentLog` is).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LogId {
+pub struct DeploymentId {
     pub tenant: String,
     pub deployment: String,
 }
 
-impl LogId {
-    pub fn new(tenant: impl Into<String>, deployment: impl Into<String>) -> LogId {
-        LogId {
+impl DeploymentId {
+    pub fn new(tenant: impl Into<String>, deployment: impl Into<String>) -> DeploymentId {
+        DeploymentId {
             tenant: tenant.into(),
             deployment: deployment.into(),
         }
     }
 }
 
-impl fmt::Display for LogId {
+impl fmt::Display for DeploymentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.tenant, self.deployment)
     }
@@ -229,16 +229,16 @@ impl Clock for SystemClock {
 /// Told about every commit, in seq order per log, while the commit is still exclusive:
 /// the live broadcast hangs off this.
 pub trait CommitListener: Send + Sync {
-    fn committed(&self, log: &LogId, records: &[LogRecord]);
-    fn completed(&self, log: &LogId, completion: &Completion);
+    fn committed(&self, log: &DeploymentId, records: &[LogRecord]);
+    fn completed(&self, log: &DeploymentId, completion: &Completion);
 }
 
 /// A listener that ignores everything.
 pub struct NoListener;
 
 impl CommitListener for NoListener {
-    fn committed(&self, _: &LogId, _: &[LogRecord]) {}
-    fn completed(&self, _: &LogId, _: &Completion) {}
+    fn committed(&self, _: &DeploymentId, _: &[LogRecord]) {}
+    fn completed(&self, _: &DeploymentId, _: &Completion) {}
 }
 
 /// Named fault points for tests (`segment_write`, `segment_sync`): when armed, the I/O at
@@ -286,7 +286,7 @@ impl Default for StoreHooks {
 /// One segment deleted by retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
-    pub log: LogId,
+    pub log: DeploymentId,
     pub first_seq: u64,
     pub last_seq: u64,
     pub bytes: u64,
@@ -297,7 +297,7 @@ pub struct Store {
     root: PathBuf,
     pub(crate) cfg: Arc<StoreConfig>,
     hooks: Arc<StoreHooks>,
-    logs: RwLock<HashMap<LogId, Arc<DeploymentLog>>>,
+    logs: RwLock<HashMap<DeploymentId, Arc<DeploymentLog>>>,
     /// Serialises opening/creating logs so two callers never open one log twice.
     opening: Mutex<()>,
 }
@@ -333,7 +333,7 @@ impl Store {
         self.root.join("tenants").join(tenant).join("deployments")
     }
 
-    fn log_dir(&self, id: &LogId) -> PathBuf {
+    fn log_dir(&self, id: &DeploymentId) -> PathBuf {
         if id.tenant.starts_with('_') {
             // System logs (`_audit`) live beside the tenants; tenant names cannot start
             // with '_', so they never collide.
@@ -344,7 +344,11 @@ impl Store {
 
     /// The log of `id`, opening it from disk; with `create`, a missing log is created.
     /// `Ok(None)` when it does not exist and `create` is false.
-    pub fn log(&self, id: &LogId, create: bool) -> Result<Option<Arc<DeploymentLog>>, StoreError> {
+    pub fn log(
+        &self,
+        id: &DeploymentId,
+        create: bool,
+    ) -> Result<Option<Arc<DeploymentLog>>, StoreError> {
         if let Some(log) = self.logs.read().get(id) {
             return Ok(Some(log.clone()));
         }
@@ -387,7 +391,7 @@ impl Store {
     }
 
     /// Drops the open handle of a log (after compaction replaced its files).
-    pub(crate) fn forget(&self, id: &LogId) {
+    pub(crate) fn forget(&self, id: &DeploymentId) {
         self.logs.write().remove(id);
     }
 
@@ -444,7 +448,7 @@ impl Store {
         for tenant in self.tenants()? {
             let cutoff = now.saturating_sub(retention(&tenant).as_nanos() as i64);
             for deployment in self.deployments(&tenant)? {
-                let id = LogId::new(tenant.clone(), deployment);
+                let id = DeploymentId::new(tenant.clone(), deployment);
                 let Some(log) = self.log(&id, false)? else {
                     continue;
                 };

@@ -15,7 +15,7 @@ use logstream_model::LogRecord;
 use super::format::{self, Hash};
 use super::log::scan_block;
 use super::meta::{self, MetaFile};
-use super::{BatchId, LogId, StoreError};
+use super::{BatchId, DeploymentId, StoreError};
 
 /// The result of verifying one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
 /// rename. Returns (old report, new report).
 pub fn compact(
     store: &super::Store,
-    id: &LogId,
+    id: &DeploymentId,
 ) -> Result<(VerifyReport, VerifyReport), StoreError> {
     let log = store.log(id, false)?.ok_or(StoreError::NotFound)?;
     let completion = log.completion().ok_or_else(|| {
@@ -173,7 +173,7 @@ pub fn compact(
             "retention already trimmed this log; compaction would break its anchor".into(),
         ));
     }
-    let tmp_id = LogId::new(id.tenant.clone(), format!("{}.compact", id.deployment));
+    let tmp_id = DeploymentId::new(id.tenant.clone(), format!("{}.compact", id.deployment));
     let tmp_dir = dir.with_file_name(format!("{}.compact", id.deployment));
     if tmp_dir.exists() {
         fs::remove_dir_all(&tmp_dir)

@@ -12,7 +12,7 @@ fn the_store_depends_on_no_transport_auth_or_runtime_crate() {
     let mut deps: HashMap<String, Vec<String>> = HashMap::new();
     for p in lock["package"].as_array().expect("packages") {
         let name = p["name"].as_str().expect("name").to_owned();
-        let list = p
+        let list: Vec<String> = p
             .get("dependencies")
             .and_then(|d| d.as_array())
             .map(|d| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use logstream_model::{Filter, Level, LevelSet, LogRecord, Stream};
 use logstream_store::{
-    BatchId, Clock, Direction, LogId, Outcome, Store, StoreConfig, StoreError, StoreHooks,
+    BatchId, Clock, DeploymentId, Direction, Outcome, Store, StoreConfig, StoreError, StoreHooks,
     verify_dir,
 };
 use proptest::prelude::*;
@@ -57,7 +57,7 @@ fn lines(range: std::ops::Range<u64>) -> Vec<LogRecord> {
     range.map(line).collect()
 }
 
-fn read_all(store: &Store, id: &LogId) -> Vec<LogRecord> {
+fn read_all(store: &Store, id: &DeploymentId) -> Vec<LogRecord> {
     let log = store.log(id, false).unwrap().unwrap();
     let mut out = Vec::new();
     let mut from = 0;
@@ -83,7 +83,7 @@ fn seg_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn log_dir(root: &Path, id: &LogId) -> PathBuf {
+fn log_dir(root: &Path, id: &DeploymentId) -> PathBuf {
     root.join("tenants")
         .join(&id.tenant)
         .join("deployments")
@@ -93,7 +93,7 @@ fn log_dir(root: &Path, id: &LogId) -> PathBuf {
 #[test]
 fn appended_lines_read_back_in_order_across_segments_and_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = LogId::new("acme", "build-1");
+    let id = DeploymentId::new("acme", "build-1");
     {
         let store = open(tmp.path(), small_config());
         let log = store.log(&id, true).unwrap().unwrap();
@@ -120,7 +120,7 @@ fn appended_lines_read_back_in_order_across_segments_and_reopen() {
 fn backward_pages_and_filters_never_skip_or_repeat() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), small_config());
-    let id = LogId::new("acme", "d");
+    let id = DeploymentId::new("acme", "d");
     let log = store.log(&id, true).unwrap().unwrap();
     log.append(lines(0..500), None).unwrap();
     let filter = Filter {
@@ -155,7 +155,10 @@ fn backward_pages_and_filters_never_skip_or_repeat() {
 fn time_seek_starts_at_the_first_block_at_or_after_since() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), small_config());
-    let log = store.log(&LogId::new("a", "t"), true).unwrap().unwrap();
+    let log = store
+        .log(&DeploymentId::new("a", "t"), true)
+        .unwrap()
+        .unwrap();
     for chunk in 0..10u64 {
         log.append(lines(chunk * 50..chunk * 50 + 50), None)
             .unwrap();
@@ -178,7 +181,7 @@ fn time_seek_starts_at_the_first_block_at_or_after_since() {
 #[test]
 fn torn_and_corrupt_tails_are_truncated_and_acked_lines_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = LogId::new("acme", "torn");
+    let id = DeploymentId::new("acme", "torn");
     {
         let store = open(tmp.path(), StoreConfig::default());
         let log = store.log(&id, true).unwrap().unwrap();
@@ -221,7 +224,7 @@ fn torn_and_corrupt_tails_are_truncated_and_acked_lines_kept() {
 
 /// Writes 5 blocks into one segment and returns (dir, segment path, block offsets).
 fn five_blocks(root: &Path) -> (PathBuf, PathBuf, Vec<(u64, u64)>) {
-    let id = LogId::new("acme", "tamper");
+    let id = DeploymentId::new("acme", "tamper");
     let store = open(root, StoreConfig::default());
     let log = store.log(&id, true).unwrap().unwrap();
     for i in 0..5 {
@@ -323,7 +326,7 @@ fn verify_detects_a_block_rewritten_with_a_valid_crc() {
 #[test]
 fn retried_batches_are_stored_once_even_after_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = LogId::new("acme", "dedup");
+    let id = DeploymentId::new("acme", "dedup");
     let batch = |n| {
         Some(BatchId {
             source: "node-1/pod".into(),
@@ -351,7 +354,7 @@ fn retried_batches_are_stored_once_even_after_reopen() {
 fn write_errors_reach_the_writer_and_leave_no_trace() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), StoreConfig::default());
-    let id = LogId::new("acme", "io");
+    let id = DeploymentId::new("acme", "io");
     let log = store.log(&id, true).unwrap().unwrap();
     log.append(lines(0..3), None).unwrap();
     store
@@ -380,7 +383,7 @@ fn write_errors_reach_the_writer_and_leave_no_trace() {
 #[test]
 fn completed_logs_refuse_appends_and_keep_their_outcome() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = LogId::new("acme", "done");
+    let id = DeploymentId::new("acme", "done");
     {
         let store = open(tmp.path(), StoreConfig::default());
         let log = store.log(&id, true).unwrap().unwrap();
@@ -413,7 +416,7 @@ fn completed_logs_refuse_appends_and_keep_their_outcome() {
 fn concurrent_appends_share_fsyncs_and_keep_every_line() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(open(tmp.path(), StoreConfig::default()));
-    let id = LogId::new("acme", "group");
+    let id = DeploymentId::new("acme", "group");
     let log = store.log(&id, true).unwrap().unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -462,9 +465,9 @@ fn retention_deletes_only_sealed_segments_past_the_tenant_retention() {
         ..StoreHooks::default()
     };
     let store = Store::open(tmp.path(), small_config(), hooks).unwrap();
-    let old = LogId::new("acme", "old");
-    let live = LogId::new("acme", "live");
-    let other = LogId::new("beta", "old");
+    let old = DeploymentId::new("acme", "old");
+    let live = DeploymentId::new("acme", "live");
+    let other = DeploymentId::new("beta", "old");
     for id in [&old, &other] {
         let log = store.log(id, true).unwrap().unwrap();
         for i in 0..10 {
@@ -514,7 +517,7 @@ fn retention_deletes_only_sealed_segments_past_the_tenant_retention() {
 fn compaction_rewrites_small_blocks_and_keeps_every_line() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), StoreConfig::default());
-    let id = LogId::new("acme", "small");
+    let id = DeploymentId::new("acme", "small");
     let log = store.log(&id, true).unwrap().unwrap();
     for i in 0..300 {
         log.append(vec![line(i)], None).unwrap();
@@ -574,7 +577,7 @@ proptest! {
     #[test]
     fn store_matches_an_in_memory_model(ops in prop::collection::vec(arb_op(), 1..30)) {
         let tmp = tempfile::tempdir().unwrap();
-        let id = LogId::new("t", "model");
+        let id = DeploymentId::new("t", "model");
         let mut store = open(tmp.path(), small_config());
         let mut model: Vec<LogRecord> = Vec::new();
         for op in ops {
@@ -620,8 +623,8 @@ proptest! {
 fn idle_completed_logs_are_forgotten_and_reopen_on_demand() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), StoreConfig::default());
-    let done = LogId::new("acme", "done");
-    let running = LogId::new("acme", "running");
+    let done = DeploymentId::new("acme", "done");
+    let running = DeploymentId::new("acme", "running");
     let log = store.log(&done, true).unwrap().unwrap();
     log.append(lines(0..5), None).unwrap();
     log.complete(Outcome::Succeeded, 0).unwrap();

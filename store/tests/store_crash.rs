@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use logstream_model::{Filter, LogRecord};
-use logstream_store::{Direction, LogId, Store, StoreConfig, StoreHooks, verify_dir};
+use logstream_store::{DeploymentId, Direction, Store, StoreConfig, StoreHooks, verify_dir};
 use rand::Rng;
 
 const THREADS: usize = 4;
@@ -23,8 +23,8 @@ fn config() -> StoreConfig {
     }
 }
 
-fn id() -> LogId {
-    LogId::new("crash", "deployment")
+fn id() -> DeploymentId {
+    DeploymentId::new("crash", "deployment")
 }
 
 /// Every stored line, in seq order.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::core::{Error, Gateway, Result};
-use crate::store::LogId;
+use crate::store::DeploymentId;
 
 /// The header clients use when `Authorization` is taken by a proxy (the Kubernetes API
 /// server's service proxy keeps `Authorization` for itself).
@@ -70,14 +70,14 @@ pub fn require(p: &Principal, scope: Scope) -> Result<()> {
 /// The deployment `deployment` of the caller's tenant, for an action needing `scope`:
 /// checks the scope, the id's syntax and the token's deployment globs (outside them the
 /// answer is the same as for a missing deployment).
-pub fn deployment(p: &Principal, deployment: &str, scope: Scope) -> Result<LogId> {
+pub fn deployment(p: &Principal, deployment: &str, scope: Scope) -> Result<DeploymentId> {
     require(p, scope)?;
     logstream_model::validate_deployment_id(deployment)
         .map_err(|e| Error::invalid("invalid_deployment_id", e.to_string()))?;
     if !p.may_access(deployment) {
         return Err(Error::deployment_not_found());
     }
-    Ok(LogId::new(p.tenant.clone(), deployment))
+    Ok(DeploymentId::new(p.tenant.clone(), deployment))
 }
 
 #[cfg(test)]

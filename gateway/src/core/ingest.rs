@@ -11,7 +11,7 @@ use logstream_model::redact::StreamRedactor;
 use logstream_model::{Cursor, Level, LogRecord, RedactionState, Stream};
 
 use crate::core::{Error, Gateway, Result};
-use crate::store::{BatchId, Completion, LogId, Outcome};
+use crate::store::{BatchId, Completion, DeploymentId, Outcome};
 
 /// One line as a producer sends it.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ fn to_records(
 /// they are durable.
 pub async fn append(
     state: &Arc<Gateway>,
-    id: &LogId,
+    id: &DeploymentId,
     lines: Vec<IngestLine>,
     batch: Option<BatchId>,
     started: Instant,
@@ -181,7 +181,7 @@ pub fn parse_status(status: &str) -> Result<Outcome> {
 /// Completes `id`: seals its log and ends its viewers' sessions.
 pub async fn complete(
     state: &Arc<Gateway>,
-    id: &LogId,
+    id: &DeploymentId,
     status: Outcome,
     exit_code: Option<i32>,
     subject: &str,

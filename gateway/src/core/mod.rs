@@ -25,7 +25,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{LogId, Store, StoreConfig, StoreHooks, SystemClock};
+use crate::store::{DeploymentId, Store, StoreConfig, StoreHooks, SystemClock};
 
 pub use error::{Error, ErrorKind, Result};
 
@@ -46,7 +46,8 @@ pub struct Gateway {
     pub tenant_redactors: HashMap<String, Arc<logstream_model::redact::Redactor>>,
     /// Per running deployment: registered secret values, `::add-mask::` values and PEM
     /// state. Held in memory only (never stored); dropped when the deployment completes.
-    pub redaction: Mutex<HashMap<LogId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
+    pub redaction:
+        Mutex<HashMap<DeploymentId, Arc<Mutex<logstream_model::redact::StreamRedactor>>>>,
     /// The audit log writer.
     pub audit: crate::audit::Audit,
     /// Per-tenant quota book-keeping.
@@ -77,7 +78,7 @@ impl Gateway {
     /// The redaction state of a deployment (created on first use).
     pub fn stream_redactor(
         &self,
-        id: &LogId,
+        id: &DeploymentId,
     ) -> Arc<Mutex<logstream_model::redact::StreamRedactor>> {
         self.redaction
             .lock()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use logstream_model::{Cursor, Filter, FilterParams};
 
 use crate::core::{Error, Gateway, Result};
-use crate::store::{DeploymentLog, Direction, LogId, StoreError};
+use crate::store::{DeploymentId, DeploymentLog, Direction, StoreError};
 
 /// The filter parameters every reading endpoint takes.
 pub const FILTERS: [&str; 6] = ["level", "step", "stream", "since", "until", "q"];
@@ -33,7 +33,7 @@ pub fn filter(p: &FilterParams<'_>) -> Result<Filter> {
 }
 
 /// Decodes a cursor of deployment `id`.
-pub fn cursor(raw: &str, id: &LogId, what: &str) -> Result<Cursor> {
+pub fn cursor(raw: &str, id: &DeploymentId, what: &str) -> Result<Cursor> {
     Cursor::decode(raw, &id.tenant, &id.deployment).map_err(|e| {
         Error::invalid(
             "invalid_cursor",
@@ -50,7 +50,7 @@ pub fn cursor(raw: &str, id: &LogId, what: &str) -> Result<Cursor> {
 /// parameters for deployment `id`.
 pub fn read_params(
     q: &HashMap<String, String>,
-    id: &LogId,
+    id: &DeploymentId,
     allowed: &[&str],
 ) -> Result<ReadParams> {
     for k in q.keys() {
@@ -129,7 +129,7 @@ pub async fn blocking<T: Send + 'static>(
 
 impl Gateway {
     /// The log of an existing deployment (`deployment_not_found` otherwise).
-    pub async fn existing_log(self: &Arc<Self>, id: &LogId) -> Result<Arc<DeploymentLog>> {
+    pub async fn existing_log(self: &Arc<Self>, id: &DeploymentId) -> Result<Arc<DeploymentLog>> {
         let (s, id) = (self.clone(), id.clone());
         blocking(move || s.store.log(&id, false))
             .await?

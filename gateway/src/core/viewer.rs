@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::core::{Error, Gateway, Result};
 use crate::hub::{Frame, LiveEvent, WireLine};
-use crate::store::{Completion, DeploymentLog, Direction, LogId};
+use crate::store::{Completion, DeploymentId, DeploymentLog, Direction};
 
 /// What a viewer receives.
 #[derive(Debug)]
@@ -284,7 +284,7 @@ async fn read(
 #[derive(Default)]
 pub struct ViewerCounts {
     tenants: HashMap<String, usize>,
-    deployments: HashMap<LogId, usize>,
+    deployments: HashMap<DeploymentId, usize>,
     /// Keyed by tenant and token hash: one token's streams.
     tokens: HashMap<String, usize>,
 }
@@ -303,7 +303,7 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 pub struct ViewerSlot {
     counts: Arc<Mutex<ViewerCounts>>,
     audit: crate::audit::Audit,
-    id: LogId,
+    id: DeploymentId,
     subject: String,
     token: String,
     client: Option<std::net::SocketAddr>,
@@ -313,7 +313,7 @@ impl ViewerSlot {
     /// Takes a slot or says which limit is reached (`too_many`, retry after 5 s).
     pub fn acquire(
         state: &Gateway,
-        id: &LogId,
+        id: &DeploymentId,
         who: &crate::auth::Principal,
         client: Option<std::net::SocketAddr>,
     ) -> Result<ViewerSlot> {
@@ -426,7 +426,7 @@ impl Session {
     pub async fn open(
         state: &Arc<Gateway>,
         who: &crate::auth::Principal,
-        id: &LogId,
+        id: &DeploymentId,
         start: Start,
         filter: Filter,
         client: Option<std::net::SocketAddr>,

@@ -31,7 +31,7 @@ use crate::auth::{AuthError, Principal, Scope};
 use crate::core::ingest::{self, IngestLine};
 use crate::core::viewer::{Session, SessionEvent, Start};
 use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
-use crate::store::{Completion, Direction, LogId};
+use crate::store::{Completion, DeploymentId, Direction};
 
 mod openapi;
 
@@ -565,7 +565,7 @@ async fn list(State(s): State<Arc<Gateway>>, Auth(p): Auth) -> Result<Response> 
             }
             if let Some(log) = s2
                 .store
-                .log(&LogId::new(p2.tenant.clone(), d.clone()), false)?
+                .log(&DeploymentId::new(p2.tenant.clone(), d.clone()), false)?
             {
                 items.push(deployment(&d, &log.stats()));
             }
@@ -895,7 +895,7 @@ enum Format {
     Csv,
 }
 
-fn export_line(out: &mut Vec<u8>, format: Format, id: &LogId, r: LogRecord) {
+fn export_line(out: &mut Vec<u8>, format: Format, id: &DeploymentId, r: LogRecord) {
     use logstream_model::export;
     match format {
         Format::Text => {

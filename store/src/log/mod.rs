@@ -36,7 +36,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 pub use super::BatchId;
 use super::format::{Hash, IndexEntry};
 use super::meta::{self, Completion, Meta, MetaFile};
-use super::{LogId, StoreConfig, StoreError, StoreHooks};
+use super::{DeploymentId, StoreConfig, StoreError, StoreHooks};
 pub(crate) use segment::scan_block;
 use segment::{
     create_segment, last_block_hash, list_segments, load_producers, open_sealed, recover_active,
@@ -144,7 +144,7 @@ struct Writer {
 
 /// A deployment's append-only, hash-chained log.
 pub struct DeploymentLog {
-    pub id: LogId,
+    pub id: DeploymentId,
     dir: PathBuf,
     cfg: Arc<StoreConfig>,
     hooks: Arc<StoreHooks>,
@@ -159,7 +159,7 @@ pub struct DeploymentLog {
 impl DeploymentLog {
     /// Opens (and with `create`, creates) the log in `dir`, recovering a torn tail.
     pub(crate) fn open(
-        id: LogId,
+        id: DeploymentId,
         dir: PathBuf,
         cfg: Arc<StoreConfig>,
         hooks: Arc<StoreHooks>,
