@@ -61,6 +61,11 @@ fn main() {
         "connecting to postgres://app:s3cr3tP4ss@db:5432/prod",
         "level=info msg=login password=Xy9!kq2Lm8 user=ci",
         r#"{"client_secret":"q8Wv2Lk9Zr4Tn6Yp1Hs3","ok":true}"#,
+        // Issue 17: command-line options and names holding a secret word anywhere.
+        "+ docker login -u ci -p Xk9#mQ2vL7pR registry.example.io",
+        "+ curl -fsSL -u deploy:Tq4!zR8wLm2x https://nexus.internal/api/v1",
+        "SECRET_KEY_BASE=9f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6",
+        "  stripeApiKeyLive: 4eC39HqLyjWDarjtT1zdp7dc",
     ]
     .iter()
     .map(|s| (*s).to_owned())

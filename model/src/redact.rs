@@ -11,6 +11,12 @@
 //! `Redactor` is immutable and shared; `StreamRedactor` holds per-stream state: PEM
 //! blocks spanning lines and GitHub-style `::add-mask::VALUE` commands. A clean line
 //! costs one automaton scan and no allocation.
+//!
+//! Secrets without a format of their own (`SECRET_KEY_BASE=...`, `--password VALUE`,
+//! `docker login -p VALUE`) are found by the names and commands around them: see
+//! [`generic`] (`secret_assignment` and `cli_credential`).
+
+mod generic;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -32,13 +38,23 @@ pub enum MaskStyle {
     Label,
 }
 
+/// How a detector finds its secrets.
+enum Matcher {
+    /// The secret is group 1 of each match (or the whole match without groups).
+    Regex(Regex),
+    /// [`generic`]: `NAME = VALUE` where NAME holds a secret word.
+    Assignment,
+    /// [`generic`]: credentials passed as command-line options.
+    CommandLine,
+}
+
 /// A built-in or custom detector.
 struct Detector {
     name: String,
     /// Literal substrings, one of which every match contains.
     anchors: Vec<String>,
     case_insensitive_anchors: bool,
-    re: Regex,
+    matcher: Matcher,
     /// Bytes at the start of the secret group kept visible (`AKIA`).
     keep_prefix: usize,
     /// Minimum Shannon entropy (bits/char) of the secret, for generic detectors.
@@ -82,7 +98,7 @@ fn builtins() -> Vec<Builtin> {
             "aws_secret_access_key",
             &["aws"],
             true,
-            r#"(?i)aws_?(?:secret)?_?(?:access)?_?key(?:_id)?["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})\b"#,
+            r#"(?i)aws_?(?:secret)?_?(?:access)?_?key(?:_id)?["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
             0,
             3.0,
         ),
@@ -158,6 +174,8 @@ fn builtins() -> Vec<Builtin> {
             0,
             0.0,
         ),
+        // The value must look like a credential (`credential_like`): not the prose of
+        // `Bearer authentication is required`.
         (
             "authorization_header",
             &["authorization", "bearer", "basic "],
@@ -166,11 +184,13 @@ fn builtins() -> Vec<Builtin> {
             0,
             2.5,
         ),
+        // `scheme://user:PASSWORD@`, or a token alone as the userinfo
+        // (`https://TOKEN@github.com`, checked by `credential_like`).
         (
             "url_password",
             &["://"],
             false,
-            r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^/\s:@]{1,128}:([^/\s@]{1,256})@",
+            r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?:[^/\s:@]{1,128}:([^/\s@]{1,256})|([A-Za-z0-9._~-]{20,256}))@",
             0,
             0.0,
         ),
@@ -214,32 +234,17 @@ fn builtins() -> Vec<Builtin> {
             3,
             0.0,
         ),
-        (
-            "secret_assignment",
-            &[
-                "password",
-                "passwd",
-                "pwd",
-                "secret",
-                "token",
-                "api_key",
-                "apikey",
-                "api-key",
-                "access_key",
-                "private_key",
-                "credential",
-            ],
-            true,
-            r#"(?i)\b[a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)["']?\s*(?::|=|:=|=>)\s*["']?([^\s"',;&{}()\[\]<>*]{6,})"#,
-            0,
-            2.5,
-        ),
     ]
 }
 
 /// The compiled detectors of one configuration. Cheap to share (`Arc`).
 pub struct Redactor {
     detectors: Vec<Detector>,
+    /// Indices of the `secret_assignment` and `cli_credential` detectors, which share
+    /// one scanner.
+    assignment: Option<usize>,
+    command_line: Option<usize>,
+    generic: generic::Scanner,
     /// Anchor automaton: pattern id -> detector index.
     anchors: AhoCorasick,
     anchor_owner: Vec<usize>,
@@ -263,9 +268,32 @@ impl Redactor {
                     name: name.to_owned(),
                     anchors: anchors.iter().map(|a| (*a).to_owned()).collect(),
                     case_insensitive_anchors: ci,
-                    re: Regex::new(re).expect("built-in pattern compiles"),
+                    matcher: Matcher::Regex(Regex::new(re).expect("built-in pattern compiles")),
                     keep_prefix: keep,
                     min_entropy: entropy,
+                });
+            }
+            for (name, matcher, anchors) in [
+                (
+                    "secret_assignment",
+                    Matcher::Assignment,
+                    generic::KEYWORDS.to_vec(),
+                ),
+                // Also run when a keyword names an option (`--password`): the
+                // scanner serves both detectors.
+                (
+                    "cli_credential",
+                    Matcher::CommandLine,
+                    generic::TOOL_ANCHORS.to_vec(),
+                ),
+            ] {
+                detectors.push(Detector {
+                    name: name.to_owned(),
+                    anchors: anchors.into_iter().map(str::to_owned).collect(),
+                    case_insensitive_anchors: true,
+                    matcher,
+                    keep_prefix: 0,
+                    min_entropy: 0.0,
                 });
             }
         }
@@ -298,7 +326,7 @@ impl Redactor {
                 name: name.clone(),
                 anchors: vec![String::new()],
                 case_insensitive_anchors: false,
-                re,
+                matcher: Matcher::Regex(re),
                 keep_prefix: 0,
                 min_entropy: 0.0,
             });
@@ -331,8 +359,14 @@ impl Redactor {
             .filter(|(_, d)| d.anchors.iter().any(String::is_empty))
             .map(|(i, _)| i)
             .collect();
+        let find = |m: fn(&Matcher) -> bool| detectors.iter().position(|d| m(&d.matcher));
+        let assignment = find(|m| matches!(m, Matcher::Assignment));
+        let command_line = find(|m| matches!(m, Matcher::CommandLine));
         Ok(Redactor {
             detectors,
+            assignment,
+            command_line,
+            generic: generic::Scanner::new(),
             anchors,
             always,
             anchor_owner: owner,
@@ -352,16 +386,14 @@ impl Redactor {
 
     /// Finds secret spans in `line`: (start, end, detector index, kept prefix).
     fn spans(&self, line: &str) -> Vec<(usize, usize, usize)> {
-        // Most lines match no anchor: nothing is allocated for them.
-        let mut selected: Vec<bool> = Vec::new();
-        let mut any = false;
-        if !self.always.is_empty() {
-            selected = vec![false; self.detectors.len()];
-            for &i in &self.always {
-                selected[i] = true;
-            }
-            any = true;
+        // Most lines match no anchor: nothing is allocated for them (the selection is a
+        // bit set unless there are more than 128 detectors).
+        let mut selected = Selected::new(self.detectors.len());
+        for &i in &self.always {
+            selected.set(i);
         }
+        // Where the generic detectors' keywords are, for their scanner.
+        let mut hits = generic::Hits::default();
         for m in self.anchors.find_overlapping_iter(line) {
             let owner = self.anchor_owner[m.pattern().as_usize()];
             let d = &self.detectors[owner];
@@ -371,31 +403,61 @@ impl Redactor {
             {
                 continue;
             }
-            if selected.is_empty() {
-                selected = vec![false; self.detectors.len()];
+            if Some(owner) == self.assignment {
+                hits.keyword(m.start(), m.end());
+            } else if Some(owner) == self.command_line {
+                hits.tool(m.start(), m.end());
             }
-            selected[owner] = true;
-            any = true;
+            selected.set(owner);
         }
-        if !any {
+        if !selected.any() {
             return Vec::new();
         }
         let mut spans = Vec::new();
+        let generic_selected = |i: Option<usize>| i.is_some_and(|i| selected.get(i));
+        if generic_selected(self.assignment) || generic_selected(self.command_line) {
+            let mut found = Vec::new();
+            self.generic.scan(line, &hits, &mut found);
+            for (s, e, which) in found {
+                let owner = match which {
+                    generic::Found::Assignment => self.assignment,
+                    generic::Found::CommandLine => self.command_line,
+                };
+                if let Some(i) = owner {
+                    spans.push((s, e, i));
+                }
+            }
+        }
         for (i, d) in self
             .detectors
             .iter()
             .enumerate()
-            .filter(|(i, _)| selected[*i])
+            .filter(|(i, _)| selected.get(*i))
         {
-            for caps in d.re.captures_iter(line) {
-                let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
+            let Matcher::Regex(re) = &d.matcher else {
+                continue;
+            };
+            for caps in re.captures_iter(line) {
+                // url_password's second form (a token alone as the userinfo) is group 2.
+                let m = caps
+                    .get(1)
+                    .or_else(|| caps.get(2).filter(|_| d.name == "url_password"))
+                    .or_else(|| caps.get(0))
+                    .expect("group 0");
                 if m.as_str().chars().all(|c| c == '*') {
                     continue; // already masked
                 }
-                if d.min_entropy > 0.0 && entropy(m.as_str()) < d.min_entropy {
+                if d.min_entropy > 0.0 && generic::entropy(m.as_str()) < d.min_entropy {
                     continue;
                 }
-                if d.name == "secret_assignment" && looks_like_code(m.as_str(), &line[m.end()..]) {
+                // Prose after `Bearer`, a word as a URL's user: not credentials.
+                let token_only = d.name == "url_password" && caps.get(1).is_none();
+                if (d.name == "authorization_header" || token_only)
+                    && !generic::credential_like(m.as_str())
+                {
+                    continue;
+                }
+                if token_only && generic::entropy(m.as_str()) < 3.0 {
                     continue;
                 }
                 let start = m.start() + d.keep_prefix.min(m.len());
@@ -432,6 +494,43 @@ impl Redactor {
             .into_iter()
             .map(|(s, e, i)| (s, e, self.detectors[i].name.as_str()))
             .collect()
+    }
+}
+
+/// Which detectors a line's anchors selected.
+enum Selected {
+    Bits(u128),
+    Many(Vec<bool>),
+}
+
+impl Selected {
+    fn new(detectors: usize) -> Selected {
+        if detectors <= 128 {
+            Selected::Bits(0)
+        } else {
+            Selected::Many(vec![false; detectors])
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        match self {
+            Selected::Bits(b) => *b |= 1 << i,
+            Selected::Many(v) => v[i] = true,
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Selected::Bits(b) => *b & (1 << i) != 0,
+            Selected::Many(v) => v[i],
+        }
+    }
+
+    fn any(&self) -> bool {
+        match self {
+            Selected::Bits(b) => *b != 0,
+            Selected::Many(v) => v.contains(&true),
+        }
     }
 }
 
@@ -487,41 +586,6 @@ fn apply(
         state.add(name, n);
     }
     out
-}
-
-/// Values after `token=`/`secret:` that are program identifiers, not secrets: an
-/// object (`Token{a64f}`, `Foo(`), or a dotted lowercase name (`android.os.Binder@2b`,
-/// `com.apple.xpc/45`).
-fn looks_like_code(value: &str, after: &str) -> bool {
-    if after.starts_with(['{', '(']) {
-        return true;
-    }
-    let mut parts = value.split('.');
-    let first = parts.next().unwrap_or("");
-    let second = parts.next().unwrap_or("");
-    first.len() >= 2
-        && first.bytes().all(|b| b.is_ascii_lowercase())
-        && second
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase())
-}
-
-/// Shannon entropy in bits per character.
-fn entropy(s: &str) -> f64 {
-    let mut counts = [0u32; 256];
-    for b in s.bytes() {
-        counts[b as usize] += 1;
-    }
-    let n = s.len() as f64;
-    counts
-        .iter()
-        .filter(|c| **c > 0)
-        .map(|c| {
-            let p = f64::from(*c) / n;
-            -p * p.log2()
-        })
-        .sum()
 }
 
 /// Per-stream redaction state: registered values, `::add-mask::` commands and PEM
