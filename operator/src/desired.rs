@@ -28,7 +28,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use logstream_crds::{Endpoints, LogStream, MaskStyle};
+use logstream_model::config as gateway;
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// HTTP port of every gateway container and Service.
 pub const HTTP_PORT: i32 = 8080;
@@ -183,8 +185,8 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
         .clone()
         .unwrap_or_else(|| cfg.gateway_image.clone());
 
-    let store_toml = store_config(ls, cfg);
-    let edge_toml = edge_config(ls, cfg);
+    let store_toml = render(&store_config(ls, cfg));
+    let edge_toml = render(&edge_config(ls, cfg));
     let store_hash = short_hash(&store_toml);
     let edge_hash = short_hash(&edge_toml);
 
@@ -688,112 +690,115 @@ fn short_hash(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex()[..16].to_owned()
 }
 
-/// The store's gateway configuration (TOML, read by `logstream-gateway serve --config`).
-pub fn store_config(ls: &LogStream, cfg: &Config) -> String {
+/// The store's gateway configuration (read by `logstream-gateway serve --config`).
+pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
     let spec = &ls.spec;
-    let mut t = toml::Table::new();
-    t.insert("role".into(), "store".into());
-    t.insert("listen".into(), format!("0.0.0.0:{HTTP_PORT}").into());
-    t.insert("grpc_listen".into(), format!("0.0.0.0:{GRPC_PORT}").into());
-    t.insert("data_dir".into(), DATA_DIR.into());
-    t.insert(
-        "signing_key_file".into(),
-        format!("{DATA_DIR}/signing-key").into(),
-    );
-    t.insert("retention".into(), spec.retention.clone().into());
-    if let Some(v) = spec.quotas.viewers {
-        t.insert("max_viewers_per_tenant".into(), i64::from(v).into());
-    }
-    if let Some(v) = spec.quotas.viewers_per_deployment {
-        t.insert("max_viewers_per_deployment".into(), i64::from(v).into());
-    }
     let auth = &spec.gateway.auth;
-    if let Some(i) = &auth.issuer {
-        t.insert("issuer".into(), i.clone().into());
-    }
-    if let Some(u) = &auth.jwks_url {
-        t.insert("jwks_url".into(), u.clone().into());
-    }
-    if let Some(a) = &auth.audience {
-        t.insert("audience".into(), a.clone().into());
-    }
-
-    let mut redaction = toml::Table::new();
-    redaction.insert("builtins".into(), spec.redaction.builtins.into());
-    let style = match spec.redaction.style {
-        MaskStyle::Stars => "stars",
-        MaskStyle::Label => "label",
-    };
-    redaction.insert("style".into(), style.into());
-    let patterns: toml::value::Array = spec
-        .redaction
-        .patterns
-        .iter()
-        .map(|p| {
-            let mut e = toml::Table::new();
-            e.insert("name".into(), p.name.clone().into());
-            e.insert("regex".into(), p.regex.clone().into());
-            e.into()
-        })
-        .collect();
-    redaction.insert("patterns".into(), patterns.into());
-    t.insert("redaction".into(), redaction.into());
-
-    let mut quotas = toml::Table::new();
     let q = &spec.quotas;
-    for (key, v) in [
-        ("ingest_lines_per_sec", q.ingest_lines_per_second),
-        ("ingest_bytes_per_sec", q.ingest_bytes_per_second),
-        ("deployments_per_day", q.deployments_per_day),
-        ("max_stored_bytes", q.storage_bytes),
-    ] {
-        if let Some(v) = v {
-            quotas.insert(key.into(), i64::try_from(v).unwrap_or(i64::MAX).into());
-        }
-    }
-    t.insert("quotas".into(), quotas.into());
+    let defaults = gateway::Config::default();
+    let viewers = |v: Option<u32>, default: usize| {
+        v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    // TOML integers are i64: a larger quota is as good as unlimited.
+    let quota = |v: Option<u64>| v.map_or(0, |v| v.min(i64::MAX as u64));
 
     // ServiceAccount tokens of this cluster: the collectors always push; the
     // LogStream names who else may push or read.
-    let mut issuer = toml::Table::new();
-    issuer.insert("issuer".into(), cfg.service_account_issuer.clone().into());
-    issuer.insert("audience".into(), "logstream".into());
-    if let Some(u) = &cfg.service_account_jwks_url {
-        issuer.insert("jwks_url".into(), u.clone().into());
-    }
-    issuer.insert("ca_file".into(), format!("{SA_DIR}/ca.crt").into());
-    issuer.insert("token_file".into(), format!("{SA_DIR}/token").into());
-    t.insert(
-        "service_account_issuers".into(),
-        vec![toml::Value::from(issuer)].into(),
+    let mut service_accounts = vec![gateway::SaMappingConfig {
+        namespace: cfg.collector_namespace.clone(),
+        name: cfg.collector_service_account.clone(),
+        tenant: spec.tenant.clone(),
+        scopes: vec!["logs:write".to_owned()],
+    }];
+    service_accounts.extend(
+        auth.service_accounts
+            .iter()
+            .map(|a| gateway::SaMappingConfig {
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+                tenant: spec.tenant.clone(),
+                scopes: a.scopes.clone(),
+            }),
     );
-    let mut accounts = vec![sa_mapping(
-        &cfg.collector_namespace,
-        &cfg.collector_service_account,
-        &spec.tenant,
-        &["logs:write".to_owned()],
-    )];
-    for a in &auth.service_accounts {
-        accounts.push(sa_mapping(&a.namespace, &a.name, &spec.tenant, &a.scopes));
-    }
-    t.insert("service_accounts".into(), accounts.into());
-    toml::to_string(&t).expect("a TOML table serialises")
-}
 
-fn sa_mapping(namespace: &str, name: &str, tenant: &str, scopes: &[String]) -> toml::Value {
-    let mut m = toml::Table::new();
-    m.insert("namespace".into(), namespace.into());
-    m.insert("name".into(), name.into());
-    m.insert("tenant".into(), tenant.into());
-    m.insert("scopes".into(), scopes.to_vec().into());
-    m.into()
+    gateway::Config {
+        role: gateway::Role::Store,
+        listen: any_address(HTTP_PORT),
+        grpc_listen: any_address(GRPC_PORT),
+        data_dir: DATA_DIR.into(),
+        signing_key_file: Some(format!("{DATA_DIR}/signing-key").into()),
+        retention: spec.retention.clone(),
+        max_viewers_per_tenant: viewers(q.viewers, defaults.max_viewers_per_tenant),
+        max_viewers_per_deployment: viewers(
+            q.viewers_per_deployment,
+            defaults.max_viewers_per_deployment,
+        ),
+        issuer: auth.issuer.clone(),
+        jwks_url: auth.jwks_url.clone(),
+        audience: auth.audience.clone(),
+        redaction: gateway::RedactionConfig {
+            builtins: spec.redaction.builtins,
+            style: match spec.redaction.style {
+                MaskStyle::Stars => "stars",
+                MaskStyle::Label => "label",
+            }
+            .into(),
+            patterns: spec
+                .redaction
+                .patterns
+                .iter()
+                .map(|p| gateway::NamedPattern {
+                    name: p.name.clone(),
+                    regex: p.regex.clone(),
+                })
+                .collect(),
+        },
+        quotas: gateway::QuotaLimits {
+            ingest_lines_per_sec: quota(q.ingest_lines_per_second),
+            ingest_bytes_per_sec: quota(q.ingest_bytes_per_second),
+            deployments_per_day: quota(q.deployments_per_day),
+            max_stored_bytes: quota(q.storage_bytes),
+        },
+        service_account_issuers: vec![gateway::SaIssuerConfig {
+            issuer: cfg.service_account_issuer.clone(),
+            audience: "logstream".into(),
+            jwks_url: cfg.service_account_jwks_url.clone(),
+            ca_file: Some(format!("{SA_DIR}/ca.crt").into()),
+            token_file: Some(format!("{SA_DIR}/token").into()),
+        }],
+        service_accounts,
+        ..defaults
+    }
 }
 
 /// The edge's gateway configuration: a viewer front that forwards to the stores.
-pub fn edge_config(ls: &LogStream, cfg: &Config) -> String {
-    let mut t = toml::Table::new();
-    t.insert("role".into(), "edge".into());
-    t.insert("listen".into(), format!("0.0.0.0:{HTTP_PORT}").into());
-    t.insert("upstream".into(), store_url(ls, cfg).into());
+pub fn edge_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
+    gateway::Config {
+        role: gateway::Role::Edge,
+        listen: any_address(HTTP_PORT),
+        upstream: Some(store_url(ls, cfg)),
+        ..gateway::Config::default()
+    }
+}
+
+/// `0.0.0.0:<port>`.
+fn any_address(port: i32) -> SocketAddr {
+    let port = u16::try_from(port).expect("HTTP_PORT and GRPC_PORT are ports");
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// The file the gateway reads: `c` as TOML, without the top-level keys that equal the
+/// gateway's defaults (the gateway fills them in, so the file parses back to `c`). Short
+/// files, and a gateway image older than this operator only sees keys the LogStream
+/// actually set.
+pub fn render(c: &gateway::Config) -> String {
+    // Cannot fail: every field is a string, bool, table or an integer within i64 (the
+    // quotas are capped above; counts and sizes are far below), every path is UTF-8.
+    let table = |c: &gateway::Config| {
+        toml::Table::try_from(c).expect("a gateway config serialises to a TOML table")
+    };
+    let defaults = table(&gateway::Config::default());
+    let mut t = table(c);
+    t.retain(|key, value| defaults.get(key) != Some(value));
     toml::to_string(&t).expect("a TOML table serialises")
 }

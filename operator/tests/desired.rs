@@ -340,3 +340,36 @@ fn an_invalid_spec_is_refused_with_the_field_named() {
     let e = desired(&ls, &Config::default()).unwrap_err().to_string();
     assert!(e.contains("spec.retention"), "{e}");
 }
+
+#[test]
+fn rendered_gateway_configs_parse_with_the_gateways_own_type_and_validate() {
+    use logstream_model::config::{Config as GatewayConfig, Role};
+    use logstream_operator::desired::{edge_config, store_config};
+    for name in ["minimal.yaml", "full.yaml", "single-edge.yaml"] {
+        let ls = sample(name);
+        let cfg = Config::default();
+        let objs = desired(&ls, &cfg).unwrap();
+        let cm: ConfigMap = get(
+            &objs,
+            &format!("ConfigMap/{}-gateway", ls.metadata.name.as_deref().unwrap()),
+        );
+        let data = cm.data.unwrap();
+        for (file, role, built) in [
+            ("store.toml", Role::Store, store_config(&ls, &cfg)),
+            ("edge.toml", Role::Edge, edge_config(&ls, &cfg)),
+        ] {
+            let text = &data[file];
+            // deny_unknown_fields: a key the gateway does not know fails here.
+            let parsed: GatewayConfig =
+                toml::from_str(text).unwrap_or_else(|e| panic!("{name} {file}: {e}\n{text}"));
+            parsed
+                .validate()
+                .unwrap_or_else(|e| panic!("{name} {file}: {e}\n{text}"));
+            assert_eq!(parsed.role, role, "{name} {file}");
+            assert_eq!(
+                parsed, built,
+                "{name} {file} parses back to what the operator built\n{text}"
+            );
+        }
+    }
+}
