@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
+use logstream_model::wire;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::{Client, Exit, api_error, get_json, output};
+use crate::{ApiError, Client, Exit, get_json, output};
 
 /// Lines between two state saves.
 const SAVE_EVERY: u64 = 5000;
@@ -85,9 +85,8 @@ fn save_state(path: &Path, st: &State) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Renders one NDJSON line of the gateway in `format`.
-fn render(out: &mut Vec<u8>, format: &str, raw: &[u8], line: &Value) {
-    let s = |k: &str| line[k].as_str().unwrap_or("");
+/// Renders one NDJSON line of the gateway (`raw`, parsed as `line`) in `format`.
+fn render(out: &mut Vec<u8>, format: &str, raw: &[u8], line: &wire::Line) {
     match format {
         "ndjson" => {
             out.extend_from_slice(raw);
@@ -95,23 +94,23 @@ fn render(out: &mut Vec<u8>, format: &str, raw: &[u8], line: &Value) {
         }
         "csv" => logstream_model::export::csv_line(
             out,
-            line["seq"].as_u64().unwrap_or(0),
-            s("ts"),
-            s("step"),
-            s("stream"),
-            s("level"),
-            s("message"),
+            line.seq,
+            &line.ts,
+            &line.step,
+            &line.stream,
+            &line.level,
+            &line.message,
         ),
-        _ => logstream_model::export::text_line(out, s("ts"), s("message")),
+        _ => logstream_model::export::text_line(out, &line.ts, &line.message),
     }
 }
 
 pub async fn export(c: &Client, a: ExportArgs<'_>) -> anyhow::Result<i32> {
     let id = a.id;
     logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let info = get_json(c, &format!("/v1/deployments/{id}"), &[]).await?;
-    let total = info["lines"].as_u64().unwrap_or(0);
-    let running = info["status"].as_str() == Some("running");
+    let info: wire::Deployment = get_json(c, &format!("/v1/deployments/{id}"), &[]).await?;
+    let total = info.lines;
+    let running = info.status == "running";
 
     let mut st = State {
         deployment: id.to_owned(),
@@ -181,6 +180,11 @@ pub async fn export(c: &Client, a: ExportArgs<'_>) -> anyhow::Result<i32> {
                     Duration::from_millis(250),
                     Duration::from_secs(8),
                     rand::random(),
+                )
+                .max(
+                    e.downcast_ref::<ApiError>()
+                        .and_then(|e| e.retry_after)
+                        .unwrap_or_default(),
                 );
                 bar.suspend(|| {
                     eprintln!(
@@ -276,11 +280,10 @@ async fn download(
         .await
         .context("connecting to the gateway")?;
     if !resp.status().is_success() {
-        let retry = resp.status().is_server_error()
-            || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS;
-        let e = api_error(resp).await;
-        // 5xx/429 are worth another attempt; other answers are final.
-        return Err(if retry { anyhow::anyhow!("{e}") } else { e });
+        let e = ApiError::read(resp).await;
+        // A retryable code is worth another attempt (an `ApiError`, not an `Exit`);
+        // every other answer is final.
+        return Err(if e.retryable() { e.into() } else { e.exit() });
     }
     if st.bytes == 0 && a.format == "csv" {
         write(sink, logstream_model::export::CSV_HEADER)?;
@@ -297,13 +300,14 @@ async fn download(
         while let Some(n) = memchr::memchr(b'\n', &pending[start..]) {
             let raw = &pending[start..start + n];
             start += n + 1;
-            let line: Value = serde_json::from_slice(raw).context("a line from the gateway")?;
+            let line: wire::Line =
+                serde_json::from_slice(raw).context("a line from the gateway")?;
             rendered.clear();
             render(&mut rendered, a.format, raw, &line);
             write(sink, &rendered)?;
             st.bytes += rendered.len() as u64;
             st.lines += 1;
-            st.cursor = line["cursor"].as_str().unwrap_or_default().to_owned();
+            st.cursor = line.cursor;
             since_save += 1;
             if since_save >= SAVE_EVERY {
                 since_save = 0;

@@ -223,8 +223,12 @@ async fn forward(State(t): State<Arc<Target>>, req: Request) -> Response {
             Response::from_parts(parts, Body::new(body))
         }
         Err(e) => {
-            let body = serde_json::json!({"error": {"code": "api_server_unreachable",
-                "message": format!("the Kubernetes API server (service proxy) failed: {e}")}});
+            // `unavailable`: a contract code the CLI retries (the API server may be back
+            // in a moment), like the gateway's own.
+            let body = logstream_model::wire::ErrorBody::new(
+                "unavailable",
+                &format!("the Kubernetes API server (service proxy) failed: {e}"),
+            );
             (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
         }
     }

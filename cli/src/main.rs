@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Exit codes: 0 success (or the deployment succeeded, with `-f`), 1 the deployment
-//! failed, 3 it was cancelled, 2 usage errors, 130 interrupted, 4 server/network errors.
+//! failed, 3 it was cancelled, 2 usage errors and final refusals (an error code the
+//! contract says not to retry), 130 interrupted, 4 server/network errors.
+//!
+//! Retries are decided by the error body's code alone (`logstream_model::retry`); see
+//! [`ApiError`].
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -24,7 +28,8 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use serde_json::Value;
+use logstream_model::wire;
+use serde::de::DeserializeOwned;
 
 use crate::output::{Format, Printer};
 
@@ -408,7 +413,11 @@ impl Client {
 }
 
 /// GETs `path` and parses the JSON answer; an error answer becomes its message.
-async fn get_json(c: &Client, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+async fn get_json<T: DeserializeOwned>(
+    c: &Client,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<T> {
     let resp = c
         .request(reqwest::Method::GET, path)?
         .query(query)
@@ -418,27 +427,92 @@ async fn get_json(c: &Client, path: &str, query: &[(&str, String)]) -> anyhow::R
     if !resp.status().is_success() {
         return Err(api_error(resp).await);
     }
-    Ok(resp.json().await?)
+    let body = resp.bytes().await.context("reading the gateway's answer")?;
+    serde_json::from_slice(&body).with_context(|| format!("the gateway's answer to GET {path}"))
 }
 
-/// Turns a gateway error body into a message and exit code.
+/// Turns a gateway error answer into a message and exit code (see [`ApiError::exit`]).
 async fn api_error(resp: reqwest::Response) -> anyhow::Error {
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    api_error_of(status, &body)
+    ApiError::read(resp).await.exit()
 }
 
-fn api_error_of(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
-    let msg = body["error"]["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP {status}"));
-    let code = if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
-        2
-    } else {
-        4
-    };
-    Exit(code, format!("{msg} (HTTP {})", status.as_u16())).into()
+/// A refusal: the gateway's error body (`wire::ErrorBody`) with its status and
+/// `Retry-After`, or what stands in for one when the answer came from something in front
+/// of the gateway (a proxy's HTML page, the API server's own `Status`).
+#[derive(Debug)]
+pub struct ApiError {
+    status: reqwest::StatusCode,
+    /// The contract's error code. A body that is not the gateway's counts as
+    /// `unavailable` (retryable) on a 5xx or 429, and as final (no code) otherwise.
+    code: String,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+/// The longest `Retry-After` honoured (a bigger one is taken as this).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+impl ApiError {
+    /// Reads the error answer's body.
+    async fn read(resp: reqwest::Response) -> ApiError {
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let body = resp.bytes().await.unwrap_or_default();
+        ApiError::parse(status, retry_after, &body)
+    }
+
+    fn parse(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &[u8]) -> ApiError {
+        match serde_json::from_slice::<wire::ErrorBody>(body) {
+            Ok(wire::ErrorBody { error }) => ApiError {
+                status,
+                code: error.code,
+                message: error.message,
+                retry_after,
+            },
+            Err(_) => {
+                let transient =
+                    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                ApiError {
+                    status,
+                    code: if transient { "unavailable" } else { "" }.to_owned(),
+                    message: format!("HTTP {status}"),
+                    retry_after,
+                }
+            }
+        }
+    }
+
+    /// Whether the contract allows trying again (after a backoff, and `retry_after`).
+    fn retryable(&self) -> bool {
+        logstream_model::retry::is_retryable(&self.code)
+    }
+
+    /// The error to end with: exit code 4 for what may pass (a retryable code: the
+    /// server or the network), 2 for a final refusal.
+    fn exit(self) -> anyhow::Error {
+        let code = if self.retryable() { 4 } else { 2 };
+        Exit(code, self.to_string()).into()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.message, self.status.as_u16())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `Retry-After` in seconds (the form the gateway sends), at most [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
@@ -483,16 +557,16 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
         };
         printer.flush()?;
         match ended {
-            Session::End(status) => {
-                return Ok(match status.as_deref() {
-                    Some("succeeded") => 0,
-                    Some("cancelled") => 3,
+            Session::End(end) => {
+                return Ok(match end.status.as_str() {
+                    "succeeded" => 0,
+                    "cancelled" => 3,
                     _ => 1,
                 });
             }
-            Session::Dropped(why) => {
+            Session::Dropped { why, at_least } => {
                 f.attempt += 1;
-                reconnect_wait(c, f.attempt, &why).await;
+                reconnect_wait(c, f.attempt, &why, at_least).await;
             }
         }
     }
@@ -519,34 +593,71 @@ impl Follow {
     }
 
     /// A line arrived: print it now (live output shows up at once, also through a pipe).
-    fn line(&mut self, printer: &mut Printer, line: &Value, cursor: String) -> anyhow::Result<()> {
+    fn line(&mut self, printer: &mut Printer, line: wire::Line) -> anyhow::Result<()> {
         self.attempt = 0;
         self.unauthorized = 0;
-        printer.line(line)?;
-        self.cursor = Some(cursor);
+        printer.line(&line)?;
+        self.cursor = Some(line.cursor);
         self.tail = None;
         Ok(())
     }
 
-    /// Whether an HTTP refusal is worth reconnecting for: 5xx, 429, or a 401 while a
-    /// token file may be rotating (a projected token, an exec plugin writing it).
-    fn retry(&mut self, c: &Client, status: reqwest::StatusCode) -> bool {
-        let refreshable =
-            status == reqwest::StatusCode::UNAUTHORIZED && c.refreshable() && self.unauthorized < 5;
-        if refreshable {
-            self.unauthorized += 1;
-            c.refresh_token();
+    /// How a refused connection ends the session: reconnect when its code may be
+    /// retried (`unavailable` and the like, after any `Retry-After`), or on a 401 while
+    /// the token can be got again (a token file being rotated, the kubeconfig's exec
+    /// plugin); otherwise the refusal is final (a viewer limit, a missing deployment).
+    fn refused(&mut self, c: &Client, e: ApiError) -> anyhow::Result<Session> {
+        let retry = if e.status == reqwest::StatusCode::UNAUTHORIZED {
+            let refreshable = c.refreshable() && self.unauthorized < 5;
+            if refreshable {
+                self.unauthorized += 1;
+                c.refresh_token();
+            }
+            refreshable
+        } else {
+            e.retryable()
+        };
+        if !retry {
+            return Err(e.exit());
         }
-        status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS || refreshable
+        Ok(Session::Dropped {
+            why: format!("HTTP {}", e.status),
+            at_least: e.retry_after,
+        })
     }
 }
 
 /// How one connection of a follow ended.
 enum Session {
-    /// The deployment completed with this status.
-    End(Option<String>),
-    /// Reconnect (with why, for the status line).
-    Dropped(String),
+    /// The deployment completed.
+    End(wire::Completion),
+    /// Reconnect: why (for the status line), and not sooner than `at_least`.
+    Dropped {
+        why: String,
+        at_least: Option<Duration>,
+    },
+}
+
+impl Session {
+    fn dropped(why: impl Into<String>) -> Session {
+        Session::Dropped {
+            why: why.into(),
+            at_least: None,
+        }
+    }
+}
+
+/// A WebSocket text frame of a live stream.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WsFrame {
+    /// `{"type":"lines","lines":[Line]}`
+    Lines { lines: Vec<wire::Line> },
+    /// `{"type":"end", ...Completion}`
+    End(wire::Completion),
+    /// A frame type this version does not know: ignored.
+    #[serde(other)]
+    Other,
 }
 
 async fn follow_sse(
@@ -567,32 +678,30 @@ async fn follow_sse(
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Ok(Session::Dropped(e.to_string())),
+        Err(e) => return Ok(Session::dropped(e.to_string())),
     };
     if !resp.status().is_success() {
-        if f.retry(c, resp.status()) {
-            return Ok(Session::Dropped(format!("HTTP {}", resp.status())));
-        }
-        return Err(api_error(resp).await);
+        return f.refused(c, ApiError::read(resp).await);
     }
     let mut events = resp.bytes_stream().eventsource();
     while let Some(Ok(ev)) = events.next().await {
         match ev.event.as_str() {
             "line" => {
-                let line: Value =
+                let line: wire::Line =
                     serde_json::from_str(&ev.data).context("a line from the gateway")?;
-                f.line(printer, &line, ev.id)?;
+                f.line(printer, line)?;
                 printer.flush()?;
             }
             "end" => {
-                let end: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                return Ok(Session::End(end["status"].as_str().map(str::to_owned)));
+                let end: wire::Completion =
+                    serde_json::from_str(&ev.data).context("the end event from the gateway")?;
+                return Ok(Session::End(end));
             }
             // reconnect (gateway restarting), auth_expired (token re-read on reconnect)
             _ => break,
         }
     }
-    Ok(Session::Dropped("stream interrupted".into()))
+    Ok(Session::dropped("stream interrupted"))
 }
 
 async fn follow_ws(
@@ -622,53 +731,48 @@ async fn follow_ws(
         Err(tungstenite::Error::Http(resp)) => {
             let status = reqwest::StatusCode::from_u16(resp.status().as_u16())
                 .unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
-            if f.retry(c, status) {
-                return Ok(Session::Dropped(format!("HTTP {status}")));
-            }
-            let body: Value = resp
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
-            return Err(api_error_of(status, &body));
+            let body = resp.body().as_deref().unwrap_or_default();
+            return f.refused(
+                c,
+                ApiError::parse(status, retry_after(resp.headers()), body),
+            );
         }
-        Err(e) => return Ok(Session::Dropped(e.to_string())),
+        Err(e) => return Ok(Session::dropped(e.to_string())),
     };
     while let Some(msg) = ws.next().await {
         let text = match msg {
             Ok(tungstenite::Message::Text(t)) => t,
             Ok(tungstenite::Message::Close(frame)) => {
                 let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
-                return Ok(Session::Dropped(why));
+                return Ok(Session::dropped(why));
             }
             Ok(_) => continue,
-            Err(e) => return Ok(Session::Dropped(e.to_string())),
+            Err(e) => return Ok(Session::dropped(e.to_string())),
         };
-        let frame: Value = serde_json::from_str(&text).context("a frame from the gateway")?;
-        match frame["type"].as_str() {
-            Some("lines") => {
-                for line in frame["lines"].as_array().into_iter().flatten() {
-                    let cursor = line["cursor"].as_str().unwrap_or_default().to_owned();
-                    f.line(printer, line, cursor)?;
+        match serde_json::from_str(&text).context("a frame from the gateway")? {
+            WsFrame::Lines { lines } => {
+                for line in lines {
+                    f.line(printer, line)?;
                 }
                 printer.flush()?;
             }
-            Some("end") => return Ok(Session::End(frame["status"].as_str().map(str::to_owned))),
-            _ => {}
+            WsFrame::End(end) => return Ok(Session::End(end)),
+            WsFrame::Other => {}
         }
     }
-    Ok(Session::Dropped("stream interrupted".into()))
+    Ok(Session::dropped("stream interrupted"))
 }
 
-/// Exponential backoff with jitter (200 ms doubling, at most 10 s), one dim status line
-/// on stderr. `attempt` counts from 1.
-async fn reconnect_wait(c: &Client, attempt: u32, why: &str) {
+/// Exponential backoff with jitter (200 ms doubling, at most 10 s; at least the
+/// server's `Retry-After`), one dim status line on stderr. `attempt` counts from 1.
+async fn reconnect_wait(c: &Client, attempt: u32, why: &str, at_least: Option<Duration>) {
     let wait = logstream_model::retry::backoff(
         attempt.saturating_sub(1),
         Duration::from_millis(200),
         Duration::from_secs(10),
         rand::random(),
-    );
+    )
+    .max(at_least.unwrap_or_default());
     let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
     eprintln!("{}", style::dim(c.color, msg));
     tokio::time::sleep(wait).await;
@@ -681,8 +785,8 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
     if let Some(n) = args.tail {
         q.push(("direction", "backward".into()));
         q.push(("limit", n.clamp(1, 5000).to_string()));
-        let page = get_json(c, &path, &q).await?;
-        let mut lines = page["lines"].as_array().cloned().unwrap_or_default();
+        let page: wire::HistoryPage = get_json(c, &path, &q).await?;
+        let mut lines = page.lines;
         lines.truncate(n);
         for l in lines.iter().rev() {
             printer.line(l)?;
@@ -696,24 +800,27 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
         if let Some(cur) = &cursor {
             q.push(("cursor", cur.clone()));
         }
-        let page = get_json(c, &path, &q).await?;
-        let lines = page["lines"].as_array().cloned().unwrap_or_default();
-        for l in &lines {
+        let page: wire::HistoryPage = get_json(c, &path, &q).await?;
+        for l in &page.lines {
             printer.line(l)?;
         }
-        if lines.is_empty() {
+        if page.lines.is_empty() {
             return printer.flush();
         }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        cursor = Some(page.next_cursor);
     }
 }
 
 const LIST_HEADERS: [&str; 6] = ["ID", "STATUS", "STEPS", "LINES", "SIZE", "AGE"];
 
 async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
-    let body = get_json(c, "/v1/deployments", &[]).await?;
+    let body: wire::DeploymentList = get_json(c, "/v1/deployments", &[]).await?;
     if let ListFormat::Json = output {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        // Through serde_json's map: keys sorted, as this has always printed them.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(&body)?)?
+        );
         return Ok(0);
     }
     output::table(&LIST_HEADERS, &list_rows(&body));
@@ -723,7 +830,7 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
 /// `get deployments -w`: the table, then one row per appearance or change. Runs until
 /// interrupted; a failed poll is reported once (dim) and retried.
 async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i32> {
-    let body = get_json(c, "/v1/deployments", &[]).await?;
+    let body: wire::DeploymentList = get_json(c, "/v1/deployments", &[]).await?;
     let rows = list_rows(&body);
     let widths = output::table(&LIST_HEADERS, &rows);
     // Key: id -> (status, steps and lines): what makes a row worth printing again.
@@ -733,7 +840,7 @@ async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i3
     let mut failing = false;
     loop {
         tokio::time::sleep(every).await;
-        let body = match get_json(c, "/v1/deployments", &[]).await {
+        let body: wire::DeploymentList = match get_json(c, "/v1/deployments", &[]).await {
             Ok(b) => {
                 failing = false;
                 b
@@ -755,32 +862,26 @@ async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i3
     }
 }
 
-fn list_rows(body: &Value) -> Vec<[String; 6]> {
-    let items = body["deployments"].as_array().cloned().unwrap_or_default();
+fn list_rows(body: &wire::DeploymentList) -> Vec<[String; 6]> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    items
+    body.deployments
         .iter()
         .map(|d| {
-            let age = d["created_at"]
-                .as_str()
-                .and_then(logstream_model::time::parse_rfc3339)
+            let age = logstream_model::time::parse_rfc3339(&d.created_at)
                 .map_or("?".into(), |t| output::age(now - t));
-            let status = match (d["status"].as_str(), d["exit_code"].as_i64()) {
-                (Some("running"), _) | (Some(_), None) => {
-                    d["status"].as_str().unwrap_or("?").to_owned()
-                }
-                (Some(s), Some(code)) => format!("{s} ({code})"),
-                _ => "?".into(),
+            let status = match (d.status.as_str(), d.exit_code) {
+                ("running", _) | (_, None) => d.status.clone(),
+                (s, Some(code)) => format!("{s} ({code})"),
             };
             [
-                d["id"].as_str().unwrap_or("?").to_owned(),
+                d.id.clone(),
                 status,
-                steps_cell(&d["steps"]),
-                d["lines"].to_string(),
-                output::bytes(d["bytes"].as_u64().unwrap_or(0)),
+                steps_cell(&d.steps),
+                d.lines.to_string(),
+                output::bytes(d.bytes),
                 age,
             ]
         })
@@ -788,11 +889,7 @@ fn list_rows(body: &Value) -> Vec<[String; 6]> {
 }
 
 /// `build,test,+3`: the first steps by name, then how many more.
-fn steps_cell(steps: &Value) -> String {
-    let names: Vec<&str> = steps
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+fn steps_cell(names: &[String]) -> String {
     if names.is_empty() {
         return "<none>".into();
     }
@@ -812,36 +909,224 @@ fn steps_cell(steps: &Value) -> String {
 
 async fn describe(c: &Client, id: &str) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(id).map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
-    let d = get_json(c, &format!("/v1/deployments/{id}"), &[]).await?;
-    for key in [
-        "id",
-        "status",
-        "exit_code",
-        "lines",
-        "bytes",
-        "first_ts",
-        "last_ts",
-        "created_at",
-        "completed_at",
-        "steps",
-        "viewers",
-    ] {
-        let value = match &d[key] {
-            Value::Null => continue,
-            Value::String(s) => s.clone(),
-            Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .collect::<Vec<_>>()
-                .join(", "),
-            v => v.to_string(),
-        };
-        println!("{:<13}{value}", format!("{key}:"));
-    }
+    let d: wire::Deployment = get_json(c, &format!("/v1/deployments/{id}"), &[]).await?;
+    print!("{}", describe_text(&d));
     Ok(0)
+}
+
+/// `key:` and value, one a line; absent values are left out.
+fn describe_text(d: &wire::Deployment) -> String {
+    let rows: [(&str, Option<String>); 11] = [
+        ("id", Some(d.id.clone())),
+        ("status", Some(d.status.clone())),
+        ("exit_code", d.exit_code.map(|c| c.to_string())),
+        ("lines", Some(d.lines.to_string())),
+        ("bytes", Some(d.bytes.to_string())),
+        ("first_ts", d.first_ts.clone()),
+        ("last_ts", d.last_ts.clone()),
+        ("created_at", Some(d.created_at.clone())),
+        ("completed_at", d.completed_at.clone()),
+        ("steps", Some(d.steps.join(", "))),
+        ("viewers", d.viewers.map(|v| v.to_string())),
+    ];
+    let mut out = String::new();
+    for (key, value) in rows {
+        if let Some(value) = value {
+            out.push_str(&format!("{:<13}{value}\n", format!("{key}:")));
+        }
+    }
+    out
 }
 
 /// Exit code 2 and a message, for usage errors found after parsing.
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Exit(2, msg.into()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    fn exit_of(e: anyhow::Error) -> (i32, String) {
+        let x = e.downcast_ref::<Exit>().expect("an Exit");
+        (x.0, x.1.clone())
+    }
+
+    #[test]
+    fn refusals_are_retried_by_their_code_not_their_status() {
+        let body = |code: &str| {
+            serde_json::to_vec(&wire::ErrorBody::new(code, &format!("{code} happened"))).unwrap()
+        };
+        // Viewer limits are 429s but final: exit 2 with the gateway's message.
+        for code in [
+            "viewers_per_deployment",
+            "viewers_per_tenant",
+            "streams_per_token",
+        ] {
+            let e = ApiError::parse(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(Duration::from_secs(5)),
+                &body(code),
+            );
+            assert!(!e.retryable(), "{code}");
+            assert_eq!(
+                exit_of(e.exit()),
+                (2, format!("{code} happened (HTTP 429)"))
+            );
+        }
+        let e = ApiError::parse(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            &body("quota_exceeded"),
+        );
+        assert!(e.retryable());
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        assert_eq!(exit_of(e.exit()).0, 4);
+        for (status, code) in [
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ] {
+            assert!(
+                ApiError::parse(status, None, &body(code)).retryable(),
+                "{code}"
+            );
+        }
+        for (status, code) in [
+            (StatusCode::CONFLICT, "deployment_completed"),
+            (StatusCode::NOT_FOUND, "deployment_not_found"),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            (StatusCode::FORBIDDEN, "missing_scope"),
+            // An unknown code is final, whatever the status.
+            (StatusCode::SERVICE_UNAVAILABLE, "something_new"),
+        ] {
+            let e = ApiError::parse(status, None, &body(code));
+            assert!(!e.retryable(), "{code}");
+            assert_eq!(exit_of(e.exit()).0, 2, "{code}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_the_gateways_is_unavailable_when_5xx_or_429() {
+        let html = b"<html><body>502 Bad Gateway</body></html>";
+        let status_json = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no endpoints available","reason":"ServiceUnavailable","code":503}"#;
+        for (status, body) in [
+            (StatusCode::BAD_GATEWAY, html.as_slice()),
+            (StatusCode::SERVICE_UNAVAILABLE, status_json.as_slice()),
+            (StatusCode::GATEWAY_TIMEOUT, b"".as_slice()),
+            (StatusCode::TOO_MANY_REQUESTS, b"slow down".as_slice()),
+        ] {
+            let e = ApiError::parse(status, None, body);
+            assert_eq!(e.code, "unavailable", "{status}");
+            assert!(e.retryable());
+        }
+        let e = ApiError::parse(StatusCode::BAD_GATEWAY, None, html);
+        assert_eq!(
+            exit_of(e.exit()),
+            (4, "HTTP 502 Bad Gateway (HTTP 502)".to_owned())
+        );
+        // A foreign 4xx (a proxy's 404 or 403 page) is final, as before.
+        let e = ApiError::parse(StatusCode::NOT_FOUND, None, html);
+        assert!(!e.retryable());
+        assert_eq!(
+            exit_of(e.exit()),
+            (2, "HTTP 404 Not Found (HTTP 404)".to_owned())
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            m
+        };
+        assert_eq!(retry_after(&h("5")), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(&h("86400")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&h("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn websocket_frames_are_lines_end_or_ignored() {
+        let line = r#"{"cursor":"c1","seq":1,"ts":"2024-01-02T03:04:05.000000000Z","step":"build","stream":"stdout","level":"info","message":"hi"}"#;
+        let frame: WsFrame =
+            serde_json::from_str(&format!(r#"{{"type":"lines","lines":[{line}]}}"#)).unwrap();
+        let WsFrame::Lines { lines } = frame else {
+            panic!("lines")
+        };
+        assert_eq!(lines.len(), 1);
+        assert_eq!((lines[0].cursor.as_str(), lines[0].seq), ("c1", 1));
+        let frame: WsFrame =
+            serde_json::from_str(r#"{"type":"end","status":"failed","exit_code":3,"last_seq":9}"#)
+                .unwrap();
+        let WsFrame::End(end) = frame else {
+            panic!("end")
+        };
+        assert_eq!(
+            end,
+            wire::Completion {
+                status: "failed".into(),
+                exit_code: 3,
+                last_seq: 9
+            }
+        );
+        let frame: WsFrame = serde_json::from_str(r#"{"type":"news","x":1}"#).unwrap();
+        assert!(matches!(frame, WsFrame::Other));
+        assert!(serde_json::from_str::<WsFrame>(r#"{"type":"lines"}"#).is_err());
+    }
+
+    fn deployment() -> wire::Deployment {
+        wire::Deployment {
+            id: "d1".into(),
+            status: "failed".into(),
+            exit_code: Some(3),
+            lines: 42,
+            first_seq: 1,
+            last_seq: 42,
+            bytes: 2048,
+            first_ts: Some("2024-01-02T03:04:05.000000000Z".into()),
+            last_ts: None,
+            created_at: "2024-01-02T03:04:00.000000000Z".into(),
+            completed_at: None,
+            steps: vec!["build".into(), "test".into()],
+            viewers: Some(2),
+        }
+    }
+
+    #[test]
+    fn describe_prints_the_present_fields_in_order() {
+        assert_eq!(
+            describe_text(&deployment()),
+            "id:          d1\n\
+             status:      failed\n\
+             exit_code:   3\n\
+             lines:       42\n\
+             bytes:       2048\n\
+             first_ts:    2024-01-02T03:04:05.000000000Z\n\
+             created_at:  2024-01-02T03:04:00.000000000Z\n\
+             steps:       build, test\n\
+             viewers:     2\n"
+        );
+    }
+
+    #[test]
+    fn list_rows_show_status_with_exit_code_and_abbreviated_steps() {
+        let mut running = deployment();
+        running.status = "running".into();
+        running.exit_code = None;
+        running.steps = (0..10).map(|i| format!("step-number-{i}")).collect();
+        let rows = list_rows(&wire::DeploymentList {
+            deployments: vec![deployment(), running],
+        });
+        assert_eq!(
+            rows[0][..5],
+            ["d1", "failed (3)", "build,test", "42", "2.0KiB"]
+        );
+        assert_eq!(rows[1][1], "running");
+        assert_eq!(rows[1][2], "step-number-0,step-number-1,+8");
+        assert!(rows[0][5].ends_with('d'), "{}", rows[0][5]);
+        assert_eq!(steps_cell(&[]), "<none>");
+    }
 }

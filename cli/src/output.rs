@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufWriter, Stdout, Write};
 
-use serde_json::Value;
+use logstream_model::wire;
 
 use crate::style;
 
@@ -42,10 +42,9 @@ impl Printer {
         }
     }
 
-    pub fn line(&mut self, l: &Value) -> anyhow::Result<()> {
-        let s = |k: &str| l[k].as_str().unwrap_or("");
+    pub fn line(&mut self, l: &wire::Line) -> anyhow::Result<()> {
         match self.format {
-            Format::Json => writeln!(self.out, "{l}")?,
+            Format::Json => writeln!(self.out, "{}", json_line(l)?)?,
             Format::Csv => {
                 if !self.csv_header {
                     self.csv_header = true;
@@ -53,21 +52,15 @@ impl Printer {
                 }
                 let mut rec = Vec::new();
                 logstream_model::export::csv_line(
-                    &mut rec,
-                    l["seq"].as_u64().unwrap_or(0),
-                    s("ts"),
-                    s("step"),
-                    s("stream"),
-                    s("level"),
-                    s("message"),
+                    &mut rec, l.seq, &l.ts, &l.step, &l.stream, &l.level, &l.message,
                 );
                 self.out.write_all(&rec)?;
             }
             Format::Text => {
                 if self.timestamps {
-                    write!(self.out, "{} ", style::dim(self.color, s("ts")))?;
+                    write!(self.out, "{} ", style::dim(self.color, &l.ts))?;
                 }
-                let step = s("step");
+                let step = l.step.as_str();
                 if !step.is_empty() {
                     self.step_width = self.step_width.max(step.chars().count());
                     let n = self.steps.len();
@@ -76,7 +69,7 @@ impl Printer {
                     let step = style::step(self.color, nth, step);
                     write!(self.out, "{step}{:pad$} | ", "")?;
                 }
-                let message = style::level(self.color, s("level"), s("message"));
+                let message = style::level(self.color, &l.level, &l.message);
                 writeln!(self.out, "{message}")?;
             }
         }
@@ -87,6 +80,12 @@ impl Printer {
         self.out.flush()?;
         Ok(())
     }
+}
+
+/// `-o json`: one line as JSON, its keys sorted (through serde_json's map, as this has
+/// always printed lines).
+fn json_line(l: &wire::Line) -> serde_json::Result<String> {
+    Ok(serde_json::to_value(l)?.to_string())
 }
 
 /// `42s`, `5m`, `3h`, `2d`, like kubectl's AGE column.
@@ -136,4 +135,23 @@ pub fn row<const N: usize>(widths: &[usize], cells: &[String; N]) {
         }
     }
     println!("{}", s.trim_end());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_print_as_before_with_sorted_keys() {
+        // What the gateway sends, in its field order.
+        let sent = r#"{"cursor":"c9","seq":9,"ts":"2024-01-02T03:04:05.123456789Z","step":"build","stream":"stderr","level":"warn","message":"key \u001b[31mAKIA****\u001b[0m \"q\", ü","metadata":{"split":"1/2"},"redaction":{"aws_access_key_id":1}}"#;
+        let line: wire::Line = serde_json::from_str(sent).unwrap();
+        let printed = json_line(&line).unwrap();
+        // The bytes the CLI printed when it kept lines as `serde_json::Value`.
+        let before = serde_json::from_str::<serde_json::Value>(sent)
+            .unwrap()
+            .to_string();
+        assert_eq!(printed, before);
+        assert!(printed.starts_with(r#"{"cursor":"c9","level":"warn","message":"#));
+    }
 }

@@ -16,11 +16,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
+use logstream_model::wire;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::{Client, Exit, api_error, usage};
+use crate::{ApiError, Client, Exit, api_error, usage};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -92,7 +93,7 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
                 reqwest::Method::POST,
                 &format!("/v1/deployments/{}/secrets", args.deployment),
             )?
-            .json(&json!({ "values": values }))
+            .json(&wire::SecretsRequest { values })
             .send()
             .await?;
         if !resp.status().is_success() {
@@ -270,18 +271,39 @@ async fn send_batches(
                 .header("logstream-source", &source)
                 .header("logstream-batch", batch_id.to_string())
                 .body(body.clone());
+            let mut at_least = None;
             match req.send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r)
-                    if r.status().is_client_error()
-                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    return Err(api_error(r).await);
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    // The durable acknowledgement.
+                    Ok(body) => match serde_json::from_slice::<wire::IngestReply>(&body) {
+                        Ok(_) => break,
+                        Err(e) => {
+                            return Err(Exit(
+                                4,
+                                format!(
+                                    "the answer to POST /v1/deployments/{deployment}/logs is not an ingest reply ({e}); is the server a logstream gateway?"
+                                ),
+                            )
+                            .into());
+                        }
+                    },
+                    // Cut off while reading the answer: send the batch again (it is
+                    // stored once).
+                    Err(e) => eprintln!("logstream: {e}; retrying"),
+                },
+                Ok(r) => {
+                    let e = ApiError::read(r).await;
+                    // Final codes (the deployment completed, a missing scope, ...) end
+                    // the run; the rest are retried, not sooner than Retry-After.
+                    if !e.retryable() {
+                        return Err(e.exit());
+                    }
+                    eprintln!(
+                        "logstream: gateway answered HTTP {}; retrying",
+                        e.status.as_u16()
+                    );
+                    at_least = e.retry_after;
                 }
-                Ok(r) => eprintln!(
-                    "logstream: gateway answered HTTP {}; retrying",
-                    r.status().as_u16()
-                ),
                 Err(e) => {
                     if attempt == 0 {
                         eprintln!(
@@ -291,12 +313,15 @@ async fn send_batches(
                 }
             }
             attempt += 1;
-            tokio::time::sleep(logstream_model::retry::backoff(
-                attempt,
-                Duration::from_millis(100),
-                Duration::from_secs(5),
-                rand::random(),
-            ))
+            tokio::time::sleep(
+                logstream_model::retry::backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    rand::random(),
+                )
+                .max(at_least.unwrap_or_default()),
+            )
             .await;
         }
         pending.clear();
@@ -312,17 +337,27 @@ async fn complete(c: &Client, deployment: &str, status: &str, code: i32) -> anyh
                 reqwest::Method::POST,
                 &format!("/v1/deployments/{deployment}/complete"),
             )?
-            .json(&json!({"status": status, "exit_code": code}))
+            .json(&wire::CompleteRequest {
+                status: status.to_owned(),
+                exit_code: Some(code),
+            })
             .send()
             .await
         {
             Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) if r.status().is_client_error() => return Err(api_error(r).await),
-            _ if attempt < 20 => {
+            Ok(r) => {
+                let e = ApiError::read(r).await;
+                if !e.retryable() || attempt >= 20 {
+                    return Err(e.exit());
+                }
+                attempt += 1;
+                let wait = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                tokio::time::sleep(wait.max(e.retry_after.unwrap_or_default())).await;
+            }
+            Err(_) if attempt < 20 => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
             }
-            Ok(r) => return Err(api_error(r).await),
             Err(e) => return Err(e.into()),
         }
     }

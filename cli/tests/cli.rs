@@ -7,6 +7,7 @@ use std::time::Duration;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::Config;
 use logstream_gateway::server::Running;
+use logstream_model::wire;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -1023,5 +1024,119 @@ exit 3"#;
     assert!(
         !messages.contains(&"stdout is a terminal".to_owned()),
         "{messages:?}"
+    );
+}
+
+/// The gateway's refusal of `req`: its status and error body.
+async fn refusal(req: reqwest::RequestBuilder) -> (u16, wire::ErrorBody) {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_at_the_viewer_limit_exits_with_the_gateways_message_instead_of_retrying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = Running::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_viewers_per_deployment: 1,
+        ..Config::loopback(tmp.path())
+    })
+    .await
+    .unwrap();
+    let t = token(&g);
+    push(&g, &t, "busy", &[json!({"message": "one"})]).await;
+    let stream = || {
+        reqwest::Client::new()
+            .get(format!("{}/v1/deployments/busy/stream", g.http))
+            .bearer_auth(&t)
+            .header("accept", "text/event-stream")
+    };
+    // The one viewer the deployment allows, held open.
+    let held = stream().send().await.unwrap();
+    assert_eq!(held.status(), 200);
+    let (status, refused) = refusal(stream()).await;
+    assert_eq!(
+        (status, refused.error.code.as_str()),
+        (429, "viewers_per_deployment")
+    );
+    for transport in ["sse", "ws"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            cli(&g, &t)
+                .args(["logs", "-f", "busy", "--transport", transport])
+                .output(),
+        )
+        .await
+        .expect("a final refusal is not retried")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{transport}: {err}");
+        assert_eq!(
+            err,
+            format!("error: {} (HTTP 429)\n", refused.error.message),
+            "{transport}"
+        );
+        assert!(out.stdout.is_empty(), "{transport}");
+    }
+    // Without the limit reached the same follow works.
+    drop(held);
+    complete(&g, &t, "busy", "succeeded", 0).await;
+    let out = cli(&g, &t)
+        .args(["logs", "-f", "busy"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_a_completed_deployment_stops_with_the_gateways_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(&g, &t, "sealed", &[json!({"message": "one"})]).await;
+    // Failed: a run's own completion (succeeded, 0) differs, so it is refused too (the
+    // same completion again would be an idempotent success).
+    complete(&g, &t, "sealed", "failed", 7).await;
+    let (status, refused) = refusal(
+        reqwest::Client::new()
+            .post(format!("{}/v1/deployments/sealed/logs", g.http))
+            .bearer_auth(&t)
+            .header("content-type", "application/x-ndjson")
+            .body("{\"message\":\"late\"}\n"),
+    )
+    .await;
+    assert_eq!(
+        (status, refused.error.code.as_str()),
+        (409, "deployment_completed")
+    );
+    // With output (the first batch is refused) and without (the completion is).
+    for script in ["echo more; echo again", "true"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            cli(&g, &t)
+                .args(["run", "--deployment", "sealed", "--quiet", "--"])
+                .args(["sh", "-c", script])
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("a final refusal is not retried")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {err}");
+        assert_eq!(
+            err,
+            format!("error: {} (HTTP 409)\n", refused.error.message),
+            "{script}"
+        );
+    }
+    let (msgs, d) = messages(&g, &t, "sealed").await;
+    assert_eq!(msgs, ["one"]);
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("failed"), Some(7))
     );
 }
