@@ -94,6 +94,11 @@ pub enum Event {
 struct InFlight {
     batch_id: u64,
     resume: u64,
+    /// The file and generation it was read from: its acknowledgement moves that
+    /// checkpoint only (after a copytruncate the file is in a newer generation, where
+    /// this batch's offsets mean nothing).
+    file: FileId,
+    generation: u32,
     /// The spool entry it was sent from (`None`: straight from the file).
     spooled: Option<u64>,
     since: Instant,
@@ -436,9 +441,11 @@ impl Engine {
                     opened.push(t);
                 }
             }
-        } else if c.tails.is_empty() {
-            // Rotated files not read to their end (we stopped, or were down when kubelet
-            // rotated): finish them first, oldest first.
+        } else if self.s.sidecar.is_none() {
+            // Rotated files not read to their end and not followed (we stopped, or were
+            // down when kubelet rotated, or kubelet rotated twice between two looks, so
+            // a file was renamed away before it was ever opened): finish them first,
+            // oldest first.
             if let Ok(entries) = std::fs::read_dir(dir) {
                 let mut rotated: Vec<(PathBuf, FileId)> = entries
                     .flatten()
@@ -447,7 +454,10 @@ impl Engine {
                         is_kubelet_rotated(&p.file_name().unwrap_or_default().to_string_lossy())
                     })
                     .filter_map(|p| Some((p.clone(), file_id(&p).ok()?)))
-                    .filter(|(_, id)| !self.checkpoints.files.get(id).is_some_and(|s| s.done))
+                    .filter(|(_, id)| {
+                        !followed.contains(id)
+                            && !self.checkpoints.files.get(id).is_some_and(|s| s.done)
+                    })
                     .collect();
                 rotated.sort();
                 for (p, id) in rotated {
@@ -459,8 +469,11 @@ impl Engine {
                 }
             }
         }
+        let rotated = opened.len();
+        let mut live = Vec::new();
         for path in c.files.values() {
             let Ok(id) = file_id(path) else { continue };
+            live.push(id);
             if followed.contains(&id) || opened.iter().any(|t: &FileTail| t.id() == id) {
                 continue;
             }
@@ -481,6 +494,18 @@ impl Engine {
         if !opened.is_empty() {
             c.at_eof = false;
         }
+        // Rotated files go before the live files already followed (older than them),
+        // never before the file being read.
+        let at = c
+            .tails
+            .iter()
+            .skip(1)
+            .position(|t| live.contains(&t.id()))
+            .map_or(c.tails.len(), |i| i + 1);
+        let newer: Vec<FileTail> = c.tails.drain(at..).collect();
+        let mut opened = opened.into_iter();
+        c.tails.extend(opened.by_ref().take(rotated));
+        c.tails.extend(newer);
         c.tails.extend(opened);
     }
 
@@ -541,6 +566,8 @@ impl Engine {
                 c.in_flight = Some(InFlight {
                     batch_id: req.batch_id,
                     resume: e.head.resume,
+                    file: e.head.file,
+                    generation: e.head.generation,
                     spooled: Some(e.seq),
                     since: Instant::now(),
                 });
@@ -591,10 +618,14 @@ impl Engine {
             }
         };
         if r.truncated {
+            // What was read of the generation before and not sent is only in the copy
+            // now (copytruncate's own race).
             self.metrics.truncations.inc();
             c.queued.clear();
             c.queued_bytes = 0;
+            c.first_queued = None;
         }
+        let r_truncated = r.truncated;
         self.metrics.bytes_read.inc_by(r.bytes);
         self.metrics.lines_read.inc_by(r.physical);
         self.metrics.parse_errors.inc_by(r.parse_errors);
@@ -625,6 +656,12 @@ impl Engine {
             }
             c.first_queued.get_or_insert_with(Instant::now);
             c.queued.push_back(e);
+        }
+        if r_truncated {
+            // The new generation is durable before any of its batches is sent or
+            // spooled: a restart resumes in it, with the fingerprint of its start.
+            self.dirty = true;
+            self.flush_checkpoints();
         }
     }
 
@@ -768,6 +805,8 @@ impl Engine {
         c.in_flight = Some(InFlight {
             batch_id: end,
             resume,
+            file: t.state.id,
+            generation: t.state.generation,
             spooled: None,
             since: Instant::now(),
         });
@@ -858,7 +897,11 @@ impl Engine {
             }
             return;
         }
-        if let Some(t) = c.tails.front_mut() {
+        if let Some(t) = c
+            .tails
+            .front_mut()
+            .filter(|t| t.id() == f.file && t.state.generation == f.generation)
+        {
             t.state.acked = f.batch_id;
             t.state.resume = f.resume;
             t.state.pending = None;
@@ -980,6 +1023,9 @@ fn reset_reading(c: &mut Container, redactor: &Arc<Redactor>) {
         StreamRedactor::new(redactor.clone()),
     ];
 }
+
+#[cfg(test)]
+mod exactly_once;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! Rotation is decided by the caller (the path now names another inode): the old handle
 //! is read to its end before the new file is started.
 
-use crate::checkpoint::{FINGERPRINT_BYTES, FileId, FileState, fingerprint};
+use crate::checkpoint::{self, FINGERPRINT_BYTES, FileId, FileState, Seen};
 use crate::parser;
 use crate::partial::{Joined, Joiner};
 use std::fs::File;
@@ -121,35 +121,14 @@ impl FileTail {
             dev: m.dev(),
             ino: m.ino(),
         };
-        let resumed = saved.filter(|s| {
-            s.id == id
-                && head(&file, s.fingerprint_len as usize)
-                    .map(|h| fingerprint(&h) == (s.fingerprint, s.fingerprint_len))
-                    .unwrap_or(false)
-                && m.len() >= s.resume
-        });
-        let state = match resumed {
-            Some(s) => FileState {
-                path: path.to_owned(),
-                ..s.clone()
-            },
-            None => {
-                let (fp, n) = fingerprint(&head(&file, FINGERPRINT_BYTES)?);
-                FileState {
-                    path: path.to_owned(),
-                    id,
-                    fingerprint: fp,
-                    fingerprint_len: n,
-                    // A different file under a reused inode must not reuse batch ids.
-                    generation: saved.filter(|s| s.id == id).map_or(0, |s| s.generation + 1),
-                    resume: 0,
-                    acked: 0,
-                    pending: None,
-                    finished: false,
-                    done: false,
-                }
-            }
+        let head = head(&file, FINGERPRINT_BYTES)?;
+        let seen = Seen {
+            path,
+            id,
+            len: m.len(),
+            head: &head,
         };
+        let state = checkpoint::resume(saved, &seen);
         Ok(FileTail::with(path, file, state, max_line))
     }
 
@@ -205,26 +184,21 @@ impl FileTail {
         } else {
             self.file.metadata()?.len()
         };
-        if len < self.offset + self.buf.len() as u64 {
-            // copytruncate: the file was emptied and is being written from the start.
-            out.truncated = true;
-            self.state.generation += 1;
-            self.state.resume = 0;
-            self.state.acked = 0;
-            self.state.pending = None;
-            self.offset = 0;
-            self.buf.clear();
-            self.joiner = Joiner::default();
-            self.pending_start = [None, None];
-        }
-        if !self.fifo
-            && (self.state.fingerprint_len as usize) < FINGERPRINT_BYTES
-            && len > u64::from(self.state.fingerprint_len)
-            && self.offset == 0
-        {
-            let (fp, n) = fingerprint(&head(&self.file, FINGERPRINT_BYTES)?);
-            self.state.fingerprint = fp;
-            self.state.fingerprint_len = n;
+        if !self.fifo {
+            // copytruncate empties the file in place and its writer goes on from offset
+            // 0: the file is shorter than what was read, or (grown back past it before
+            // this read) no longer starts with the fingerprinted bytes.
+            let head = head(&self.file, FINGERPRINT_BYTES)?;
+            if len < self.offset + self.buf.len() as u64 || !self.state.same_start(&head) {
+                out.truncated = true;
+                self.state = self.state.next_generation(&head);
+                self.offset = 0;
+                self.buf.clear();
+                self.joiner = Joiner::default();
+                self.pending_start = [None, None];
+            } else {
+                self.state.extend_fingerprint(&head);
+            }
         }
         let start = self.offset + self.buf.len() as u64;
         if !self.fifo {

@@ -1,8 +1,9 @@
 //! A kubelet simulator writes CRI logs for many pods (partial lines on both streams,
 //! secrets, rename rotations and copytruncate) while the real collector binary follows
-//! them into a real gateway; the collector is killed with SIGKILL and restarted, and the
-//! gateway is restarted. Afterwards every line is stored exactly once, in order per
-//! stream, with secrets masked, and every deployment completed with its pod's status.
+//! them into a real gateway; the collector is killed with SIGKILL and restarted (also
+//! after copytruncates and inside their copy window), and the gateway is restarted.
+//! Afterwards every line is stored exactly once, in order per stream, with secrets
+//! masked, and every deployment completed with its pod's status.
 
 #![allow(clippy::needless_range_loop)] // pods are numbered; `next[p]` reads best
 
@@ -136,6 +137,102 @@ async fn every_line_arrives_once_in_order_through_rotation_crashes_and_gateway_r
     collector.kill().unwrap();
     collector.wait().unwrap();
     gw.shutdown().await.unwrap();
+}
+
+/// copytruncate keeps the inode and starts it again at offset 0: the regrown file is a
+/// new generation of it, and a collector killed with SIGKILL and restarted later must
+/// resume in that generation (not read it again as an unknown file, which would send
+/// every line since the truncation twice). Killed inside copytruncate's window, between
+/// the copy and the truncation or right after the truncation, it must read the new
+/// contents once. Truncations only come after the gateway has every line of the file:
+/// lines not yet read when it is emptied are only in the copy, copytruncate's own race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_then_sigkill_sends_every_line_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, grpc, token, token_file) = gateway_with_token(tmp.path()).await;
+    let http = gw.http.clone();
+    let (root, state) = (tmp.path().join("pods"), tmp.path().join("state"));
+    std::fs::create_dir_all(&root).unwrap();
+    let pods_file = tmp.path().join("pods.json");
+    let mut sim = Sim::new(&root, &pods_file);
+    const PODS: usize = 4;
+    for p in 1..PODS {
+        sim.add_pod(p, &format!("ct-{p}"));
+    }
+    let mut next = [0u64; PODS];
+    let write = |next: &mut [u64; PODS], p: usize, n: u64| {
+        let mut f = sim.open(p);
+        for _ in 0..n {
+            sim.write_line(&mut f, p, next[p]);
+            next[p] += 1;
+        }
+    };
+    let caught_up = async |next: &[u64; PODS], p: usize| {
+        wait_for_count(&http, &token, &format!("ct-{p}"), next[p] as usize).await;
+    };
+    let start = || start_collector(&root, &state, &pods_file, &token_file, grpc);
+    let mut collector = start();
+    for p in 1..PODS {
+        write(&mut next, p, 800);
+        caught_up(&next, p).await;
+    }
+
+    // Pod 1: copytruncate while the collector runs, and the lines written after it
+    // acknowledged (so the new generation is in the checkpoint).
+    sim.rotate_copytruncate(1);
+    write(&mut next, 1, 700);
+    caught_up(&next, 1).await;
+    // Pod 2 is copied and the collector killed before the truncation; pod 3 is killed
+    // right after its truncation.
+    sim.copy_away(2);
+    sim.copy_away(3);
+    sim.truncate(3);
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    sim.truncate(2);
+    // While it is down: pod 2's file stays shorter than the offset it was read to,
+    // pod 3's grows past it (only its first bytes tell it is not the file it was).
+    write(&mut next, 1, 500);
+    write(&mut next, 2, 100);
+    write(&mut next, 3, 1500);
+    collector = start();
+    for p in 1..PODS {
+        caught_up(&next, p).await;
+    }
+
+    // Round two, on the generations the restarted collector resumed: every pod
+    // copytruncated (pod 3 rename-rotated first), its new lines acknowledged, then
+    // SIGKILL, more lines, restart.
+    sim.rotate_rename(3, 1);
+    write(&mut next, 3, 300);
+    caught_up(&next, 3).await;
+    for p in 1..PODS {
+        sim.rotate_copytruncate(p);
+        write(&mut next, p, 400);
+    }
+    for p in 1..PODS {
+        caught_up(&next, p).await;
+    }
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    for p in 1..PODS {
+        write(&mut next, p, 300);
+    }
+    collector = start();
+
+    // A pod's deployment completes only once its files are read to the end and every
+    // batch is acknowledged: after that, nothing more of it is on the way.
+    for p in 1..PODS {
+        sim.finish_pod(p, 0);
+    }
+    for p in 1..PODS {
+        let id = format!("ct-{p}");
+        let d = wait_completed(&http, &token, &id).await;
+        assert_eq!(d["status"], "succeeded", "{d}");
+        assert_exactly_once_in_order(&all_lines(&http, &token, &id).await, p, next[p]);
+    }
+    collector.kill().unwrap();
+    collector.wait().unwrap();
 }
 
 /// The collector in sidecar mode on `files`, as the pod `ci/build-7` of `deployment`.

@@ -114,11 +114,23 @@ impl Sim {
 
     /// copytruncate (logrotate's way): copy, then truncate in place.
     pub fn rotate_copytruncate(&self, pod: usize) {
+        self.copy_away(pod);
+        self.truncate(pod);
+    }
+
+    /// copytruncate's first half: the live file copied beside it (no collector reads
+    /// the copy).
+    pub fn copy_away(&self, pod: usize) {
         let d = self.dir(pod);
         std::fs::copy(d.join("0.log"), d.join("0.log.copy")).unwrap();
+    }
+
+    /// copytruncate's second half: the live file emptied in place (its writer goes on
+    /// writing through its descriptor, from the start).
+    pub fn truncate(&self, pod: usize) {
         std::fs::OpenOptions::new()
             .write(true)
-            .open(d.join("0.log"))
+            .open(self.dir(pod).join("0.log"))
             .unwrap()
             .set_len(0)
             .unwrap();
@@ -233,6 +245,23 @@ pub async fn wait_for_count(http: &str, token: &str, id: &str, n: usize) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{id}: fewer than {n} lines after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until deployment `id` is no longer running (its pod's files were all read and
+/// acknowledged, so nothing more of it is on the way) and returns it.
+pub async fn wait_completed(http: &str, token: &str, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let d = deployment(http, token, id).await;
+        if d["status"] != "running" && !d["status"].is_null() {
+            return d;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{id} never completed: {d}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
