@@ -119,6 +119,7 @@ struct Container {
     redactors: [StreamRedactor; 2],
     /// Since when the head tail has been at its end (for rotate_wait).
     quiet_since: Option<Instant>,
+    /// This pass's read reached the head file's end (false when nothing was read).
     at_eof: bool,
     /// The next batch goes to the spool (the one in flight took too long).
     spool_next: bool,
@@ -595,7 +596,11 @@ impl Engine {
             .and_then(|t| t.state.pending.filter(|p| *p > t.state.acked))
             .is_some_and(|p| !c.queued.iter().any(|e| e.end >= p));
         if c.queued_bytes >= s.batch_bytes && !rebuilding {
-            return; // Backpressure: a bounded queue (and one batch in flight) per container.
+            // Backpressure: a bounded queue (and one batch in flight) per container.
+            // Not read, so not known to be at the end: the file may have grown since
+            // the last read, and a rotated file is let go only after a read finds its end.
+            c.at_eof = false;
+            return;
         }
         let Some(t) = c.tails.front_mut() else {
             c.at_eof = true;
