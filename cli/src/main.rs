@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Exit codes: 0 success (or the deployment succeeded, with `-f`), 1 the deployment
-//! failed, 3 it was cancelled, 2 usage errors and final refusals (an error code the
-//! contract says not to retry), 130 interrupted, 4 server/network errors.
+//! failed, 3 it was cancelled, 5 it timed out (nobody completed it), 2 usage errors and
+//! final refusals (an error code the contract says not to retry), 130 interrupted,
+//! 4 server/network errors.
 //!
 //! Retries are decided by the error body's code alone (`logstream_model::retry`); see
 //! [`ApiError`].
@@ -120,8 +121,12 @@ enum Command {
         #[arg(long, requires = "output")]
         restart: bool,
     },
-    /// Run a command as a pipeline step: stream its output, report its exit code.
+    /// Run a command as a pipeline step: stream its output, exit with its code; a failing
+    /// step completes the deployment (see --help for a three-step pipeline).
+    #[command(after_long_help = run::PIPELINE_EXAMPLE)]
     Run(run::RunArgs),
+    /// Complete a deployment (for a wrapper that decides how the pipeline ended).
+    Complete(run::CompleteArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -326,6 +331,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Run(args) => run::run(Client::new(&conn)?, args).await,
+        Command::Complete(args) => run::complete_cmd(Client::new(&conn)?, args).await,
     }
 }
 
@@ -557,19 +563,30 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
         };
         printer.flush()?;
         match ended {
-            Session::End(end) => {
-                return Ok(match end.status.as_str() {
-                    "succeeded" => 0,
-                    "cancelled" => 3,
-                    _ => 1,
-                });
-            }
+            Session::End(end) => return Ok(follow_end(&args.id, &end)),
             Session::Dropped { why, at_least } => {
                 f.attempt += 1;
                 reconnect_wait(c, f.attempt, &why, at_least).await;
             }
         }
     }
+}
+
+/// The exit code of a follow that saw its deployment complete; anything but success is
+/// also said on stderr (the output may be a pipe nobody reads).
+fn follow_end(id: &str, end: &wire::Completion) -> i32 {
+    let (code, what) = match end.status.as_str() {
+        "succeeded" => return 0,
+        "failed" => (1, format!("failed (exit code {})", end.exit_code)),
+        "cancelled" => (3, "was cancelled".to_owned()),
+        "timed_out" => (
+            5,
+            "timed out: nobody completed it and no line came for the gateway's deployment idle timeout (its runner may have died)".to_owned(),
+        ),
+        other => (1, format!("ended as {other} (exit code {})", end.exit_code)),
+    };
+    eprintln!("deployment {id} {what}");
+    code
 }
 
 /// Where a follow is, across reconnections.

@@ -1,20 +1,24 @@
-//! `run`: a CI agent. Runs a command, streams its stdout/stderr to the gateway in
-//! idempotent batches (retried across gateway restarts), completes the deployment with
-//! the command's exit code, and exits with it.
+//! `run`: a CI agent. Runs a command as one step of a deployment, streams its
+//! stdout/stderr to the gateway in idempotent batches (retried across gateway restarts),
+//! and exits with the command's code. A failing step completes the deployment (a failure
+//! ends a pipeline); a passing one leaves it open for the next step unless `--complete`.
+//! `complete` is the same completion for wrappers that decide at the end.
 //!
 //! ```text
-//! child stdout ─┐                         bounded (backpressure on the child's pipes)
-//! child stderr ─┴─> lines ──mpsc(10k)──> batcher (1,000 lines / 50 ms)
+//! child stdout ─┐ one reader loop:       bounded (backpressure on the child's pipes)
+//! child stderr ─┴─> lines stamped in ──mpsc(10k)──> batcher (1,000 lines / 50 ms)
+//!                   read order
 //!   (or --pty: one terminal, so the command colours and line-buffers as it would
 //!    for a person; stdout and stderr arrive merged, as on a terminal)
 //!        │                                   └─POST /logs, Logstream-Source + -Batch,
 //!        └─ echoed locally                     retried with backoff until acked
-//! exit ──> drain, POST /complete ──> exit with the child's code
+//! exit ──> drain ──> failed (or --complete): POST /complete ──> exit with the child's code
 //! ```
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use logstream_model::wire;
 use serde_json::json;
@@ -22,6 +26,28 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::{ApiError, Client, Exit, api_error, usage};
+
+/// A three-step pipeline, shown in `run --help`.
+pub const PIPELINE_EXAMPLE: &str = "\
+A deployment is a pipeline: run each step with the same --deployment. A failing step
+completes the deployment as failed (with its exit code) and the pipeline stops there;
+passing steps leave it open, and --complete on the last step completes it as succeeded.
+Followers (`logs -f`) end when it completes and exit with its status.
+
+  export LOGSTREAM_SERVER=https://logstream.example.com LOGSTREAM_TOKEN=...
+  D=build-$CI_PIPELINE_ID
+  kubectl logstream run --deployment $D --step checkout -- git clone $REPO src
+  kubectl logstream run --deployment $D --step build -- make -C src
+  kubectl logstream run --deployment $D --step test --complete -- make -C src test
+
+A step allowed to fail takes --no-complete. A wrapper that decides at the end uses
+`kubectl logstream complete $D --status succeeded|failed|cancelled [--exit-code N]`.
+A deployment nobody completes ends as timed_out after the gateway's idle timeout.
+
+Without --pty, stdout and stderr are two pipes read by one loop: lines are stamped in
+the order they are read, never out of it, but a command's writes to the two pipes may
+be read in another order than it made them. --pty gives the exact interleaving (one
+terminal, as a person sees it), with both streams recorded as stdout.";
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -38,10 +64,17 @@ pub struct RunArgs {
     #[arg(long)]
     quiet: bool,
     /// Run the command in a pseudo-terminal (it sees a terminal: colours, progress,
-    /// line buffering); its stdout and stderr arrive as one stream, as on a terminal.
-    /// Width from $COLUMNS, else 120.
+    /// line buffering); its stdout and stderr arrive as one stream in their exact order,
+    /// as on a terminal. Width from $COLUMNS, else 120.
     #[arg(long)]
     pty: bool,
+    /// Also complete the deployment when the command succeeds (the pipeline's last step).
+    #[arg(long, conflicts_with = "no_complete")]
+    complete: bool,
+    /// Never complete the deployment, even when the command fails (a step allowed to
+    /// fail).
+    #[arg(long)]
+    no_complete: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -103,7 +136,7 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
     let (tx, rx) = mpsc::channel::<Line>(10_000);
     let cannot =
         |e: &dyn std::fmt::Display| Exit(127, format!("cannot run {:?}: {e}", args.command[0]));
-    let (mut child, out, err) = if args.pty {
+    let (mut child, reader) = if args.pty {
         let (pty, pts) = pty_process::open().map_err(|e| cannot(&e))?;
         let cols = std::env::var("COLUMNS")
             .ok()
@@ -124,8 +157,8 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             // Keep the terminal's writing half open while the command runs.
             std::future::pending::<()>().await;
         });
-        let out = tokio::spawn(pump(read, false, tx, args.quiet));
-        (child, out, None)
+        let reader = tokio::spawn(pump(read, None, tx, args.quiet));
+        (child, reader)
     } else {
         let mut child = tokio::process::Command::new(&args.command[0])
             .args(&args.command[1..])
@@ -134,88 +167,166 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| cannot(&e))?;
-        let out = tokio::spawn(pump(
+        let reader = tokio::spawn(pump(
             child.stdout.take().expect("piped"),
-            false,
-            tx.clone(),
-            args.quiet,
-        ));
-        let err = tokio::spawn(pump(
-            child.stderr.take().expect("piped"),
-            true,
+            child.stderr.take(),
             tx,
             args.quiet,
         ));
-        (child, out, Some(err))
+        (child, reader)
     };
     let sender = tokio::spawn(send_batches(c.clone(), args.deployment.clone(), step, rx));
-    let status = tokio::select! {
-        s = child.wait() => s?,
+    let (status, code) = tokio::select! {
+        s = child.wait() => {
+            let s = s?;
+            let code = s.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + s.signal().unwrap_or(0)
+            });
+            (if code == 0 { "succeeded" } else { "failed" }, code)
+        }
         _ = tokio::signal::ctrl_c() => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            let _ = out.await;
-            if let Some(err) = err {
-                let _ = err.await;
-            }
-            sender.await??;
-            complete(&c, &args.deployment, "cancelled", 130).await?;
-            return Ok(130);
+            ("cancelled", 130)
         }
     };
-    out.await??;
-    if let Some(err) = err {
-        err.await??;
-    }
+    reader.await??;
     sender.await??;
-    let code = status.code().unwrap_or_else(|| {
-        use std::os::unix::process::ExitStatusExt;
-        128 + status.signal().unwrap_or(0)
-    });
-    complete(
-        &c,
-        &args.deployment,
-        if code == 0 { "succeeded" } else { "failed" },
-        code,
-    )
-    .await?;
+    // A failure (or Ctrl+C) ends the pipeline; a success leaves the deployment open for
+    // the next step unless this is the last one.
+    let completes = if code == 0 {
+        args.complete
+    } else {
+        !args.no_complete
+    };
+    if completes {
+        complete(&c, &args.deployment, status, Some(code))
+            .await
+            .map_err(final_refusal)?;
+    }
     Ok(code)
 }
 
+/// `complete`: completes a deployment for a wrapper that decides at the end.
+#[derive(Args)]
+pub struct CompleteArgs {
+    /// Deployment id.
+    deployment: String,
+    /// How the pipeline ended.
+    #[arg(long, value_parser = ["succeeded", "failed", "cancelled"])]
+    status: String,
+    /// Exit code to record [default: 0 when succeeded, else 1].
+    #[arg(long)]
+    exit_code: Option<i32>,
+}
+
+/// Completes the deployment; one already completed with the same status is fine (a
+/// failing step completed it before the wrapper's final word), another status is a
+/// refusal naming what was recorded.
+pub async fn complete_cmd(c: Client, args: CompleteArgs) -> anyhow::Result<i32> {
+    logstream_model::validate_deployment_id(&args.deployment)
+        .map_err(|e| usage(format!("DEPLOYMENT {:?}: {e}", args.deployment)))?;
+    match complete(&c, &args.deployment, &args.status, args.exit_code).await {
+        Ok(done) => {
+            eprintln!(
+                "deployment {} completed: {} (exit code {})",
+                args.deployment, done.status, done.exit_code
+            );
+            Ok(0)
+        }
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|e| e.code == "deployment_completed") =>
+        {
+            let d: wire::Deployment =
+                crate::get_json(&c, &format!("/v1/deployments/{}", args.deployment), &[]).await?;
+            if d.status == args.status {
+                eprintln!(
+                    "deployment {} had already completed: {}",
+                    args.deployment, d.status
+                );
+                return Ok(0);
+            }
+            Err(Exit(
+                2,
+                format!(
+                    "deployment {} had already completed as {} (exit code {}); a completion is final",
+                    args.deployment,
+                    d.status,
+                    d.exit_code.unwrap_or_default()
+                ),
+            )
+            .into())
+        }
+        Err(e) => Err(final_refusal(e)),
+    }
+}
+
+/// A refusal the gateway answered ends with its exit code (see `ApiError::exit`).
+fn final_refusal(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<ApiError>() {
+        Ok(e) => e.exit(),
+        Err(e) => e,
+    }
+}
+
+/// Reads the command's output: one loop over stdout and (without a terminal) stderr, so
+/// lines are stamped in the order they are read and a later-read line never gets an
+/// earlier timestamp (the stamp never goes back, even if the wall clock does).
 async fn pump(
-    r: impl AsyncRead + Unpin,
-    stderr: bool,
+    out: impl AsyncRead + Unpin,
+    err: Option<tokio::process::ChildStderr>,
     tx: mpsc::Sender<Line>,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    let mut r = BufReader::new(r);
-    let mut buf = Vec::new();
+    let mut out = BufReader::new(out);
+    let mut err = err.map(BufReader::new);
+    // Partial reads stay in these across the select (read_until is cancel-safe so).
+    let (mut obuf, mut ebuf) = (Vec::new(), Vec::new());
+    let (mut out_open, mut err_open) = (true, err.is_some());
     let mut echo_out = tokio::io::stdout();
     let mut echo_err = tokio::io::stderr();
-    loop {
-        buf.clear();
-        match r.read_until(b'\n', &mut buf).await {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
+    let mut last_ts = 0i64;
+    while out_open || err_open {
+        let (stderr, read) = tokio::select! {
+            r = out.read_until(b'\n', &mut obuf), if out_open => (false, r),
+            r = async { err.as_mut().expect("open").read_until(b'\n', &mut ebuf).await }, if err_open => (true, r),
+        };
+        let buf = if stderr { &mut ebuf } else { &mut obuf };
+        let end = match read {
+            Ok(0) => true,
+            Ok(_) => false,
             // A terminal whose other side closed (the command exited) reads EIO: the end,
             // after the unterminated last line, if any.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) && !buf.is_empty() => {}
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => true,
             Err(e) => return Err(e.into()),
+        };
+        if end {
+            if stderr {
+                err_open = false;
+            } else {
+                out_open = false;
+            }
+            if buf.is_empty() {
+                continue;
+            }
         }
         if !quiet {
             if stderr {
-                echo_err.write_all(&buf).await?;
+                echo_err.write_all(buf).await?;
             } else {
-                echo_out.write_all(&buf).await?;
+                echo_out.write_all(buf).await?;
             }
         }
-        let text = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
+        let text = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(buf));
         let text = text.strip_suffix('\r').unwrap_or(&text).to_owned();
+        buf.clear();
+        last_ts = now_ns().max(last_ts + 1);
         if tx
             .send(Line {
                 stderr,
-                ts: now_ns(),
+                ts: last_ts,
                 text,
             })
             .await
@@ -224,6 +335,7 @@ async fn pump(
             return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Batches lines and posts them; a failed post is retried (same batch id, so the
@@ -329,7 +441,13 @@ async fn send_batches(
     Ok(())
 }
 
-async fn complete(c: &Client, deployment: &str, status: &str, code: i32) -> anyhow::Result<()> {
+/// Completes `deployment`, retrying what may pass; returns what was recorded.
+pub async fn complete(
+    c: &Client,
+    deployment: &str,
+    status: &str,
+    exit_code: Option<i32>,
+) -> anyhow::Result<wire::Completion> {
     let mut attempt = 0u32;
     loop {
         match c
@@ -339,16 +457,21 @@ async fn complete(c: &Client, deployment: &str, status: &str, code: i32) -> anyh
             )?
             .json(&wire::CompleteRequest {
                 status: status.to_owned(),
-                exit_code: Some(code),
+                exit_code,
             })
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_success() => {
+                let body = r.bytes().await?;
+                return serde_json::from_slice(&body).with_context(|| {
+                    format!("the gateway's answer to POST /v1/deployments/{deployment}/complete")
+                });
+            }
             Ok(r) => {
                 let e = ApiError::read(r).await;
                 if !e.retryable() || attempt >= 20 {
-                    return Err(e.exit());
+                    return Err(e.into());
                 }
                 attempt += 1;
                 let wait = Duration::from_millis(200 * u64::from(attempt.min(10)));

@@ -65,7 +65,8 @@ async fn complete(g: &Running, token: &str, id: &str, status: &str, code: i32) {
     assert_eq!(r.status(), 200);
 }
 
-async fn messages(g: &Running, token: &str, id: &str) -> (Vec<String>, Value) {
+/// Every stored line of `id`, as the history API gives them.
+async fn stored_lines(g: &Running, token: &str, id: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -83,15 +84,19 @@ async fn messages(g: &Running, token: &str, id: &str) -> (Vec<String>, Value) {
             .unwrap();
         let lines = page["lines"].as_array().unwrap();
         if lines.is_empty() {
-            break;
+            return out;
         }
-        out.extend(
-            lines
-                .iter()
-                .map(|l| l["message"].as_str().unwrap().to_owned()),
-        );
+        out.extend(lines.iter().cloned());
         cursor = page["next_cursor"].as_str().unwrap().to_owned();
     }
+}
+
+async fn messages(g: &Running, token: &str, id: &str) -> (Vec<String>, Value) {
+    let out = stored_lines(g, token, id)
+        .await
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
     let d: Value = reqwest::Client::new()
         .get(format!("{}/v1/deployments/{id}", g.http))
         .bearer_auth(token)
@@ -261,6 +266,7 @@ async fn run_keeps_every_line_across_a_gateway_restart() {
             "--deployment",
             "r",
             "--quiet",
+            "--complete",
             "--",
             "sh",
             "-c",
@@ -1112,12 +1118,15 @@ async fn run_against_a_completed_deployment_stops_with_the_gateways_message() {
         (status, refused.error.code.as_str()),
         (409, "deployment_completed")
     );
-    // With output (the first batch is refused) and without (the completion is).
-    for script in ["echo more; echo again", "true"] {
+    // With output (the first batch is refused) and without, as the last step (the
+    // completion is).
+    for (script, last) in [("echo more; echo again", false), ("true", true)] {
         let out = tokio::time::timeout(
             Duration::from_secs(20),
             cli(&g, &t)
-                .args(["run", "--deployment", "sealed", "--quiet", "--"])
+                .args(["run", "--deployment", "sealed", "--quiet"])
+                .args(last.then_some("--complete"))
+                .arg("--")
                 .args(["sh", "-c", script])
                 .stdin(Stdio::null())
                 .output(),
@@ -1139,4 +1148,257 @@ async fn run_against_a_completed_deployment_stops_with_the_gateways_message() {
         (d["status"].as_str(), d["exit_code"].as_i64()),
         (Some("failed"), Some(7))
     );
+}
+
+/// Runs `kubectl logstream run --deployment id --step step [flags] -- sh -c script`.
+async fn step(g: &Running, t: &str, id: &str, step: &str, flags: &[&str], script: &str) -> i32 {
+    let out = cli(g, t)
+        .args(["run", "--deployment", id, "--step", step, "--quiet"])
+        .args(flags)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    out.status.code().unwrap()
+}
+
+async fn status(g: &Running, t: &str, id: &str) -> (String, Option<i64>, Value) {
+    let (_, d) = messages(g, t, id).await;
+    (
+        d["status"].as_str().unwrap().to_owned(),
+        d["exit_code"].as_i64(),
+        d["steps"].clone(),
+    )
+}
+
+/// The README's pipeline: steps share a deployment; a failing step completes it as
+/// failed with its code (the pipeline stops there), a follower ends with that status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_ends_the_pipeline_with_its_status_and_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    assert_eq!(step(&g, &t, "p1", "checkout", &[], "echo cloned").await, 0);
+    assert_eq!(
+        status(&g, &t, "p1").await.0,
+        "running",
+        "a passing step leaves it open"
+    );
+    let follower = cli(&g, &t)
+        .args(["logs", "-f", "p1", "--color", "never"])
+        .output();
+    let follower = tokio::spawn(follower);
+    assert_eq!(
+        step(
+            &g,
+            &t,
+            "p1",
+            "build",
+            &[],
+            "echo compiling; echo 'error: E0308'; exit 2"
+        )
+        .await,
+        2
+    );
+    let (s, code, steps) = status(&g, &t, "p1").await;
+    assert_eq!((s.as_str(), code), ("failed", Some(2)));
+    assert_eq!(steps, json!(["checkout", "build"]));
+    let out = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the follower ends with the deployment")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "checkout | cloned\nbuild    | compiling\nbuild    | error: E0308\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "deployment p1 failed (exit code 2)\n"
+    );
+}
+
+/// Three passing steps, `--complete` on the last: succeeded, and its follower exits 0.
+/// `--no-complete` keeps a failing step's deployment open; `complete` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_steps_stay_open_until_the_last_completes_and_complete_ends_a_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    assert_eq!(step(&g, &t, "p2", "checkout", &[], "echo a").await, 0);
+    let follower = tokio::spawn(cli(&g, &t).args(["logs", "-f", "p2"]).output());
+    assert_eq!(step(&g, &t, "p2", "build", &[], "echo b").await, 0);
+    assert_eq!(status(&g, &t, "p2").await.0, "running");
+    assert_eq!(
+        step(&g, &t, "p2", "test", &["--complete"], "echo c").await,
+        0
+    );
+    let (s, code, steps) = status(&g, &t, "p2").await;
+    assert_eq!((s.as_str(), code), ("succeeded", Some(0)));
+    assert_eq!(steps, json!(["checkout", "build", "test"]));
+    let out = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the follower ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "checkout | a\nbuild    | b\ntest     | c\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    // An allowed failure: the step's code, the deployment stays open.
+    assert_eq!(
+        step(
+            &g,
+            &t,
+            "p3",
+            "lint",
+            &["--no-complete"],
+            "echo linting; exit 4"
+        )
+        .await,
+        4
+    );
+    assert_eq!(status(&g, &t, "p3").await.0, "running");
+    let complete = |args: &[&str]| {
+        let mut c = cli(&g, &t);
+        c.arg("complete").args(args);
+        c.output()
+    };
+    let out = complete(&["p3", "--status", "cancelled", "--exit-code", "9"])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, code, _) = status(&g, &t, "p3").await;
+    assert_eq!((s.as_str(), code), ("cancelled", Some(9)));
+    // Saying it again is fine; saying something else names what was recorded.
+    let out = complete(&["p3", "--status", "cancelled"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = complete(&["p3", "--status", "succeeded"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: deployment p3 had already completed as cancelled (exit code 9); a completion is final\n"
+    );
+    let out = complete(&["p3", "--status", "done"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--status"));
+    let out = cli(&g, &t)
+        .args([
+            "run",
+            "--deployment",
+            "p4",
+            "--complete",
+            "--no-complete",
+            "--",
+            "true",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-complete"));
+}
+
+/// A runner that died leaves its deployment open: the gateway times it out, and a
+/// follower exits 5 saying so instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_an_abandoned_deployment_exits_when_it_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        deployment_idle_timeout: "2s".into(),
+        ..Config::loopback(tmp.path())
+    };
+    let g = Running::start(config).await.unwrap();
+    let t = token(&g);
+    // The runner is killed: its step never completes.
+    let mut runner = cli(&g, &t)
+        .args(["run", "--deployment", "gone", "--quiet", "--"])
+        .args(["sh", "-c", "echo started; sleep 600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while reqwest::Client::new()
+            .get(format!("{}/v1/deployments/gone", g.http))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first line arrives");
+    runner.kill().await.unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        cli(&g, &t).args(["logs", "-f", "gone"]).output(),
+    )
+    .await
+    .expect("the follower ends at the timeout")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sh | started\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("deployment gone timed out: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// stdout and stderr are read by one loop: stored lines (in the order they were read)
+/// never go back in time, however the two pipes interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stamps_stdout_and_stderr_in_the_order_it_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let code = step(
+        &g,
+        &t,
+        "mixed",
+        "both",
+        &[],
+        "i=0; while [ $i -lt 3000 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done",
+    )
+    .await;
+    assert_eq!(code, 0);
+    let lines = stored_lines(&g, &t, "mixed").await;
+    assert_eq!(lines.len(), 6000);
+    let ts: Vec<i64> = lines
+        .iter()
+        .map(|l| logstream_model::time::parse_rfc3339(l["ts"].as_str().unwrap()).unwrap())
+        .collect();
+    if let Some(i) = ts.windows(2).position(|w| w[1] <= w[0]) {
+        panic!(
+            "line {} ({}) stamped before line {} ({})",
+            i + 2,
+            lines[i + 1]["message"],
+            i + 1,
+            lines[i]["message"]
+        );
+    }
+    // Each stream on its own keeps its order.
+    for (stream, prefix) in [("stdout", "out"), ("stderr", "err")] {
+        let got: Vec<&str> = lines
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (0..3000).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(got, want, "{stream}");
+    }
 }

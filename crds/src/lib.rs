@@ -28,6 +28,8 @@ pub const DEFAULT_DEPLOYMENT_LABEL: &str = "logstream.dev/deployment";
 pub const DEFAULT_STEP_LABEL: &str = "logstream.dev/step";
 /// Default retention: 30 days.
 pub const DEFAULT_RETENTION: &str = "720h";
+/// Default deployment idle timeout: 6 hours.
+pub const DEFAULT_DEPLOYMENT_IDLE_TIMEOUT: &str = "6h";
 
 /// A tenant's log stream: pod selection, redaction, retention, quotas and gateway shape.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -68,6 +70,12 @@ pub struct LogStreamSpec {
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.retention must be a duration such as 720h, 30d or 1d12h"))]
     pub retention: String,
+    /// A deployment nobody completes that gets no new line for this long is completed
+    /// as `timed_out` (its runner died), so followers stop waiting. Default `6h`.
+    #[serde(default = "default_deployment_idle_timeout")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.deploymentIdleTimeout must be a duration such as 6h, 90m or 1d"))]
+    pub deployment_idle_timeout: String,
     /// Secret redaction before anything is stored.
     #[serde(default)]
     pub redaction: Redaction,
@@ -414,6 +422,15 @@ impl LogStreamSpec {
                 ));
             }
         }
+        match logstream_model::time::parse_duration(&self.deployment_idle_timeout) {
+            Some(n) if n > 0 => {}
+            _ => {
+                return Err(format!(
+                    "spec.deploymentIdleTimeout {:?} is not a positive duration; use e.g. 6h or 90m",
+                    self.deployment_idle_timeout
+                ));
+            }
+        }
         for (i, p) in self.redaction.patterns.iter().enumerate() {
             regex::RegexBuilder::new(&p.regex)
                 .size_limit(1 << 20)
@@ -440,6 +457,9 @@ pub fn crd_yaml() -> String {
 
 fn default_retention() -> String {
     DEFAULT_RETENTION.into()
+}
+fn default_deployment_idle_timeout() -> String {
+    DEFAULT_DEPLOYMENT_IDLE_TIMEOUT.into()
 }
 fn default_deployment_label() -> String {
     DEFAULT_DEPLOYMENT_LABEL.into()

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     pub requests_refused: IntCounterVec,
     pub retention_deleted_bytes: IntCounter,
+    /// Deployments completed as `timed_out` after the idle timeout.
+    pub deployments_timed_out: IntCounter,
     /// Secrets masked at ingest, by detector.
     pub redactions: IntCounterVec,
     /// Audit events that could not be written (queue full or write error).
@@ -48,6 +50,10 @@ impl Metrics {
         let retention_deleted_bytes = counter(
             "retention_deleted_bytes_total",
             "Segment bytes deleted by retention.",
+        );
+        let deployments_timed_out = counter(
+            "deployments_timed_out_total",
+            "Deployments nobody completed, completed as timed_out after the idle timeout.",
         );
         let audit_dropped = counter(
             "audit_dropped_total",
@@ -109,6 +115,7 @@ impl Metrics {
             auth_failures,
             requests_refused,
             retention_deleted_bytes,
+            deployments_timed_out,
         }
     }
 

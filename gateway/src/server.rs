@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::core::Gateway;
+use logstream_store::Outcome;
 
 /// Bound listeners, so tests can bind port 0 and read the addresses.
 pub struct Listeners {
@@ -40,6 +41,7 @@ pub async fn serve(
     let app = crate::http::app(state.clone());
     let grpc = crate::grpc::routes(state.clone());
     let retention = tokio::spawn(retention_loop(state.clone()));
+    let idle = tokio::spawn(idle_loop(state.clone()));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut http_done = done_tx.subscribe();
     let mut grpc_done = done_tx.subscribe();
@@ -59,6 +61,7 @@ pub async fn serve(
     });
     let ((), g) = tokio::join!(http, grpc);
     retention.abort();
+    idle.abort();
     g?;
     Ok(())
 }
@@ -172,6 +175,61 @@ async fn retention_loop(state: Arc<Gateway>) {
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
             Err(e) => tracing::error!(error = %e, "retention task panicked"),
+        }
+    }
+}
+
+/// Completes as `timed_out` every deployment nobody completed that got no line for its
+/// tenant's `deployment_idle_timeout` (its runner died), so followers and `logs -f` end
+/// instead of waiting forever. Looks a twentieth of the shortest timeout apart (between
+/// 50 ms and a minute); deployments left open before a restart are found at start.
+async fn idle_loop(state: Arc<Gateway>) {
+    let every = (state.config.shortest_deployment_idle_timeout() / 20)
+        .clamp(Duration::from_millis(50), Duration::from_secs(60));
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.store.open_running()).await {
+        Ok(Ok(n)) => tracing::info!(running = n, "deployments not completed yet"),
+        Ok(Err(e)) => tracing::error!(error = %e, "opening the running deployments failed"),
+        Err(e) => tracing::error!(error = %e, "opening the running deployments panicked"),
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = state.store.hooks().clock.now();
+        let idle = state.store.idle_running(|tenant| {
+            let timeout = state.config.deployment_idle_timeout_for(tenant);
+            now.saturating_sub(timeout.as_nanos() as i64)
+        });
+        for log in idle {
+            let timeout = state.config.deployment_idle_timeout_for(&log.id.tenant);
+            match crate::core::ingest::complete(
+                &state,
+                &log.id,
+                Outcome::TimedOut,
+                None,
+                "idle_timeout",
+            )
+            .await
+            {
+                Ok(_) => {
+                    state.metrics.deployments_timed_out.inc();
+                    tracing::warn!(
+                        tenant = %log.id.tenant,
+                        deployment = %log.id.deployment,
+                        timeout = ?timeout,
+                        "no line and no completion for the idle timeout: completed as timed_out"
+                    );
+                }
+                // Completed by its runner in the meantime.
+                Err(e) if e.code == "deployment_completed" => {}
+                Err(e) => tracing::error!(
+                    tenant = %log.id.tenant,
+                    deployment = %log.id.deployment,
+                    error = %e.message,
+                    "completing an idle deployment failed"
+                ),
+            }
         }
     }
 }

@@ -97,6 +97,12 @@ pub struct Config {
     pub tenant_retention: BTreeMap<String, String>,
     /// How often retention runs. Default: `10m`.
     pub retention_interval: String,
+    /// A deployment nobody completed that gets no new line for this long is completed
+    /// as `timed_out` (its runner died), so followers do not wait forever. Default: `6h`.
+    pub deployment_idle_timeout: String,
+    /// Per-tenant idle timeout overrides, e.g. `{ acme = "2h" }`. Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_deployment_idle_timeout: BTreeMap<String, String>,
     /// Live viewers per tenant across its deployments. Default: 10000.
     pub max_viewers_per_tenant: usize,
     /// Live viewers per deployment. Default: 10000.
@@ -177,6 +183,8 @@ impl Default for Config {
             retention: "720h".into(),
             tenant_retention: BTreeMap::new(),
             retention_interval: "10m".into(),
+            deployment_idle_timeout: "6h".into(),
+            tenant_deployment_idle_timeout: BTreeMap::new(),
             max_viewers_per_tenant: 10_000,
             max_viewers_per_deployment: 10_000,
             max_streams_per_token: 64,
@@ -376,6 +384,14 @@ impl Config {
             })?;
             duration("tenant_retention", r)?;
         }
+        duration("deployment_idle_timeout", &self.deployment_idle_timeout)?;
+        for (tenant, t) in &self.tenant_deployment_idle_timeout {
+            crate::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_deployment_idle_timeout",
+                problem: e.to_string(),
+            })?;
+            duration("tenant_deployment_idle_timeout", t)?;
+        }
         self.redaction.build().map_err(|problem| ConfigError {
             field: "redaction",
             problem,
@@ -472,6 +488,25 @@ impl Config {
         duration("retention", s).unwrap_or(Duration::from_secs(30 * 86_400))
     }
 
+    /// How long a deployment of `tenant` may go without a line before it times out.
+    pub fn deployment_idle_timeout_for(&self, tenant: &str) -> Duration {
+        let s = self
+            .tenant_deployment_idle_timeout
+            .get(tenant)
+            .unwrap_or(&self.deployment_idle_timeout);
+        duration("deployment_idle_timeout", s).unwrap_or(Duration::from_secs(6 * 3600))
+    }
+
+    /// The shortest idle timeout of any tenant (how often idle deployments are looked for
+    /// follows from it).
+    pub fn shortest_deployment_idle_timeout(&self) -> Duration {
+        std::iter::once(&self.deployment_idle_timeout)
+            .chain(self.tenant_deployment_idle_timeout.values())
+            .filter_map(|s| duration("deployment_idle_timeout", s).ok())
+            .min()
+            .unwrap_or(Duration::from_secs(6 * 3600))
+    }
+
     pub fn retention_interval(&self) -> Duration {
         duration("retention_interval", &self.retention_interval).unwrap_or(Duration::from_secs(600))
     }
@@ -501,6 +536,29 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.retention_for("acme"), Duration::from_secs(86_400));
         assert_eq!(c.retention_for("other"), Duration::from_secs(720 * 3600));
+        let c: Config = toml::from_str("deployment_idle_timeout = \"0s\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "deployment_idle_timeout");
+        let c: Config = toml::from_str(
+            "deployment_idle_timeout = \"2h\"\n[tenant_deployment_idle_timeout]\nacme = \"90s\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.deployment_idle_timeout_for("acme"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            c.deployment_idle_timeout_for("other"),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(
+            c.shortest_deployment_idle_timeout(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            Config::default().deployment_idle_timeout_for("x"),
+            Duration::from_secs(6 * 3600)
+        );
         let c: Config = toml::from_str(
             "[[service_accounts]]\nnamespace = \"ci\"\ntenant = \"acme\"\nscopes = [\"logs:wrte\"]",
         )
@@ -541,6 +599,8 @@ mod tests {
             retention: "168h".into(),
             tenant_retention: BTreeMap::from([("acme".into(), "24h".into())]),
             retention_interval: "1m".into(),
+            deployment_idle_timeout: "2h".into(),
+            tenant_deployment_idle_timeout: BTreeMap::from([("acme".into(), "30m".into())]),
             max_viewers_per_tenant: 7,
             max_viewers_per_deployment: 3,
             max_streams_per_token: 2,

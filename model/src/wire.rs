@@ -132,7 +132,7 @@ pub struct IngestReply {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    /// `succeeded`, `failed` or `cancelled`.
+    /// `succeeded`, `failed`, `cancelled` or `timed_out`.
     pub status: String,
     /// Default: 0 when succeeded, else 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +143,8 @@ pub struct CompleteRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Completion {
+    /// `succeeded`, `failed`, `cancelled`, or `timed_out` (nobody completed it and no
+    /// line came for the gateway's `deployment_idle_timeout`).
     pub status: String,
     pub exit_code: i32,
     pub last_seq: u64,
@@ -153,7 +155,7 @@ pub struct Completion {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     pub id: String,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
+    /// `running`, `succeeded`, `failed`, `cancelled` or `timed_out`.
     pub status: String,
     pub exit_code: Option<i32>,
     pub lines: u64,

@@ -327,6 +327,28 @@ fn near_misses_are_left_alone() {
     }
 }
 
+/// Values earlier runs of the generated corpus drew and missed (kept as regressions).
+#[test]
+fn values_generated_runs_once_missed_are_caught() {
+    let r = Redactor::builtin();
+    for (line, secret) in [
+        // Word-shaped letters around a password symbol were taken for prose.
+        (
+            "time=2024-05-01 level=info msg=login password=IgoXvwku!yuDug user=ci",
+            "IgoXvwku!yuDug",
+        ),
+        // `-pwd...` was read as an option named for a password, not mysql's `-p`.
+        (
+            "+ mysql -h gateway.lffhus.internal -u ci67 -pwdZ~J^Qoi7 api_db",
+            "wdZ~J^Qoi7",
+        ),
+    ] {
+        let mut state = RedactionState::default();
+        let out = r.redact(line, &mut state);
+        assert!(!out.contains(secret), "{line} -> {out}");
+    }
+}
+
 #[test]
 fn label_style_names_the_detector() {
     let r = Redactor::new(true, &[], MaskStyle::Label).unwrap();

@@ -728,6 +728,7 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
         data_dir: DATA_DIR.into(),
         signing_key_file: Some(format!("{DATA_DIR}/signing-key").into()),
         retention: spec.retention.clone(),
+        deployment_idle_timeout: spec.deployment_idle_timeout.clone(),
         max_viewers_per_tenant: viewers(q.viewers, defaults.max_viewers_per_tenant),
         max_viewers_per_deployment: viewers(
             q.viewers_per_deployment,

@@ -184,6 +184,7 @@ fn every_field_of_the_full_sample_lands_where_it_should() {
     let cm: ConfigMap = get(&objs, "ConfigMap/payments-gateway");
     let store = gateway_config(&cm.data.unwrap()["store.toml"]);
     assert_eq!(store.retention, "2160h");
+    assert_eq!(store.deployment_idle_timeout, "90m");
     assert_eq!(store.redaction.style, "label");
     let pats: Vec<_> = store
         .redaction
@@ -339,6 +340,10 @@ fn an_invalid_spec_is_refused_with_the_field_named() {
     ls.spec.retention = "0h".into();
     let e = desired(&ls, &Config::default()).unwrap_err().to_string();
     assert!(e.contains("spec.retention"), "{e}");
+    let mut ls = sample("minimal.yaml");
+    ls.spec.deployment_idle_timeout = "soon".into();
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(e.contains("spec.deploymentIdleTimeout"), "{e}");
 }
 
 #[test]

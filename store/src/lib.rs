@@ -61,7 +61,7 @@ use std::time::Duration;
 use logstream_model::LogRecord;
 use parking_lot::{Mutex, RwLock};
 
-pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, Page};
+pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, MAX_STEPS, Page};
 pub use meta::{Completion, Outcome};
 pub use verify::{VerifyReport, compact, verify_dir};
 
@@ -378,6 +378,39 @@ impl Store {
         let before = logs.len();
         logs.retain(|_, log| Arc::strong_count(log) > 1 || log.completion().is_none());
         before - logs.len()
+    }
+
+    /// Opens every tenant log not completed yet (only `meta.json` of the others is
+    /// read), so [`Store::idle_running`] sees the deployments left open before a restart.
+    /// Returns how many are running.
+    pub fn open_running(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for tenant in self.tenants()? {
+            for deployment in self.deployments(&tenant)? {
+                let id = DeploymentId::new(tenant.clone(), deployment);
+                let path = self.log_dir(&id).join("meta.json");
+                let running = matches!(
+                    meta::read_atomic::<meta::MetaFile>(&path)?,
+                    Some(meta::MetaFile::V1(m)) if m.completion.is_none()
+                );
+                if running && self.log(&id, false)?.is_some() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Open tenant logs not completed whose last append (or creation) is older than
+    /// `cutoff(tenant)` (store wallclock, Unix ns). System logs never count.
+    pub fn idle_running(&self, cutoff: impl Fn(&str) -> i64) -> Vec<Arc<DeploymentLog>> {
+        self.logs
+            .read()
+            .values()
+            .filter(|l| !l.id.tenant.starts_with('_') && l.completion().is_none())
+            .filter(|l| l.last_write_at() < cutoff(&l.id.tenant))
+            .cloned()
+            .collect()
     }
 
     /// Number of logs with an open handle.

@@ -16,6 +16,10 @@ pub enum Outcome {
     Succeeded,
     Failed,
     Cancelled,
+    /// Nobody completed it and no line arrived for the deployment idle timeout (its
+    /// runner died): completed by the gateway so followers do not wait forever.
+    #[serde(rename = "timed_out")]
+    TimedOut,
 }
 
 impl Outcome {
@@ -24,6 +28,7 @@ impl Outcome {
             "succeeded" => Some(Outcome::Succeeded),
             "failed" => Some(Outcome::Failed),
             "cancelled" | "canceled" => Some(Outcome::Cancelled),
+            "timed_out" => Some(Outcome::TimedOut),
             _ => None,
         }
     }
@@ -33,6 +38,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
             Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut => "timed_out",
         }
     }
 }

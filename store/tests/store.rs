@@ -642,3 +642,62 @@ fn idle_completed_logs_are_forgotten_and_reopen_on_demand() {
     assert_eq!(store.open_logs(), 1);
     assert_eq!(read_all(&store, &done).len(), 5, "and reopens from disk");
 }
+
+#[test]
+fn running_logs_idle_past_the_cutoff_are_found_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(100 * DAY)));
+    let hooks = || StoreHooks {
+        clock: clock.clone(),
+        ..StoreHooks::default()
+    };
+    let hour = DAY / 24;
+    let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
+    let quiet = DeploymentId::new("acme", "quiet");
+    let busy = DeploymentId::new("acme", "busy");
+    let empty = DeploymentId::new("beta", "empty");
+    let done = DeploymentId::new("acme", "done");
+    store
+        .log(&quiet, true)
+        .unwrap()
+        .unwrap()
+        .append(lines(0..5), None)
+        .unwrap();
+    store.log(&empty, true).unwrap().unwrap();
+    let d = store.log(&done, true).unwrap().unwrap();
+    d.append(lines(0..5), None).unwrap();
+    d.complete(Outcome::Failed, 2).unwrap();
+    drop(d);
+    clock.0.store(100 * DAY + 5 * hour, Ordering::SeqCst);
+    store
+        .log(&busy, true)
+        .unwrap()
+        .unwrap()
+        .append(lines(0..5), None)
+        .unwrap();
+    assert_eq!(
+        store.log(&quiet, false).unwrap().unwrap().last_write_at(),
+        100 * DAY
+    );
+    drop(store);
+
+    // After a restart, the running logs are opened; only those quiet past the cutoff
+    // (their last append, or their creation when empty) are idle, completed ones never.
+    let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
+    assert_eq!(store.open_running().unwrap(), 3);
+    let idle = |cutoff: i64| {
+        let mut ids: Vec<String> = store
+            .idle_running(|_| cutoff)
+            .iter()
+            .map(|l| l.id.deployment.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(idle(100 * DAY), Vec::<String>::new());
+    assert_eq!(idle(100 * DAY + hour), ["empty", "quiet"]);
+    assert_eq!(idle(100 * DAY + 6 * hour), ["busy", "empty", "quiet"]);
+    let per_tenant = store.idle_running(|t| if t == "beta" { 100 * DAY + hour } else { 0 });
+    assert_eq!(per_tenant.len(), 1);
+    assert_eq!(per_tenant[0].id, empty);
+}

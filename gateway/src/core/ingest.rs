@@ -173,7 +173,7 @@ pub fn parse_status(status: &str) -> Result<Outcome> {
     Outcome::parse(status).ok_or_else(|| {
         Error::invalid(
             "invalid_status",
-            format!("status {status:?} is not succeeded, failed or cancelled"),
+            format!("status {status:?} is not succeeded, failed, cancelled or timed_out"),
         )
     })
 }

@@ -454,7 +454,7 @@ async fn complete(
         &s,
         &headers,
         body,
-        r#"{"status":"succeeded|failed|cancelled","exit_code":N}"#,
+        r#"{"status":"succeeded|failed|cancelled|timed_out","exit_code":N}"#,
     )
     .await?;
     let status = ingest::parse_status(&b.status)?;

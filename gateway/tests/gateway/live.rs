@@ -348,3 +348,97 @@ async fn one_token_may_hold_only_so_many_streams() {
         "another token is not affected"
     );
 }
+
+/// A deployment whose runner died: nobody completes it. After its tenant's idle
+/// timeout with no new line it is completed as `timed_out`, its viewers get `end` and
+/// later lines are refused; deployments still getting lines, and other tenants' (with a
+/// longer timeout), run on; one left open across a restart times out after it too.
+#[tokio::test]
+async fn a_deployment_nobody_completes_times_out_and_its_viewers_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |c: &mut logstream_gateway::config::Config| {
+        c.deployment_idle_timeout = "1h".into();
+        c.tenant_deployment_idle_timeout
+            .insert("acme".into(), "3s".into());
+    };
+    let gw = Arc::new(TestGateway::start_with(tmp.path(), config).await);
+    let token = gw.rw();
+    let beta = gw.token("beta", &[Scope::Read, Scope::Write]);
+    gw.push(&token, "abandoned", &lines("x", 0..3)).await;
+    gw.push(&beta, "abandoned", &lines("y", 0..3)).await;
+    let started = std::time::Instant::now();
+    let mut events =
+        logstream_gateway::testkit::sse_events(&gw.http, &token, "abandoned", "").await;
+    // A runner that keeps writing keeps its deployment open.
+    let busy = {
+        let (gw, token) = (gw.clone(), token.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                gw.push(&token, "busy", &lines(&format!("tick {i}"), 0..1))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = events.next().await {
+            if ev.event == "end" {
+                return serde_json::from_str::<Value>(&ev.data).unwrap();
+            }
+        }
+        panic!("the stream closed without an end event");
+    })
+    .await
+    .expect("the abandoned deployment times out");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before its timeout"
+    );
+    assert_eq!(end["status"], "timed_out");
+    assert_eq!(end["last_seq"], 3);
+    let (_, d) = gw.get_json(&token, "/v1/deployments/abandoned").await;
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("timed_out"), Some(1))
+    );
+    let (_, d) = gw.get_json(&token, "/v1/deployments/busy").await;
+    assert_eq!(d["status"], "running", "lines keep a deployment open");
+    busy.abort();
+    let _ = busy.await;
+    drop(events);
+    let (_, d) = gw.get_json(&beta, "/v1/deployments/abandoned").await;
+    assert_eq!(d["status"], "running", "beta's timeout is an hour");
+    assert_eq!(
+        gw.metric("logstream_deployments_timed_out_total").await,
+        Some(1.0)
+    );
+    let late = logstream_gateway::testkit::client()
+        .post(format!("{}/v1/deployments/abandoned/logs", gw.http))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body("{\"message\":\"late\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    let body: Value = late.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "deployment_completed");
+
+    // Left open while the gateway is down: found at start (nobody reads it) and timed
+    // out from its last line, not from the restart; so is `busy`, now quiet too (the new
+    // process counts both).
+    gw.push(&token, "left", &lines("z", 0..2)).await;
+    Arc::into_inner(gw).unwrap().shutdown().await;
+    let gw = TestGateway::start_with(tmp.path(), config).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while gw.metric("logstream_deployments_timed_out_total").await != Some(2.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the deployment left open times out after a restart");
+    let (_, d) = gw.get_json(&token, "/v1/deployments/left").await;
+    assert_eq!(d["status"], "timed_out");
+    let (_, d) = gw.get_json(&beta, "/v1/deployments/abandoned").await;
+    assert_eq!(d["status"], "running");
+}

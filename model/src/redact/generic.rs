@@ -599,6 +599,15 @@ fn wordlike(chunk: &[u8]) -> bool {
 /// in word shapes (lower, Capitalized, UPPER or CamelCase of such words).
 pub(super) fn prose_like(v: &str) -> bool {
     let b = v.as_bytes();
+    // A password symbol between two alphanumerics (`Igo!yuDug`, `a#b`) is not prose,
+    // however word-shaped the letters around it are.
+    if b.windows(3).any(|w| {
+        w[0].is_ascii_alphanumeric()
+            && w[2].is_ascii_alphanumeric()
+            && b"!@#$%^&*+=~?|;".contains(&w[1])
+    }) {
+        return false;
+    }
     let mut any = false;
     for run in b.split(|c| !c.is_ascii_alphanumeric()) {
         if run.is_empty() {
@@ -1103,9 +1112,22 @@ fn walk(line: &str, toks: &[Tok], out: &mut Vec<(usize, usize, Found)>, depth: u
                 i += 1;
                 continue;
             }
+            // A tool's own short flag with its value attached comes first (`mysql
+            // -pwdZ~J^Qoi7` is `-p` and a password, not an option named `pwd...`).
+            let short_first = dashes == 1
+                && tools.iter().any(|tool| {
+                    *tool != "openssl"
+                        && SHORT
+                            .iter()
+                            .any(|(n, flags, _)| n == tool && flags.contains(&bytes[1]))
+                });
             // Long options (and single-dash long ones: `-storepass`, `-Password`,
             // `-Drepo.password=`) named for a secret.
             if name.len() >= 2
+                && !short_first
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
                 && let Some(strength) = classify(name, true)
             {
                 let creds = name.to_ascii_lowercase().contains("cred");
@@ -1348,6 +1370,10 @@ mod tests {
             "abcdefghijklmnopqrstuvwxyz012345",
             "YWxhZGRpbjpvcGVuc2VzYW1l",
             "qzXvbTkPwm",
+            // Word-shaped letters joined by a password symbol (a generated corpus
+            // value that slipped through).
+            "IgoXvwku!yuDug",
+            "Summer#Rain",
         ] {
             assert!(!prose_like(v), "{v}");
         }

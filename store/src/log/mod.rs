@@ -283,6 +283,16 @@ impl DeploymentLog {
         }
     }
 
+    /// Store wallclock of the last append (the creation time while nothing was
+    /// appended), Unix ns: when a deployment nobody completes counts as idle from.
+    pub fn last_write_at(&self) -> i64 {
+        let v = self.view.read();
+        v.segments
+            .iter()
+            .map(|s| s.last_written_at)
+            .fold(v.meta.created_at, i64::max)
+    }
+
     pub fn completion(&self) -> Option<Completion> {
         self.view.read().meta.completion
     }
