@@ -98,12 +98,17 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: ListFormat,
         /// After the table, print a row each time a deployment appears or changes
-        /// (status or line count), like `kubectl get -w`; Ctrl+C to stop.
+        /// (status, steps or line count; the gateway's change feed, no polling), like
+        /// `kubectl get -w`; Ctrl+C to stop.
         #[arg(short = 'w', long)]
         watch: bool,
-        /// How often to look for changes with -w.
-        #[arg(long, default_value = "2s", requires = "watch")]
-        interval: String,
+        /// At most this many deployments, newest first [default: all].
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only these statuses (comma-separated: running, succeeded, failed, cancelled,
+        /// timed_out, completed).
+        #[arg(long)]
+        status: Option<String>,
     },
     /// One deployment's status and counts.
     Describe { id: String },
@@ -279,8 +284,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Get {
             output,
             watch: false,
+            limit,
+            status,
             ..
-        } => list(&Client::new(&conn)?, output).await,
+        } => list(&Client::new(&conn)?, output, limit, status).await,
         Command::Get {
             output: ListFormat::Json,
             watch: true,
@@ -293,25 +300,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         .into()),
         Command::Get {
             watch: true,
-            interval,
+            limit,
+            status,
             ..
-        } => {
-            let every = logstream_model::time::parse_duration(&interval)
-                .filter(|n| *n >= 100_000_000)
-                .ok_or_else(|| {
-                    Exit(
-                        2,
-                        format!(
-                            "--interval {interval:?}: use a duration of at least 100ms, e.g. 2s"
-                        ),
-                    )
-                })?;
-            watch_list(
-                &Client::new(&conn)?,
-                std::time::Duration::from_nanos(every as u64),
-            )
-            .await
-        }
+        } => watch_list(&Client::new(&conn)?, limit, status).await,
         Command::Describe { id } => describe(&Client::new(&conn)?, &id).await,
         Command::Export {
             id,
@@ -830,8 +822,41 @@ async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::
 
 const LIST_HEADERS: [&str; 6] = ["ID", "STATUS", "STEPS", "LINES", "SIZE", "AGE"];
 
-async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
-    let body: wire::DeploymentList = get_json(c, "/v1/deployments", &[]).await?;
+/// The deployments, newest first: pages of up to 1,000 until `limit` or the end.
+async fn list_all(
+    c: &Client,
+    limit: Option<usize>,
+    status: &Option<String>,
+) -> anyhow::Result<wire::DeploymentList> {
+    let mut all = wire::DeploymentList {
+        deployments: Vec::new(),
+        next_cursor: None,
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit.map_or(1000, |l| (l - all.deployments.len()).min(1000));
+        if want == 0 {
+            return Ok(all);
+        }
+        let mut q = vec![("limit", want.to_string())];
+        q.extend(cursor.take().map(|c| ("cursor", c)));
+        q.extend(status.clone().map(|s| ("status", s)));
+        let page: wire::DeploymentList = get_json(c, "/v1/deployments", &q).await?;
+        all.deployments.extend(page.deployments);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+async fn list(
+    c: &Client,
+    output: ListFormat,
+    limit: Option<usize>,
+    status: Option<String>,
+) -> anyhow::Result<i32> {
+    let body = list_all(c, limit, &status).await?;
     if let ListFormat::Json = output {
         // Through serde_json's map: keys sorted, as this has always printed them.
         println!(
@@ -844,38 +869,125 @@ async fn list(c: &Client, output: ListFormat) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `get deployments -w`: the table, then one row per appearance or change. Runs until
-/// interrupted; a failed poll is reported once (dim) and retried.
-async fn watch_list(c: &Client, every: std::time::Duration) -> anyhow::Result<i32> {
-    let body: wire::DeploymentList = get_json(c, "/v1/deployments", &[]).await?;
-    let rows = list_rows(&body);
-    let widths = output::table(&LIST_HEADERS, &rows);
+/// `get deployments -w`: the table, then one row per appearance or change, from the
+/// gateway's change feed (`/v1/deployments/events`). The feed is opened before the
+/// listing, so no change falls between the two; after a drop (or a `resync`) it is
+/// opened and the listing read again, and only rows that changed meanwhile are printed.
+/// Runs until interrupted; a dropped feed is reported once (dim) and retried.
+async fn watch_list(
+    c: &Client,
+    limit: Option<usize>,
+    status: Option<String>,
+) -> anyhow::Result<i32> {
+    let mut widths: Option<Vec<usize>> = None;
     // Key: id -> (status, steps and lines): what makes a row worth printing again.
     let key = |r: &[String; 6]| (r[1].clone(), r[2].clone() + " " + &r[3]);
-    let mut seen: std::collections::HashMap<String, (String, String)> =
-        rows.iter().map(|r| (r[0].clone(), key(r))).collect();
-    let mut failing = false;
+    let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
+    let mut attempt = 0u32;
     loop {
-        tokio::time::sleep(every).await;
-        let body: wire::DeploymentList = match get_json(c, "/v1/deployments", &[]).await {
-            Ok(b) => {
-                failing = false;
-                b
-            }
-            Err(e) => {
-                if !failing {
-                    eprintln!("{}", style::dim(c.color, format!("watch: {e:#}; retrying")));
+        let dropped = match c
+            .request(reqwest::Method::GET, "/v1/deployments/events")?
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+        {
+            Err(e) => e.to_string(),
+            Ok(r) if !r.status().is_success() => {
+                let e = ApiError::read(r).await;
+                if !e.retryable() && e.status != reqwest::StatusCode::UNAUTHORIZED {
+                    return Err(e.exit());
                 }
-                failing = true;
-                continue;
+                c.refresh_token();
+                e.to_string()
+            }
+            Ok(resp) => {
+                let body = list_all(c, limit, &status).await?;
+                let rows = list_rows(&body);
+                let w = match &widths {
+                    Some(w) => w.clone(),
+                    None => {
+                        let w = output::table(&LIST_HEADERS, &rows);
+                        seen = rows.iter().map(|r| (r[0].clone(), key(r))).collect();
+                        widths = Some(w.clone());
+                        w
+                    }
+                };
+                for r in &rows {
+                    if seen.get(&r[0]) != Some(&key(r)) {
+                        seen.insert(r[0].clone(), key(r));
+                        output::row(&w, r);
+                    }
+                }
+                if attempt > 0 {
+                    eprintln!("{}", style::dim(c.color, "watch: following changes again"));
+                }
+                attempt = 0;
+                let wanted = |d: &wire::Deployment| {
+                    status.as_deref().is_none_or(|s| {
+                        s.split(',').any(|s| {
+                            let s = s.trim();
+                            s == d.status || (s == "completed" && d.status != "running")
+                        })
+                    })
+                };
+                let mut events = resp.bytes_stream().eventsource();
+                let mut why = "the change feed ended".to_owned();
+                while let Some(ev) = events.next().await {
+                    let Ok(ev) = ev else {
+                        why = "the change feed broke".into();
+                        break;
+                    };
+                    match ev.event.as_str() {
+                        "created" | "updated" | "completed" => {
+                            let d: wire::Deployment = serde_json::from_str(&ev.data)
+                                .context("a change from the gateway")?;
+                            if !wanted(&d) {
+                                continue;
+                            }
+                            let rows = list_rows(&wire::DeploymentList {
+                                deployments: vec![d],
+                                next_cursor: None,
+                            });
+                            let r = &rows[0];
+                            if seen.get(&r[0]) != Some(&key(r)) {
+                                seen.insert(r[0].clone(), key(r));
+                                output::row(&w, r);
+                            }
+                        }
+                        "deleted" => {
+                            if let Ok(d) = serde_json::from_str::<wire::Deployment>(&ev.data) {
+                                seen.remove(&d.id);
+                            }
+                        }
+                        // resync (changes missed), reconnect (restart), auth_expired
+                        // (the token is read again on reconnect).
+                        "resync" | "reconnect" | "auth_expired" => {
+                            why = format!("the gateway said {}", ev.event);
+                            if ev.event == "auth_expired" {
+                                c.refresh_token();
+                            }
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                why
             }
         };
-        for r in list_rows(&body) {
-            if seen.get(&r[0]) != Some(&key(&r)) {
-                seen.insert(r[0].clone(), key(&r));
-                output::row(&widths, &r);
-            }
+        attempt += 1;
+        if attempt == 1 {
+            eprintln!(
+                "{}",
+                style::dim(c.color, format!("watch: {dropped}; reconnecting"))
+            );
         }
+        tokio::time::sleep(logstream_model::retry::backoff(
+            attempt,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            rand::random(),
+        ))
+        .await;
     }
 }
 
@@ -1106,6 +1218,7 @@ mod tests {
             first_ts: Some("2024-01-02T03:04:05.000000000Z".into()),
             last_ts: None,
             created_at: "2024-01-02T03:04:00.000000000Z".into(),
+            updated_at: None,
             completed_at: None,
             steps: vec!["build".into(), "test".into()],
             viewers: Some(2),
@@ -1136,6 +1249,7 @@ mod tests {
         running.steps = (0..10).map(|i| format!("step-number-{i}")).collect();
         let rows = list_rows(&wire::DeploymentList {
             deployments: vec![deployment(), running],
+            next_cursor: None,
         });
         assert_eq!(
             rows[0][..5],

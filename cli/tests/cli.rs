@@ -604,7 +604,7 @@ async fn get_watch_prints_a_row_when_a_deployment_appears_or_changes() {
     let t = token(&g);
     push(&g, &t, "first", &[json!({"message": "a"})]).await;
     let mut child = cli(&g, &t)
-        .args(["get", "deployments", "-w", "--interval", "100ms"])
+        .args(["get", "deployments", "-w"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -623,7 +623,7 @@ async fn get_watch_prints_a_row_when_a_deployment_appears_or_changes() {
     );
     child.kill().await.unwrap();
 
-    // -w is for tables; an interval that is not a duration names the flag.
+    // -w is for tables; a status that does not exist names the values.
     let out = cli(&g, &t)
         .args(["get", "deployments", "-w", "-o", "json"])
         .output()
@@ -631,12 +631,12 @@ async fn get_watch_prints_a_row_when_a_deployment_appears_or_changes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = cli(&g, &t)
-        .args(["get", "deployments", "-w", "--interval", "soon"])
+        .args(["get", "deployments", "--status", "done"])
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--interval"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed_out"));
 }
 
 async fn next_line(out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {

@@ -198,6 +198,10 @@ pub struct Quotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub storage_bytes: Option<u64>,
+    /// Deployments not completed yet at once (a new one beyond is refused with 429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub open_deployments: Option<u64>,
     /// Live viewers across all of the tenant's deployments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]

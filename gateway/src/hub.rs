@@ -21,7 +21,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
-use crate::store::{CommitListener, Completion, DeploymentId};
+use crate::store::{
+    CatalogEvent, CatalogListener, CommitListener, Completion, DeploymentId, LogStats,
+};
 
 /// One stored line with its cursor and its JSON form, shared by all viewers.
 #[derive(Debug)]
@@ -134,9 +136,18 @@ pub enum LiveEvent {
     End(Completion),
 }
 
-/// The live channels of all deployments with viewers.
+/// A change of a tenant's deployments (the change feed, `/v1/deployments/events`).
+#[derive(Debug, Clone)]
+pub struct DeploymentChange {
+    pub deployment: String,
+    pub event: CatalogEvent,
+    pub stats: LogStats,
+}
+
+/// The live channels of all deployments with viewers, and of tenants' change feeds.
 pub struct Hub {
     channels: Mutex<HashMap<DeploymentId, broadcast::Sender<LiveEvent>>>,
+    feeds: Mutex<HashMap<String, broadcast::Sender<Arc<DeploymentChange>>>>,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -145,6 +156,7 @@ impl Hub {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Hub {
         Hub {
             channels: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
             capacity,
             metrics,
         }
@@ -154,6 +166,15 @@ impl Hub {
     pub fn subscribe(&self, id: &DeploymentId) -> broadcast::Receiver<LiveEvent> {
         let mut map = self.channels.lock();
         map.entry(id.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// Subscribes to `tenant`'s deployment changes (every change after this call).
+    pub fn subscribe_changes(&self, tenant: &str) -> broadcast::Receiver<Arc<DeploymentChange>> {
+        self.feeds
+            .lock()
+            .entry(tenant.to_owned())
             .or_insert_with(|| broadcast::channel(self.capacity).0)
             .subscribe()
     }
@@ -194,5 +215,21 @@ impl CommitListener for Hub {
         if let Some(tx) = self.channels.lock().remove(id) {
             let _ = tx.send(LiveEvent::End(*completion));
         }
+    }
+}
+
+impl CatalogListener for Hub {
+    fn changed(&self, tenant: &str, deployment: &str, event: &CatalogEvent, stats: &LogStats) {
+        let mut feeds = self.feeds.lock();
+        let Some(tx) = feeds.get(tenant) else { return };
+        if tx.receiver_count() == 0 {
+            feeds.remove(tenant);
+            return;
+        }
+        let _ = tx.send(Arc::new(DeploymentChange {
+            deployment: deployment.to_owned(),
+            event: event.clone(),
+            stats: stats.clone(),
+        }));
     }
 }

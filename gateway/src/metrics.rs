@@ -14,6 +14,10 @@ pub struct Metrics {
     /// Times a viewer fell behind the broadcast and switched to store catch-up.
     pub lagging_viewers: IntCounter,
     pub store_bytes: IntGauge,
+    /// Deployment logs open now (a running one holds two descriptors).
+    pub open_logs: IntGauge,
+    /// Deployments in the catalog.
+    pub known_deployments: IntGauge,
     pub auth_failures: IntCounter,
     pub requests_refused: IntCounterVec,
     pub retention_deleted_bytes: IntCounter,
@@ -80,11 +84,17 @@ impl Metrics {
         registry
             .register(Box::new(live_viewers.clone()))
             .expect("register");
-        let store_bytes =
-            IntGauge::new("store_bytes", "Bytes of segment files of open logs.").expect("metric");
-        registry
-            .register(Box::new(store_bytes.clone()))
-            .expect("register");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let store_bytes = gauge("store_bytes", "Bytes of segment files of every deployment.");
+        let open_logs = gauge(
+            "store_open_logs",
+            "Deployment logs open now (a running one holds two descriptors).",
+        );
+        let known_deployments = gauge("store_deployments", "Deployments in the catalog.");
         let requests_refused = IntCounterVec::new(
             Opts::new("requests_refused_total", "Requests refused, by error code."),
             &["code"],
@@ -112,6 +122,8 @@ impl Metrics {
             live_viewers,
             lagging_viewers,
             store_bytes,
+            open_logs,
+            known_deployments,
             auth_failures,
             requests_refused,
             retention_deleted_bytes,

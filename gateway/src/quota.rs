@@ -17,7 +17,8 @@ pub use logstream_model::config::QuotaLimits;
 /// Which quota refused a request, and when to retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OverQuota {
-    /// `ingest_lines_per_sec`, `ingest_bytes_per_sec`, `deployments_per_day`, `max_stored_bytes`.
+    /// `ingest_lines_per_sec`, `ingest_bytes_per_sec`, `deployments_per_day`,
+    /// `max_stored_bytes`, `max_open_deployments`.
     pub quota: &'static str,
     pub limit: u64,
     pub retry_after: Duration,
@@ -93,6 +94,7 @@ impl Quotas {
         bytes: u64,
         new_deployment: bool,
         stored: impl FnOnce() -> u64,
+        running: impl FnOnce() -> usize,
     ) -> Result<(), OverQuota> {
         let l = self.limits(tenant);
         let now = Instant::now();
@@ -115,6 +117,16 @@ impl Quotas {
                     quota: "max_stored_bytes",
                     limit: l.max_stored_bytes,
                     retry_after: Duration::from_secs(3600),
+                });
+            }
+        }
+        if new_deployment && l.max_open_deployments > 0 {
+            let open = running() as u64;
+            if open >= l.max_open_deployments {
+                return Err(OverQuota {
+                    quota: "max_open_deployments",
+                    limit: l.max_open_deployments,
+                    retry_after: Duration::from_secs(60),
                 });
             }
         }
@@ -191,14 +203,14 @@ mod tests {
             HashMap::new(),
         );
         assert!(
-            q.check_ingest("a", 150, 0, false, || 0).is_ok(),
+            q.check_ingest("a", 150, 0, false, || 0, || 0).is_ok(),
             "a full bucket takes one oversized batch"
         );
-        let err = q.check_ingest("a", 1, 0, false, || 0).unwrap_err();
+        let err = q.check_ingest("a", 1, 0, false, || 0, || 0).unwrap_err();
         assert_eq!(err.quota, "ingest_lines_per_sec");
         assert!(err.retry_after > Duration::ZERO && err.retry_after <= Duration::from_secs(1));
         assert!(
-            q.check_ingest("b", 100, 0, false, || 0).is_ok(),
+            q.check_ingest("b", 100, 0, false, || 0, || 0).is_ok(),
             "tenants have their own buckets"
         );
     }
@@ -215,16 +227,16 @@ mod tests {
             },
         );
         let q = Quotas::new(QuotaLimits::default(), tenants);
-        assert!(q.check_ingest("small", 1, 1, true, || 10).is_ok());
-        assert!(q.check_ingest("small", 1, 1, true, || 10).is_ok());
+        assert!(q.check_ingest("small", 1, 1, true, || 10, || 0).is_ok());
+        assert!(q.check_ingest("small", 1, 1, true, || 10, || 0).is_ok());
         assert_eq!(
-            q.check_ingest("small", 1, 1, true, || 10)
+            q.check_ingest("small", 1, 1, true, || 10, || 0)
                 .unwrap_err()
                 .quota,
             "deployments_per_day"
         );
         assert!(
-            q.check_ingest("small", 1, 1, false, || 10).is_ok(),
+            q.check_ingest("small", 1, 1, false, || 10, || 0).is_ok(),
             "existing deployments still ingest"
         );
         let q = Quotas::new(
@@ -235,11 +247,25 @@ mod tests {
             HashMap::new(),
         );
         assert_eq!(
-            q.check_ingest("full", 1, 1, false, || 5000)
+            q.check_ingest("full", 1, 1, false, || 5000, || 0)
                 .unwrap_err()
                 .quota,
             "max_stored_bytes"
         );
-        assert!(q.check_ingest("other", 1, 1, false, || 10).is_ok());
+        assert!(q.check_ingest("other", 1, 1, false, || 10, || 0).is_ok());
+        let q = Quotas::new(
+            QuotaLimits {
+                max_open_deployments: 3,
+                ..QuotaLimits::default()
+            },
+            HashMap::new(),
+        );
+        let e = q.check_ingest("busy", 1, 1, true, || 0, || 3).unwrap_err();
+        assert_eq!((e.quota, e.limit), ("max_open_deployments", 3));
+        assert!(q.check_ingest("busy", 1, 1, true, || 0, || 2).is_ok());
+        assert!(
+            q.check_ingest("busy", 1, 1, false, || 0, || 3).is_ok(),
+            "open deployments still ingest"
+        );
     }
 }

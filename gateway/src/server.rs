@@ -42,6 +42,7 @@ pub async fn serve(
     let grpc = crate::grpc::routes(state.clone());
     let retention = tokio::spawn(retention_loop(state.clone()));
     let idle = tokio::spawn(idle_loop(state.clone()));
+    let catalog = tokio::spawn(catalog_loop(state.clone()));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut http_done = done_tx.subscribe();
     let mut grpc_done = done_tx.subscribe();
@@ -62,6 +63,11 @@ pub async fn serve(
     let ((), g) = tokio::join!(http, grpc);
     retention.abort();
     idle.abort();
+    catalog.abort();
+    let s = state.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.store.sync_catalog()).await {
+        tracing::error!(error = %e, "writing the catalog at shutdown failed (the logs refill it at start)");
+    }
     g?;
     Ok(())
 }
@@ -182,25 +188,35 @@ async fn retention_loop(state: Arc<Gateway>) {
 /// Completes as `timed_out` every deployment nobody completed that got no line for its
 /// tenant's `deployment_idle_timeout` (its runner died), so followers and `logs -f` end
 /// instead of waiting forever. Looks a twentieth of the shortest timeout apart (between
-/// 50 ms and a minute); deployments left open before a restart are found at start.
+/// 50 ms and a minute), through the catalog (deployments left open before a restart are
+/// in it; no log is opened but the candidates).
 async fn idle_loop(state: Arc<Gateway>) {
     let every = (state.config.shortest_deployment_idle_timeout() / 20)
         .clamp(Duration::from_millis(50), Duration::from_secs(60));
-    let s = state.clone();
-    match tokio::task::spawn_blocking(move || s.store.open_running()).await {
-        Ok(Ok(n)) => tracing::info!(running = n, "deployments not completed yet"),
-        Ok(Err(e)) => tracing::error!(error = %e, "opening the running deployments failed"),
-        Err(e) => tracing::error!(error = %e, "opening the running deployments panicked"),
-    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = state.store.hooks().clock.now();
-        let idle = state.store.idle_running(|tenant| {
-            let timeout = state.config.deployment_idle_timeout_for(tenant);
-            now.saturating_sub(timeout.as_nanos() as i64)
-        });
+        let s = state.clone();
+        let idle = tokio::task::spawn_blocking(move || {
+            let now = s.store.hooks().clock.now();
+            s.store.idle_running(|tenant| {
+                let timeout = s.config.deployment_idle_timeout_for(tenant);
+                now.saturating_sub(timeout.as_nanos() as i64)
+            })
+        })
+        .await;
+        let idle = match idle {
+            Ok(Ok(idle)) => idle,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "looking for idle deployments failed");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking for idle deployments panicked");
+                continue;
+            }
+        };
         for log in idle {
             let timeout = state.config.deployment_idle_timeout_for(&log.id.tenant);
             match crate::core::ingest::complete(
@@ -230,6 +246,22 @@ async fn idle_loop(state: Arc<Gateway>) {
                     "completing an idle deployment failed"
                 ),
             }
+        }
+    }
+}
+
+/// Writes the catalog's pending progress every second (it also tells the change feed
+/// which deployments changed), and once more at shutdown.
+async fn catalog_loop(state: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.store.sync_catalog()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writing the catalog failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "writing the catalog panicked"),
         }
     }
 }

@@ -155,6 +155,11 @@ pub struct Config {
     pub issuer: Option<String>,
     /// zstd level of stored blocks. Default: 3.
     pub zstd_level: i32,
+    /// File descriptors the store may hold open (two per open running deployment; the
+    /// least recently used logs are closed and reopen on demand). Default: 0, derived
+    /// from the process's `RLIMIT_NOFILE`: what is left after 256 for sockets and the
+    /// rest, at least 64.
+    pub max_open_files: usize,
     /// Redaction at ingest for tenants without an override. Default: built-ins, stars.
     pub redaction: RedactionConfig,
     /// Per-tenant redaction (what a tenant's LogStream asks for), e.g.
@@ -201,6 +206,7 @@ impl Default for Config {
             audience: None,
             issuer: None,
             zstd_level: 3,
+            max_open_files: 0,
             redaction: RedactionConfig::default(),
             tenant_redaction: BTreeMap::new(),
             quotas: QuotaLimits::default(),
@@ -339,6 +345,10 @@ pub struct QuotaLimits {
     pub deployments_per_day: u64,
     /// Bytes of segment files the tenant may keep. Default: 0 (unlimited).
     pub max_stored_bytes: u64,
+    /// Deployments not completed yet the tenant may have at once (a new one beyond is
+    /// refused with 429 naming this quota). Default: 0 (unlimited).
+    #[serde(default)]
+    pub max_open_deployments: u64,
 }
 
 /// A configuration value that does not make sense, named.
@@ -587,6 +597,7 @@ mod tests {
             ingest_bytes_per_sec: 1 << 20,
             deployments_per_day: 100,
             max_stored_bytes: i64::MAX as u64,
+            max_open_deployments: 500,
         };
         Config {
             role: Role::Store,
@@ -639,6 +650,7 @@ mod tests {
             audience: Some("logstream".into()),
             issuer: Some("https://login.example.com".into()),
             zstd_level: 19,
+            max_open_files: 4096,
             redaction: redaction.clone(),
             tenant_redaction: BTreeMap::from([
                 ("acme".into(), redaction),

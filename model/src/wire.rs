@@ -165,6 +165,9 @@ pub struct Deployment {
     pub first_ts: Option<String>,
     pub last_ts: Option<String>,
     pub created_at: String,
+    /// The last line's (or change's) store time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
     pub completed_at: Option<String>,
     /// Step names in the order of their first line.
     pub steps: Vec<String>,
@@ -177,5 +180,9 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentList {
+    /// Newest first.
     pub deployments: Vec<Deployment>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

@@ -759,6 +759,7 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
             ingest_bytes_per_sec: quota(q.ingest_bytes_per_second),
             deployments_per_day: quota(q.deployments_per_day),
             max_stored_bytes: quota(q.storage_bytes),
+            max_open_deployments: quota(q.open_deployments),
         },
         service_account_issuers: vec![gateway::SaIssuerConfig {
             issuer: cfg.service_account_issuer.clone(),

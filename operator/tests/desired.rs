@@ -197,6 +197,7 @@ fn every_field_of_the_full_sample_lands_where_it_should() {
     assert_eq!(store.quotas.ingest_bytes_per_sec, 20_000_000);
     assert_eq!(store.quotas.deployments_per_day, 5000);
     assert_eq!(store.quotas.max_stored_bytes, 200_000_000_000);
+    assert_eq!(store.quotas.max_open_deployments, 2000);
     assert_eq!(store.max_viewers_per_tenant, 20_000);
     assert_eq!(store.max_viewers_per_deployment, 10_000);
     assert_eq!(store.issuer.as_deref(), Some("https://login.example.com"));

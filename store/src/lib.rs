@@ -46,6 +46,7 @@
 //! metadata files, `verify` for the tamper check and compaction. Everything here is
 //! synchronous, with no async runtime; the gateway calls it from blocking threads.
 
+mod catalog;
 mod format;
 mod log;
 mod meta;
@@ -56,11 +57,13 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use logstream_model::LogRecord;
 use parking_lot::{Mutex, RwLock};
 
+pub use catalog::{Catalog, CatalogEvent, CatalogListener, ListPage, ListQuery, NoCatalogListener};
 pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, MAX_STEPS, Page};
 pub use meta::{Completion, Outcome};
 pub use verify::{VerifyReport, compact, verify_dir};
@@ -168,6 +171,10 @@ pub struct StoreConfig {
     /// Uncompressed bytes one page read may examine before returning a partial page.
     /// Default: 64 MiB.
     pub scan_budget: usize,
+    /// Logs kept open at most (a running one holds two descriptors, its active segment
+    /// and index); the least recently used that nobody holds are closed and reopen on
+    /// demand. 0: no bound. Default: 1000.
+    pub max_open_logs: usize,
 }
 
 impl Default for StoreConfig {
@@ -182,6 +189,7 @@ impl Default for StoreConfig {
             zstd_level: 3,
             commit_window: Duration::ZERO,
             scan_budget: 64 << 20,
+            max_open_logs: 1000,
         }
     }
 }
@@ -270,6 +278,8 @@ impl Faults {
 pub struct StoreHooks {
     pub clock: Arc<dyn Clock>,
     pub listener: Arc<dyn CommitListener>,
+    /// Told about catalog changes (the change feed).
+    pub catalog_listener: Arc<dyn CatalogListener>,
     pub faults: Faults,
 }
 
@@ -278,6 +288,7 @@ impl Default for StoreHooks {
         StoreHooks {
             clock: Arc::new(SystemClock),
             listener: Arc::new(NoListener),
+            catalog_listener: Arc::new(NoCatalogListener),
             faults: Faults::default(),
         }
     }
@@ -292,17 +303,28 @@ pub struct Expired {
     pub bytes: u64,
 }
 
+/// An open log and when it was last asked for (for the LRU).
+struct OpenLog {
+    log: Arc<DeploymentLog>,
+    used: AtomicU64,
+}
+
 /// All deployments' logs under one root directory.
 pub struct Store {
     root: PathBuf,
     pub(crate) cfg: Arc<StoreConfig>,
     hooks: Arc<StoreHooks>,
-    logs: RwLock<HashMap<DeploymentId, Arc<DeploymentLog>>>,
+    logs: RwLock<HashMap<DeploymentId, OpenLog>>,
     /// Serialises opening/creating logs so two callers never open one log twice.
     opening: Mutex<()>,
+    /// Ticks of [`Store::log`], the LRU's clock.
+    tick: AtomicU64,
+    catalog: Arc<Catalog>,
 }
 
 impl Store {
+    /// Opens the store: loads each tenant's catalog and squares it with the deployment
+    /// directories (no log is opened but those the catalog does not know yet).
     pub fn open(
         root: impl Into<PathBuf>,
         cfg: StoreConfig,
@@ -312,13 +334,38 @@ impl Store {
         let root = root.into();
         fs::create_dir_all(root.join("tenants"))
             .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
-        Ok(Store {
+        let catalog = Arc::new(Catalog::new(&root, hooks.catalog_listener.clone()));
+        let store = Store {
             root,
             cfg: Arc::new(cfg),
             hooks: Arc::new(hooks),
             logs: RwLock::new(HashMap::new()),
             opening: Mutex::new(()),
-        })
+            tick: AtomicU64::new(0),
+            catalog,
+        };
+        for tenant in store.tenants()? {
+            let dirs = store.deployments(&tenant)?;
+            let added = store.catalog.reconcile(&tenant, &dirs, |d| {
+                let id = DeploymentId::new(tenant.clone(), d);
+                let log = DeploymentLog::open(
+                    id.clone(),
+                    store.log_dir(&id),
+                    store.cfg.clone(),
+                    store.hooks.clone(),
+                    false,
+                )?;
+                Ok(log.map(|l| l.stats()))
+            })?;
+            if added > 0 {
+                tracing::info!(
+                    tenant,
+                    added,
+                    "deployments added to the catalog from their logs"
+                );
+            }
+        }
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -327,6 +374,11 @@ impl Store {
 
     pub fn hooks(&self) -> &StoreHooks {
         &self.hooks
+    }
+
+    /// The deployments catalog (listings, status, counts without opening logs).
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
@@ -342,20 +394,26 @@ impl Store {
         self.tenant_dir(&id.tenant).join(&id.deployment)
     }
 
-    /// The log of `id`, opening it from disk; with `create`, a missing log is created.
-    /// `Ok(None)` when it does not exist and `create` is false.
+    /// The log of `id`, opening it from disk (its torn tail, if any, is repaired now,
+    /// on first use); with `create`, a missing log is created. `Ok(None)` when it does
+    /// not exist and `create` is false. At most `max_open_logs` stay open: the least
+    /// recently used that nobody holds are closed (and reopen on demand).
     pub fn log(
         &self,
         id: &DeploymentId,
         create: bool,
     ) -> Result<Option<Arc<DeploymentLog>>, StoreError> {
-        if let Some(log) = self.logs.read().get(id) {
-            return Ok(Some(log.clone()));
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = self.logs.read().get(id) {
+            o.used.store(now, Ordering::Relaxed);
+            return Ok(Some(o.log.clone()));
         }
         let _guard = self.opening.lock();
-        if let Some(log) = self.logs.read().get(id) {
-            return Ok(Some(log.clone()));
+        if let Some(o) = self.logs.read().get(id) {
+            o.used.store(now, Ordering::Relaxed);
+            return Ok(Some(o.log.clone()));
         }
+        let tenant_log = !id.tenant.starts_with('_');
         let opened = DeploymentLog::open(
             id.clone(),
             self.log_dir(id),
@@ -363,54 +421,74 @@ impl Store {
             self.hooks.clone(),
             create,
         )?;
-        Ok(opened.map(|log| {
-            let log = Arc::new(log);
-            self.logs.write().insert(id.clone(), log.clone());
-            log
-        }))
+        let Some(mut log) = opened else {
+            return Ok(None);
+        };
+        if tenant_log {
+            log.catalog = Some(self.catalog.clone());
+            // New, or refreshed from the log (counts that lagged after a crash).
+            if let Err(e) = self.catalog.update(&id.tenant, &id.deployment, log.stats()) {
+                tracing::warn!(log = %id, error = %e, "updating the catalog failed");
+            }
+        }
+        let log = Arc::new(log);
+        let mut logs = self.logs.write();
+        logs.insert(
+            id.clone(),
+            OpenLog {
+                log: log.clone(),
+                used: AtomicU64::new(now),
+            },
+        );
+        let max = self.cfg.max_open_logs;
+        if max > 0 && logs.len() > max {
+            // Close the least recently used tenth that nobody holds.
+            let mut idle: Vec<(u64, DeploymentId)> = logs
+                .iter()
+                .filter(|(k, o)| Arc::strong_count(&o.log) == 1 && !k.tenant.starts_with('_'))
+                .map(|(k, o)| (o.used.load(Ordering::Relaxed), k.clone()))
+                .collect();
+            idle.sort_unstable();
+            let excess = logs.len() - max + max / 10;
+            for (_, k) in idle.into_iter().take(excess) {
+                logs.remove(&k);
+            }
+        }
+        Ok(Some(log))
     }
 
     /// Forgets the handles of completed logs that nobody holds (they reopen from disk
-    /// on the next access), so the map does not grow with every deployment ever read.
-    /// Returns how many were dropped.
+    /// on the next access). Returns how many were dropped.
     pub fn evict_idle(&self) -> usize {
         let mut logs = self.logs.write();
         let before = logs.len();
-        logs.retain(|_, log| Arc::strong_count(log) > 1 || log.completion().is_none());
+        logs.retain(|_, o| Arc::strong_count(&o.log) > 1 || o.log.completion().is_none());
         before - logs.len()
     }
 
-    /// Opens every tenant log not completed yet (only `meta.json` of the others is
-    /// read), so [`Store::idle_running`] sees the deployments left open before a restart.
-    /// Returns how many are running.
-    pub fn open_running(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for tenant in self.tenants()? {
-            for deployment in self.deployments(&tenant)? {
-                let id = DeploymentId::new(tenant.clone(), deployment);
-                let path = self.log_dir(&id).join("meta.json");
-                let running = matches!(
-                    meta::read_atomic::<meta::MetaFile>(&path)?,
-                    Some(meta::MetaFile::V1(m)) if m.completion.is_none()
-                );
-                if running && self.log(&id, false)?.is_some() {
-                    n += 1;
-                }
+    /// Running deployments (of every tenant) with no line since `cutoff(tenant)` (store
+    /// wallclock, Unix ns): the catalog names the candidates, each is opened and its
+    /// last write checked (the catalog may lag after a crash). System logs never count.
+    pub fn idle_running(
+        &self,
+        cutoff: impl Fn(&str) -> i64,
+    ) -> Result<Vec<Arc<DeploymentLog>>, StoreError> {
+        let mut out = Vec::new();
+        for (tenant, deployment) in self.catalog.idle_running(&cutoff) {
+            let id = DeploymentId::new(tenant, deployment);
+            if let Some(log) = self.log(&id, false)?
+                && log.completion().is_none()
+                && log.last_write_at() < cutoff(&id.tenant)
+            {
+                out.push(log);
             }
         }
-        Ok(n)
+        Ok(out)
     }
 
-    /// Open tenant logs not completed whose last append (or creation) is older than
-    /// `cutoff(tenant)` (store wallclock, Unix ns). System logs never count.
-    pub fn idle_running(&self, cutoff: impl Fn(&str) -> i64) -> Vec<Arc<DeploymentLog>> {
-        self.logs
-            .read()
-            .values()
-            .filter(|l| !l.id.tenant.starts_with('_') && l.completion().is_none())
-            .filter(|l| l.last_write_at() < cutoff(&l.id.tenant))
-            .cloned()
-            .collect()
+    /// Writes the catalog's pending progress and fsyncs it (call every second or so).
+    pub fn sync_catalog(&self) -> Result<usize, StoreError> {
+        self.catalog.sync()
     }
 
     /// Number of logs with an open handle.
@@ -418,9 +496,9 @@ impl Store {
         self.logs.read().len()
     }
 
-    /// Bytes of the segment files of the logs open in this process.
-    pub fn open_log_bytes(&self) -> u64 {
-        self.logs.read().values().map(|l| l.stats().bytes).sum()
+    /// Bytes of the segment files of every deployment the catalog knows.
+    pub fn known_bytes(&self) -> u64 {
+        self.catalog.bytes()
     }
 
     /// Drops the open handle of a log (after compaction replaced its files).
@@ -480,12 +558,16 @@ impl Store {
         let mut out = Vec::new();
         for tenant in self.tenants()? {
             let cutoff = now.saturating_sub(retention(&tenant).as_nanos() as i64);
-            for deployment in self.deployments(&tenant)? {
+            // A segment expires when its last write is older than the cutoff, so only
+            // logs created before it can hold one: the catalog names them, newest
+            // deployments are never opened.
+            for deployment in self.catalog.created_before(&tenant, cutoff) {
                 let id = DeploymentId::new(tenant.clone(), deployment);
                 let Some(log) = self.log(&id, false)? else {
                     continue;
                 };
-                for (first_seq, last_seq, bytes) in log.expire(cutoff)? {
+                let expired = log.expire(cutoff)?;
+                for &(first_seq, last_seq, bytes) in &expired {
                     out.push(Expired {
                         log: id.clone(),
                         first_seq,
@@ -498,6 +580,10 @@ impl Store {
                     fs::remove_dir_all(log.dir()).map_err(|e| {
                         StoreError::io(format!("deleting {}", log.dir().display()), e)
                     })?;
+                    self.catalog.delete(&id.tenant, &id.deployment)?;
+                } else if !expired.is_empty() {
+                    self.catalog
+                        .update(&id.tenant, &id.deployment, log.stats())?;
                 }
             }
         }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use logstream_model::{Filter, Level, LevelSet, LogRecord, Stream};
 use logstream_store::{
-    BatchId, Clock, DeploymentId, Direction, Outcome, Store, StoreConfig, StoreError, StoreHooks,
-    verify_dir,
+    BatchId, Clock, DeploymentId, Direction, ListPage, ListQuery, Outcome, Store, StoreConfig,
+    StoreError, StoreHooks, verify_dir,
 };
 use proptest::prelude::*;
 
@@ -657,37 +657,41 @@ fn running_logs_idle_past_the_cutoff_are_found_across_a_restart() {
     let busy = DeploymentId::new("acme", "busy");
     let empty = DeploymentId::new("beta", "empty");
     let done = DeploymentId::new("acme", "done");
-    store
-        .log(&quiet, true)
-        .unwrap()
-        .unwrap()
-        .append(lines(0..5), None)
-        .unwrap();
+    let append = |id: &DeploymentId| {
+        store
+            .log(id, true)
+            .unwrap()
+            .unwrap()
+            .append(lines(0..5), None)
+            .unwrap()
+    };
+    append(&quiet);
     store.log(&empty, true).unwrap().unwrap();
-    let d = store.log(&done, true).unwrap().unwrap();
-    d.append(lines(0..5), None).unwrap();
-    d.complete(Outcome::Failed, 2).unwrap();
-    drop(d);
-    clock.0.store(100 * DAY + 5 * hour, Ordering::SeqCst);
+    append(&done);
     store
-        .log(&busy, true)
+        .log(&done, false)
         .unwrap()
         .unwrap()
-        .append(lines(0..5), None)
+        .complete(Outcome::Failed, 2)
         .unwrap();
+    clock.0.store(100 * DAY + 5 * hour, Ordering::SeqCst);
+    append(&busy);
     assert_eq!(
         store.log(&quiet, false).unwrap().unwrap().last_write_at(),
         100 * DAY
     );
+    store.sync_catalog().unwrap();
     drop(store);
 
-    // After a restart, the running logs are opened; only those quiet past the cutoff
-    // (their last append, or their creation when empty) are idle, completed ones never.
+    // After a restart nothing is open; the catalog names the candidates, each is
+    // checked against its log: only those quiet past the cutoff (their last append, or
+    // their creation when empty) are idle, completed ones never.
     let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
-    assert_eq!(store.open_running().unwrap(), 3);
+    assert_eq!(store.open_logs(), 0, "no log is opened at start");
     let idle = |cutoff: i64| {
         let mut ids: Vec<String> = store
             .idle_running(|_| cutoff)
+            .unwrap()
             .iter()
             .map(|l| l.id.deployment.clone())
             .collect();
@@ -697,7 +701,156 @@ fn running_logs_idle_past_the_cutoff_are_found_across_a_restart() {
     assert_eq!(idle(100 * DAY), Vec::<String>::new());
     assert_eq!(idle(100 * DAY + hour), ["empty", "quiet"]);
     assert_eq!(idle(100 * DAY + 6 * hour), ["busy", "empty", "quiet"]);
-    let per_tenant = store.idle_running(|t| if t == "beta" { 100 * DAY + hour } else { 0 });
+    let per_tenant = store
+        .idle_running(|t| if t == "beta" { 100 * DAY + hour } else { 0 })
+        .unwrap();
     assert_eq!(per_tenant.len(), 1);
     assert_eq!(per_tenant[0].id, empty);
+}
+
+fn page_ids(p: &ListPage) -> Vec<String> {
+    p.entries.iter().map(|(id, _)| id.clone()).collect()
+}
+
+/// Pages through `tenant`'s catalog with `q` and returns every id in order.
+fn list_all(store: &Store, tenant: &str, mut q: ListQuery) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let page = store.catalog().list(tenant, &q, |_| true);
+        out.extend(page_ids(&page));
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn the_catalog_lists_newest_first_in_pages_and_survives_restarts_and_crashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(DAY)));
+    let hooks = || StoreHooks {
+        clock: clock.clone(),
+        ..StoreHooks::default()
+    };
+    let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
+    for i in 0..250u64 {
+        clock.0.store(DAY + (i as i64 / 2) * 1000, Ordering::SeqCst); // pairs share a time
+        let id = DeploymentId::new("acme", format!("build-{i:03}"));
+        let log = store.log(&id, true).unwrap().unwrap();
+        let mut recs = lines(0..3);
+        recs[1].step = format!("step-{}", i % 3);
+        log.append(recs, None).unwrap();
+        if i % 5 == 0 {
+            log.complete(Outcome::Failed, 3).unwrap();
+        }
+    }
+    let all = list_all(
+        &store,
+        "acme",
+        ListQuery {
+            limit: 7,
+            ..ListQuery::default()
+        },
+    );
+    let mut want: Vec<(i64, String)> = (0..250i64)
+        .map(|i| (-(i / 2), format!("build-{i:03}")))
+        .collect();
+    want.sort();
+    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(all, want, "newest first, ties by id, each exactly once");
+    let failed = list_all(
+        &store,
+        "acme",
+        ListQuery {
+            limit: 4,
+            status: vec!["failed".into()],
+            q: Some("BUILD-1".into()),
+            ..ListQuery::default()
+        },
+    );
+    assert_eq!(failed.len(), 20, "{failed:?}");
+    let e = store.catalog().get("acme", "build-005").unwrap();
+    assert_eq!((e.lines(), e.completion.map(|c| c.exit_code)), (3, Some(3)));
+    assert_eq!(e.steps, ["build", "step-2"]);
+    store.sync_catalog().unwrap();
+    drop(store);
+
+    // A restart serves the listing without opening a log.
+    let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
+    assert_eq!(store.open_logs(), 0);
+    assert_eq!(store.catalog().len(), 250);
+    assert_eq!(store.catalog().get("acme", "build-005").unwrap(), e);
+
+    // Crash damage: the catalog's tail torn, a deployment created behind its back, one
+    // directory gone: the catalog is squared with the logs at start.
+    let cat = tmp.path().join("tenants/acme/catalog.log");
+    let len = std::fs::metadata(&cat).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&cat).unwrap();
+    f.set_len(len - 40).unwrap();
+    drop(store);
+    std::fs::remove_dir_all(tmp.path().join("tenants/acme/deployments/build-007")).unwrap();
+    let store = Store::open(tmp.path(), small_config(), hooks()).unwrap();
+    let all = list_all(
+        &store,
+        "acme",
+        ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        },
+    );
+    assert_eq!(all.len(), 249);
+    assert!(!all.contains(&"build-007".to_owned()));
+    // Counts lag at most until the log is next opened.
+    for id in &all {
+        store
+            .log(&DeploymentId::new("acme", id.clone()), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.catalog().get("acme", id).unwrap().lines(), 3, "{id}");
+    }
+}
+
+#[test]
+fn open_logs_are_bounded_and_a_closed_log_reopens_where_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_open_logs: 10,
+        ..small_config()
+    };
+    let store = Store::open(tmp.path(), cfg, StoreHooks::default()).unwrap();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    for round in 0..3u64 {
+        for i in 0..60 {
+            let id = DeploymentId::new("acme", format!("d{i}"));
+            let log = store.log(&id, true).unwrap().unwrap();
+            let mark = BatchId {
+                source: "runner".into(),
+                batch_id: round + 1,
+            };
+            log.append(lines(round * 10..round * 10 + 10), Some(mark.clone()))
+                .unwrap();
+            // A retried batch after the log was closed and reopened: stored once.
+            let again = log
+                .append(lines(round * 10..round * 10 + 10), Some(mark))
+                .unwrap();
+            assert!(again.duplicate);
+            drop(log);
+            assert!(store.open_logs() <= 11, "{}", store.open_logs());
+        }
+    }
+    assert!(
+        fds() <= before + 2 * 11,
+        "{} descriptors open",
+        fds() - before
+    );
+    for i in 0..60 {
+        let id = DeploymentId::new("acme", format!("d{i}"));
+        let got = read_all(&store, &id);
+        assert_eq!(
+            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>()
+        );
+    }
 }

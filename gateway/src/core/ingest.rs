@@ -100,17 +100,19 @@ pub async fn append(
         lines.len() as u64,
         lines.iter().map(|l| l.message.len() as u64).sum::<u64>(),
     );
-    // Whether this creates a deployment matters only to the deployments_per_day quota:
-    // look it up (a blocking hop) only when that quota is set.
-    let new_deployment = state.quotas.limits(&id.tenant).deployments_per_day > 0 && {
-        let (s, lid) = (state.clone(), id.clone());
-        tokio::task::spawn_blocking(move || s.store.log(&lid, false))
-            .await??
-            .is_none()
-    };
+    // Whether this creates a deployment: the catalog knows (in memory, no log opened).
+    let catalog = state.store.catalog();
+    let new_deployment = catalog.get(&id.tenant, &id.deployment).is_none();
     state
         .quotas
-        .check_ingest(&id.tenant, lines_n, bytes_n, new_deployment, || state.store.tenant_bytes(&id.tenant))
+        .check_ingest(
+            &id.tenant,
+            lines_n,
+            bytes_n,
+            new_deployment,
+            || state.store.tenant_bytes(&id.tenant),
+            || catalog.running(&id.tenant),
+        )
         .map_err(|q| {
             state.metrics.requests_refused.with_label_values(&[q.quota]).inc();
             Error::too_many(

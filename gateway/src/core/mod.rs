@@ -12,6 +12,7 @@
 pub mod access;
 pub mod error;
 pub mod ingest;
+pub mod list;
 pub mod read;
 pub mod viewer;
 
@@ -96,6 +97,25 @@ impl Gateway {
     }
 }
 
+/// The descriptors the store may use: `configured`, or (0) what the soft
+/// `RLIMIT_NOFILE` (as `/proc/self/limits` says; 1024 where it cannot be read) leaves
+/// after 256 for sockets, the audit log and the rest; at least 64.
+pub fn max_open_files(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .map(|v| v.parse::<usize>().unwrap_or(usize::MAX)) // "unlimited"
+        })
+        .unwrap_or(1024);
+    soft.saturating_sub(256).max(64)
+}
+
 impl Gateway {
     /// Opens the store under `config.data_dir` and loads (or creates) the signing key.
     pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<Gateway>> {
@@ -105,10 +125,12 @@ impl Gateway {
         let hooks = StoreHooks {
             clock: Arc::new(SystemClock),
             listener: hub.clone(),
+            catalog_listener: hub.clone(),
             faults: Default::default(),
         };
         let store_cfg = StoreConfig {
             zstd_level: config.zstd_level,
+            max_open_logs: max_open_files(config.max_open_files) / 2,
             ..StoreConfig::default()
         };
         let store = Store::open(config.data_dir.join("store"), store_cfg, hooks)?;

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -29,6 +29,7 @@ use openapi::{AuditQuery, ExportQuery, FilterQuery, IngestQuery, PageQuery, Stre
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::core::ingest::{self, IngestLine};
+use crate::core::list as listing;
 use crate::core::viewer::{Session, SessionEvent, Start};
 use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
 use crate::store::{Completion, DeploymentId, Direction};
@@ -97,7 +98,9 @@ impl FromRequestParts<Arc<Gateway>> for Auth {
             None => {
                 let path = parts.uri.path();
                 let query_ok = parts.method == axum::http::Method::GET
-                    && (path.ends_with("/stream") || path.ends_with("/export"));
+                    && (path.ends_with("/stream")
+                        || path.ends_with("/export")
+                        || path == "/v1/deployments/events");
                 query_token = parts.uri.query().and_then(|q| {
                     url_pairs(q)
                         .into_iter()
@@ -130,6 +133,7 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
 pub fn app(state: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/deployments", get(list))
+        .route("/v1/deployments/events", get(changes))
         .route("/v1/deployments/{id}", get(get_one))
         .route("/v1/deployments/{id}/logs", post(ingest_http).get(history))
         .route("/v1/deployments/{id}/complete", post(complete))
@@ -168,7 +172,11 @@ async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
 
 #[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
-    s.metrics.store_bytes.set(s.store.open_log_bytes() as i64);
+    s.metrics.store_bytes.set(s.store.known_bytes() as i64);
+    s.metrics.open_logs.set(s.store.open_logs() as i64);
+    s.metrics
+        .known_deployments
+        .set(s.store.catalog().len() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -529,52 +537,146 @@ fn completion_json(c: &Completion) -> serde_json::Value {
 
 // === Reading ===
 
-fn deployment(id: &str, st: &crate::store::LogStats) -> wire::Deployment {
-    let ts = |t: Option<i64>| t.map(logstream_model::time::format_rfc3339);
-    wire::Deployment {
-        id: id.to_owned(),
-        status: st
-            .completion
-            .map_or("running", |c| c.status.as_str())
-            .to_owned(),
-        exit_code: st.completion.map(|c| c.exit_code),
-        lines: st.lines(),
-        first_seq: st.first_seq,
-        last_seq: st.last_seq,
-        bytes: st.bytes,
-        first_ts: ts(st.first_ts),
-        last_ts: ts(st.last_ts),
-        created_at: logstream_model::time::format_rfc3339(st.created_at),
-        completed_at: st
-            .completion
-            .map(|c| logstream_model::time::format_rfc3339(c.at)),
-        steps: st.steps.clone(),
-        viewers: None,
-    }
+#[utoipa::path(get, path = "/v1/deployments", summary = "The tenant's deployments, newest first, in pages (from the catalog)", params(ListParams), responses((status = 200, description = "A page; pass next_cursor as cursor for the next one", body = wire::DeploymentList), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+async fn list(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    access::require(&p, Scope::Read)?;
+    let query = listing::params(&q)?;
+    let body = listing::list(&s, &p, &query);
+    s.audit("list", &p.subject, &p.tenant, "", "ok", None);
+    Ok(axum::Json(body).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/deployments", summary = "The tenant's deployments", responses((status = 200, description = "List", body = wire::DeploymentList), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
-async fn list(State(s): State<Arc<Gateway>>, Auth(p): Auth) -> Result<Response> {
+/// Query parameters of the deployments listing.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query string; the handler reads it as a map
+struct ListParams {
+    /// Page size, 1 to 1000. Default 100.
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Comma-separated: running, succeeded, failed, cancelled, timed_out, completed (any
+    /// of the four ends).
+    status: Option<String>,
+    /// Only deployments with a line or a change since: a duration (`24h`) or RFC 3339.
+    since: Option<String>,
+    /// Only ids containing this (case-insensitive).
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/deployments/events", summary = "Change feed of the tenant's deployments (SSE)", responses((status = 200, description = "event: created|updated|completed|deleted (data = a Deployment; updated at most once a second per deployment), event: resync (the feed fell behind: list again), event: auth_expired, event: reconnect, `: hb` comments", content_type = "text/event-stream"), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+async fn changes(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
     access::require(&p, Scope::Read)?;
-    let (s2, p2) = (s.clone(), p.clone());
-    let items = read::blocking(move || {
-        let mut items = Vec::new();
-        for d in s2.store.deployments(&p2.tenant)? {
-            if !p2.may_access(&d) {
+    if let Some(k) = q.keys().find(|k| *k != "access_token") {
+        return Err(Error::invalid(
+            "unknown_parameter",
+            format!("unknown query parameter {k:?}; this endpoint takes none"),
+        ));
+    }
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_sse {
+        return Err(Error::new(
+            ErrorKind::NotAcceptable,
+            "not_acceptable",
+            "ask for Server-Sent Events with `Accept: text/event-stream`",
+        ));
+    }
+    s.audit("watch_deployments", &p.subject, &p.tenant, "", "ok", None);
+    let rx = s.hub.subscribe_changes(&p.tenant);
+    let feed = ChangeFeed {
+        rx,
+        heartbeat: tokio::time::interval(Duration::from_secs(s.config.heartbeat_secs.max(1))),
+        shutdown: s.shutdown.clone(),
+        expires: Duration::from_secs(
+            p.expires_at
+                .saturating_sub((read::now_ns() / 1_000_000_000).max(0) as u64),
+        ),
+        started: tokio::time::Instant::now(),
+        principal: p,
+        done: false,
+    };
+    let first = Bytes::from_static(b"retry: 1000\n\n");
+    let body = Body::from_stream(
+        futures::stream::once(async move { Ok::<_, Infallible>(first) }).chain(
+            futures::stream::unfold(feed, |mut f| async move {
+                let chunk = f.next().await?;
+                Some((Ok(chunk), f))
+            }),
+        ),
+    );
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(body)
+        .expect("valid response"))
+}
+
+/// One change-feed connection: the tenant's changes its token may see, heartbeats, and
+/// an end at token expiry or shutdown.
+struct ChangeFeed {
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::hub::DeploymentChange>>,
+    heartbeat: tokio::time::Interval,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    expires: Duration,
+    started: tokio::time::Instant,
+    principal: crate::auth::Principal,
+    done: bool,
+}
+
+impl ChangeFeed {
+    async fn next(&mut self) -> Option<Bytes> {
+        use crate::store::CatalogEvent;
+        if self.done {
+            return None;
+        }
+        loop {
+            let expiry = tokio::time::sleep_until(self.started + self.expires);
+            let change = tokio::select! {
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": hb\n\n")),
+                _ = expiry => {
+                    self.done = true;
+                    return Some(Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token\"}\n\n"));
+                }
+                _ = self.shutdown.wait_for(|s| *s) => {
+                    self.done = true;
+                    return Some(Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect and list again\"}\n\n"));
+                }
+                c = self.rx.recv() => c,
+            };
+            let c = match change {
+                Ok(c) => c,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    return Some(Bytes::from_static(b"event: resync\ndata: {\"message\":\"changes were missed; list the deployments again\"}\n\n"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            if !self.principal.may_access(&c.deployment) {
                 continue;
             }
-            if let Some(log) = s2
-                .store
-                .log(&DeploymentId::new(p2.tenant.clone(), d.clone()), false)?
-            {
-                items.push(deployment(&d, &log.stats()));
-            }
+            let event = match c.event {
+                CatalogEvent::Created => "created",
+                CatalogEvent::Updated => "updated",
+                CatalogEvent::Completed => "completed",
+                CatalogEvent::Deleted => "deleted",
+            };
+            let body = serde_json::to_string(&listing::deployment(&c.deployment, &c.stats))
+                .expect("a deployment serialises");
+            return Some(Bytes::from(format!("event: {event}\ndata: {body}\n\n")));
         }
-        Ok(items)
-    })
-    .await?;
-    s.audit("list", &p.subject, &p.tenant, "", "ok", None);
-    Ok(axum::Json(wire::DeploymentList { deployments: items }).into_response())
+    }
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{id}", summary = "One deployment's status and counts", params(("id" = String, Path)), responses((status = 200, description = "Deployment", body = wire::Deployment), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
@@ -587,7 +689,7 @@ async fn get_one(
     let log = s.existing_log(&lid).await?;
     let body = wire::Deployment {
         viewers: Some(s.hub.viewers(&lid) as u64),
-        ..deployment(&id, &log.stats())
+        ..listing::deployment(&id, &log.stats())
     };
     Ok(axum::Json(body).into_response())
 }

@@ -125,6 +125,7 @@ impl Modify for Security {
     ),
     paths(
         super::list,
+        super::changes,
         super::get_one,
         super::ingest_http,
         super::history,

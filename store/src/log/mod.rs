@@ -36,7 +36,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 pub use super::BatchId;
 use super::format::{Hash, IndexEntry};
 use super::meta::{self, Completion, Meta, MetaFile};
-use super::{DeploymentId, StoreConfig, StoreError, StoreHooks};
+use super::{Catalog, DeploymentId, StoreConfig, StoreError, StoreHooks};
 pub(crate) use segment::scan_block;
 use segment::{
     create_segment, last_block_hash, list_segments, load_producers, open_sealed, recover_active,
@@ -88,6 +88,8 @@ pub struct LogStats {
     pub bytes: u64,
     pub segments: usize,
     pub created_at: i64,
+    /// Store wallclock of the last append (the creation time while empty).
+    pub updated_at: i64,
     pub first_ts: Option<i64>,
     pub last_ts: Option<i64>,
     pub completion: Option<Completion>,
@@ -116,6 +118,16 @@ struct SegmentView {
     last_written_at: i64,
     /// In memory for the active segment; loaded on demand for sealed ones.
     index: Option<Arc<Vec<IndexEntry>>>,
+}
+
+impl View {
+    /// The last append's store wallclock (the creation time while empty).
+    fn updated_at(&self) -> i64 {
+        self.segments
+            .iter()
+            .map(|s| s.last_written_at)
+            .fold(self.meta.created_at, i64::max)
+    }
 }
 
 struct View {
@@ -154,6 +166,9 @@ pub struct DeploymentLog {
     view: RwLock<View>,
     /// Recently used sealed-segment indexes (first_seq, entries), most recent last.
     index_cache: Mutex<Vec<(u64, Arc<Vec<IndexEntry>>)>>,
+    /// The tenant's catalog, told of every commit and the completion (system logs have
+    /// none).
+    pub(crate) catalog: Option<Arc<Catalog>>,
 }
 
 impl DeploymentLog {
@@ -250,6 +265,7 @@ impl DeploymentLog {
                 steps,
             }),
             index_cache: Mutex::new(Vec::new()),
+            catalog: None,
         }))
     }
 
@@ -276,6 +292,7 @@ impl DeploymentLog {
             bytes: view.segments.iter().map(|s| s.bytes).sum(),
             segments: view.segments.len(),
             created_at: view.meta.created_at,
+            updated_at: view.updated_at(),
             first_ts,
             last_ts,
             completion: view.meta.completion,
@@ -286,11 +303,17 @@ impl DeploymentLog {
     /// Store wallclock of the last append (the creation time while nothing was
     /// appended), Unix ns: when a deployment nobody completes counts as idle from.
     pub fn last_write_at(&self) -> i64 {
-        let v = self.view.read();
-        v.segments
-            .iter()
-            .map(|s| s.last_written_at)
-            .fold(v.meta.created_at, i64::max)
+        self.view.read().updated_at()
+    }
+
+    /// Tells the catalog the log's state now (after a commit or the completion); a
+    /// failure is logged, never the writer's (its lines are durable in the log).
+    fn catalog_update(&self) {
+        if let Some(c) = &self.catalog
+            && let Err(e) = c.update(&self.id.tenant, &self.id.deployment, self.stats())
+        {
+            tracing::warn!(log = %self.id, error = %e, "updating the catalog failed");
+        }
     }
 
     pub fn completion(&self) -> Option<Completion> {

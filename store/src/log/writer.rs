@@ -211,6 +211,7 @@ impl DeploymentLog {
                 w.producers.extend(producers);
                 if !accepted.is_empty() {
                     self.hooks.listener.committed(&self.id, &accepted);
+                    self.catalog_update();
                 }
                 for (slot, o) in outcomes {
                     *slot.0.lock() = Some(Ok(OpResult::Appended(o)));
@@ -436,6 +437,7 @@ impl DeploymentLog {
         }
         drop(view);
         self.hooks.listener.completed(&self.id, &completion);
+        self.catalog_update();
         Ok(completion)
     }
 }
