@@ -13,11 +13,11 @@
 //! crash-safe and cheap to load; one small file per tenant, appended and compacted,
 //! adds no dependency and no second storage engine to operate.
 //!
-//! Writes: a new deployment and a completion are appended at once (a completion is
-//! also fsync'd); line counts, bytes and times change with every commit and are kept in
-//! memory, appended for the entries that changed at each [`Catalog::sync`] (the gateway
-//! calls it every second), which also fsyncs and compacts the file past twice its live
-//! size.
+//! Writes: a new deployment and a completion are appended at once (written, not
+//! fsync'd: the log's own `meta.json` is the durable record); line counts, bytes and
+//! times change with every commit and are kept in memory, appended for the entries that
+//! changed at each [`Catalog::sync`] (the gateway calls it every second), which also
+//! fsyncs and compacts the file past twice its live size.
 //!
 //! Crash consistency: the logs are the truth. A torn or corrupt record ends the file
 //! (it is truncated there); at start the deployment directories are compared with the
@@ -409,9 +409,6 @@ impl Catalog {
                 put: id.to_owned(),
                 s: (&stats).into(),
             })?;
-            if event == Some(CatalogEvent::Completed) {
-                t.sync()?;
-            }
         } else {
             t.dirty.insert(id.to_owned());
         }

@@ -315,8 +315,9 @@ pub struct Store {
     pub(crate) cfg: Arc<StoreConfig>,
     hooks: Arc<StoreHooks>,
     logs: RwLock<HashMap<DeploymentId, OpenLog>>,
-    /// Serialises opening/creating logs so two callers never open one log twice.
-    opening: Mutex<()>,
+    /// One lock per log being opened, so two callers never open one log twice while
+    /// different logs open (and create, with their fsyncs) in parallel.
+    opening: Mutex<HashMap<DeploymentId, Arc<Mutex<()>>>>,
     /// Ticks of [`Store::log`], the LRU's clock.
     tick: AtomicU64,
     catalog: Arc<Catalog>,
@@ -340,7 +341,7 @@ impl Store {
             cfg: Arc::new(cfg),
             hooks: Arc::new(hooks),
             logs: RwLock::new(HashMap::new()),
-            opening: Mutex::new(()),
+            opening: Mutex::new(HashMap::new()),
             tick: AtomicU64::new(0),
             catalog,
         };
@@ -408,7 +409,26 @@ impl Store {
             o.used.store(now, Ordering::Relaxed);
             return Ok(Some(o.log.clone()));
         }
-        let _guard = self.opening.lock();
+        let slot = self.opening.lock().entry(id.clone()).or_default().clone();
+        let result = {
+            let _guard = slot.lock();
+            self.open_log(id, create, now)
+        };
+        let mut opening = self.opening.lock();
+        // The map's and ours: nobody else waits for this log.
+        if Arc::strong_count(&slot) <= 2 {
+            opening.remove(id);
+        }
+        result
+    }
+
+    /// Opens `id` under its opening lock (see [`Store::log`]).
+    fn open_log(
+        &self,
+        id: &DeploymentId,
+        create: bool,
+        now: u64,
+    ) -> Result<Option<Arc<DeploymentLog>>, StoreError> {
         if let Some(o) = self.logs.read().get(id) {
             o.used.store(now, Ordering::Relaxed);
             return Ok(Some(o.log.clone()));

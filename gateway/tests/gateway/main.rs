@@ -9,8 +9,10 @@ mod errors;
 mod grpc;
 mod history;
 mod ingest;
+mod listing;
 mod live;
 mod openapi;
+mod scale;
 mod tenancy;
 mod transports;
 
