@@ -40,6 +40,10 @@ pub struct Settings {
     pub rescan: Duration,
     /// How long a replaced (rotated) file must stay quiet at its end before it is let go.
     pub rotate_wait: Duration,
+    /// How long a container whose pod ended stays open once drained and its completion
+    /// acknowledged, before its files are closed (its descriptors never outlive it by
+    /// more than this).
+    pub close_grace: Duration,
     pub redactor: Arc<Redactor>,
     /// Bytes the on-disk spool may hold (0: no spool; the backlog waits in the files).
     pub spool_bytes: u64,
@@ -71,6 +75,7 @@ impl Settings {
             poll: Duration::from_millis(250),
             rescan: Duration::from_secs(5),
             rotate_wait: Duration::from_secs(1),
+            close_grace: Duration::from_secs(2),
             redactor: Arc::new(Redactor::builtin()),
             spool_bytes: 256 << 20,
             spool_after: Duration::from_secs(2),
@@ -127,6 +132,11 @@ struct Container {
     stalled: bool,
     /// The last read error (logged when it changes).
     read_error: Option<String>,
+    /// The pod as last seen in the pod map: its lines and completion still go out after
+    /// the pod is deleted from the API.
+    pod: Option<PodInfo>,
+    /// Drained and closed after its pod ended: no file of it is opened again.
+    closed: bool,
 }
 
 pub struct Engine {
@@ -313,6 +323,8 @@ impl Engine {
                 spool_next: false,
                 stalled: false,
                 read_error: None,
+                pod: None,
+                closed: false,
             }
         })
     }
@@ -397,8 +409,29 @@ impl Engine {
         for d in gone {
             if let Some(c) = self.containers.remove(&d) {
                 self.by_id.remove(&c.id);
+                if !c.closed {
+                    self.metrics.containers_pruned.inc();
+                }
             }
         }
+        // Pods nobody follows any more: their completion marks go too (memory follows
+        // the live pods, not history).
+        let live: std::collections::HashSet<&str> = self
+            .containers
+            .values()
+            .map(|c| c.pod_uid.as_str())
+            .chain(self.pods.keys().map(String::as_str))
+            .collect();
+        self.completed.retain(|u| live.contains(u.as_str()));
+        self.completing.retain(|u, _| live.contains(u.as_str()));
+        self.metrics.containers.set(self.containers.len() as i64);
+        self.metrics.files_deleted_open.set(
+            self.containers
+                .values()
+                .flat_map(|c| &c.tails)
+                .filter(|t| t.deleted())
+                .count() as i64,
+        );
         let ids: Vec<PathBuf> = self.containers.keys().cloned().collect();
         for dir in ids {
             self.open_new_files(&dir);
@@ -414,6 +447,9 @@ impl Engine {
         let Some(c) = self.containers.get_mut(dir) else {
             return;
         };
+        if c.closed {
+            return;
+        }
         let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
         let mut opened = Vec::new();
         if c.tails.is_empty() && self.s.sidecar.is_some() {
@@ -510,10 +546,6 @@ impl Engine {
         c.tails.extend(opened);
     }
 
-    fn pod_of(&self, c: &Container) -> Option<&PodInfo> {
-        self.pods.get(&c.pod_uid)
-    }
-
     /// One round over every container: read, batch, send, retire finished files.
     fn pass(&mut self) {
         let dirs: Vec<PathBuf> = self.containers.keys().cloned().collect();
@@ -521,8 +553,14 @@ impl Engine {
         for dir in dirs {
             self.send_spooled(&dir);
             let pod = {
-                let c = &self.containers[&dir];
-                self.pod_of(c).cloned()
+                let c = self.containers.get_mut(&dir).expect("present");
+                if let Some(p) = self.pods.get(&c.pod_uid) {
+                    c.pod = Some(p.clone());
+                }
+                if c.closed {
+                    continue;
+                }
+                c.pod.clone()
             };
             let Some(pod) = pod else {
                 // Metadata not known yet: the lines wait in the file, not dropped.
@@ -536,6 +574,7 @@ impl Engine {
             self.read_container(&dir);
             self.maybe_send(&dir, &pod, &deployment);
             self.retire(&dir);
+            self.close_if_done(&dir);
             if let Some(c) = self.containers.get(&dir) {
                 lag += c.tails.iter().map(FileTail::lag).sum::<u64>();
             }
@@ -926,11 +965,13 @@ impl Engine {
         {
             return;
         }
-        // A spooled batch in flight no longer needs its file.
+        // A spooled batch in flight no longer needs its file. A file whose directory was
+        // removed gets no more writes: it goes as soon as it is read to its end.
+        let gone = !dir.exists();
         let idle = c.in_flight.as_ref().is_none_or(|f| f.spooled.is_some())
             && c.queued.is_empty()
             && c.at_eof
-            && c.quiet_since.is_some_and(|q| q.elapsed() >= rotate_wait);
+            && (gone || c.quiet_since.is_some_and(|q| q.elapsed() >= rotate_wait));
         if !idle {
             return;
         }
@@ -949,10 +990,55 @@ impl Engine {
         }
     }
 
-    /// A finished pod whose files are all read and acknowledged completes its deployment.
+    /// Closes the files of a container whose pod ended, once everything of it is read,
+    /// sent and acknowledged and its completion too, after `close_grace`: its
+    /// descriptors (and the disk space of files kubelet deletes) are let go, and no file
+    /// of it is opened again. The checkpoint keeps where it ended.
+    fn close_if_done(&mut self, dir: &Path) {
+        let grace = self.s.close_grace;
+        let spooled = self.spool.as_ref().is_some_and(|s| s.holds(dir));
+        let Some(c) = self.containers.get_mut(dir) else {
+            return;
+        };
+        let ended = c.pod.as_ref().is_some_and(|p| p.finished.is_some())
+            && self.completed.contains(&c.pod_uid);
+        let drained = c.in_flight.is_none()
+            && c.queued.is_empty()
+            && c.at_eof
+            && !spooled
+            && c.quiet_since.is_some_and(|q| q.elapsed() >= grace);
+        if c.closed || !ended || !drained {
+            return;
+        }
+        for mut t in c.tails.drain(..) {
+            t.state.done = true;
+            t.state.finished = true;
+            self.checkpoints.files.insert(t.id(), t.state.clone());
+        }
+        c.closed = true;
+        c.queued = VecDeque::new();
+        c.redactors = [
+            StreamRedactor::new(self.s.redactor.clone()),
+            StreamRedactor::new(self.s.redactor.clone()),
+        ];
+        self.dirty = true;
+        self.metrics.containers_pruned.inc();
+    }
+
+    /// A finished pod whose files are all read and acknowledged completes its deployment
+    /// (also after the pod was deleted from the API: its last known state counts).
     fn check_completions(&mut self) {
         let mut done: Vec<(String, String, String, i32, Option<String>)> = Vec::new();
-        for (uid, pod) in &self.pods {
+        let mut pods: Vec<(&String, &PodInfo)> = self.pods.iter().collect();
+        pods.extend(
+            self.containers
+                .values()
+                .filter_map(|c| Some((&c.pod_uid, c.pod.as_ref()?)))
+                .filter(|(uid, _)| !self.pods.contains_key(*uid)),
+        );
+        pods.sort_by_key(|(uid, _)| *uid);
+        pods.dedup_by_key(|(uid, _)| *uid);
+        for (uid, pod) in pods {
             let (Some(dep), Some((status, code))) = (&pod.deployment, &pod.finished) else {
                 continue;
             };

@@ -77,6 +77,14 @@ struct Cli {
     /// container's batches go to the spool.
     #[arg(long, default_value = "2s", value_parser = parse_wait)]
     spool_after: Duration,
+    /// How long a replaced (rotated) file, or a finished pod's last file, must stay quiet
+    /// at its end before it is let go (a writer may still flush into it).
+    #[arg(long, default_value = "1s", value_parser = parse_wait)]
+    rotate_wait: Duration,
+    /// How long after a finished pod's completion is acknowledged (everything of it
+    /// read and delivered) its files stay open before they are closed.
+    #[arg(long, default_value = "2s", value_parser = parse_wait)]
+    close_grace: Duration,
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -199,6 +207,8 @@ fn main() -> anyhow::Result<()> {
     settings.sidecar = sidecar.as_ref().map(|(sc, _)| sc.clone());
     settings.spool_bytes = cli.spool_bytes;
     settings.spool_after = cli.spool_after;
+    settings.rotate_wait = cli.rotate_wait;
+    settings.close_grace = cli.close_grace;
     let metrics = Metrics::default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()

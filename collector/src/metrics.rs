@@ -24,6 +24,13 @@ pub struct Metrics {
     pub spooled: IntCounter,
     pub spool_full: IntCounter,
     pub stalled: IntGauge,
+    /// Containers followed now (their pods alive, or not drained yet).
+    pub containers: IntGauge,
+    /// Containers let go of (drained and closed, or their directory gone).
+    pub containers_pruned: IntCounter,
+    /// Open log files whose last name was removed: must stay 0 beyond a moment (their
+    /// disk space is held while open).
+    pub files_deleted_open: IntGauge,
 }
 
 impl Default for Metrics {
@@ -94,6 +101,18 @@ impl Default for Metrics {
                 "Bytes of undelivered batches in the on-disk spool.",
             ),
             spool_batches: gauge("spool_batches", "Undelivered batches in the on-disk spool."),
+            containers: gauge(
+                "containers",
+                "Containers followed now (pods alive, or not drained yet).",
+            ),
+            containers_pruned: counter(
+                "containers_pruned_total",
+                "Containers let go of: drained and closed after their pod ended, or their directory removed.",
+            ),
+            files_deleted_open: gauge(
+                "files_deleted_open",
+                "Open log files whose directory entry is gone (disk space held while open); stays 0 but for a moment.",
+            ),
             spooled: counter(
                 "spooled_lines_total",
                 "Lines written to the spool because the gateway was slow or away.",

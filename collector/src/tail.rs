@@ -165,6 +165,12 @@ impl FileTail {
         self.pending_start = [None, None];
     }
 
+    /// The file's last name was removed while we hold it open (its disk space is held
+    /// until we close it).
+    pub fn deleted(&self) -> bool {
+        !self.fifo && self.file.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
+
     /// Bytes in the file not read yet.
     pub fn lag(&self) -> u64 {
         if self.fifo {
@@ -201,6 +207,15 @@ impl FileTail {
             }
         }
         let start = self.offset + self.buf.len() as u64;
+        if !self.fifo && len <= start {
+            // Nothing new: no read, and an idle file holds no buffer (a node follows
+            // hundreds of idle containers).
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = Vec::new();
+            }
+            out.eof = true;
+            return Ok(out);
+        }
         if !self.fifo {
             self.file.seek(SeekFrom::Start(start))?;
         }

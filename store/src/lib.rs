@@ -143,6 +143,11 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(28))
     }
+
+    /// Whether this is "too many open files" (the process's or the system's limit).
+    pub fn is_out_of_descriptors(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if matches!(source.raw_os_error(), Some(23 | 24)))
+    }
 }
 
 /// Tuning of the store.

@@ -68,6 +68,14 @@ impl Sim {
         self.write_pods();
     }
 
+    /// kubelet deletes the pod: out of the pod list, its log directory removed.
+    pub fn remove_pod(&mut self, pod: usize) {
+        self.pods
+            .retain(|p| p["metadata"]["uid"] != format!("uid-{pod}"));
+        self.write_pods();
+        std::fs::remove_dir_all(self.dir(pod).parent().unwrap()).unwrap();
+    }
+
     pub fn write_pods(&self) {
         let tmp = self.pods_file.with_extension("tmp");
         std::fs::write(
@@ -357,4 +365,31 @@ pub async fn until_metrics(port: u16, what: &str, ok: impl AsyncFn(u16) -> bool)
         assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Descriptors, RSS (KiB) of process `pid`.
+pub fn process_usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// Bytes of the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
 }

@@ -160,6 +160,8 @@ impl From<StoreError> for Error {
                 tracing::error!(error = %e, "store unavailable");
                 let msg = if e.is_disk_full() {
                     "the gateway's disk is full; nothing was stored from this request, retry later"
+                } else if e.is_out_of_descriptors() {
+                    "the gateway is out of file descriptors (raise its RLIMIT_NOFILE or lower max_open_files); nothing was stored from this request, retry later"
                 } else {
                     "storage is unavailable; nothing was stored from this request, retry later"
                 };
