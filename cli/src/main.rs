@@ -152,8 +152,20 @@ struct LogsArgs {
     /// Deployment id.
     id: String,
     /// Follow: stream new lines until the deployment completes; exit with its status.
+    /// A deployment with no line yet (a queued pipeline) is waited for.
     #[arg(short = 'f', long)]
     follow: bool,
+    /// With -f: give up waiting for a deployment with no line yet after this long
+    /// (exit 5) [default: wait until Ctrl+C].
+    #[arg(long, requires = "follow", value_name = "DURATION")]
+    wait_timeout: Option<String>,
+    /// No lines of our own on stderr (the waiting notice, the summary at the end).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Remove the log's own ANSI escape sequences (colours, cursor moves) from messages
+    /// [default: keep them, as raw logs do].
+    #[arg(long)]
+    strip_ansi: bool,
     /// Only lines newer than a duration (10m, 1h) or an RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
@@ -532,6 +544,20 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(&args.id)
         .map_err(|e| Exit(2, format!("ID {:?}: {e}", args.id)))?;
     let mut printer = Printer::new(args.output, c.color, args.timestamps);
+    printer.strip_ansi = args.strip_ansi;
+    let wait_timeout = match &args.wait_timeout {
+        None => None,
+        Some(v) => Some(
+            logstream_model::time::parse_duration(v)
+                .filter(|n| *n > 0)
+                .map(|n| Duration::from_nanos(n as u64))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--wait-timeout {v:?}: use a duration like 10m or 90s"
+                    ))
+                })?,
+        ),
+    };
     if !args.follow {
         return history(c, &args, &mut printer).await.map(|()| 0);
     }
@@ -547,15 +573,53 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
         tail: args.tail,
         attempt: 0,
         unauthorized: 0,
+        waiting: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        said_waiting: args.quiet,
     };
+    // Fires once the deadline has passed while the gateway says the deployment has no
+    // line yet; never once it started.
+    let deadline = wait_timeout.map(|t| tokio::time::Instant::now() + t);
+    let waiting = f.waiting.clone();
+    let gave_up = async move {
+        let Some(deadline) = deadline else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(deadline).await;
+        while !waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::pin!(gave_up);
     loop {
-        let ended = match args.transport {
-            Transport::Sse => follow_sse(c, &args, &mut f, &mut printer).await?,
-            Transport::Ws => follow_ws(c, &args, &mut f, &mut printer).await?,
+        let follow = async {
+            match args.transport {
+                Transport::Sse => follow_sse(c, &args, &mut f, &mut printer).await,
+                Transport::Ws => follow_ws(c, &args, &mut f, &mut printer).await,
+            }
+        };
+        let ended = tokio::select! {
+            ended = follow => ended?,
+            () = &mut gave_up => {
+                return Err(Exit(
+                    5,
+                    format!(
+                        "deployment {} did not start within {} (--wait-timeout)",
+                        args.id,
+                        args.wait_timeout.as_deref().unwrap_or_default()
+                    ),
+                )
+                .into());
+            }
         };
         printer.flush()?;
         match ended {
-            Session::End(end) => return Ok(follow_end(&args.id, &end)),
+            Session::End(end) => {
+                let code = follow_code(&end);
+                if !args.quiet {
+                    eprintln!("{}", summary(c, &args.id, &end).await);
+                }
+                return Ok(code);
+            }
             Session::Dropped { why, at_least } => {
                 f.attempt += 1;
                 reconnect_wait(c, f.attempt, &why, at_least).await;
@@ -564,21 +628,45 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// The exit code of a follow that saw its deployment complete; anything but success is
-/// also said on stderr (the output may be a pipe nobody reads).
-fn follow_end(id: &str, end: &wire::Completion) -> i32 {
-    let (code, what) = match end.status.as_str() {
-        "succeeded" => return 0,
-        "failed" => (1, format!("failed (exit code {})", end.exit_code)),
-        "cancelled" => (3, "was cancelled".to_owned()),
-        "timed_out" => (
-            5,
-            "timed out: nobody completed it and no line came for the gateway's deployment idle timeout (its runner may have died)".to_owned(),
-        ),
-        other => (1, format!("ended as {other} (exit code {})", end.exit_code)),
+/// The exit code of a follow that saw its deployment complete.
+fn follow_code(end: &wire::Completion) -> i32 {
+    match end.status.as_str() {
+        "succeeded" => 0,
+        "cancelled" => 3,
+        "timed_out" => 5,
+        _ => 1,
+    }
+}
+
+/// The line said on stderr after the last log line of a follow: status, exit code,
+/// duration and lines (the output may be a pipe nobody reads; `-q` leaves it out).
+async fn summary(c: &Client, id: &str, end: &wire::Completion) -> String {
+    let what = match end.status.as_str() {
+        "succeeded" => "succeeded".to_owned(),
+        "failed" => format!("failed (exit code {})", end.exit_code),
+        "cancelled" => "was cancelled".to_owned(),
+        "timed_out" => "timed out: nobody completed it and no line came for the gateway's deployment idle timeout (its runner may have died)".to_owned(),
+        other => format!("ended as {other} (exit code {})", end.exit_code),
     };
-    eprintln!("deployment {id} {what}");
-    code
+    // Duration and lines from the deployment itself; without them the status still says
+    // what matters.
+    let d: Option<wire::Deployment> = get_json(c, &format!("/v1/deployments/{id}"), &[])
+        .await
+        .ok();
+    let Some(d) = d else {
+        return format!("deployment {id} {what}");
+    };
+    let took = match (
+        logstream_model::time::parse_rfc3339(&d.created_at),
+        d.completed_at
+            .as_deref()
+            .and_then(logstream_model::time::parse_rfc3339),
+    ) {
+        (Some(a), Some(b)) if b >= a => format!(" after {}", output::age(b - a)),
+        _ => String::new(),
+    };
+    let lines = if d.lines == 1 { "line" } else { "lines" };
+    format!("deployment {id} {what}{took}, {} {lines}", d.lines)
 }
 
 /// Where a follow is, across reconnections.
@@ -588,11 +676,17 @@ struct Follow {
     tail: Option<usize>,
     attempt: u32,
     unauthorized: u32,
+    /// The gateway said the deployment has no line yet (cleared by the first line).
+    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The waiting notice was printed (or `-q`).
+    said_waiting: bool,
 }
 
 impl Follow {
     fn query(&self, args: &LogsArgs) -> Vec<(&'static str, String)> {
         let mut q = query(args);
+        // A deployment with no line yet is waited for (a queued pipeline's link).
+        q.push(("wait", "true".to_owned()));
         if self.cursor.is_none()
             && let Some(n) = self.tail
         {
@@ -602,7 +696,20 @@ impl Follow {
     }
 
     /// A line arrived: print it now (live output shows up at once, also through a pipe).
+    /// The gateway holds the stream until the deployment's first line.
+    fn waiting(&mut self, id: &str) {
+        self.attempt = 0;
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.said_waiting {
+            self.said_waiting = true;
+            eprintln!("waiting for deployment {id} to start (no line yet)...");
+        }
+    }
+
     fn line(&mut self, printer: &mut Printer, line: wire::Line) -> anyhow::Result<()> {
+        self.waiting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.attempt = 0;
         self.unauthorized = 0;
         printer.line(&line)?;
@@ -664,6 +771,8 @@ enum WsFrame {
     Lines { lines: Vec<wire::Line> },
     /// `{"type":"end", ...Completion}`
     End(wire::Completion),
+    /// `{"type":"waiting", "message": ...}`: the deployment has no line yet.
+    Waiting,
     /// A frame type this version does not know: ignored.
     #[serde(other)]
     Other,
@@ -706,6 +815,9 @@ async fn follow_sse(
                     serde_json::from_str(&ev.data).context("the end event from the gateway")?;
                 return Ok(Session::End(end));
             }
+            "waiting" => f.waiting(&args.id),
+            // Retry hint and comments come without an event name.
+            "" | "message" => {}
             // reconnect (gateway restarting), auth_expired (token re-read on reconnect)
             _ => break,
         }
@@ -766,6 +878,7 @@ async fn follow_ws(
                 printer.flush()?;
             }
             WsFrame::End(end) => return Ok(Session::End(end)),
+            WsFrame::Waiting => f.waiting(&args.id),
             WsFrame::Other => {}
         }
     }

@@ -27,6 +27,51 @@ pub struct Printer {
     /// Each step's number in order of first appearance (its colour).
     steps: HashMap<String, usize>,
     csv_header: bool,
+    /// Remove the log's own ANSI escape sequences from messages.
+    pub strip_ansi: bool,
+}
+
+/// `s` without ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`,
+/// and two-byte `ESC x`).
+pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('\x1b') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                // Parameters and intermediates, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' {
+                        break;
+                    }
+                    if c == '\x1b' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            // Character set designation: `ESC ( B` and the like.
+            Some('(' | ')' | '*' | '+') => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Printer {
@@ -39,10 +84,21 @@ impl Printer {
             step_width: 0,
             steps: HashMap::new(),
             csv_header: false,
+            strip_ansi: false,
         }
     }
 
     pub fn line(&mut self, l: &wire::Line) -> anyhow::Result<()> {
+        let stripped;
+        let l = if self.strip_ansi && l.message.contains('\x1b') {
+            stripped = wire::Line {
+                message: strip_ansi(&l.message).into_owned(),
+                ..l.clone()
+            };
+            &stripped
+        } else {
+            l
+        };
         match self.format {
             Format::Json => writeln!(self.out, "{}", json_line(l)?)?,
             Format::Csv => {
@@ -140,6 +196,22 @@ pub fn row<const N: usize>(widths: &[usize], cells: &[String; N]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ansi_sequences_are_stripped_and_the_text_kept() {
+        for (raw, want) in [
+            ("\x1b[1;31merror\x1b[0m: E0308", "error: E0308"),
+            (
+                "\x1b]8;;https://x.dev\x07link\x1b]8;;\x07 done",
+                "link done",
+            ),
+            ("\x1b]0;title\x1b\\ok", "ok"),
+            ("\x1b(Bplain\x1b=", "plain"),
+            ("no escapes é", "no escapes é"),
+        ] {
+            assert_eq!(strip_ansi(raw), want, "{raw:?}");
+        }
+    }
 
     #[test]
     fn json_lines_print_as_before_with_sorted_keys() {

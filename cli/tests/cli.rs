@@ -1214,9 +1214,11 @@ async fn a_failing_step_ends_the_pipeline_with_its_status_and_code() {
         String::from_utf8_lossy(&out.stdout),
         "checkout | cloned\nbuild    | compiling\nbuild    | error: E0308\n"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "deployment p1 failed (exit code 2)\n"
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("deployment p1 failed (exit code 2) after ")
+            && err.ends_with(", 3 lines\n"),
+        "{err}"
     );
 }
 
@@ -1248,7 +1250,11 @@ async fn passing_steps_stay_open_until_the_last_completes_and_complete_ends_a_pi
         String::from_utf8_lossy(&out.stdout),
         "checkout | a\nbuild    | b\ntest     | c\n"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("deployment p2 succeeded after ") && err.ends_with(", 3 lines\n"),
+        "{err}"
+    );
 
     // An allowed failure: the step's code, the deployment stays open.
     assert_eq!(
@@ -1401,4 +1407,97 @@ async fn run_stamps_stdout_and_stderr_in_the_order_it_reads_them() {
         let want: Vec<String> = (0..3000).map(|i| format!("{prefix}{i}")).collect();
         assert_eq!(got, want, "{stream}");
     }
+}
+
+/// A pipeline's link opened before its first line: `logs -f` waits (saying so), then
+/// follows; `--wait-timeout` gives up with exit 5; a token that may not see the id
+/// waits the same (nothing leaks); `-q` keeps stderr quiet; `--strip-ansi` removes the
+/// log's own escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_waits_for_a_deployment_that_has_not_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    for transport in ["sse", "ws"] {
+        let id = format!("queued-{transport}");
+        let mut child = cli(&g, &t)
+            .args(["logs", "-f", &id, "--transport", transport, "--strip-ansi"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let said = tokio::time::timeout(Duration::from_secs(20), err.next_line())
+            .await
+            .expect("the waiting notice")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            said,
+            format!("waiting for deployment {id} to start (no line yet)...")
+        );
+        push(
+            &g,
+            &t,
+            &id,
+            &[json!({"message": "\u{1b}[32mok\u{1b}[0m first"})],
+        )
+        .await;
+        complete(&g, &t, &id, "succeeded", 0).await;
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("the follow ends")
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{transport}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok first\n",
+            "{transport}"
+        );
+        let summary = err.next_line().await.unwrap().unwrap();
+        assert!(
+            summary.starts_with(&format!("deployment {id} succeeded after ")),
+            "{summary}"
+        );
+    }
+    let out = cli(&g, &t)
+        .args(["logs", "-f", "never", "--wait-timeout", "1s", "-q"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: deployment never did not start within 1s (--wait-timeout)\n"
+    );
+    // A token for other deployments: the id waits like a missing one, even once it
+    // exists (its existence does not leak).
+    push(&g, &t, "secret-build", &[json!({"message": "x"})]).await;
+    let narrow = g.state.auth.mint(
+        "ci",
+        "acme",
+        &[logstream_gateway::auth::Scope::Read],
+        Duration::from_secs(60),
+        Some(vec!["public-*".into()]),
+    );
+    let out = cli(&g, &narrow)
+        .args(["logs", "-f", "secret-build", "--wait-timeout", "1s"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    // Without -f a missing deployment is still an error.
+    let out = cli(&g, &t)
+        .args(["logs", "nothing"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&g, &t)
+        .args(["logs", "nothing", "--wait-timeout", "1s"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--wait-timeout needs -f");
 }

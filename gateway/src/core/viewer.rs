@@ -471,3 +471,97 @@ impl Session {
         Some(ev)
     }
 }
+
+/// What a wait for a deployment's first line gives.
+#[derive(Debug)]
+pub enum WaitEvent {
+    /// Still waiting: a heartbeat keeps the connection alive.
+    Heartbeat,
+    /// The deployment exists now: open the session.
+    Ready,
+    /// The wait ends with this error (`auth_expired`, `shutting_down`).
+    Closed(Error),
+}
+
+/// A viewer waiting for a deployment that does not exist yet (`?wait=true`: people open
+/// a pipeline's link before its first line). The tenant's change feed is subscribed
+/// before the catalog is looked at, so a creation in between is not missed. A
+/// deployment the token may not see waits like a missing one and is never ready
+/// (nothing leaks about it).
+pub struct Waiting {
+    state: Arc<Gateway>,
+    id: DeploymentId,
+    visible: bool,
+    changes: broadcast::Receiver<Arc<crate::hub::DeploymentChange>>,
+    heartbeat: tokio::time::Interval,
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    looked: bool,
+}
+
+impl Waiting {
+    pub fn new(state: &Arc<Gateway>, who: &crate::auth::Principal, id: &DeploymentId) -> Waiting {
+        let changes = state.hub.subscribe_changes(&id.tenant);
+        let now = crate::core::read::now_ns().max(0) as u64 / 1_000_000_000;
+        let expires_in = Duration::from_secs(who.expires_at.saturating_sub(now));
+        let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
+        Waiting {
+            state: state.clone(),
+            id: id.clone(),
+            visible: who.may_access(&id.deployment),
+            changes,
+            heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+            expiry: Box::pin(tokio::time::sleep(expires_in)),
+            shutdown: state.shutdown.clone(),
+            looked: false,
+        }
+    }
+
+    fn exists(&self) -> bool {
+        self.visible
+            && self
+                .state
+                .store
+                .catalog()
+                .get(&self.id.tenant, &self.id.deployment)
+                .is_some()
+    }
+
+    /// The next event of the wait. Cancel-safe.
+    pub async fn next(&mut self) -> WaitEvent {
+        if !self.looked {
+            self.looked = true;
+            if self.exists() {
+                return WaitEvent::Ready;
+            }
+        }
+        loop {
+            let change = tokio::select! {
+                _ = self.heartbeat.tick() => return WaitEvent::Heartbeat,
+                () = &mut self.expiry => return WaitEvent::Closed(Error::auth_expired()),
+                _ = self.shutdown.wait_for(|down| *down) => {
+                    return WaitEvent::Closed(Error::shutting_down(
+                        "the gateway is restarting; reconnect to go on waiting",
+                    ));
+                }
+                c = self.changes.recv() => c,
+            };
+            match change {
+                Ok(c) if self.visible && c.deployment == self.id.deployment => {
+                    return WaitEvent::Ready;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if self.exists() {
+                        return WaitEvent::Ready;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return WaitEvent::Closed(Error::shutting_down(
+                        "the gateway is restarting; reconnect to go on waiting",
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -20,6 +20,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::future::Either;
 use futures::{SinkExt, StreamExt};
 use logstream_model::{Cursor, Level, LogRecord, Stream};
 use serde_json::json;
@@ -30,7 +31,7 @@ use openapi::{AuditQuery, ExportQuery, FilterQuery, IngestQuery, PageQuery, Stre
 use crate::auth::{AuthError, Principal, Scope};
 use crate::core::ingest::{self, IngestLine};
 use crate::core::list as listing;
-use crate::core::viewer::{Session, SessionEvent, Start};
+use crate::core::viewer::{Session, SessionEvent, Start, WaitEvent, Waiting};
 use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
 use crate::store::{Completion, DeploymentId, Direction};
 
@@ -616,12 +617,7 @@ async fn changes(
             }),
         ),
     );
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(body)
-        .expect("valid response"))
+    Ok(sse_response(body))
 }
 
 /// One change-feed connection: the tenant's changes its token may see, heartbeats, and
@@ -852,9 +848,27 @@ async fn stream_inner(
 ) -> Result<Response> {
     let (mut parts, _body) = req.into_parts();
     let Auth(p) = Auth::from_request_parts(&mut parts, &s).await?;
-    let lid = access::deployment(&p, &id, Scope::Read)?;
+    let wait = match q.get("wait").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(Error::invalid(
+                "invalid_wait",
+                format!(
+                    "wait={v:?}: use wait=true (wait for the deployment's first line) or leave it out"
+                ),
+            ));
+        }
+    };
+    // With wait=true a deployment the token may not see waits like a missing one.
+    let lid = match access::deployment(&p, &id, Scope::Read) {
+        Err(e) if wait && e.code == "deployment_not_found" => {
+            DeploymentId::new(p.tenant.clone(), id.clone())
+        }
+        other => other?,
+    };
     let mut allowed = read::FILTERS.to_vec();
-    allowed.extend(["cursor", "tail"]);
+    allowed.extend(["cursor", "tail", "wait"]);
     let mut rp = read::read_params(&q, &lid, &allowed)?;
     if rp.cursor.is_none()
         && let Some(v) = parts.headers.get("last-event-id")
@@ -867,7 +881,12 @@ async fn stream_inner(
         (None, Some(n)) if n > 0 => Start::Tail(n),
         _ => Start::After(0),
     };
-    let log = s.existing_log(&lid).await?;
+    let exists = match s.existing_log(&lid).await {
+        Ok(_) if p.may_access(&lid.deployment) => true,
+        Ok(_) => false,
+        Err(e) if wait && e.code == "deployment_not_found" => false,
+        Err(e) => return Err(e),
+    };
     let is_ws = parts
         .headers
         .get(header::UPGRADE)
@@ -885,7 +904,29 @@ async fn stream_inner(
             "ask for Server-Sent Events with `Accept: text/event-stream`, or upgrade to a WebSocket",
         ));
     }
-    drop(log);
+    if !exists {
+        // Waiting for the first line: the response starts now (`waiting`, then
+        // heartbeats), the session opens when the deployment appears.
+        let waiting = Waiting::new(&s, &p, &lid);
+        let open = OpenLater {
+            state: s.clone(),
+            who: p.clone(),
+            id: lid.clone(),
+            start,
+            filter: rp.filter,
+            peer,
+        };
+        if is_ws {
+            let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
+                .await
+                .map_err(|e| Error::invalid("bad_upgrade", e.body_text()))?;
+            let ws = ws.max_message_size(64 << 10).max_frame_size(64 << 10);
+            return Ok(ws.on_upgrade(move |socket| ws_wait_then_session(waiting, open, socket)));
+        }
+        return Ok(sse_response(Body::from_stream(sse_wait_then_session(
+            waiting, open,
+        ))));
+    }
     let session = Session::open(&s, &p, &lid, start, rp.filter, Some(peer)).await?;
     if is_ws {
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
@@ -894,13 +935,149 @@ async fn stream_inner(
         let ws = ws.max_message_size(64 << 10).max_frame_size(64 << 10);
         return Ok(ws.on_upgrade(move |socket| ws_session(session, socket)));
     }
-    let body = Body::from_stream(sse_stream(session));
-    Ok(Response::builder()
+    Ok(sse_response(Body::from_stream(sse_stream(session))))
+}
+
+/// The headers of every SSE answer.
+fn sse_response(body: Body) -> Response {
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(body)
-        .expect("valid response"))
+        .expect("valid response")
+}
+
+/// What opens a viewer session once the awaited deployment exists.
+struct OpenLater {
+    state: Arc<Gateway>,
+    who: Principal,
+    id: DeploymentId,
+    start: Start,
+    filter: logstream_model::Filter,
+    peer: SocketAddr,
+}
+
+impl OpenLater {
+    async fn open(self) -> Result<Session> {
+        Session::open(
+            &self.state,
+            &self.who,
+            &self.id,
+            self.start,
+            self.filter,
+            Some(self.peer),
+        )
+        .await
+    }
+}
+
+const WAITING_SSE: &[u8] =
+    b"event: waiting\ndata: {\"message\":\"the deployment has no line yet; waiting for it\"}\n\n";
+
+/// SSE of `?wait=true` on a deployment that does not exist yet: `event: waiting`,
+/// heartbeats, then the session's events as `sse_stream` gives them.
+fn sse_wait_then_session(
+    waiting: Waiting,
+    open: OpenLater,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
+    enum Phase {
+        Waiting(Box<Waiting>, Box<OpenLater>),
+        Done,
+    }
+    let first = Bytes::from_static(b"retry: 1000\n\n");
+    let waiting_ev = Bytes::from_static(WAITING_SSE);
+    let wait = futures::stream::unfold(
+        Phase::Waiting(Box::new(waiting), Box::new(open)),
+        |phase| async move {
+            let Phase::Waiting(mut w, open) = phase else {
+                return None;
+            };
+            let item = match w.next().await {
+                WaitEvent::Heartbeat => (
+                    Either::Left(Bytes::from_static(b": hb\n\n")),
+                    Phase::Waiting(w, open),
+                ),
+                WaitEvent::Closed(e) => (Either::Left(closed_sse(&e)), Phase::Done),
+                WaitEvent::Ready => match open.open().await {
+                    Ok(session) => (Either::Right(session), Phase::Done),
+                    Err(e) => (Either::Left(closed_sse(&e)), Phase::Done),
+                },
+            };
+            Some(item)
+        },
+    );
+    futures::stream::iter([Ok(first), Ok(waiting_ev)]).chain(wait.flat_map(|item| match item {
+        Either::Left(bytes) => futures::stream::once(async move { Ok(bytes) }).boxed(),
+        // The session's own stream, without its `retry:` preamble (sent already).
+        Either::Right(session) => sse_stream(session).skip(1).boxed(),
+    }))
+}
+
+/// How a wait that could not become a session ends, in SSE.
+fn closed_sse(e: &Error) -> Bytes {
+    match e.code {
+        "auth_expired" => Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token\"}\n\n"),
+        "shutting_down" => Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect\"}\n\n"),
+        _ => Bytes::from(format!(
+            "event: error\ndata: {}\n\n",
+            json!({"code": e.code, "message": e.message})
+        )),
+    }
+}
+
+/// WebSocket of `?wait=true`: `{"type":"waiting"}`, pings, then the session.
+async fn ws_wait_then_session(mut waiting: Waiting, open: OpenLater, socket: WebSocket) {
+    let (mut tx, mut incoming) = socket.split();
+    let waiting_msg = Message::Text(
+        r#"{"type":"waiting","message":"the deployment has no line yet; waiting for it"}"#.into(),
+    );
+    if tx.send(waiting_msg).await.is_err() {
+        return;
+    }
+    loop {
+        let ev = tokio::select! {
+            ev = waiting.next() => ev,
+            m = incoming.next() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        match ev {
+            WaitEvent::Heartbeat => {
+                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            WaitEvent::Closed(e) => {
+                let (code, reason) = if e.code == "auth_expired" {
+                    (4001, "token expired")
+                } else {
+                    (1012, "gateway restarting")
+                };
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                return;
+            }
+            WaitEvent::Ready => {
+                let Ok(session) = open.open().await else {
+                    let _ = tx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1011,
+                            reason: "the session could not open".into(),
+                        })))
+                        .await;
+                    return;
+                };
+                let socket = tx.reunite(incoming).expect("halves of one socket");
+                return ws_session(session, socket).await;
+            }
+        }
+    }
 }
 
 /// SSE encoding of a viewer session: one chunk per event (many lines per write), a `: hb`

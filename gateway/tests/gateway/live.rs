@@ -442,3 +442,44 @@ async fn a_deployment_nobody_completes_times_out_and_its_viewers_end() {
     let (_, d) = gw.get_json(&beta, "/v1/deployments/abandoned").await;
     assert_eq!(d["status"], "running");
 }
+
+/// `?wait=true` on a deployment with no line yet: the stream opens with `waiting` and
+/// heartbeats, and turns into the deployment's stream at its first line (from seq 1).
+/// A bad value is refused by name.
+#[tokio::test]
+async fn a_stream_with_wait_true_waits_for_the_first_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| c.heartbeat_secs = 1).await;
+    let token = gw.rw();
+    let mut events =
+        logstream_gateway::testkit::sse_events(&gw.http, &token, "later", "?wait=true").await;
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("an event within 20 s")
+            .expect("the stream stays open")
+    };
+    assert_eq!(next().await.event, "waiting");
+    gw.push(&token, "later", &lines("x", 0..3)).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = next().await;
+        if ev.event == "line" {
+            got.push(serde_json::from_str::<Value>(&ev.data).unwrap());
+        }
+    }
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    gw.complete(&token, "later", "succeeded", 0).await;
+    loop {
+        if next().await.event == "end" {
+            break;
+        }
+    }
+    let (status, body) = gw
+        .get_json(&token, "/v1/deployments/later/stream?wait=yes")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_wait"))
+    );
+}
