@@ -31,49 +31,6 @@ pub struct Printer {
     pub strip_ansi: bool,
 }
 
-/// `s` without ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`,
-/// and two-byte `ESC x`).
-pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('\x1b') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('[') => {
-                // Parameters and intermediates, then one final byte in @..~.
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\x07' {
-                        break;
-                    }
-                    if c == '\x1b' && chars.peek() == Some(&'\\') {
-                        chars.next();
-                        break;
-                    }
-                }
-            }
-            // Character set designation: `ESC ( B` and the like.
-            Some('(' | ')' | '*' | '+') => {
-                chars.next();
-            }
-            _ => {}
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 impl Printer {
     pub fn new(format: Format, color: bool, timestamps: bool) -> Printer {
         Printer {
@@ -92,7 +49,7 @@ impl Printer {
         let stripped;
         let l = if self.strip_ansi && l.message.contains('\x1b') {
             stripped = wire::Line {
-                message: strip_ansi(&l.message).into_owned(),
+                message: logstream_model::strip_ansi(&l.message).into_owned(),
                 ..l.clone()
             };
             &stripped
@@ -196,22 +153,6 @@ pub fn row<const N: usize>(widths: &[usize], cells: &[String; N]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ansi_sequences_are_stripped_and_the_text_kept() {
-        for (raw, want) in [
-            ("\x1b[1;31merror\x1b[0m: E0308", "error: E0308"),
-            (
-                "\x1b]8;;https://x.dev\x07link\x1b]8;;\x07 done",
-                "link done",
-            ),
-            ("\x1b]0;title\x1b\\ok", "ok"),
-            ("\x1b(Bplain\x1b=", "plain"),
-            ("no escapes é", "no escapes é"),
-        ] {
-            assert_eq!(strip_ansi(raw), want, "{raw:?}");
-        }
-    }
 
     #[test]
     fn json_lines_print_as_before_with_sorted_keys() {

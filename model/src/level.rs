@@ -113,9 +113,11 @@ impl fmt::Display for Level {
     }
 }
 
-/// Removes ANSI escape sequences (CSI `ESC [ ... final` and two-byte `ESC x`); borrows
-/// when there are none.
-pub(crate) fn strip_ansi(s: &str) -> Cow<'_, str> {
+/// Removes ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \\`,
+/// charset designations `ESC ( x`, and two-byte `ESC x`); borrows when there are none.
+/// Level detection reads through it, and `kubectl logstream logs --strip-ansi` prints
+/// through it.
+pub fn strip_ansi(s: &str) -> Cow<'_, str> {
     if !s.contains('\x1b') {
         return Cow::Borrowed(s);
     }
@@ -146,6 +148,10 @@ pub(crate) fn strip_ansi(s: &str) -> Cow<'_, str> {
                         break;
                     }
                 }
+            }
+            // Character set designation: `ESC ( B` and the like.
+            Some('(' | ')' | '*' | '+') => {
+                chars.next();
             }
             _ => {}
         }
@@ -428,6 +434,13 @@ mod tests {
         assert_eq!(strip_ansi("\x1b[31mred\x1b[0m plain"), "red plain");
         assert_eq!(strip_ansi("\x1b]0;title\x07text"), "text");
         assert!(matches!(strip_ansi("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            strip_ansi("\x1b]8;;https://x.dev\x07link\x1b]8;;\x07 done"),
+            "link done"
+        );
+        assert_eq!(strip_ansi("\x1b]0;title\x1b\\ok"), "ok");
+        assert_eq!(strip_ansi("\x1b(Bplain\x1b="), "plain");
+        assert_eq!(strip_ansi("no escapes é"), "no escapes é");
     }
 
     #[test]

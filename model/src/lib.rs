@@ -29,5 +29,5 @@ pub mod wire;
 pub use cursor::{Cursor, CursorError};
 pub use filter::{Filter, FilterError, FilterParams};
 pub use id::{IdError, validate_deployment_id, validate_tenant};
-pub use level::{Level, LevelSet};
+pub use level::{Level, LevelSet, strip_ansi};
 pub use record::{LogRecord, RedactionState, Stream};

@@ -324,6 +324,15 @@ impl Catalog {
         }
     }
 
+    /// Every loaded tenant's catalog (taken out of the map's lock).
+    fn all(&self) -> Vec<(String, Arc<Mutex<Tenant>>)> {
+        self.tenants
+            .read()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    }
+
     /// The tenant's catalog, loaded from its file on first use.
     fn tenant(&self, tenant: &str) -> Result<Arc<Mutex<Tenant>>, StoreError> {
         if let Some(t) = self.tenants.read().get(tenant) {
@@ -438,12 +447,7 @@ impl Catalog {
     /// Writes the progress of changed entries, fsyncs, compacts where due; tells the
     /// listener which entries changed. Returns how many entries were written.
     pub fn sync(&self) -> Result<usize, StoreError> {
-        let tenants: Vec<(String, Arc<Mutex<Tenant>>)> = self
-            .tenants
-            .read()
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
+        let tenants = self.all();
         let mut n = 0;
         for (name, t) in tenants {
             let mut t = t.lock();
@@ -524,12 +528,7 @@ impl Catalog {
     /// Running deployments of any tenant whose last change is older than
     /// `cutoff(tenant)`.
     pub fn idle_running(&self, cutoff: impl Fn(&str) -> i64) -> Vec<(String, String)> {
-        let tenants: Vec<(String, Arc<Mutex<Tenant>>)> = self
-            .tenants
-            .read()
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
+        let tenants = self.all();
         let mut out = Vec::new();
         for (name, t) in tenants {
             let c = cutoff(&name);
