@@ -137,6 +137,8 @@ struct Container {
     pod: Option<PodInfo>,
     /// Drained and closed after its pod ended: no file of it is opened again.
     closed: bool,
+    /// Its pod is not selected (no deployment label): no file of it is open.
+    unselected: bool,
 }
 
 pub struct Engine {
@@ -325,6 +327,7 @@ impl Engine {
                 read_error: None,
                 pod: None,
                 closed: false,
+                unselected: false,
             }
         })
     }
@@ -447,7 +450,7 @@ impl Engine {
         let Some(c) = self.containers.get_mut(dir) else {
             return;
         };
-        if c.closed {
+        if c.closed || c.unselected {
             return;
         }
         let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
@@ -563,14 +566,30 @@ impl Engine {
                 c.pod.clone()
             };
             let Some(pod) = pod else {
-                // Metadata not known yet: the lines wait in the file, not dropped.
-                self.containers.get_mut(&dir).expect("present").at_eof = true;
+                // Metadata not known yet: the lines wait in the file, not dropped. A
+                // directory already removed (its pod never showed up) is let go of.
+                let c = self.containers.get_mut(&dir).expect("present");
+                c.at_eof = true;
+                if !dir.exists() {
+                    c.tails.clear();
+                }
                 continue;
             };
             let Some(deployment) = pod.deployment.clone() else {
-                self.containers.get_mut(&dir).expect("present").at_eof = true;
+                // Not selected (most pods of a node): nothing of it is read and no file
+                // of it is kept open.
+                let c = self.containers.get_mut(&dir).expect("present");
+                c.at_eof = true;
+                c.tails.clear();
+                c.unselected = true;
                 continue;
             };
+            let c = self.containers.get_mut(&dir).expect("present");
+            if c.unselected {
+                // Selected since (its labels changed): its files are opened now.
+                c.unselected = false;
+                self.open_new_files(&dir);
+            }
             self.read_container(&dir);
             self.maybe_send(&dir, &pod, &deployment);
             self.retire(&dir);
@@ -580,6 +599,9 @@ impl Engine {
             }
         }
         self.metrics.lag_bytes.set(lag as i64);
+        self.metrics
+            .files_watched
+            .set(self.containers.values().map(|c| c.tails.len() as i64).sum());
         if let Some(sp) = &self.spool {
             self.metrics.spool_bytes.set(sp.bytes() as i64);
             self.metrics.spool_batches.set(sp.batches() as i64);

@@ -64,6 +64,12 @@ async fn pods_by_the_thousand_pass_through_and_nothing_stays_behind() {
         for &p in &pods {
             sim.add_pod(p, &format!("churn-{p}"));
         }
+        // Pods nobody selects live beside them (most pods of a node): no file of
+        // theirs is held.
+        let others: Vec<usize> = (0..10).map(|k| 100_000 + wave * 10 + k).collect();
+        for &p in &others {
+            sim.add_unselected_pod(p);
+        }
         for &p in &pods {
             let mut f = sim.open(p);
             for n in 0..LINES / 2 {
@@ -84,6 +90,14 @@ async fn pods_by_the_thousand_pass_through_and_nothing_stays_behind() {
             collector = start();
         }
         let written = started.elapsed();
+        if wave == 0 {
+            until_metrics(
+                metrics_port,
+                "only the selected pods' files open",
+                async |m| metric(m, "files_watched").await == PER_WAVE as i64,
+            )
+            .await;
+        }
         for &p in &pods {
             sim.finish_pod(p, 0);
         }
@@ -102,7 +116,7 @@ async fn pods_by_the_thousand_pass_through_and_nothing_stays_behind() {
                 t.elapsed()
             );
         }
-        for &p in &pods {
+        for &p in pods.iter().chain(&others) {
             sim.remove_pod(p);
         }
     }

@@ -57,6 +57,23 @@ impl Sim {
         self.write_pods();
     }
 
+    /// A pod no LogStream selects (no deployment label), writing a line: the collector
+    /// reads nothing of it and keeps no file of it open.
+    pub fn add_unselected_pod(&mut self, pod: usize) {
+        std::fs::create_dir_all(self.dir(pod)).unwrap();
+        self.pods.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod-{pod}"), "namespace": "ci", "uid": format!("uid-{pod}"),
+                         "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
+        }));
+        self.write_pods();
+        let mut f = self.open(pod);
+        self.write_line(&mut f, pod, 0);
+    }
+
     pub fn finish_pod(&mut self, pod: usize, code: i32) {
         let p = self
             .pods
