@@ -1140,6 +1140,20 @@ fn reset_reading(c: &mut Container, redactor: &Arc<Redactor>) {
 #[cfg(test)]
 mod exactly_once;
 
+/// The one pod of the engine's unit tests: `ci/pod-1` (`uid-1`) of deployment `dep`.
+#[cfg(test)]
+fn one_pod() -> PodInfo {
+    PodInfo {
+        namespace: "ci".into(),
+        name: "pod-1".into(),
+        uid: "uid-1".into(),
+        deployment: Some("dep".into()),
+        step: None,
+        finished: None,
+        gateway: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1175,18 +1189,7 @@ mod tests {
             }
             let (tx, out) = tokio::sync::mpsc::unbounded_channel();
             let mut engine = Engine::new(s, tx, Metrics::default()).unwrap();
-            engine.pods.insert(
-                "uid-1".into(),
-                PodInfo {
-                    namespace: "ci".into(),
-                    name: "pod-1".into(),
-                    uid: "uid-1".into(),
-                    deployment: Some("dep".into()),
-                    step: None,
-                    finished: None,
-                    gateway: None,
-                },
-            );
+            engine.pods.insert("uid-1".into(), one_pod());
             Rig {
                 log: dir.join("0.log"),
                 _tmp: tmp,

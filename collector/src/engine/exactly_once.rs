@@ -125,18 +125,7 @@ impl World {
     fn start(&mut self) {
         let (tx, out) = tokio::sync::mpsc::unbounded_channel();
         let mut engine = Engine::new(self.settings.clone(), tx, Metrics::default()).unwrap();
-        engine.pods.insert(
-            "uid-1".into(),
-            PodInfo {
-                namespace: "ci".into(),
-                name: "pod-1".into(),
-                uid: "uid-1".into(),
-                deployment: Some("dep".into()),
-                step: None,
-                finished: None,
-                gateway: None,
-            },
-        );
+        engine.pods.insert("uid-1".into(), one_pod());
         self.engine = Some(engine);
         self.out = out;
     }
