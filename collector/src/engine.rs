@@ -1140,6 +1140,17 @@ fn reset_reading(c: &mut Container, redactor: &Arc<Redactor>) {
 #[cfg(test)]
 mod exactly_once;
 
+/// Settings of the engine's unit tests on a log root under `root` holding the one pod's
+/// container directory (returned, created), batches sent as soon as read.
+#[cfg(test)]
+fn one_pod_settings(root: &Path) -> (PathBuf, Settings) {
+    let dir = root.join("pods/ci_pod-1_uid-1/main");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = Settings::new(root.join("pods"), root.join("state"), "n".into());
+    s.batch_delay = Duration::ZERO;
+    (dir, s)
+}
+
 /// The one pod of the engine's unit tests: `ci/pod-1` (`uid-1`) of deployment `dep`.
 #[cfg(test)]
 fn one_pod() -> PodInfo {
@@ -1172,14 +1183,7 @@ mod tests {
     impl Rig {
         fn new(spool: bool) -> Rig {
             let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("pods/ci_pod-1_uid-1/main");
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut s = Settings::new(
-                tmp.path().join("pods"),
-                tmp.path().join("state"),
-                "n".into(),
-            );
-            s.batch_delay = Duration::ZERO;
+            let (dir, mut s) = one_pod_settings(tmp.path());
             s.batch_bytes = 1 << 10; // a few lines per batch
             if spool {
                 // Every batch not acknowledged at once goes through the spool.

@@ -79,14 +79,7 @@ pub(super) struct World {
 impl World {
     pub(super) fn new(spool: bool) -> World {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("pods/ci_pod-1_uid-1/main");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Settings::new(
-            tmp.path().join("pods"),
-            tmp.path().join("state"),
-            "n".into(),
-        );
-        s.batch_delay = Duration::ZERO;
+        let (dir, mut s) = one_pod_settings(tmp.path());
         s.batch_bytes = 300; // about three lines per batch
         s.rotate_wait = Duration::ZERO;
         if spool {

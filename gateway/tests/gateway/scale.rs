@@ -110,6 +110,15 @@ impl Child {
     }
 }
 
+/// Runs `f(0..n)`, 64 at a time (the gateway's clients are many CI runners at once).
+async fn each<F: std::future::Future<Output = ()>>(n: usize, f: impl Fn(usize) -> F) {
+    futures::stream::iter(0..n)
+        .map(f)
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 fn count() -> usize {
     std::env::var("LOGSTREAM_SCALE_DEPLOYMENTS")
         .ok()
@@ -133,30 +142,27 @@ async fn thousands_of_open_deployments_under_a_1024_descriptor_limit() {
     let gw = start(tmp.path()).await;
     let t = Instant::now();
     // Every deployment gets a line; one in six completes, the rest stay open.
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let gw = &gw;
-            async move {
-                let d = id(i);
+    each(n, |i| {
+        let gw = &gw;
+        async move {
+            let d = id(i);
+            gw.post(
+                &format!("/v1/deployments/{d}/logs?step=build"),
+                format!("line of {d}\n"),
+                "text/plain",
+            )
+            .await;
+            if !stays_open(i) {
                 gw.post(
-                    &format!("/v1/deployments/{d}/logs?step=build"),
-                    format!("line of {d}\n"),
-                    "text/plain",
+                    &format!("/v1/deployments/{d}/complete"),
+                    r#"{"status":"succeeded"}"#.into(),
+                    "application/json",
                 )
                 .await;
-                if !stays_open(i) {
-                    gw.post(
-                        &format!("/v1/deployments/{d}/complete"),
-                        r#"{"status":"succeeded"}"#.into(),
-                        "application/json",
-                    )
-                    .await;
-                }
             }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
+        }
+    })
+    .await;
     eprintln!(
         "{n} deployments created, 1/6 completed: {:?}; {} descriptors",
         t.elapsed(),
@@ -202,26 +208,23 @@ async fn thousands_of_open_deployments_under_a_1024_descriptor_limit() {
     eprintln!("listed in pages of 1000: {:?}", t.elapsed());
     let t = Instant::now();
     // Every history reads back, and the open ones still take lines.
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let gw = &gw;
-            async move {
-                let d = id(i);
-                let page = gw.get(&format!("/v1/deployments/{d}/logs")).await;
-                assert_eq!(page["lines"][0]["message"], format!("line of {d}"));
-                if stays_open(i) {
-                    gw.post(
-                        &format!("/v1/deployments/{d}/logs?step=test"),
-                        "second\n".into(),
-                        "text/plain",
-                    )
-                    .await;
-                }
+    each(n, |i| {
+        let gw = &gw;
+        async move {
+            let d = id(i);
+            let page = gw.get(&format!("/v1/deployments/{d}/logs")).await;
+            assert_eq!(page["lines"][0]["message"], format!("line of {d}"));
+            if stays_open(i) {
+                gw.post(
+                    &format!("/v1/deployments/{d}/logs?step=test"),
+                    "second\n".into(),
+                    "text/plain",
+                )
+                .await;
             }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
+        }
+    })
+    .await;
     eprintln!(
         "every history read, open ones appended to: {:?}; {} descriptors",
         t.elapsed(),
