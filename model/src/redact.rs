@@ -1,7 +1,8 @@
 //! Redaction: secrets are masked before a line leaves the first hop.
 //!
 //! ```text
-//! line ──Aho-Corasick over every detector's literal anchors (one pass)──> no hit: done
+//! line ──two Teddy searches over the detectors' literal anchors──> no hit: done
+//!        (case-sensitive ones in the line, the others in a lowercased copy: [`anchors`])
 //!                 │ hits
 //!                 ▼
 //!      only the detectors whose anchors hit run their regex ──> masked spans
@@ -10,12 +11,13 @@
 //!
 //! `Redactor` is immutable and shared; `StreamRedactor` holds per-stream state: PEM
 //! blocks spanning lines and GitHub-style `::add-mask::VALUE` commands. A clean line
-//! costs one automaton scan and no allocation.
+//! costs the two anchor searches and no allocation.
 //!
 //! Secrets without a format of their own (`SECRET_KEY_BASE=...`, `--password VALUE`,
 //! `docker login -p VALUE`) are found by the names and commands around them: see
 //! [`generic`] (`secret_assignment` and `cli_credential`).
 
+mod anchors;
 mod generic;
 
 use std::borrow::Cow;
@@ -220,7 +222,11 @@ fn builtins() -> Vec<Builtin> {
         ),
         (
             "twilio_api_key",
-            &["SK"],
+            // `SK` and a hex digit: three-byte anchors keep the prefilter fast.
+            &[
+                "SK0", "SK1", "SK2", "SK3", "SK4", "SK5", "SK6", "SK7", "SK8", "SK9", "SKa", "SKb",
+                "SKc", "SKd", "SKe", "SKf",
+            ],
             false,
             r"\b(SK[0-9a-f]{32})\b",
             2,
@@ -245,9 +251,10 @@ pub struct Redactor {
     assignment: Option<usize>,
     command_line: Option<usize>,
     generic: generic::Scanner,
-    /// Anchor automaton: pattern id -> detector index.
-    anchors: AhoCorasick,
-    anchor_owner: Vec<usize>,
+    /// Case-sensitive anchors, searched in the line as it is.
+    exact: anchors::AnchorSet,
+    /// Case-insensitive anchors (lowercased), searched in a lowercased copy.
+    folded: anchors::AnchorSet,
     /// Detectors without an anchor (custom patterns): run on every line.
     always: Vec<usize>,
     style: MaskStyle,
@@ -331,28 +338,16 @@ impl Redactor {
                 min_entropy: 0.0,
             });
         }
-        let mut pats = Vec::new();
-        let mut owner = Vec::new();
+        let (mut exact, mut folded) = (Vec::new(), Vec::new());
         for (i, d) in detectors.iter().enumerate() {
-            for a in &d.anchors {
-                if a.is_empty() {
-                    continue;
-                }
-                pats.push(if d.case_insensitive_anchors {
-                    a.to_ascii_lowercase()
+            for a in d.anchors.iter().filter(|a| !a.is_empty()) {
+                if d.case_insensitive_anchors {
+                    folded.push((a.to_ascii_lowercase().into_bytes(), i));
                 } else {
-                    a.clone()
-                });
-                owner.push(i);
+                    exact.push((a.clone().into_bytes(), i));
+                }
             }
         }
-        // A DFA: a few dozen short anchors, searched (overlapping) on every line.
-        let anchors = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(&pats)
-            .expect("anchors build");
         let always = detectors
             .iter()
             .enumerate()
@@ -367,9 +362,9 @@ impl Redactor {
             assignment,
             command_line,
             generic: generic::Scanner::new(),
-            anchors,
+            exact: anchors::AnchorSet::new(&exact),
+            folded: anchors::AnchorSet::new(&folded),
             always,
-            anchor_owner: owner,
             style,
         })
     }
@@ -394,22 +389,16 @@ impl Redactor {
         }
         // Where the generic detectors' keywords are, for their scanner.
         let mut hits = generic::Hits::default();
-        for m in self.anchors.find_overlapping_iter(line) {
-            let owner = self.anchor_owner[m.pattern().as_usize()];
-            let d = &self.detectors[owner];
-            // The automaton is case-insensitive; case-sensitive anchors must match exactly.
-            if !d.case_insensitive_anchors
-                && !d.anchors.iter().any(|a| line[m.start()..m.end()] == **a)
-            {
-                continue;
-            }
+        let mut hit = |owner: usize, start: usize, end: usize| {
             if Some(owner) == self.assignment {
-                hits.keyword(m.start(), m.end());
+                hits.keyword(start, end);
             } else if Some(owner) == self.command_line {
-                hits.tool(m.start(), m.end());
+                hits.tool(start, end);
             }
             selected.set(owner);
-        }
+        };
+        self.exact.each(line.as_bytes(), &mut hit);
+        anchors::with_folded(line.as_bytes(), |folded| self.folded.each(folded, &mut hit));
         if !selected.any() {
             return Vec::new();
         }

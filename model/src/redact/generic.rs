@@ -26,7 +26,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 pub(super) const KEYWORDS: &[&str] = &["pass", "pwd", "secret", "token", "key", "cred", "auth"];
 
 /// Command words that give short options or arguments a secret meaning; anchors of
-/// `cli_credential` besides [`KEYWORDS`].
+/// `cli_credential` besides [`KEYWORDS`]. Every anchor is at least three bytes long, which
+/// keeps the prefilter fast (`7z` is spelled with what can follow it).
 pub(super) const TOOL_ANCHORS: &[&str] = &[
     "login",
     "mysql",
@@ -38,7 +39,13 @@ pub(super) const TOOL_ANCHORS: &[&str] = &[
     "sqlcmd",
     "bcp",
     "zip",
-    "7z",
+    "7z ",
+    "7z\t",
+    "7z'",
+    "7z\"",
+    "7za",
+    "7zr",
+    "7z.",
     "unrar",
     "ldap",
     "smbclient",
@@ -109,6 +116,10 @@ impl Hits {
 fn command_at(line: &str, mut s: usize, mut e: usize) -> bool {
     let b = line.as_bytes();
     let word_byte = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    // An anchor may end with what follows the word (`7z `).
+    while e > s && !word_byte(b[e - 1]) {
+        e -= 1;
+    }
     while s > 0 && word_byte(b[s - 1]) {
         s -= 1;
     }
