@@ -553,6 +553,7 @@ impl Engine {
     fn pass(&mut self) {
         let dirs: Vec<PathBuf> = self.containers.keys().cloned().collect();
         let mut lag = 0u64;
+        let mut backlog = Vec::new();
         for dir in dirs {
             self.send_spooled(&dir);
             let pod = {
@@ -595,10 +596,20 @@ impl Engine {
             self.retire(&dir);
             self.close_if_done(&dir);
             if let Some(c) = self.containers.get(&dir) {
-                lag += c.tails.iter().map(FileTail::lag).sum::<u64>();
+                let behind = c.tails.iter().map(FileTail::lag).sum::<u64>();
+                lag += behind;
+                if behind > 0 {
+                    backlog.push((
+                        pod.namespace.clone(),
+                        pod.name.clone(),
+                        c.name.clone(),
+                        behind,
+                    ));
+                }
             }
         }
         self.metrics.lag_bytes.set(lag as i64);
+        self.metrics.set_backlog(backlog);
         self.metrics
             .files_watched
             .set(self.containers.values().map(|c| c.tails.len() as i64).sum());

@@ -1,6 +1,9 @@
 //! Collector metrics (`/metrics`, prefix `logstream_collector_`).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +34,12 @@ pub struct Metrics {
     /// Open log files whose last name was removed: must stay 0 beyond a moment (their
     /// disk space is held while open).
     pub files_deleted_open: IntGauge,
+    /// Per container with a backlog: bytes written and not read yet.
+    pub backlog: IntGaugeVec,
+    /// The label sets of `backlog` set by the last pass (removed when caught up).
+    backlog_labels: Arc<Mutex<HashSet<[String; 3]>>>,
+    /// `process_*`, unprefixed by convention.
+    process: Registry,
 }
 
 impl Default for Metrics {
@@ -125,12 +134,65 @@ impl Default for Metrics {
                 "backpressure_containers",
                 "Containers not being read now because the spool is full.",
             ),
+            backlog: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "backlog_bytes",
+                        "Per container with a backlog (namespace, pod, container): bytes written to its files and not read yet; a caught-up container has no series.",
+                    ),
+                    &["namespace", "pod", "container"],
+                )
+                .expect("metric");
+                registry.register(Box::new(g.clone())).expect("register");
+                g
+            },
+            backlog_labels: Arc::default(),
+            process: {
+                let r = Registry::new();
+                #[cfg(target_os = "linux")]
+                r.register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ))
+                .expect("register");
+                r
+            },
             registry,
         }
     }
 }
 
 impl Metrics {
+    /// Sets the per-container backlog: (namespace, pod, container, bytes) of every
+    /// container behind; the series of containers caught up or gone are removed (labels
+    /// follow the live backlog, not history).
+    pub fn set_backlog(&self, behind: Vec<(String, String, String, u64)>) {
+        let mut labels = self.backlog_labels.lock().expect("not poisoned");
+        let mut now = HashSet::with_capacity(behind.len());
+        for (ns, pod, container, bytes) in behind {
+            self.backlog
+                .with_label_values(&[&ns, &pod, &container])
+                .set(bytes as i64);
+            now.insert([ns, pod, container]);
+        }
+        for gone in labels.difference(&now) {
+            let _ = self
+                .backlog
+                .remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+        }
+        *labels = now;
+    }
+
+    /// The Prometheus text exposition, `process_*` included.
+    pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&families, &mut out)
+            .expect("text encoding");
+        out
+    }
+
     /// Counts a batch refused for good. The code comes from the gateway: anything not
     /// shaped like an error code is counted as `other`, so labels stay few.
     pub fn batch_rejected(&self, code: &str) {
@@ -143,14 +205,5 @@ impl Metrics {
             "other"
         };
         self.batches_rejected.with_label_values(&[code]).inc();
-    }
-
-    /// Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut out)
-            .map(|_| out)
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
     }
 }

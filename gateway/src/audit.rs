@@ -1,19 +1,30 @@
-//! The audit log: every read, stream open/close, export, token rejection, retention
-//! deletion and admin action, appended to a hash-chained log in the segment store's
-//! format (`<data>/store/system/audit`, checked by `logstream-gateway store verify`).
+//! The audit log: every read, stream open/close, export, admin action, completion,
+//! retention deletion and (aggregated) rejection, appended to a hash-chained log in the
+//! segment store's format (`<data>/store/system/audit`, checked by
+//! `logstream-gateway store verify`).
 //!
 //! ```text
-//! handlers ──Audit::record (never blocks)──> mpsc(bounded) ──> writer task
-//!                                   full: counted in logstream_audit_dropped_total
-//! writer task ──batch──> DeploymentLog::append (fsync, one per batch)
+//! served requests ──Audit::require──> queue ──> writer: batch, append (one fsync)
+//!        │ waits (≤ audit_wait) for its batch's fsync; else `audit_unavailable` (503)
+//! noise ──Audit::noise──> counts per (action, client, reason) ──every interval──> queue
 //! ```
+//!
+//! Nothing is dropped: what is served is recorded first, durably (reads share the
+//! group commit of their batch), and a request whose record cannot be written in time is
+//! refused with a retryable error instead of served. Noise (rejected tokens, refused
+//! requests) costs one record per (action, client, reason) per interval with a `count`,
+//! so nobody can grow the audit log at will by sending bad requests.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use logstream_model::{Level, LogRecord};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::core::Error;
 use crate::metrics::Metrics;
 use crate::store::{DeploymentId, DeploymentLog, Store, StoreError};
 
@@ -33,6 +44,10 @@ pub struct AuditEvent {
     pub result: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client: String,
+    /// For aggregated noise: how many times it happened in the interval that ends at
+    /// this record (absent: once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The log id of the audit log.
@@ -40,53 +55,173 @@ pub fn audit_log_id() -> DeploymentId {
     DeploymentId::new("_system", "audit")
 }
 
+/// Distinct (action, client, reason) keys counted per interval; beyond it, further
+/// clients are counted under client `*` (memory stays bounded whatever the flood).
+const MAX_NOISE_KEYS: usize = 10_000;
+
+/// Records nobody waits for (stream closes, retention) kept for the next write while the
+/// disk fails; beyond it they are counted in `logstream_audit_lost_total`.
+const MAX_CARRY: usize = 100_000;
+
 enum Msg {
-    Event(AuditEvent),
+    /// An event; `done` hears whether its batch became durable.
+    Event(AuditEvent, Option<oneshot::Sender<bool>>),
     /// Answered once every event queued before it is durable.
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Flush(oneshot::Sender<()>),
 }
+
+/// Noise counted since the last aggregate record: (action, client, reason) -> (tenant,
+/// count).
+type NoiseCounts = HashMap<(String, String, String), (String, u64)>;
 
 /// Handle to the audit writer.
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
+    noise: Arc<Mutex<NoiseCounts>>,
     metrics: Arc<Metrics>,
+    wait: Duration,
 }
 
 impl Audit {
-    /// Opens the audit log and starts its writer task.
-    pub fn start(store: &Store, metrics: Arc<Metrics>) -> Result<Audit, StoreError> {
+    /// Opens the audit log and starts its writer task and the noise aggregator (one
+    /// record per key every `interval`).
+    pub fn start(
+        store: &Store,
+        metrics: Arc<Metrics>,
+        wait: Duration,
+        interval: Duration,
+    ) -> Result<Audit, StoreError> {
         let log = store.log(&audit_log_id(), true)?.expect("created");
         let (tx, rx) = mpsc::channel::<Msg>(16_384);
         tokio::spawn(writer(log, rx, metrics.clone()));
-        Ok(Audit { tx, metrics })
+        let audit = Audit {
+            tx,
+            noise: Arc::default(),
+            metrics,
+            wait,
+        };
+        let a = audit.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if a.tx.is_closed() {
+                    return;
+                }
+                a.flush_noise().await;
+            }
+        });
+        Ok(audit)
     }
 
-    /// Records an event; never waits. A full queue (the disk cannot keep up) is counted.
+    /// Records `event` and waits until it is durable: the caller serves its request only
+    /// on `Ok`. A writer that cannot make it durable within the configured wait (a
+    /// stalled or failing disk) refuses the request with a retryable
+    /// `audit_unavailable`.
+    pub async fn require(&self, event: AuditEvent) -> Result<(), Error> {
+        let started = Instant::now();
+        let (done, durable) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let queued = tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(event, Some(done))));
+        self.metrics.audit_queue.set(self.depth());
+        let result = match queued.await {
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, durable).await {
+                Ok(Ok(true)) => Ok(()),
+                _ => Err(()),
+            },
+            _ => Err(()),
+        };
+        self.metrics
+            .audit_wait
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|()| {
+            self.metrics.audit_refused.inc();
+            Error::unavailable(
+                "audit_unavailable",
+                "the audit record of this request could not be written in time; the request \
+                 was not served, retry it",
+                Duration::from_secs(1),
+            )
+        })
+    }
+
+    /// Records an event nobody waits for (a stream closing, a retention pass): it is
+    /// never dropped; when the queue is full it waits in a task of its own.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(Msg::Event(event)).is_err() {
-            self.metrics.audit_dropped.inc();
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(Msg::Event(event, None))
+        {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+        self.metrics.audit_queue.set(self.depth());
+    }
+
+    /// Counts a noisy event (a rejected token, a refused request): one record per
+    /// (action, client, reason) per interval carries the count.
+    pub fn noise(&self, action: &str, tenant: &str, client: &str, reason: &str) {
+        let mut noise = self.noise.lock();
+        let full = noise.len() >= MAX_NOISE_KEYS;
+        let key = (action.to_owned(), client.to_owned(), reason.to_owned());
+        let key = if full && !noise.contains_key(&key) {
+            (action.to_owned(), "*".to_owned(), reason.to_owned())
+        } else {
+            key
+        };
+        let entry = noise.entry(key).or_insert_with(|| (tenant.to_owned(), 0));
+        entry.1 += 1;
+    }
+
+    /// Writes the counted noise as aggregate records.
+    async fn flush_noise(&self) {
+        let counted = std::mem::take(&mut *self.noise.lock());
+        for ((action, client, result), (tenant, n)) in counted {
+            let event = AuditEvent {
+                action,
+                subject: String::new(),
+                tenant,
+                deployment: String::new(),
+                result,
+                client,
+                count: Some(n),
+            };
+            let _ = self.tx.send(Msg::Event(event, None)).await;
         }
     }
 
-    /// Waits until every event recorded before this call is durable.
+    /// Waits until every event recorded (and all noise counted) before this call is
+    /// durable.
     pub async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flush_noise().await;
+        let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    fn depth(&self) -> i64 {
+        (self.tx.max_capacity() - self.tx.capacity()) as i64
     }
 }
 
 async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
     let mut batch = Vec::new();
+    // Records nobody waits for whose write failed: written with the next batch.
+    let mut carry: Vec<LogRecord> = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
+        metrics.audit_queue.set(rx.len() as i64);
         let mut flushes = Vec::new();
-        let mut records = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
+        let mut records = std::mem::take(&mut carry);
+        let mut unwaited = Vec::new();
         for m in batch.drain(..) {
             match m {
                 Msg::Flush(tx) => flushes.push(tx),
-                Msg::Event(e) => {
+                Msg::Event(e, done) => {
                     let level = if e.result.starts_with("ok") {
                         Level::Info
                     } else {
@@ -94,25 +229,49 @@ async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: A
                     };
                     // The action is the event's own `action` field (in the message),
                     // not the line's step: the audit log has no steps.
-                    records.push(LogRecord {
+                    let record = LogRecord {
                         level,
                         message: serde_json::to_string(&e).expect("event serialises"),
                         ..LogRecord::default()
-                    });
+                    };
+                    if done.is_none() {
+                        unwaited.push(record.clone());
+                    }
+                    waiting.extend(done);
+                    records.push(record);
                 }
             }
         }
+        let mut durable = true;
         if !records.is_empty() {
             let n = records.len() as u64;
             let log = log.clone();
-            match tokio::task::spawn_blocking(move || log.append(records, None)).await {
-                Ok(Ok(_)) => {}
+            let started = Instant::now();
+            durable = match tokio::task::spawn_blocking(move || log.append(records, None)).await {
+                Ok(Ok(_)) => true,
                 Ok(Err(e)) => {
-                    metrics.audit_dropped.inc_by(n);
-                    tracing::error!(error = %e, lost = n, "audit log write failed");
+                    metrics.audit_write_failures.inc();
+                    tracing::error!(error = %e, records = n, "audit log write failed");
+                    false
                 }
-                Err(e) => tracing::error!(error = %e, "audit writer panicked"),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit writer panicked");
+                    false
+                }
+            };
+            metrics.audit_write.observe(started.elapsed().as_secs_f64());
+            if !durable {
+                // The refused requests' records go (they were not served); the others
+                // are tried again, up to a bound.
+                carry = unwaited;
+                if carry.len() > MAX_CARRY {
+                    metrics.audit_lost.inc_by((carry.len() - MAX_CARRY) as u64);
+                    carry.truncate(MAX_CARRY);
+                }
             }
+        }
+        for w in waiting {
+            let _ = w.send(durable);
         }
         for f in flushes {
             let _ = f.send(());

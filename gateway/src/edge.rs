@@ -29,6 +29,8 @@ pub struct Edge {
     upstream: axum::http::Uri,
     client: Client<HttpConnector, Body>,
     registry: Registry,
+    /// `process_*`.
+    process: Registry,
     live: IntGauge,
     requests: IntCounterVec,
 }
@@ -79,6 +81,7 @@ impl Edge {
             upstream: uri,
             client,
             registry,
+            process: crate::metrics::process_registry(),
             live,
             requests,
         }))
@@ -130,11 +133,7 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> String {
-    let mut out = String::new();
-    prometheus::TextEncoder::new()
-        .encode_utf8(&edge.registry.gather(), &mut out)
-        .map(|_| out)
-        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    crate::metrics::render(&[&edge.registry, &edge.process])
 }
 
 fn problem(status: StatusCode, code: &str, message: &str) -> Response {

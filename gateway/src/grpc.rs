@@ -144,6 +144,43 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         req: Request<Streaming<pb::PushRequest>>,
     ) -> Result<Response<Self::PushStream>, Status> {
+        observed(&self.0, "logstream.v1.Ingest/Push", self.push_call(req)).await
+    }
+
+    async fn complete(
+        &self,
+        req: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
+        observed(
+            &self.0,
+            "logstream.v1.Ingest/Complete",
+            self.complete_call(req),
+        )
+        .await
+    }
+}
+
+/// Counts a call by method and the status it is answered with, with its latency (a
+/// stream's: until it is opened).
+async fn observed<T>(
+    state: &Gateway,
+    method: &str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    state.metrics.grpc(method, code, started.elapsed());
+    result
+}
+
+impl Services {
+    async fn push_call(
+        &self,
+        req: Request<Streaming<pb::PushRequest>>,
+    ) -> Result<Response<BoxStream<pb::PushAck>>, Status> {
         let p = principal(&self.0, &req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(32);
@@ -178,7 +215,7 @@ impl pb::ingest_server::Ingest for Services {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn complete(
+    async fn complete_call(
         &self,
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
@@ -295,6 +332,20 @@ impl pb::tail_server::Tail for Services {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        observed(
+            &self.0,
+            "logstream.v1.Tail/Subscribe",
+            self.subscribe_call(req),
+        )
+        .await
+    }
+}
+
+impl Services {
+    async fn subscribe_call(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<BoxStream<pb::SubscribeResponse>>, Status> {
         let p = principal(&self.0, &req).await?;
         let client = req.remote_addr();
         let r = req.into_inner();

@@ -1,10 +1,24 @@
-//! Prometheus metrics of the gateway, registered under the `logstream_` prefix.
+//! Prometheus metrics of the gateway, registered under the `logstream_` prefix, plus the
+//! standard unprefixed `process_*` metrics. Every metric is listed in `docs/metrics.md`
+//! (a test checks that each listed one is exported).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Latency buckets in seconds, 0.5 ms to 10 s.
+const LATENCY: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Every metric the gateway exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// `process_*` (RSS, CPU, descriptors and their limit), unprefixed by convention.
+    process: Registry,
     pub ingest_lines: IntCounter,
     pub ingest_bytes: IntCounter,
     pub ingest_duplicates: IntCounter,
@@ -18,6 +32,14 @@ pub struct Metrics {
     pub open_logs: IntGauge,
     /// Deployments in the catalog.
     pub known_deployments: IntGauge,
+    /// Deployments not completed.
+    pub open_deployments: IntGauge,
+    /// Per tenant: age of the oldest line still stored.
+    pub oldest_line_age: IntGaugeVec,
+    /// Per tenant: segment bytes.
+    pub tenant_bytes: IntGaugeVec,
+    pub fsync: Histogram,
+    pub group_commit: Histogram,
     pub auth_failures: IntCounter,
     pub requests_refused: IntCounterVec,
     pub retention_deleted_bytes: IntCounter,
@@ -25,125 +47,233 @@ pub struct Metrics {
     pub deployments_timed_out: IntCounter,
     /// Secrets masked at ingest, by detector.
     pub redactions: IntCounterVec,
-    /// Audit events that could not be written (queue full or write error).
-    pub audit_dropped: IntCounter,
+    pub audit_queue: IntGauge,
+    /// How long served requests waited for their audit record.
+    pub audit_wait: Histogram,
+    /// One audit batch's append (and fsync).
+    pub audit_write: Histogram,
+    pub audit_write_failures: IntCounter,
+    /// Requests refused because their audit record could not be written in time.
+    pub audit_refused: IntCounter,
+    /// Unwaited audit records given up after the disk failed for too long.
+    pub audit_lost: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("logstream".into()), None).expect("registry");
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("register");
+        };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("metric");
-            registry.register(Box::new(c.clone())).expect("register");
+            register(Box::new(c.clone()));
             c
         };
-        let ingest_lines = counter("ingest_lines_total", "Lines made durable.");
-        let ingest_bytes = counter("ingest_bytes_total", "Message bytes made durable.");
-        let ingest_duplicates = counter(
-            "ingest_duplicate_batches_total",
-            "Retried batches recognised and not stored again.",
-        );
-        let lagging_viewers = counter(
-            "lagging_viewers_total",
-            "Times a live viewer fell behind and caught up from the store.",
-        );
-        let auth_failures = counter(
-            "auth_failures_total",
-            "Requests refused for a missing or invalid token.",
-        );
-        let retention_deleted_bytes = counter(
-            "retention_deleted_bytes_total",
-            "Segment bytes deleted by retention.",
-        );
-        let deployments_timed_out = counter(
-            "deployments_timed_out_total",
-            "Deployments nobody completed, completed as timed_out after the idle timeout.",
-        );
-        let audit_dropped = counter(
-            "audit_dropped_total",
-            "Audit events that could not be written.",
-        );
-        let ack_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "ack_latency_seconds",
-                "From receiving a batch to its durable acknowledgement.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(ack_latency.clone()))
-            .expect("register");
-        let live_viewers = IntGauge::new(
-            "live_viewers",
-            "Live viewers connected (SSE, WebSocket, gRPC).",
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(live_viewers.clone()))
-            .expect("register");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("metric");
-            registry.register(Box::new(g.clone())).expect("register");
+            register(Box::new(g.clone()));
             g
         };
-        let store_bytes = gauge("store_bytes", "Bytes of segment files of every deployment.");
-        let open_logs = gauge(
-            "store_open_logs",
-            "Deployment logs open now (a running one holds two descriptors).",
-        );
-        let known_deployments = gauge("store_deployments", "Deployments in the catalog.");
-        let requests_refused = IntCounterVec::new(
-            Opts::new("requests_refused_total", "Requests refused, by error code."),
-            &["code"],
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(requests_refused.clone()))
-            .expect("register");
-        let redactions = IntCounterVec::new(
-            Opts::new("redactions_total", "Secrets masked at ingest, by detector."),
-            &["detector"],
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(redactions.clone()))
-            .expect("register");
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY.to_vec()))
+                .expect("metric");
+            register(Box::new(h.clone()));
+            h
+        };
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            register(Box::new(c.clone()));
+            c
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+            register(Box::new(g.clone()));
+            g
+        };
+        let histograms = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY.to_vec()),
+                labels,
+            )
+            .expect("metric");
+            register(Box::new(h.clone()));
+            h
+        };
+        let process = process_registry();
         Metrics {
+            ingest_lines: counter("ingest_lines_total", "Lines made durable."),
+            ingest_bytes: counter("ingest_bytes_total", "Message bytes made durable."),
+            ingest_duplicates: counter(
+                "ingest_duplicate_batches_total",
+                "Retried batches recognised and not stored again.",
+            ),
+            ack_latency: histogram(
+                "ack_latency_seconds",
+                "From receiving a batch to its durable acknowledgement.",
+            ),
+            live_viewers: gauge(
+                "live_viewers",
+                "Live viewers connected (SSE, WebSocket, gRPC).",
+            ),
+            lagging_viewers: counter(
+                "lagging_viewers_total",
+                "Times a live viewer fell behind and caught up from the store.",
+            ),
+            store_bytes: gauge("store_bytes", "Bytes of segment files of every deployment."),
+            open_logs: gauge(
+                "store_open_logs",
+                "Deployment logs open now (a running one holds two descriptors).",
+            ),
+            known_deployments: gauge("store_deployments", "Deployments in the catalog."),
+            open_deployments: gauge(
+                "store_open_deployments",
+                "Deployments in the catalog not completed yet.",
+            ),
+            oldest_line_age: gauges(
+                "store_oldest_line_age_seconds",
+                "Per tenant, the age of the oldest line still stored (compare with the tenant's retention).",
+                &["tenant"],
+            ),
+            tenant_bytes: gauges(
+                "store_tenant_bytes",
+                "Per tenant, segment bytes stored.",
+                &["tenant"],
+            ),
+            fsync: histogram("store_fsync_seconds", "One segment write and its fsync."),
+            group_commit: histogram(
+                "store_group_commit_seconds",
+                "One group commit, from the leading append to every appender answered.",
+            ),
+            auth_failures: counter(
+                "auth_failures_total",
+                "Requests refused for a missing or invalid token.",
+            ),
+            requests_refused: counters(
+                "requests_refused_total",
+                "Requests refused by a quota or limit, by which one.",
+                &["code"],
+            ),
+            retention_deleted_bytes: counter(
+                "retention_deleted_bytes_total",
+                "Segment bytes deleted by retention.",
+            ),
+            deployments_timed_out: counter(
+                "deployments_timed_out_total",
+                "Deployments nobody completed, completed as timed_out after the idle timeout.",
+            ),
+            redactions: counters(
+                "redactions_total",
+                "Secrets masked at ingest, by detector.",
+                &["detector"],
+            ),
+            audit_queue: gauge("audit_queue_depth", "Audit records queued for the writer."),
+            audit_wait: histogram(
+                "audit_wait_seconds",
+                "How long a served request waited for its audit record to be durable.",
+            ),
+            audit_write: histogram("audit_write_seconds", "One audit batch's append and fsync."),
+            audit_write_failures: counter(
+                "audit_write_failures_total",
+                "Audit batches whose write failed (their requests were refused, not served).",
+            ),
+            audit_refused: counter(
+                "audit_refused_total",
+                "Requests refused because their audit record could not be written in time.",
+            ),
+            audit_lost: counter(
+                "audit_lost_total",
+                "Audit records nobody waited for (stream closes, retention) given up after the disk failed for too long; must stay 0.",
+            ),
+            http_requests: counters(
+                "http_requests_total",
+                "HTTP requests by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histograms(
+                "http_request_duration_seconds",
+                "HTTP request latency to the response head (streams: to their first byte), by route and method.",
+                &["route", "method"],
+            ),
+            grpc_requests: counters(
+                "grpc_requests_total",
+                "gRPC calls by method and status code.",
+                &["method", "code"],
+            ),
+            grpc_duration: histograms(
+                "grpc_request_duration_seconds",
+                "gRPC call latency (streams: their whole life), by method.",
+                &["method"],
+            ),
             registry,
-            redactions,
-            audit_dropped,
-            ingest_lines,
-            ingest_bytes,
-            ingest_duplicates,
-            ack_latency,
-            live_viewers,
-            lagging_viewers,
-            store_bytes,
-            open_logs,
-            known_deployments,
-            auth_failures,
-            requests_refused,
-            retention_deleted_bytes,
-            deployments_timed_out,
+            process,
         }
+    }
+
+    /// Counts one HTTP request.
+    pub fn http(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one gRPC call.
+    pub fn grpc(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.grpc_requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.grpc_duration
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let encoder = prometheus::TextEncoder::new();
-        encoder
-            .encode_utf8(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        out
+        render(&[&self.registry, &self.process])
     }
+}
+
+/// The standard unprefixed `process_*` metrics (RSS, CPU seconds, open descriptors and
+/// their limit, start time) of this process.
+pub fn process_registry() -> Registry {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("register");
+    r
+}
+
+/// The text exposition of `registries` together.
+pub fn render(registries: &[&Registry]) -> String {
+    let families: Vec<_> = registries.iter().flat_map(|r| r.gather()).collect();
+    let mut out = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&families, &mut out)
+        .expect("text encoding");
+    out
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl logstream_store::Observer for Metrics {
+    fn fsync(&self, took: Duration) {
+        self.fsync.observe(took.as_secs_f64());
+    }
+
+    fn group_commit(&self, took: Duration, _appends: usize) {
+        self.group_commit.observe(took.as_secs_f64());
     }
 }

@@ -169,13 +169,12 @@ async fn retention_loop(state: Arc<Gateway>) {
                         "ok: seqs {}..={} ({} bytes)",
                         d.first_seq, d.last_seq, d.bytes
                     );
-                    state.audit(
+                    state.audit_later(
                         "retention_delete",
                         "retention",
                         &d.log.tenant,
                         &d.log.deployment,
                         &result,
-                        None,
                     );
                 }
             }

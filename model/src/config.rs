@@ -103,6 +103,12 @@ pub struct Config {
     /// Per-tenant idle timeout overrides, e.g. `{ acme = "2h" }`. Default: none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tenant_deployment_idle_timeout: BTreeMap<String, String>,
+    /// How long a read, export, stream open or admin action waits for its audit record
+    /// to be durable before it is refused as `audit_unavailable` (retryable). Default: `5s`.
+    pub audit_wait: String,
+    /// Noise (rejected tokens, refused requests) is audited as one record per (action,
+    /// client, reason) per this interval, with a count. Default: `10s`.
+    pub audit_aggregate_interval: String,
     /// Live viewers per tenant across its deployments. Default: 10000.
     pub max_viewers_per_tenant: usize,
     /// Live viewers per deployment. Default: 10000.
@@ -190,6 +196,8 @@ impl Default for Config {
             retention_interval: "10m".into(),
             deployment_idle_timeout: "6h".into(),
             tenant_deployment_idle_timeout: BTreeMap::new(),
+            audit_wait: "5s".into(),
+            audit_aggregate_interval: "10s".into(),
             max_viewers_per_tenant: 10_000,
             max_viewers_per_deployment: 10_000,
             max_streams_per_token: 64,
@@ -395,6 +403,8 @@ impl Config {
             duration("tenant_retention", r)?;
         }
         duration("deployment_idle_timeout", &self.deployment_idle_timeout)?;
+        duration("audit_wait", &self.audit_wait)?;
+        duration("audit_aggregate_interval", &self.audit_aggregate_interval)?;
         for (tenant, t) in &self.tenant_deployment_idle_timeout {
             crate::validate_tenant(tenant).map_err(|e| ConfigError {
                 field: "tenant_deployment_idle_timeout",
@@ -496,6 +506,17 @@ impl Config {
     pub fn retention_for(&self, tenant: &str) -> Duration {
         let s = self.tenant_retention.get(tenant).unwrap_or(&self.retention);
         duration("retention", s).unwrap_or(Duration::from_secs(30 * 86_400))
+    }
+
+    /// How long a served request waits for its audit record.
+    pub fn audit_wait(&self) -> Duration {
+        duration("audit_wait", &self.audit_wait).unwrap_or(Duration::from_secs(5))
+    }
+
+    /// The interval over which audit noise is aggregated.
+    pub fn audit_aggregate_interval(&self) -> Duration {
+        duration("audit_aggregate_interval", &self.audit_aggregate_interval)
+            .unwrap_or(Duration::from_secs(10))
     }
 
     /// How long a deployment of `tenant` may go without a line before it times out.
@@ -612,6 +633,8 @@ mod tests {
             retention_interval: "1m".into(),
             deployment_idle_timeout: "2h".into(),
             tenant_deployment_idle_timeout: BTreeMap::from([("acme".into(), "30m".into())]),
+            audit_wait: "2s".into(),
+            audit_aggregate_interval: "1m".into(),
             max_viewers_per_tenant: 7,
             max_viewers_per_deployment: 3,
             max_streams_per_token: 2,

@@ -16,6 +16,7 @@ pub const RETRYABLE_CODES: &[&str] = &[
     "quota_exceeded",
     "unavailable",
     "storage_unavailable",
+    "audit_unavailable",
     "shutting_down",
     "internal",
 ];
@@ -94,7 +95,7 @@ mod tests {
         ] {
             assert!(!is_retryable(c), "{c:?}");
         }
-        assert_eq!(RETRYABLE_CODES.len(), 5);
+        assert_eq!(RETRYABLE_CODES.len(), 6);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// `process_*` (RSS, CPU, descriptors), unprefixed by convention.
+    pub process: Registry,
     pub reconciles: IntCounterVec,
     pub duration: HistogramVec,
 }
@@ -75,11 +77,34 @@ impl Default for Metrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("register");
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("register");
         Metrics {
             registry,
+            process,
             reconciles,
             duration,
         }
+    }
+}
+
+impl Metrics {
+    /// The text exposition, `process_*` included.
+    pub fn render(&self) -> String {
+        let families: Vec<_> = [&self.registry, &self.process]
+            .iter()
+            .flat_map(|r| r.gather())
+            .collect();
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&families, &mut out)
+            .expect("text encoding");
+        out
     }
 }
 

@@ -153,21 +153,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
-    let registry = ctx.metrics.registry.clone();
+    let metrics = ctx.metrics.clone();
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut out = String::new();
-                    prometheus::TextEncoder::new()
-                        .encode_utf8(&registry.gather(), &mut out)
-                        .map(|_| out)
-                        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-                }
+                let metrics = metrics.clone();
+                async move { metrics.render() }
             }),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -308,6 +308,17 @@ impl Tenant {
     }
 }
 
+/// What [`Catalog::summary`] says of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSummary {
+    pub tenant: String,
+    pub deployments: usize,
+    pub running: usize,
+    pub bytes: u64,
+    /// Timestamp of the oldest line still stored; `None` when nothing is.
+    pub oldest_ts: Option<i64>,
+}
+
 /// The catalogs of every tenant of a store.
 pub struct Catalog {
     root: PathBuf,
@@ -555,6 +566,31 @@ impl Catalog {
             .take_while(|(Reverse(c), _)| *c < before)
             .map(|(_, id)| id.clone())
             .collect()
+    }
+
+    /// Per tenant: deployments, running ones, segment bytes and the timestamp of the
+    /// oldest line still stored (retention compliance), from memory.
+    pub fn summary(&self) -> Vec<TenantSummary> {
+        let mut out: Vec<TenantSummary> = self
+            .all()
+            .into_iter()
+            .map(|(tenant, t)| {
+                let t = t.lock();
+                TenantSummary {
+                    tenant,
+                    deployments: t.entries.len(),
+                    running: t
+                        .entries
+                        .values()
+                        .filter(|s| s.completion.is_none())
+                        .count(),
+                    bytes: t.entries.values().map(|s| s.bytes).sum(),
+                    oldest_ts: t.entries.values().filter_map(|s| s.first_ts).min(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
     }
 
     /// Segment bytes of every known deployment.

@@ -63,7 +63,9 @@ use std::time::Duration;
 use logstream_model::LogRecord;
 use parking_lot::{Mutex, RwLock};
 
-pub use catalog::{Catalog, CatalogEvent, CatalogListener, ListPage, ListQuery, NoCatalogListener};
+pub use catalog::{
+    Catalog, CatalogEvent, CatalogListener, ListPage, ListQuery, NoCatalogListener, TenantSummary,
+};
 pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, MAX_STEPS, Page};
 pub use meta::{Completion, Outcome};
 pub use verify::{VerifyReport, compact, verify_dir};
@@ -279,12 +281,26 @@ impl Faults {
     }
 }
 
+/// Told how long the store's I/O takes, for metrics (the store has none of its own).
+pub trait Observer: Send + Sync {
+    /// One segment write and its fsync.
+    fn fsync(&self, _took: std::time::Duration) {}
+    /// One group commit: from the first queued append to every appender answered.
+    fn group_commit(&self, _took: std::time::Duration, _appends: usize) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// What the store calls out to.
 pub struct StoreHooks {
     pub clock: Arc<dyn Clock>,
     pub listener: Arc<dyn CommitListener>,
     /// Told about catalog changes (the change feed).
     pub catalog_listener: Arc<dyn CatalogListener>,
+    pub observer: Arc<dyn Observer>,
     pub faults: Faults,
 }
 
@@ -294,6 +310,7 @@ impl Default for StoreHooks {
             clock: Arc::new(SystemClock),
             listener: Arc::new(NoListener),
             catalog_listener: Arc::new(NoCatalogListener),
+            observer: Arc::new(NoObserver),
             faults: Faults::default(),
         }
     }

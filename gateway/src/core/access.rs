@@ -49,7 +49,10 @@ impl Gateway {
         let token = token?;
         self.auth.verify_request(token).await.map_err(|e| {
             self.metrics.auth_failures.inc();
-            self.audit("auth_rejected", "", "", "", &e.to_string(), client);
+            // Noise: one record per client and reason per interval, with a count.
+            let client = client.map(|c| c.ip().to_string()).unwrap_or_default();
+            self.audit
+                .noise("auth_rejected", "", &client, &e.to_string());
             Error::from(e)
         })
     }

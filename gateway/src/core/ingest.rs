@@ -115,6 +115,10 @@ pub async fn append(
         )
         .map_err(|q| {
             state.metrics.requests_refused.with_label_values(&[q.quota]).inc();
+            // Noise: one record per deployment and quota per interval, with a count.
+            state
+                .audit
+                .noise("ingest_refused", &id.tenant, &id.deployment, q.quota);
             Error::too_many(
                 "quota_exceeded",
                 format!("tenant {} is over its {} quota ({}); nothing from this request was stored, retry after the Retry-After seconds", id.tenant, q.quota, q.limit),
@@ -189,21 +193,34 @@ pub async fn complete(
     subject: &str,
 ) -> Result<Completion> {
     let exit_code = self::exit_code(status, exit_code);
+    // Recorded before it takes effect (no completion without its audit record); a
+    // completion then refused gets a second record saying why.
+    state
+        .audit(
+            "complete",
+            subject,
+            &id.tenant,
+            &id.deployment,
+            &format!("ok: {} ({exit_code})", status.as_str()),
+            None,
+        )
+        .await?;
     let (s, lid) = (state.clone(), id.clone());
     let c = tokio::task::spawn_blocking(move || {
         let log = s.store.log(&lid, true)?.expect("created");
         log.complete(status, exit_code)
     })
-    .await??;
+    .await?;
+    let c = c.inspect_err(|e| {
+        state.audit_later(
+            "complete",
+            subject,
+            &id.tenant,
+            &id.deployment,
+            &format!("refused: {e}"),
+        )
+    })?;
     state.redaction.lock().remove(id);
-    state.audit(
-        "complete",
-        subject,
-        &id.tenant,
-        &id.deployment,
-        &format!("ok: {} ({})", c.status.as_str(), c.exit_code),
-        None,
-    );
     Ok(c)
 }
 

@@ -56,8 +56,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Records an audit event for `subject` on `tenant`/`deployment`.
-    pub fn audit(
+    /// Records the audit event of a request about to be served and waits until it is
+    /// durable: serve the request only on `Ok` (else it is refused, retryably, as
+    /// `audit_unavailable`). `result` is `ok` or what is about to be done.
+    pub async fn audit(
         &self,
         action: &str,
         subject: &str,
@@ -65,15 +67,24 @@ impl Gateway {
         deployment: &str,
         result: &str,
         client: Option<std::net::SocketAddr>,
+    ) -> Result<()> {
+        self.audit
+            .require(event(action, subject, tenant, deployment, result, client))
+            .await
+    }
+
+    /// Records an audit event nobody waits for (a retention pass, a failure after the
+    /// fact); never dropped.
+    pub fn audit_later(
+        &self,
+        action: &str,
+        subject: &str,
+        tenant: &str,
+        deployment: &str,
+        result: &str,
     ) {
-        self.audit.record(crate::audit::AuditEvent {
-            action: action.to_owned(),
-            subject: subject.to_owned(),
-            tenant: tenant.to_owned(),
-            deployment: deployment.to_owned(),
-            result: result.to_owned(),
-            client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
-        });
+        self.audit
+            .record(event(action, subject, tenant, deployment, result, None));
     }
 
     /// The redaction state of a deployment (created on first use).
@@ -94,6 +105,25 @@ impl Gateway {
                 )))
             })
             .clone()
+    }
+}
+
+fn event(
+    action: &str,
+    subject: &str,
+    tenant: &str,
+    deployment: &str,
+    result: &str,
+    client: Option<std::net::SocketAddr>,
+) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent {
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        tenant: tenant.to_owned(),
+        deployment: deployment.to_owned(),
+        result: result.to_owned(),
+        client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
+        count: None,
     }
 }
 
@@ -126,6 +156,7 @@ impl Gateway {
             clock: Arc::new(SystemClock),
             listener: hub.clone(),
             catalog_listener: hub.clone(),
+            observer: metrics.clone(),
             faults: Default::default(),
         };
         let store_cfg = StoreConfig {
@@ -218,7 +249,12 @@ impl Gateway {
         if let Some(url) = &config.jwks_url {
             auth = auth.with_jwks_url(url.clone(), reqwest::Client::new());
         }
-        let audit = crate::audit::Audit::start(&store, metrics.clone())?;
+        let audit = crate::audit::Audit::start(
+            &store,
+            metrics.clone(),
+            config.audit_wait(),
+            config.audit_aggregate_interval(),
+        )?;
         let redactor = Arc::new(
             config
                 .redaction

@@ -307,17 +307,43 @@ pub struct ViewerSlot {
     subject: String,
     token: String,
     client: Option<std::net::SocketAddr>,
+    /// Its `stream_open` record is durable (so its close is recorded too).
+    opened: bool,
 }
 
 impl ViewerSlot {
-    /// Takes a slot or says which limit is reached (`too_many`, retry after 5 s).
-    pub fn acquire(
+    /// Takes a slot or says which limit is reached (`too_many`, retry after 5 s); the
+    /// stream is opened only once its audit record is durable.
+    pub async fn acquire(
         state: &Gateway,
         id: &DeploymentId,
         who: &crate::auth::Principal,
         client: Option<std::net::SocketAddr>,
     ) -> Result<ViewerSlot> {
         let token = format!("{}/{:x}", who.tenant, who.token_id);
+        let mut slot = Self::take(state, id, who, client, token)?;
+        state
+            .audit(
+                "stream_open",
+                &who.subject,
+                &id.tenant,
+                &id.deployment,
+                "ok",
+                client,
+            )
+            .await?;
+        slot.opened = true;
+        Ok(slot)
+    }
+
+    /// Counts the viewer against the limits (no record yet).
+    fn take(
+        state: &Gateway,
+        id: &DeploymentId,
+        who: &crate::auth::Principal,
+        client: Option<std::net::SocketAddr>,
+        token: String,
+    ) -> Result<ViewerSlot> {
         let mut counts = state.viewer_counts.lock();
         let c = &state.config;
         let checks = [
@@ -342,6 +368,10 @@ impl ViewerSlot {
         ];
         for (code, now, limit, what) in checks {
             if now >= limit {
+                // Noise: one record per subject and limit per interval, with a count.
+                state
+                    .audit
+                    .noise("stream_refused", &id.tenant, &who.subject, code);
                 return Err(Error::too_many(
                     code,
                     format!(
@@ -355,14 +385,6 @@ impl ViewerSlot {
         *counts.deployments.entry(id.clone()).or_default() += 1;
         *counts.tokens.entry(token.clone()).or_default() += 1;
         drop(counts);
-        state.audit(
-            "stream_open",
-            &who.subject,
-            &id.tenant,
-            &id.deployment,
-            "ok",
-            client,
-        );
         Ok(ViewerSlot {
             counts: state.viewer_counts.clone(),
             audit: state.audit.clone(),
@@ -370,20 +392,24 @@ impl ViewerSlot {
             subject: who.subject.clone(),
             token,
             client,
+            opened: false,
         })
     }
 }
 
 impl Drop for ViewerSlot {
     fn drop(&mut self) {
-        self.audit.record(crate::audit::AuditEvent {
-            action: "stream_close".into(),
-            subject: std::mem::take(&mut self.subject),
-            tenant: self.id.tenant.clone(),
-            deployment: self.id.deployment.clone(),
-            result: "ok".into(),
-            client: self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
-        });
+        if self.opened {
+            self.audit.record(crate::audit::AuditEvent {
+                action: "stream_close".into(),
+                subject: std::mem::take(&mut self.subject),
+                tenant: self.id.tenant.clone(),
+                deployment: self.id.deployment.clone(),
+                result: "ok".into(),
+                client: self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
+                count: None,
+            });
+        }
         let mut counts = self.counts.lock();
         dec(&mut counts.tenants, &self.id.tenant);
         dec(&mut counts.deployments, &self.id);
@@ -432,7 +458,7 @@ impl Session {
         client: Option<std::net::SocketAddr>,
     ) -> Result<Session> {
         let log = state.existing_log(id).await?;
-        let slot = ViewerSlot::acquire(state, id, who, client)?;
+        let slot = ViewerSlot::acquire(state, id, who, client).await?;
         let now = crate::core::read::now_ns().max(0) as u64 / 1_000_000_000;
         let expires_in = Duration::from_secs(who.expires_at.saturating_sub(now));
         let heartbeat = Duration::from_secs(state.config.heartbeat_secs);

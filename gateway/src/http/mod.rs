@@ -154,7 +154,32 @@ pub fn app(state: Arc<Gateway>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Counts every request by route template (not its path: ids would explode the label
+/// set), method and status, with its latency to the response head.
+async fn observe(
+    State(s): State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    s.metrics.http(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Liveness.
@@ -178,6 +203,22 @@ async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
     s.metrics
         .known_deployments
         .set(s.store.catalog().len() as i64);
+    let now = s.store.hooks().clock.now();
+    let (m, summary) = (&s.metrics, s.store.catalog().summary());
+    m.open_deployments
+        .set(summary.iter().map(|t| t.running as i64).sum());
+    m.tenant_bytes.reset();
+    m.oldest_line_age.reset();
+    for t in summary {
+        m.tenant_bytes
+            .with_label_values(&[&t.tenant])
+            .set(t.bytes as i64);
+        if let Some(ts) = t.oldest_ts {
+            m.oldest_line_age
+                .with_label_values(&[&t.tenant])
+                .set((now - ts).max(0) / 1_000_000_000);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -504,12 +545,7 @@ async fn secrets(
             "the deployment has completed; there are no later lines to mask",
         ));
     }
-    let redactor = s.stream_redactor(&lid);
-    let mut r = redactor.lock();
-    for v in &b.values {
-        r.add_mask(v)
-            .map_err(|e| Error::invalid("invalid_secrets", e.to_string()))?;
-    }
+    // Recorded before it takes effect: no registration without its audit record.
     s.audit(
         "register_secrets",
         &p.subject,
@@ -517,7 +553,14 @@ async fn secrets(
         &lid.deployment,
         &format!("ok: {} values", b.values.len()),
         None,
-    );
+    )
+    .await?;
+    let redactor = s.stream_redactor(&lid);
+    let mut r = redactor.lock();
+    for v in &b.values {
+        r.add_mask(v)
+            .map_err(|e| Error::invalid("invalid_secrets", e.to_string()))?;
+    }
     Ok(axum::Json(wire::SecretsReply {
         registered: b.values.len() as u64,
     })
@@ -547,7 +590,8 @@ async fn list(
     access::require(&p, Scope::Read)?;
     let query = listing::params(&q)?;
     let body = listing::list(&s, &p, &query);
-    s.audit("list", &p.subject, &p.tenant, "", "ok", None);
+    s.audit("list", &p.subject, &p.tenant, "", "ok", None)
+        .await?;
     Ok(axum::Json(body).into_response())
 }
 
@@ -594,7 +638,8 @@ async fn changes(
             "ask for Server-Sent Events with `Accept: text/event-stream`",
         ));
     }
-    s.audit("watch_deployments", &p.subject, &p.tenant, "", "ok", None);
+    s.audit("watch_deployments", &p.subject, &p.tenant, "", "ok", None)
+        .await?;
     let rx = s.hub.subscribe_changes(&p.tenant);
     let feed = ChangeFeed {
         rx,
@@ -709,7 +754,8 @@ async fn history(
     };
     let (l2, filter, limit, dir) = (log.clone(), rp.filter, rp.limit, rp.direction);
     let page = read::blocking(move || l2.read(dir, from, &filter, limit)).await?;
-    s.audit("read", &p.subject, &lid.tenant, &lid.deployment, "ok", None);
+    s.audit("read", &p.subject, &lid.tenant, &lid.deployment, "ok", None)
+        .await?;
     let wallclock = page.records.last().map_or(0, |r| r.ts);
     let lines: Vec<wire::Line> = page
         .records
@@ -814,7 +860,8 @@ async fn audit_log(
         })
         .collect();
     let next = Cursor::new(&id.tenant, &id.deployment, page.scanned_to, 0).encode();
-    s.audit("audit_read", &p.subject, &p.tenant, "", "ok", None);
+    s.audit("audit_read", &p.subject, &p.tenant, "", "ok", None)
+        .await?;
     Ok(axum::Json(wire::AuditPage {
         events,
         next_cursor: next,
@@ -1233,7 +1280,8 @@ async fn export(
         &lid.deployment,
         "ok",
         None,
-    );
+    )
+    .await?;
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())

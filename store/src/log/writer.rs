@@ -64,6 +64,7 @@ impl DeploymentLog {
     }
 
     fn submit(&self, op: Op) -> Result<OpResult, StoreError> {
+        let queued = std::time::Instant::now();
         let slot = Arc::new(Slot::default());
         let mut q = self.queue.lock();
         q.pending.push((op, slot.clone()));
@@ -84,7 +85,9 @@ impl DeploymentLog {
             }
             let ops = std::mem::take(&mut q.pending);
             drop(q);
+            let appends = ops.len();
             self.flush(ops);
+            self.hooks.observer.group_commit(queued.elapsed(), appends);
             q = self.queue.lock();
             q.flushing = false;
             self.cond.notify_all();
@@ -309,6 +312,7 @@ impl DeploymentLog {
         let seg_path = self
             .dir
             .join(format::segment_file_name(w.seg_first_seq, "seg"));
+        let started = std::time::Instant::now();
         let write = self
             .hooks
             .faults
@@ -316,6 +320,7 @@ impl DeploymentLog {
             .and_then(|()| w.seg.write_all_at(&bytes, w.seg_len))
             .and_then(|()| self.hooks.faults.check("segment_sync"))
             .and_then(|()| w.seg.sync_data());
+        self.hooks.observer.fsync(started.elapsed());
         if let Err(e) = write {
             // Roll the file back so the next group starts at a block boundary.
             if let Err(e2) = w.seg.set_len(w.seg_len).and_then(|()| w.seg.sync_data()) {
