@@ -430,10 +430,13 @@ async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lo
         held > LIMIT / 4 && held <= LIMIT,
         "spool holds {held} bytes, limit {LIMIT}"
     );
-    assert!(
-        metric(mport, "lag_bytes").await > 0,
-        "the rest waits in the file"
-    );
+    let lag = metric(mport, "lag_bytes").await;
+    assert!(lag > 0, "the rest waits in the file");
+    // The same backlog, per container.
+    let series = backlog_series(mport).await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].0.contains(r#"pod="pod-1""#), "{series:?}");
+    assert!(series[0].1 > 0, "{series:?}");
 
     // 3. kill -9 with a full spool; the restarted collector takes up the spool.
     collector.kill().unwrap();
@@ -448,9 +451,11 @@ async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lo
     // 4. The gateway returns: the spool drains, then the file; every line once, in order.
     let gw = start_gateway(&gwdir, http_port, grpc_port).await;
     wait_for_count(&gw.http, &token, "spooled", next as usize).await;
-    until_metrics(mport, "the spool drained", async |p| {
-        metric(p, "spool_bytes").await == 0
-    })
+    until_metrics(
+        mport,
+        "the spool drained and no container behind",
+        async |p| metric(p, "spool_bytes").await == 0 && backlog_series(p).await.is_empty(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now
     assert_exactly_once_in_order(&all_lines(&gw.http, &token, "spooled").await, 1, next);
@@ -535,4 +540,19 @@ async fn sidecar_follows_a_named_pipe_across_writers() {
     assert_eq!(got, want, "every line once, in order");
     sidecar.kill().unwrap();
     sidecar.wait().unwrap();
+}
+
+/// The collector's `backlog_bytes` series: (labels, bytes).
+async fn backlog_series(port: u16) -> Vec<(String, i64)> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("logstream_collector_backlog_bytes{"))
+        .filter_map(|l| l.rsplit_once("} "))
+        .map(|(labels, v)| (labels.to_owned(), v.trim().parse().unwrap()))
+        .collect()
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use logstream_gateway::testkit::{documented_metrics, undeclared_metrics};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,23 @@ async fn a_completed_deployment_is_refused_once_and_the_other_pods_lines_go_on()
         },
     )
     .await;
+    // Every metric docs/metrics.md lists for the collector (and process_*) is exported;
+    // the per-container backlog has a series only while a container is behind (checked
+    // with a full spool in kubelet_sim.rs).
+    let text = reqwest::get(format!("http://127.0.0.1:{mport}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut names = documented_metrics("collector");
+    names.retain(|n| n != "logstream_collector_backlog_bytes");
+    names.extend(documented_metrics("process"));
+    assert_eq!(
+        undeclared_metrics(&text, &names),
+        Vec::<String>::new(),
+        "{text}"
+    );
     // Not retried: no reconnect loop goes on.
     let retries = metric(mport, "retries_total").await;
     tokio::time::sleep(Duration::from_secs(1)).await;

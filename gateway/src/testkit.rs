@@ -228,3 +228,35 @@ pub async fn sse_events(
             }),
     )
 }
+
+/// The metric names `docs/metrics.md` lists in its `section` table (`gateway`, `edge`,
+/// `collector`, `operator`, `process`).
+pub fn documented_metrics(section: &str) -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"))
+            .expect("docs/metrics.md");
+    let marker = format!("<!-- metrics: {section} -->");
+    let start = doc.find(&marker).unwrap_or_else(|| panic!("no {marker}")) + marker.len();
+    let table = doc[start..].split("\n## ").next().unwrap_or_default();
+    let names: Vec<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(!names.is_empty(), "no metrics listed under {marker}");
+    names
+}
+
+/// The `names` that a Prometheus text exposition does not declare (`# TYPE name ...`).
+pub fn undeclared_metrics(exposition: &str, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            !exposition
+                .lines()
+                .any(|l| l.strip_prefix("# TYPE ").and_then(|r| r.split(' ').next()) == Some(n))
+        })
+        .cloned()
+        .collect()
+}

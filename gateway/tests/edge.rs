@@ -7,7 +7,9 @@ use futures::{SinkExt, StreamExt};
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::{Config, Role};
 use logstream_gateway::server;
-use logstream_gateway::testkit::{TestGateway, loopback_listener, scrape};
+use logstream_gateway::testkit::{
+    TestGateway, documented_metrics, loopback_listener, scrape, undeclared_metrics,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -191,6 +193,20 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
             .unwrap()
             .status(),
         200
+    );
+    // Every metric docs/metrics.md lists for the edge (and process_*) is exported.
+    let text = reqwest::get(format!("{edge}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut names = documented_metrics("edge");
+    names.extend(documented_metrics("process"));
+    assert_eq!(
+        undeclared_metrics(&text, &names),
+        Vec::<String>::new(),
+        "{text}"
     );
     store.shutdown().await;
 }

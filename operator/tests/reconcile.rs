@@ -191,6 +191,16 @@ async fn create_then_ready_then_idle_then_drift_is_repaired() {
         fake.get(path).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
         want
     );
+    // Every metric docs/metrics.md lists for the operator (and process_*) is exported.
+    use logstream_gateway::testkit::{documented_metrics, undeclared_metrics};
+    let text = ctx.metrics.render();
+    let mut names = documented_metrics("operator");
+    names.extend(documented_metrics("process"));
+    assert_eq!(
+        undeclared_metrics(&text, &names),
+        Vec::<String>::new(),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,77 @@
+//! Every metric `docs/metrics.md` lists for the gateway (and `process_*`) is exported,
+//! after traffic over every door: HTTP ingest with a secret, reads, a stream, a quota
+//! refusal, a bad token, gRPC.
+
+use logstream_gateway::testkit::{
+    TestGateway, client, documented_metrics, lines, undeclared_metrics,
+};
+use logstream_proto::v1 as pb;
+
+#[tokio::test]
+async fn every_documented_gateway_metric_is_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| c.quotas.ingest_lines_per_sec = 50).await;
+    let token = gw.rw();
+    gw.push(
+        &token,
+        "m",
+        &["deploying with AKIAIOSFODNN7EXAMPLE".to_owned()],
+    )
+    .await;
+    gw.push(&token, "m", &lines("x", 0..5)).await;
+    // Over the 50 lines/s quota (a bucket may go into debt by one request): refused,
+    // and counted.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let body: String = lines("y", 0..500)
+            .iter()
+            .map(|l| format!("{{\"message\":{l:?}}}\n"))
+            .collect();
+        let r = client()
+            .post(format!("{}/v1/deployments/m/logs", gw.http))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(
+        gw.get_json("bad.token.here", "/v1/deployments").await.0,
+        401
+    );
+    gw.read_all(&token, "m").await;
+    gw.complete(&token, "m", "succeeded", 0).await;
+    let mut tail = pb::tail_client::TailClient::new(gw.grpc_channel().await);
+    let mut req = tonic::Request::new(pb::SubscribeRequest {
+        deployment: "m".into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tail.subscribe(req).await.unwrap();
+    let text = client()
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut names = documented_metrics("gateway");
+    names.extend(documented_metrics("process"));
+    assert_eq!(
+        undeclared_metrics(&text, &names),
+        Vec::<String>::new(),
+        "{text}"
+    );
+    // Routes are templates, not paths (ids would explode the label set).
+    assert!(
+        text.contains(r#"route="/v1/deployments/{id}/logs""#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"route="/v1/deployments/m/logs""#));
+    assert!(text.contains(r#"method="logstream.v1.Tail/Subscribe""#));
+}
