@@ -44,6 +44,11 @@ pub struct Settings {
     /// acknowledged, before its files are closed (its descriptors never outlive it by
     /// more than this).
     pub close_grace: Duration,
+    /// Log files held open at most (an LRU): beyond it, the files of the containers idle
+    /// longest (everything read acknowledged) are closed and reopened at their
+    /// checkpoint when they change. Exceeded only while more containers than this are
+    /// all busy at once.
+    pub max_open_files: usize,
     pub redactor: Arc<Redactor>,
     /// Bytes the on-disk spool may hold (0: no spool; the backlog waits in the files).
     pub spool_bytes: u64,
@@ -76,6 +81,7 @@ impl Settings {
             rescan: Duration::from_secs(5),
             rotate_wait: Duration::from_secs(1),
             close_grace: Duration::from_secs(2),
+            max_open_files: 512,
             redactor: Arc::new(Redactor::builtin()),
             spool_bytes: 256 << 20,
             spool_after: Duration::from_secs(2),
@@ -139,6 +145,19 @@ struct Container {
     closed: bool,
     /// Its pod is not selected (no deployment label): no file of it is open.
     unselected: bool,
+    /// Closed while idle (the LRU bound): the file it followed and how long it was
+    /// then; reopened at its checkpoint when the file at its path changes.
+    parked: Option<Parked>,
+    /// When a read last returned bytes (the LRU order).
+    last_read: Instant,
+}
+
+/// An idle container's closed file.
+struct Parked {
+    id: FileId,
+    len: u64,
+    /// The path it was followed at (its newest `<n>.log`).
+    path: PathBuf,
 }
 
 pub struct Engine {
@@ -328,6 +347,8 @@ impl Engine {
                 pod: None,
                 closed: false,
                 unselected: false,
+                parked: None,
+                last_read: Instant::now(),
             }
         })
     }
@@ -412,6 +433,9 @@ impl Engine {
         for d in gone {
             if let Some(c) = self.containers.remove(&d) {
                 self.by_id.remove(&c.id);
+                if c.parked.is_some() {
+                    self.metrics.files_parked.dec();
+                }
                 if !c.closed {
                     self.metrics.containers_pruned.inc();
                 }
@@ -450,7 +474,7 @@ impl Engine {
         let Some(c) = self.containers.get_mut(dir) else {
             return;
         };
-        if c.closed || c.unselected {
+        if c.closed || c.unselected || c.parked.is_some() {
             return;
         }
         let followed: Vec<FileId> = c.tails.iter().map(FileTail::id).collect();
@@ -591,6 +615,22 @@ impl Engine {
                 c.unselected = false;
                 self.open_new_files(&dir);
             }
+            let c = self.containers.get_mut(&dir).expect("present");
+            if let Some(p) = &c.parked {
+                use std::os::unix::fs::MetadataExt;
+                // Closed while idle: reopened (at its checkpoint, rotated remainder
+                // first) once its file changes, or its pod ends (to finish and close it).
+                let now = std::fs::metadata(&p.path).ok();
+                let same = now.as_ref().is_some_and(|m| {
+                    m.dev() == p.id.dev && m.ino() == p.id.ino && m.len() == p.len
+                });
+                if same && pod.finished.is_none() && dir.exists() {
+                    continue;
+                }
+                c.parked = None;
+                self.metrics.files_parked.dec();
+                self.open_new_files(&dir);
+            }
             self.read_container(&dir);
             self.maybe_send(&dir, &pod, &deployment);
             self.retire(&dir);
@@ -610,6 +650,7 @@ impl Engine {
         }
         self.metrics.lag_bytes.set(lag as i64);
         self.metrics.set_backlog(backlog);
+        self.park_least_recent();
         self.metrics
             .files_watched
             .set(self.containers.values().map(|c| c.tails.len() as i64).sum());
@@ -703,6 +744,9 @@ impl Engine {
             c.first_queued = None;
         }
         let r_truncated = r.truncated;
+        if r.bytes > 0 {
+            c.last_read = Instant::now();
+        }
         self.metrics.bytes_read.inc_by(r.bytes);
         self.metrics.lines_read.inc_by(r.physical);
         self.metrics.parse_errors.inc_by(r.parse_errors);
@@ -1020,6 +1064,59 @@ impl Engine {
             ];
             let d = dir.to_owned();
             self.open_new_files(&d);
+        }
+    }
+
+    /// Keeps open files within `max_open_files`: closes the files of the containers idle
+    /// longest whose every read line is acknowledged (their checkpoint is where they
+    /// resume: same inode and fingerprint, or a rotated remainder found by its inode).
+    fn park_least_recent(&mut self) {
+        let open: usize = self.containers.values().map(|c| c.tails.len()).sum();
+        if open <= self.s.max_open_files {
+            return;
+        }
+        let mut idle: Vec<(Instant, PathBuf)> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                let Some(t) = c.tails.front() else {
+                    return false;
+                };
+                c.tails.len() == 1
+                    && !t.fifo
+                    && c.parked.is_none()
+                    && !c.closed
+                    && c.in_flight.is_none()
+                    && c.queued.is_empty()
+                    && c.at_eof
+                    && t.state.pending.is_none()
+                    && t.state.resume == t.offset()
+                    && c.files.values().next_back() == Some(&t.path)
+            })
+            .map(|(d, c)| (c.last_read, d.clone()))
+            .collect();
+        idle.sort();
+        for (_, dir) in idle.into_iter().take(open - self.s.max_open_files) {
+            let c = self.containers.get_mut(&dir).expect("present");
+            let t = c.tails.pop_front().expect("one tail");
+            let len = match std::fs::metadata(&t.path) {
+                Ok(m) if file_id(&t.path).ok() == Some(t.id()) => m.len(),
+                // Replaced (rotated) meanwhile: retire handles it.
+                _ => u64::MAX,
+            };
+            if len != t.offset() {
+                // Written since the read (or rotated): not idle after all.
+                c.tails.push_front(t);
+                continue;
+            }
+            self.checkpoints.files.insert(t.id(), t.state.clone());
+            c.parked = Some(Parked {
+                id: t.id(),
+                len,
+                path: t.path.clone(),
+            });
+            self.metrics.files_parked.inc();
+            self.dirty = true;
         }
     }
 

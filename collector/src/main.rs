@@ -85,6 +85,10 @@ struct Cli {
     /// read and delivered) its files stay open before they are closed.
     #[arg(long, default_value = "2s", value_parser = parse_wait)]
     close_grace: Duration,
+    /// Log files held open at most: beyond it the files of the containers idle longest
+    /// are closed and reopened at their checkpoint when they change (an LRU).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_open_files: u64,
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -209,6 +213,7 @@ fn main() -> anyhow::Result<()> {
     settings.spool_after = cli.spool_after;
     settings.rotate_wait = cli.rotate_wait;
     settings.close_grace = cli.close_grace;
+    settings.max_open_files = cli.max_open_files as usize;
     let metrics = Metrics::default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Open log files whose last name was removed: must stay 0 beyond a moment (their
     /// disk space is held while open).
     pub files_deleted_open: IntGauge,
+    /// Containers whose file is closed while idle (the `--max-open-files` LRU).
+    pub files_parked: IntGauge,
     /// Per container with a backlog: bytes written and not read yet.
     pub backlog: IntGaugeVec,
     /// The label sets of `backlog` set by the last pass (removed when caught up).
@@ -133,6 +135,10 @@ impl Default for Metrics {
             stalled: gauge(
                 "backpressure_containers",
                 "Containers not being read now because the spool is full.",
+            ),
+            files_parked: gauge(
+                "files_parked",
+                "Live containers whose file is closed while idle (the --max-open-files LRU); reopened at their checkpoint when the file changes.",
             ),
             backlog: {
                 let g = IntGaugeVec::new(

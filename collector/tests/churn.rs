@@ -119,6 +119,21 @@ async fn pods_by_the_thousand_pass_through_and_nothing_stays_behind() {
         for &p in pods.iter().chain(&others) {
             sim.remove_pod(p);
         }
+        if std::env::var_os("LOGSTREAM_CHURN_TRACE").is_some() {
+            // One point of the plot in docs/benchmarks.md: what is held once the wave's
+            // pods are gone.
+            until_metrics(metrics_port, "the wave let go", async |p| {
+                metric(p, "containers").await == 0
+            })
+            .await;
+            let (fds, rss) = process_usage(collector.id());
+            eprintln!(
+                "| {} | {fds} | {} | {} |",
+                (wave + 1) * PER_WAVE,
+                rss / 1024,
+                dir_bytes(&state)
+            );
+        }
     }
     eprintln!(
         "{} pods through in {:?}",
