@@ -58,8 +58,8 @@ async fn more_live_containers_than_open_files_and_every_line_once() {
         sim.add_pod(p, &format!("lru-{p}"));
         write(&sim, &mut next, p, 10);
     }
-    for p in 0..PODS {
-        wait_for_count(&http, &token, &format!("lru-{p}"), next[p] as usize).await;
+    for (p, n) in next.iter().enumerate() {
+        wait_for_count(&http, &token, &format!("lru-{p}"), *n as usize).await;
     }
     until_metrics(
         metrics_port,
