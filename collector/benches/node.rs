@@ -17,9 +17,9 @@ async fn main() {
         return;
     }
     println!(
-        "| live idle containers | collector RSS | RSS per container | descriptors per container |"
+        "| live idle containers | collector RSS | RSS per container | descriptors per container | files open / parked |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|");
     for n in [10, 100, 1000] {
         measure(n).await;
     }
@@ -63,17 +63,22 @@ async fn measure(n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Each container's file is open, or closed while idle (parked) beyond the
+    // --max-open-files bound (default 512).
     until_metrics(port, "every file followed and read", async |p| {
-        metric(p, "files_watched").await == n as i64 && metric(p, "lag_bytes").await == 0
+        metric(p, "files_watched").await + metric(p, "files_parked").await == n as i64
+            && metric(p, "lag_bytes").await == 0
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (fds, rss) = process_usage(collector.id());
     println!(
-        "| {n} | {:.1} MiB | {:.1} KiB | {:.2} |",
+        "| {n} | {:.1} MiB | {:.1} KiB | {:.2} | {} / {} |",
         rss as f64 / 1024.0,
         (rss.saturating_sub(idle_rss)) as f64 / n as f64,
-        (fds.saturating_sub(idle_fds)) as f64 / n as f64
+        (fds.saturating_sub(idle_fds)) as f64 / n as f64,
+        metric(port, "files_watched").await,
+        metric(port, "files_parked").await,
     );
     collector.kill().unwrap();
     collector.wait().unwrap();
