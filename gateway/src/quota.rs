@@ -57,8 +57,6 @@ struct TenantState {
     bytes: Option<Bucket>,
     /// Creation times of deployments in the last 24 h.
     created: std::collections::VecDeque<Instant>,
-    /// Stored bytes and when they were measured.
-    stored: Option<(u64, Instant)>,
 }
 
 /// The quota book-keeping of every tenant.
@@ -69,8 +67,6 @@ pub struct Quotas {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
-/// How long a stored-bytes measurement is reused.
-const STORED_TTL: Duration = Duration::from_secs(10);
 
 impl Quotas {
     pub fn new(default: QuotaLimits, tenants: HashMap<String, QuotaLimits>) -> Quotas {
@@ -86,7 +82,8 @@ impl Quotas {
     }
 
     /// Charges an ingest of `lines` lines and `bytes` bytes; `new_deployment` when it
-    /// creates one; `stored` measures the tenant's stored bytes when asked.
+    /// creates one; `stored` gives the tenant's stored bytes (from the catalog, in
+    /// memory: exact, no cache), asked only when the tenant has a stored-bytes quota.
     pub fn check_ingest(
         &self,
         tenant: &str,
@@ -98,20 +95,11 @@ impl Quotas {
     ) -> Result<(), OverQuota> {
         let l = self.limits(tenant);
         let now = Instant::now();
+        // Measured before the lock: other tenants' checks do not wait for it.
+        let used = (l.max_stored_bytes > 0).then(stored);
         let mut state = self.state.lock();
         let st = state.entry(tenant.to_owned()).or_default();
-        if l.max_stored_bytes > 0 {
-            let fresh = st
-                .stored
-                .filter(|(_, at)| now.duration_since(*at) < STORED_TTL);
-            let used = match fresh {
-                Some((b, _)) => b,
-                None => {
-                    let b = stored();
-                    st.stored = Some((b, now));
-                    b
-                }
-            };
+        if let Some(used) = used {
             if used >= l.max_stored_bytes {
                 return Err(OverQuota {
                     quota: "max_stored_bytes",

@@ -593,6 +593,15 @@ impl Catalog {
         out
     }
 
+    /// Segment bytes of `tenant`'s deployments (the stored-bytes quota).
+    pub fn tenant_bytes(&self, tenant: &str) -> u64 {
+        let Some(t) = self.tenants.read().get(tenant).cloned() else {
+            return 0;
+        };
+        let t = t.lock();
+        t.entries.values().map(|s| s.bytes).sum()
+    }
+
     /// Segment bytes of every known deployment.
     pub fn bytes(&self) -> u64 {
         self.tenants

@@ -566,20 +566,6 @@ impl Store {
         Ok(ids)
     }
 
-    /// Bytes of the files under `tenant`'s directory (segments, indexes, metadata).
-    pub fn tenant_bytes(&self, tenant: &str) -> u64 {
-        fn walk(dir: &Path) -> u64 {
-            let Ok(rd) = fs::read_dir(dir) else { return 0 };
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => walk(&e.path()),
-                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .sum()
-        }
-        walk(&self.tenant_dir(tenant))
-    }
-
     /// Tenants with a directory in the store.
     pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join("tenants");

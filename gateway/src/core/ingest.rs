@@ -110,7 +110,7 @@ pub async fn append(
             lines_n,
             bytes_n,
             new_deployment,
-            || state.store.tenant_bytes(&id.tenant),
+            || catalog.tenant_bytes(&id.tenant),
             || catalog.running(&id.tenant),
         )
         .map_err(|q| {

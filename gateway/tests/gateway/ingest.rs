@@ -287,3 +287,59 @@ fn a_bad_custom_pattern_is_refused_at_start_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_stored_bytes_is_refused_at_once_and_others_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| {
+        c.tenant_quotas.insert(
+            "small".into(),
+            logstream_gateway::quota::QuotaLimits {
+                max_stored_bytes: 4096,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let small = gw.token("small", &[Scope::Read, Scope::Write]);
+    let body = |tag: &str| -> String {
+        lines(tag, 0..200)
+            .iter()
+            .map(|l| json!({"message": l}).to_string() + "\n")
+            .collect()
+    };
+    // Stored bytes are the store's own (compressed segment bytes, from the catalog), not a
+    // cached walk of the directories: every push is accepted while the tenant is under
+    // its quota, and the first one after it crossed is refused.
+    let mut refused = false;
+    for i in 0..200 {
+        let before = gw.state.store.catalog().tenant_bytes("small");
+        let r = client()
+            .post(format!("{}/v1/deployments/d{i}/logs", gw.http))
+            .bearer_auth(&small)
+            .header("content-type", "application/x-ndjson")
+            .body(body(&format!("x{i}")))
+            .send()
+            .await
+            .unwrap();
+        if before < 4096 {
+            assert_eq!(r.status(), 200, "push {i} with {before} bytes stored");
+            continue;
+        }
+        assert_eq!(r.status(), 429, "push {i} with {before} bytes stored");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_stored_bytes"),
+            "{v}"
+        );
+        refused = true;
+        break;
+    }
+    assert!(refused, "never refused");
+    // Another tenant is not limited.
+    gw.push(&gw.rw(), "big", &lines("y", 0..2000)).await;
+}
