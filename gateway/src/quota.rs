@@ -99,14 +99,12 @@ impl Quotas {
         let used = (l.max_stored_bytes > 0).then(stored);
         let mut state = self.state.lock();
         let st = state.entry(tenant.to_owned()).or_default();
-        if let Some(used) = used {
-            if used >= l.max_stored_bytes {
-                return Err(OverQuota {
-                    quota: "max_stored_bytes",
-                    limit: l.max_stored_bytes,
-                    retry_after: Duration::from_secs(3600),
-                });
-            }
+        if used.is_some_and(|used| used >= l.max_stored_bytes) {
+            return Err(OverQuota {
+                quota: "max_stored_bytes",
+                limit: l.max_stored_bytes,
+                retry_after: Duration::from_secs(3600),
+            });
         }
         if new_deployment && l.max_open_deployments > 0 {
             let open = running() as u64;
