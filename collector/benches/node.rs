@@ -28,10 +28,7 @@ async fn main() {
 async fn measure(n: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let (gw, grpc, _token, token_file) = gateway_with_token(tmp.path()).await;
-    let (root, state) = (tmp.path().join("pods"), tmp.path().join("state"));
-    std::fs::create_dir_all(&root).unwrap();
-    let pods_file = tmp.path().join("pods.json");
-    let mut sim = Sim::new(&root, &pods_file);
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
     sim.write_pods();
     let port = free_port();
     let mut collector =

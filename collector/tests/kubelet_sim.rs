@@ -151,10 +151,7 @@ async fn copytruncate_then_sigkill_sends_every_line_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (gw, grpc, token, token_file) = gateway_with_token(tmp.path()).await;
     let http = gw.http.clone();
-    let (root, state) = (tmp.path().join("pods"), tmp.path().join("state"));
-    std::fs::create_dir_all(&root).unwrap();
-    let pods_file = tmp.path().join("pods.json");
-    let mut sim = Sim::new(&root, &pods_file);
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
     const PODS: usize = 4;
     for p in 1..PODS {
         sim.add_pod(p, &format!("ct-{p}"));

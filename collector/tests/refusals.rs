@@ -39,10 +39,7 @@ async fn wait_for_status(http: &str, token: &str, id: &str, want: &str) -> serde
 async fn a_completed_deployment_is_refused_once_and_the_other_pods_lines_go_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (gw, grpc, token, token_file) = gateway_with_token(tmp.path()).await;
-    let (root, state) = (tmp.path().join("pods"), tmp.path().join("state"));
-    std::fs::create_dir_all(&root).unwrap();
-    let pods_file = tmp.path().join("pods.json");
-    let mut sim = Sim::new(&root, &pods_file);
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
     // The deployment comes from the pod's label: two pods, two deployments.
     sim.add_pod(1, "done-a");
     sim.add_pod(2, "live-b");

@@ -4,16 +4,20 @@
 //! `logstream-gateway store verify`).
 //!
 //! ```text
-//! served requests ──Audit::require──> queue ──> writer: batch, append (one fsync)
-//!        │ waits (≤ audit_wait) for its batch's fsync; else `audit_unavailable` (503)
+//! reads, stream opens ──Audit::require(Accepted)──> queue ──> writer: batch, append
+//! exports, admin     ──Audit::require(Durable)───> queue      (one fsync per batch)
+//!      waits ≤ audit_wait: to be queued (reads) or for its batch's fsync (the others);
+//!      else the request is refused, `audit_unavailable` (503, retryable)
 //! noise ──Audit::noise──> counts per (action, client, reason) ──every interval──> queue
 //! ```
 //!
-//! Nothing is dropped: what is served is recorded first, durably (reads share the
-//! group commit of their batch), and a request whose record cannot be written in time is
-//! refused with a retryable error instead of served. Noise (rejected tokens, refused
-//! requests) costs one record per (action, client, reason) per interval with a `count`,
-//! so nobody can grow the audit log at will by sending bad requests.
+//! Nothing is dropped: what is served is recorded first. Exports and admin actions wait
+//! until their record is durable; reads wait until it is queued (the writer's next group
+//! commit makes it durable: a crash inside that window is the only way to lose one). A batch that fails to write is retried,
+//! with backoff, before the writer takes anything else: the queue fills and further
+//! requests are refused, so a record once taken is never given up. Noise (rejected
+//! tokens, refused requests) costs one record per (action, client, reason) per interval
+//! with a `count`, so nobody can grow the audit log at will by sending bad requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,9 +63,14 @@ pub fn audit_log_id() -> DeploymentId {
 /// clients are counted under client `*` (memory stays bounded whatever the flood).
 const MAX_NOISE_KEYS: usize = 10_000;
 
-/// Records nobody waits for (stream closes, retention) kept for the next write while the
-/// disk fails; beyond it they are counted in `logstream_audit_lost_total`.
-const MAX_CARRY: usize = 100_000;
+/// What a served request waits for before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Queued for the writer (reads, listings, stream opens): durable with its batch.
+    Accepted,
+    /// Durable (exports, completions, secret registrations and other admin actions).
+    Durable,
+}
 
 enum Msg {
     /// An event; `done` hears whether its batch became durable.
@@ -91,9 +100,10 @@ impl Audit {
         metrics: Arc<Metrics>,
         wait: Duration,
         interval: Duration,
+        queue: usize,
     ) -> Result<Audit, StoreError> {
         let log = store.log(&audit_log_id(), true)?.expect("created");
-        let (tx, rx) = mpsc::channel::<Msg>(16_384);
+        let (tx, rx) = mpsc::channel::<Msg>(queue);
         tokio::spawn(writer(log, rx, metrics.clone()));
         let audit = Audit {
             tx,
@@ -117,23 +127,25 @@ impl Audit {
         Ok(audit)
     }
 
-    /// Records `event` and waits until it is durable: the caller serves its request only
-    /// on `Ok`. A writer that cannot make it durable within the configured wait (a
-    /// stalled or failing disk) refuses the request with a retryable
-    /// `audit_unavailable`.
-    pub async fn require(&self, event: AuditEvent) -> Result<(), Error> {
+    /// Records `event` and waits for what `need` says: the caller serves its request
+    /// only on `Ok`. A writer that cannot take it (a full queue behind a stalled or
+    /// failing disk) or, for `Durable`, make it durable within the configured wait
+    /// refuses the request with a retryable `audit_unavailable`.
+    pub async fn require(&self, event: AuditEvent, need: Need) -> Result<(), Error> {
         let started = Instant::now();
         let (done, durable) = oneshot::channel();
+        let done = (need == Need::Durable).then_some(done);
         let deadline = tokio::time::Instant::now() + self.wait;
-        let queued = tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(event, Some(done))));
-        self.metrics.audit_queue.set(self.depth());
-        let result = match queued.await {
-            Ok(Ok(())) => match tokio::time::timeout_at(deadline, durable).await {
+        let queued = tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(event, done)));
+        let result = match (queued.await, need) {
+            (Ok(Ok(())), Need::Accepted) => Ok(()),
+            (Ok(Ok(())), Need::Durable) => match tokio::time::timeout_at(deadline, durable).await {
                 Ok(Ok(true)) => Ok(()),
                 _ => Err(()),
             },
             _ => Err(()),
         };
+        self.metrics.audit_queue.set(self.depth());
         self.metrics
             .audit_wait
             .observe(started.elapsed().as_secs_f64());
@@ -210,14 +222,12 @@ impl Audit {
 
 async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
     let mut batch = Vec::new();
-    // Records nobody waits for whose write failed: written with the next batch.
-    let mut carry: Vec<LogRecord> = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
         metrics.audit_queue.set(rx.len() as i64);
         let mut flushes = Vec::new();
         let mut waiting = Vec::new();
-        let mut records = std::mem::take(&mut carry);
-        let mut unwaited = Vec::new();
+        // (record, whether a request waits for its durability)
+        let mut records: Vec<(LogRecord, bool)> = Vec::with_capacity(batch.len());
         for m in batch.drain(..) {
             match m {
                 Msg::Flush(tx) => flushes.push(tx),
@@ -234,44 +244,46 @@ async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: A
                         message: serde_json::to_string(&e).expect("event serialises"),
                         ..LogRecord::default()
                     };
-                    if done.is_none() {
-                        unwaited.push(record.clone());
-                    }
+                    records.push((record, done.is_some()));
                     waiting.extend(done);
-                    records.push(record);
                 }
             }
         }
-        let mut durable = true;
-        if !records.is_empty() {
-            let n = records.len() as u64;
-            let log = log.clone();
+        let mut backoff = Duration::from_millis(50);
+        while !records.is_empty() {
+            let n = records.len();
+            let (l, rs) = (
+                log.clone(),
+                records.iter().map(|(r, _)| r.clone()).collect(),
+            );
             let started = Instant::now();
-            durable = match tokio::task::spawn_blocking(move || log.append(records, None)).await {
+            let written = match tokio::task::spawn_blocking(move || l.append(rs, None)).await {
                 Ok(Ok(_)) => true,
                 Ok(Err(e)) => {
-                    metrics.audit_write_failures.inc();
-                    tracing::error!(error = %e, records = n, "audit log write failed");
+                    tracing::error!(error = %e, records = n, "audit log write failed; retrying before taking more");
                     false
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit writer panicked");
+                    tracing::error!(error = %e, "audit write panicked; retrying");
                     false
                 }
             };
             metrics.audit_write.observe(started.elapsed().as_secs_f64());
-            if !durable {
-                // The refused requests' records go (they were not served); the others
-                // are tried again, up to a bound.
-                carry = unwaited;
-                if carry.len() > MAX_CARRY {
-                    metrics.audit_lost.inc_by((carry.len() - MAX_CARRY) as u64);
-                    carry.truncate(MAX_CARRY);
+            if written {
+                for w in waiting.drain(..) {
+                    let _ = w.send(true);
                 }
+                break;
             }
-        }
-        for w in waiting {
-            let _ = w.send(durable);
+            metrics.audit_write_failures.inc();
+            // Requests waiting for durability are refused now (they were not served), so
+            // their records go; the others were served and are written, whatever it takes.
+            for w in waiting.drain(..) {
+                let _ = w.send(false);
+            }
+            records.retain(|(_, waited)| !waited);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         for f in flushes {
             let _ = f.send(());

@@ -55,8 +55,6 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     /// Requests refused because their audit record could not be written in time.
     pub audit_refused: IntCounter,
-    /// Unwaited audit records given up after the disk failed for too long.
-    pub audit_lost: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub grpc_requests: IntCounterVec,
@@ -179,15 +177,11 @@ impl Metrics {
             audit_write: histogram("audit_write_seconds", "One audit batch's append and fsync."),
             audit_write_failures: counter(
                 "audit_write_failures_total",
-                "Audit batches whose write failed (their requests were refused, not served).",
+                "Audit batch writes that failed (retried before the writer takes more; exports and admin actions waiting on them refused).",
             ),
             audit_refused: counter(
                 "audit_refused_total",
                 "Requests refused because their audit record could not be written in time.",
-            ),
-            audit_lost: counter(
-                "audit_lost_total",
-                "Audit records nobody waited for (stream closes, retention) given up after the disk failed for too long; must stay 0.",
             ),
             http_requests: counters(
                 "http_requests_total",

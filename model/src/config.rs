@@ -109,6 +109,9 @@ pub struct Config {
     /// Noise (rejected tokens, refused requests) is audited as one record per (action,
     /// client, reason) per this interval, with a count. Default: `10s`.
     pub audit_aggregate_interval: String,
+    /// Audit records queued for the writer; when it is full (the disk is failing or too
+    /// slow), requests wait `audit_wait` for room, then are refused. Default: 16384.
+    pub audit_queue: usize,
     /// Live viewers per tenant across its deployments. Default: 10000.
     pub max_viewers_per_tenant: usize,
     /// Live viewers per deployment. Default: 10000.
@@ -198,6 +201,7 @@ impl Default for Config {
             tenant_deployment_idle_timeout: BTreeMap::new(),
             audit_wait: "5s".into(),
             audit_aggregate_interval: "10s".into(),
+            audit_queue: 16_384,
             max_viewers_per_tenant: 10_000,
             max_viewers_per_deployment: 10_000,
             max_streams_per_token: 64,
@@ -405,6 +409,12 @@ impl Config {
         duration("deployment_idle_timeout", &self.deployment_idle_timeout)?;
         duration("audit_wait", &self.audit_wait)?;
         duration("audit_aggregate_interval", &self.audit_aggregate_interval)?;
+        if self.audit_queue == 0 {
+            return Err(ConfigError {
+                field: "audit_queue",
+                problem: "must be at least 1".into(),
+            });
+        }
         for (tenant, t) in &self.tenant_deployment_idle_timeout {
             crate::validate_tenant(tenant).map_err(|e| ConfigError {
                 field: "tenant_deployment_idle_timeout",
@@ -635,6 +645,7 @@ mod tests {
             tenant_deployment_idle_timeout: BTreeMap::from([("acme".into(), "30m".into())]),
             audit_wait: "2s".into(),
             audit_aggregate_interval: "1m".into(),
+            audit_queue: 1024,
             max_viewers_per_tenant: 7,
             max_viewers_per_deployment: 3,
             max_streams_per_token: 2,

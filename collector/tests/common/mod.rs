@@ -32,6 +32,16 @@ pub fn ts(n: u64) -> String {
 }
 
 impl Sim {
+    /// A simulated node under `dir`: kubelet's log root `dir/pods` (created), the pod list
+    /// `dir/pods.json` and the collector's state directory `dir/state`; (the simulator,
+    /// root, state, pod list).
+    pub fn node(dir: &Path) -> (Sim, PathBuf, PathBuf, PathBuf) {
+        let (root, state) = (dir.join("pods"), dir.join("state"));
+        std::fs::create_dir_all(&root).unwrap();
+        let pods_file = dir.join("pods.json");
+        (Sim::new(&root, &pods_file), root, state, pods_file)
+    }
+
     pub fn new(root: &Path, pods_file: &Path) -> Sim {
         Sim {
             root: root.to_owned(),

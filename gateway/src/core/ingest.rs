@@ -197,6 +197,7 @@ pub async fn complete(
     // completion then refused gets a second record saying why.
     state
         .audit(
+            crate::audit::Need::Durable,
             "complete",
             subject,
             &id.tenant,

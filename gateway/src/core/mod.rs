@@ -56,11 +56,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Records the audit event of a request about to be served and waits until it is
-    /// durable: serve the request only on `Ok` (else it is refused, retryably, as
-    /// `audit_unavailable`). `result` is `ok` or what is about to be done.
+    /// Records the audit event of a request about to be served and waits for what `need`
+    /// says (taken by the writer, or durable): serve the request only on `Ok` (else it is
+    /// refused, retryably, as `audit_unavailable`). `result` is `ok` or what is about to
+    /// be done.
+    #[allow(clippy::too_many_arguments)]
     pub async fn audit(
         &self,
+        need: crate::audit::Need,
         action: &str,
         subject: &str,
         tenant: &str,
@@ -69,7 +72,10 @@ impl Gateway {
         client: Option<std::net::SocketAddr>,
     ) -> Result<()> {
         self.audit
-            .require(event(action, subject, tenant, deployment, result, client))
+            .require(
+                event(action, subject, tenant, deployment, result, client),
+                need,
+            )
             .await
     }
 
@@ -254,6 +260,7 @@ impl Gateway {
             metrics.clone(),
             config.audit_wait(),
             config.audit_aggregate_interval(),
+            config.audit_queue,
         )?;
         let redactor = Arc::new(
             config

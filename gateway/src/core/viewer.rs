@@ -324,6 +324,7 @@ impl ViewerSlot {
         let mut slot = Self::take(state, id, who, client, token)?;
         state
             .audit(
+                crate::audit::Need::Accepted,
                 "stream_open",
                 &who.subject,
                 &id.tenant,

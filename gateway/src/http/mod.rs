@@ -28,6 +28,7 @@ use serde_json::json;
 use logstream_model::wire::{self, ErrorBody};
 use openapi::{AuditQuery, ExportQuery, FilterQuery, IngestQuery, PageQuery, StreamQuery};
 
+use crate::audit::Need;
 use crate::auth::{AuthError, Principal, Scope};
 use crate::core::ingest::{self, IngestLine};
 use crate::core::list as listing;
@@ -547,6 +548,7 @@ async fn secrets(
     }
     // Recorded before it takes effect: no registration without its audit record.
     s.audit(
+        Need::Durable,
         "register_secrets",
         &p.subject,
         &lid.tenant,
@@ -590,8 +592,16 @@ async fn list(
     access::require(&p, Scope::Read)?;
     let query = listing::params(&q)?;
     let body = listing::list(&s, &p, &query);
-    s.audit("list", &p.subject, &p.tenant, "", "ok", None)
-        .await?;
+    s.audit(
+        Need::Accepted,
+        "list",
+        &p.subject,
+        &p.tenant,
+        "",
+        "ok",
+        None,
+    )
+    .await?;
     Ok(axum::Json(body).into_response())
 }
 
@@ -638,8 +648,16 @@ async fn changes(
             "ask for Server-Sent Events with `Accept: text/event-stream`",
         ));
     }
-    s.audit("watch_deployments", &p.subject, &p.tenant, "", "ok", None)
-        .await?;
+    s.audit(
+        Need::Accepted,
+        "watch_deployments",
+        &p.subject,
+        &p.tenant,
+        "",
+        "ok",
+        None,
+    )
+    .await?;
     let rx = s.hub.subscribe_changes(&p.tenant);
     let feed = ChangeFeed {
         rx,
@@ -754,8 +772,16 @@ async fn history(
     };
     let (l2, filter, limit, dir) = (log.clone(), rp.filter, rp.limit, rp.direction);
     let page = read::blocking(move || l2.read(dir, from, &filter, limit)).await?;
-    s.audit("read", &p.subject, &lid.tenant, &lid.deployment, "ok", None)
-        .await?;
+    s.audit(
+        Need::Accepted,
+        "read",
+        &p.subject,
+        &lid.tenant,
+        &lid.deployment,
+        "ok",
+        None,
+    )
+    .await?;
     let wallclock = page.records.last().map_or(0, |r| r.ts);
     let lines: Vec<wire::Line> = page
         .records
@@ -860,8 +886,16 @@ async fn audit_log(
         })
         .collect();
     let next = Cursor::new(&id.tenant, &id.deployment, page.scanned_to, 0).encode();
-    s.audit("audit_read", &p.subject, &p.tenant, "", "ok", None)
-        .await?;
+    s.audit(
+        Need::Accepted,
+        "audit_read",
+        &p.subject,
+        &p.tenant,
+        "",
+        "ok",
+        None,
+    )
+    .await?;
     Ok(axum::Json(wire::AuditPage {
         events,
         next_cursor: next,
@@ -1274,6 +1308,7 @@ async fn export(
     };
     let log = s.existing_log(&lid).await?;
     s.audit(
+        Need::Durable,
         "export",
         &p.subject,
         &lid.tenant,

@@ -135,33 +135,26 @@ async fn a_flood_of_bad_tokens_is_aggregated_while_every_served_read_and_export_
 }
 
 #[tokio::test]
-async fn a_request_whose_audit_record_cannot_be_written_is_refused_not_served() {
+async fn a_failing_disk_refuses_exports_and_admin_actions_and_loses_no_read_record() {
     let tmp = tempfile::tempdir().unwrap();
     let gw = TestGateway::start_with(tmp.path(), |c| c.audit_wait = "300ms".into()).await;
     let token = gw.rw();
     gw.push(&token, "d", &lines("x", 0..5)).await;
+    let reads_before = audit_records_count(&gw, "read").await;
     let faults = &gw.state.store.hooks().faults;
     faults.arm("segment_sync", std::io::ErrorKind::Other);
-    let reads_before = audit_records_count(&gw, "read").await;
-    for path in [
-        "/v1/deployments/d/logs",
-        "/v1/deployments/d/export",
-        "/v1/deployments/d/stream",
-    ] {
-        let r = client()
-            .get(format!("{}{path}", gw.http))
-            .bearer_auth(&token)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 503, "{path}");
-        assert!(r.headers().contains_key("retry-after"), "{path}");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "audit_unavailable", "{path}: {body}");
-        assert!(logstream_model::retry::is_retryable("audit_unavailable"));
-    }
-    // A completion is refused too, and does not take effect.
+    // An export and a completion wait for a durable record: refused, not served or done.
+    let r = client()
+        .get(format!("{}/v1/deployments/d/export", gw.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable", "{body}");
+    assert!(logstream_model::retry::is_retryable("audit_unavailable"));
     let r = client()
         .post(format!("{}/v1/deployments/d/complete", gw.http))
         .bearer_auth(&token)
@@ -170,15 +163,90 @@ async fn a_request_whose_audit_record_cannot_be_written_is_refused_not_served() 
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
+    // Reads wait only for the writer to take their record; the writer retries the failed
+    // batch before it takes anything else, so none of these records is given up.
+    for _ in 0..3 {
+        let r = client()
+            .get(format!("{}/v1/deployments/d/logs", gw.http))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
     faults.disarm("segment_sync");
     let (status, one) = gw.get_json(&token, "/v1/deployments/d").await;
     assert_eq!(status, 200);
-    assert_eq!(one["status"], "running", "{one}");
-    // Served again once the disk recovers; no record of the refused reads exists.
-    let (status, _) = gw.get_json(&token, "/v1/deployments/d/logs").await;
-    assert_eq!(status, 200);
-    assert_eq!(audit_records_count(&gw, "read").await, reads_before + 1);
-    assert!(gw.metric("logstream_audit_refused_total").await.unwrap() >= 4.0);
+    assert_eq!(
+        one["status"], "running",
+        "the refused completion took no effect: {one}"
+    );
+    assert_eq!(
+        audit_records_count(&gw, "read").await,
+        reads_before + 3,
+        "every served read recorded once the disk is back"
+    );
+    assert_eq!(
+        audit_records_count(&gw, "export").await,
+        0,
+        "the refused export is not recorded as served"
+    );
+    assert!(gw.metric("logstream_audit_refused_total").await.unwrap() >= 2.0);
+    assert!(
+        gw.metric("logstream_audit_write_failures_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn when_the_writer_cannot_take_more_reads_are_refused_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| {
+        c.audit_wait = "200ms".into();
+        c.audit_queue = 64;
+    })
+    .await;
+    let token = gw.rw();
+    gw.push(&token, "d", &lines("x", 0..5)).await;
+    gw.state
+        .store
+        .hooks()
+        .faults
+        .arm("segment_sync", std::io::ErrorKind::Other);
+    // The writer is stuck retrying its batch; the reads' records fill the queue behind
+    // it (64), then reads are refused.
+    let (mut served, mut refused) = (0, 0);
+    let c = client();
+    for _ in 0..1_000 {
+        let r = c
+            .get(format!("{}/v1/deployments/d/logs", gw.http))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => served += 1,
+            503 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "audit_unavailable", "{body}");
+                refused += 1;
+                break;
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(
+        refused, 1,
+        "{served} reads served behind a failing disk and none refused"
+    );
+    gw.state.store.hooks().faults.disarm("segment_sync");
+    assert_eq!(
+        audit_records_count(&gw, "read").await,
+        served,
+        "every served read recorded"
+    );
 }
 
 async fn audit_records_count(gw: &TestGateway, action: &str) -> usize {
