@@ -164,6 +164,10 @@ pub struct Engine {
     s: Settings,
     checkpoints: Checkpoints,
     dirty: bool,
+    /// The last failed checkpoint write: not tried again before the instant (a missing
+    /// or full state directory must not spin the loop or flood the log), and its error
+    /// (logged once until it changes).
+    save_failed: Option<(Instant, String)>,
     containers: HashMap<PathBuf, Container>,
     by_id: HashMap<u64, PathBuf>,
     next_id: u64,
@@ -227,6 +231,7 @@ impl Engine {
             s,
             checkpoints,
             dirty,
+            save_failed: None,
             containers: HashMap::new(),
             by_id: HashMap::new(),
             next_id: 1,
@@ -313,9 +318,25 @@ impl Engine {
                 self.checkpoints.files.insert(t.id(), t.state.clone());
             }
         }
+        if self
+            .save_failed
+            .as_ref()
+            .is_some_and(|(retry_at, _)| Instant::now() < *retry_at)
+        {
+            return;
+        }
         match self.checkpoints.save() {
-            Ok(()) => self.dirty = false,
-            Err(e) => tracing::error!(error = %e, "writing checkpoints failed; will retry"),
+            Ok(()) => {
+                self.dirty = false;
+                self.save_failed = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.save_failed.as_ref().is_none_or(|(_, last)| *last != e) {
+                    tracing::error!(error = %e, "writing checkpoints failed; retrying every second");
+                }
+                self.save_failed = Some((Instant::now() + Duration::from_secs(1), e));
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use common::*;
 use logstream_gateway::auth::Scope;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +239,7 @@ fn start_sidecar(
     token: &Path,
     grpc: u16,
     deployment: &str,
-) -> Child {
+) -> Collector {
     let mut c = Command::new(env!("CARGO_BIN_EXE_logstream-collector"));
     c.args(["--mode", "sidecar", "--state-dir", state.to_str().unwrap()])
         .args(["--token-file", token.to_str().unwrap()])
@@ -255,7 +255,7 @@ fn start_sidecar(
     for f in files {
         c.args(["--path", f.to_str().unwrap()]);
     }
-    c.spawn().unwrap()
+    Collector(c.spawn().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,11 +45,13 @@ async fn a_completed_deployment_is_refused_once_and_the_other_pods_lines_go_on()
     sim.add_pod(2, "live-b");
     let log = tmp.path().join("collector.log");
     let mport = free_port();
-    let mut collector = collector_command(&root, &state, &pods_file, &token_file, grpc, &[], mport)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut collector = Collector(
+        collector_command(&root, &state, &pods_file, &token_file, grpc, &[], mport)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let mut next = [0u64; 3];
 
     // 1. Both deployments take lines.

@@ -187,7 +187,37 @@ pub async fn start_gateway(dir: &Path, http: u16, grpc: u16) -> Running {
     Running::start(c).await.unwrap()
 }
 
-pub fn start_collector(root: &Path, state: &Path, pods: &Path, token: &Path, grpc: u16) -> Child {
+/// A collector process, killed when dropped: a failing test leaves none running behind
+/// it (one left spinning on a deleted state directory slowed every later test run).
+pub struct Collector(pub Child);
+
+impl std::ops::Deref for Collector {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Collector {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_collector(
+    root: &Path,
+    state: &Path,
+    pods: &Path,
+    token: &Path,
+    grpc: u16,
+) -> Collector {
     start_collector_with(root, state, pods, token, grpc, &[], free_port())
 }
 
@@ -199,10 +229,12 @@ pub fn start_collector_with(
     grpc: u16,
     extra: &[&str],
     metrics_port: u16,
-) -> Child {
-    collector_command(root, state, pods, token, grpc, extra, metrics_port)
-        .spawn()
-        .unwrap()
+) -> Collector {
+    Collector(
+        collector_command(root, state, pods, token, grpc, extra, metrics_port)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The node collector's command line (output discarded; set `stderr` to read its log).
