@@ -192,15 +192,8 @@ async fn create_then_ready_then_idle_then_drift_is_repaired() {
         want
     );
     // Every metric docs/metrics.md lists for the operator (and process_*) is exported.
-    use logstream_gateway::testkit::{documented_metrics, undeclared_metrics};
     let text = ctx.metrics.render();
-    let mut names = documented_metrics("operator");
-    names.extend(documented_metrics("process"));
-    assert_eq!(
-        undeclared_metrics(&text, &names),
-        Vec::<String>::new(),
-        "{text}"
-    );
+    logstream_gateway::testkit::assert_documented_metrics_exported(&text, "operator", &[]);
 }
 
 #[tokio::test]

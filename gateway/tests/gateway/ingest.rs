@@ -302,26 +302,15 @@ async fn a_tenant_over_its_stored_bytes_is_refused_at_once_and_others_are_not() 
     })
     .await;
     let small = gw.token("small", &[Scope::Read, Scope::Write]);
-    let body = |tag: &str| -> String {
-        lines(tag, 0..200)
-            .iter()
-            .map(|l| json!({"message": l}).to_string() + "\n")
-            .collect()
-    };
     // Stored bytes are the store's own (compressed segment bytes, from the catalog), not a
     // cached walk of the directories: every push is accepted while the tenant is under
     // its quota, and the first one after it crossed is refused.
     let mut refused = false;
     for i in 0..200 {
         let before = gw.state.store.catalog().tenant_bytes("small");
-        let r = client()
-            .post(format!("{}/v1/deployments/d{i}/logs", gw.http))
-            .bearer_auth(&small)
-            .header("content-type", "application/x-ndjson")
-            .body(body(&format!("x{i}")))
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .post_lines(&small, &format!("d{i}"), &lines(&format!("x{i}"), 0..200))
+            .await;
         if before < 4096 {
             assert_eq!(r.status(), 200, "push {i} with {before} bytes stored");
             continue;

@@ -2,9 +2,7 @@
 //! after traffic over every door: HTTP ingest with a secret, reads, a stream, a quota
 //! refusal, a bad token, gRPC.
 
-use logstream_gateway::testkit::{
-    TestGateway, client, documented_metrics, lines, undeclared_metrics,
-};
+use logstream_gateway::testkit::{TestGateway, assert_documented_metrics_exported, client, lines};
 use logstream_proto::v1 as pb;
 
 #[tokio::test]
@@ -23,18 +21,7 @@ async fn every_documented_gateway_metric_is_exported() {
     // and counted.
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        let body: String = lines("y", 0..500)
-            .iter()
-            .map(|l| format!("{{\"message\":{l:?}}}\n"))
-            .collect();
-        let r = client()
-            .post(format!("{}/v1/deployments/m/logs", gw.http))
-            .bearer_auth(&token)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post_lines(&token, "m", &lines("y", 0..500)).await;
         statuses.push(r.status().as_u16());
     }
     assert!(statuses.contains(&429), "{statuses:?}");
@@ -60,13 +47,7 @@ async fn every_documented_gateway_metric_is_exported() {
         .text()
         .await
         .unwrap();
-    let mut names = documented_metrics("gateway");
-    names.extend(documented_metrics("process"));
-    assert_eq!(
-        undeclared_metrics(&text, &names),
-        Vec::<String>::new(),
-        "{text}"
-    );
+    assert_documented_metrics_exported(&text, "gateway", &[]);
     // Routes are templates, not paths (ids would explode the label set).
     assert!(
         text.contains(r#"route="/v1/deployments/{id}/logs""#),
