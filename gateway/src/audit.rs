@@ -52,6 +52,10 @@ pub struct AuditEvent {
     /// this record (absent: once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Who handed the record to this log when it was made elsewhere (an edge's
+    /// subject); absent for the store's own records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
 }
 
 /// The log id of the audit log.
@@ -83,6 +87,52 @@ enum Msg {
 /// count).
 type NoiseCounts = HashMap<(String, String, String), (String, u64)>;
 
+/// Writes one batch of records durably; `Err` says why not (the batch is retried).
+pub type RemoteWrite = Arc<
+    dyn Fn(Vec<AuditEvent>) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+
+/// Where the writer puts the records.
+pub enum Sink {
+    /// The store's own audit log (roles `store` and `all`).
+    Log(Arc<DeploymentLog>),
+    /// Another process's audit log: an edge has no disk of its own and sends its
+    /// records to its store (`POST /v1/audit/events`), durable once that answers.
+    Remote(RemoteWrite),
+}
+
+impl Sink {
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), String> {
+        match self {
+            Sink::Log(log) => {
+                let records = events
+                    .iter()
+                    .map(|e| LogRecord {
+                        // The action is the event's own `action` field (in the message),
+                        // not the line's step: the audit log has no steps.
+                        level: if e.result.starts_with("ok") {
+                            Level::Info
+                        } else {
+                            Level::Warn
+                        },
+                        message: serde_json::to_string(e).expect("event serialises"),
+                        ..LogRecord::default()
+                    })
+                    .collect();
+                let log = log.clone();
+                match tokio::task::spawn_blocking(move || log.append(records, None)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("the write panicked: {e}")),
+                }
+            }
+            Sink::Remote(write) => write(events.to_vec()).await,
+        }
+    }
+}
+
 /// Handle to the audit writer.
 #[derive(Clone)]
 pub struct Audit {
@@ -103,8 +153,26 @@ impl Audit {
         queue: usize,
     ) -> Result<Audit, StoreError> {
         let log = store.log(&audit_log_id(), true)?.expect("created");
+        Ok(Audit::start_with(
+            Sink::Log(log),
+            metrics,
+            wait,
+            interval,
+            queue,
+        ))
+    }
+
+    /// Starts the writer over `sink` and the noise aggregator (one record per key every
+    /// `interval`).
+    pub fn start_with(
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        wait: Duration,
+        interval: Duration,
+        queue: usize,
+    ) -> Audit {
         let (tx, rx) = mpsc::channel::<Msg>(queue);
-        tokio::spawn(writer(log, rx, metrics.clone()));
+        tokio::spawn(writer(sink, rx, metrics.clone()));
         let audit = Audit {
             tx,
             noise: Arc::default(),
@@ -124,7 +192,7 @@ impl Audit {
                 a.flush_noise().await;
             }
         });
-        Ok(audit)
+        audit
     }
 
     /// Records `event` and waits for what `need` says: the caller serves its request
@@ -200,6 +268,7 @@ impl Audit {
                 result,
                 client,
                 count: Some(n),
+                via: String::new(),
             };
             let _ = self.tx.send(Msg::Event(event, None)).await;
         }
@@ -220,60 +289,40 @@ impl Audit {
     }
 }
 
-async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
+async fn writer(sink: Sink, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
         metrics.audit_queue.set(rx.len() as i64);
         let mut flushes = Vec::new();
         let mut waiting = Vec::new();
-        // (record, whether a request waits for its durability)
-        let mut records: Vec<(LogRecord, bool)> = Vec::with_capacity(batch.len());
+        // (event, whether a request waits for its durability)
+        let mut events: Vec<(AuditEvent, bool)> = Vec::with_capacity(batch.len());
         for m in batch.drain(..) {
             match m {
                 Msg::Flush(tx) => flushes.push(tx),
                 Msg::Event(e, done) => {
-                    let level = if e.result.starts_with("ok") {
-                        Level::Info
-                    } else {
-                        Level::Warn
-                    };
-                    // The action is the event's own `action` field (in the message),
-                    // not the line's step: the audit log has no steps.
-                    let record = LogRecord {
-                        level,
-                        message: serde_json::to_string(&e).expect("event serialises"),
-                        ..LogRecord::default()
-                    };
-                    records.push((record, done.is_some()));
+                    events.push((e, done.is_some()));
                     waiting.extend(done);
                 }
             }
         }
         let mut backoff = Duration::from_millis(50);
-        while !records.is_empty() {
-            let n = records.len();
-            let (l, rs) = (
-                log.clone(),
-                records.iter().map(|(r, _)| r.clone()).collect(),
-            );
+        while !events.is_empty() {
+            let n = events.len();
             let started = Instant::now();
-            let written = match tokio::task::spawn_blocking(move || l.append(rs, None)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, records = n, "audit log write failed; retrying before taking more");
-                    false
+            let plain: Vec<AuditEvent> = events.iter().map(|(e, _)| e.clone()).collect();
+            let written = sink.write(&plain).await;
+            metrics.audit_write.observe(started.elapsed().as_secs_f64());
+            match written {
+                Ok(()) => {
+                    for w in waiting.drain(..) {
+                        let _ = w.send(true);
+                    }
+                    break;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit write panicked; retrying");
-                    false
+                    tracing::error!(error = %e, records = n, "audit log write failed; retrying before taking more");
                 }
-            };
-            metrics.audit_write.observe(started.elapsed().as_secs_f64());
-            if written {
-                for w in waiting.drain(..) {
-                    let _ = w.send(true);
-                }
-                break;
             }
             metrics.audit_write_failures.inc();
             // Requests waiting for durability are refused now (they were not served), so
@@ -281,7 +330,7 @@ async fn writer(log: Arc<DeploymentLog>, mut rx: mpsc::Receiver<Msg>, metrics: A
             for w in waiting.drain(..) {
                 let _ = w.send(false);
             }
-            records.retain(|(_, waited)| !waited);
+            events.retain(|(_, waited)| !waited);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }

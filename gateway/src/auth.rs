@@ -16,6 +16,10 @@ pub enum Scope {
     Read,
     Export,
     Admin,
+    /// Append audit records made elsewhere: what an edge's own tokens carry (it has no
+    /// disk and sends its records to its store). Not implied by `admin`, so a tenant's
+    /// admin cannot write into the audit log.
+    AuditWrite,
 }
 
 impl Scope {
@@ -25,6 +29,7 @@ impl Scope {
             Scope::Read => "logs:read",
             Scope::Export => "logs:export",
             Scope::Admin => "admin",
+            Scope::AuditWrite => "audit:write",
         }
     }
 
@@ -34,6 +39,7 @@ impl Scope {
             "logs:read" => Some(Scope::Read),
             "logs:export" => Some(Scope::Export),
             "admin" => Some(Scope::Admin),
+            "audit:write" => Some(Scope::AuditWrite),
             _ => None,
         }
     }
@@ -96,7 +102,8 @@ pub struct Principal {
 
 impl Principal {
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+        self.scopes.contains(&scope)
+            || (scope != Scope::AuditWrite && self.scopes.contains(&Scope::Admin))
     }
 
     /// Whether the token's `deployments` globs (if any) cover `deployment`.
@@ -167,6 +174,102 @@ pub enum AuthError {
         "the token has an unknown scope {0:?}; scopes are logs:write, logs:read, logs:export, admin"
     )]
     Scope(String),
+}
+
+/// The verifier a gateway of `config` uses: the HS256 key (`signing_key_file`, or the dev
+/// key in the data dir, created when `create_key` and missing), public keys, a JWKS
+/// file or URL and ServiceAccount issuers. Stores and edges build theirs here from the
+/// same configuration, so an edge accepts exactly the tokens its store accepts.
+pub fn from_config(
+    config: &crate::config::Config,
+    create_key: bool,
+) -> anyhow::Result<Authenticator> {
+    let key_path = config
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
+    let key = if create_key || key_path.exists() {
+        Authenticator::load_or_create_key(&key_path)
+            .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?
+    } else {
+        anyhow::bail!(
+            "invalid configuration: signing_key_file: {} does not exist (an edge needs its store's key, to verify tokens and sign its requests to the store)",
+            key_path.display()
+        );
+    };
+    let mut auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
+    let mut keys = Vec::new();
+    for k in &config.public_keys {
+        let alg: jsonwebtoken::Algorithm = k.alg.parse().map_err(|_| anyhow::anyhow!("invalid configuration: public_keys: alg {:?} is not one of RS256, RS384, RS512, PS256, ES256, ES384, EdDSA", k.alg))?;
+        let pem = std::fs::read(&k.file).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration: public_keys: {}: {e}",
+                k.file.display()
+            )
+        })?;
+        keys.push(PublicKey::from_pem(&pem, alg, k.kid.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration: public_keys: {}: {e}",
+                k.file.display()
+            )
+        })?);
+    }
+    auth = auth.with_public_keys(keys);
+    if let Some(f) = &config.jwks_file {
+        auth = auth
+            .with_jwks_file(f.clone())
+            .map_err(|e| anyhow::anyhow!("invalid configuration: jwks_file: {e}"))?;
+    }
+    if !config.accept_hs256 {
+        auth = auth.without_hs256();
+    }
+    let mut issuers = Vec::new();
+    for i in &config.service_account_issuers {
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &i.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration: service_account_issuers: ca_file {}: {e}",
+                    ca.display()
+                )
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration: service_account_issuers: ca_file {}: {e}",
+                    ca.display()
+                )
+            })? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+        issuers.push(
+            SaIssuer::new(
+                i.issuer.clone(),
+                i.audience.clone(),
+                i.jwks_url.clone(),
+                http,
+            )
+            .with_token_file(i.token_file.clone()),
+        );
+    }
+    let mappings = config
+        .service_accounts
+        .iter()
+        .map(|m| SaMapping {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            tenant: m.tenant.clone(),
+            scopes: m.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        })
+        .collect();
+    auth = auth.with_service_accounts(issuers, mappings);
+    if let Some(url) = &config.jwks_url {
+        auth = auth.with_jwks_url(url.clone(), reqwest::Client::new());
+    }
+    Ok(auth)
 }
 
 /// A public key accepted for RS256/ES256/EdDSA tokens.
@@ -708,11 +811,17 @@ mod tests {
     #[test]
     fn the_config_files_scope_names_are_exactly_the_scopes() {
         use logstream_model::config::SCOPE_NAMES;
-        let every = [Scope::Write, Scope::Read, Scope::Export, Scope::Admin];
+        let every = [
+            Scope::Write,
+            Scope::Read,
+            Scope::Export,
+            Scope::Admin,
+            Scope::AuditWrite,
+        ];
         for s in every {
             // A new variant breaks this match: add it to `every` and to SCOPE_NAMES.
             match s {
-                Scope::Write | Scope::Read | Scope::Export | Scope::Admin => {}
+                Scope::Write | Scope::Read | Scope::Export | Scope::Admin | Scope::AuditWrite => {}
             }
             assert!(SCOPE_NAMES.contains(&s.as_str()), "{s:?}");
         }

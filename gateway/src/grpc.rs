@@ -318,6 +318,13 @@ fn line_to_pb(l: &crate::hub::WireLine) -> pb::StoredLine {
             message: l.record.message.clone(),
             metadata: l.record.metadata.clone().into_iter().collect(),
         }),
+        redaction: l
+            .record
+            .redaction
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     }
 }
 
@@ -362,7 +369,17 @@ impl Services {
             .await
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(4);
+        let subscribers = self.0.metrics.tail_subscribers.clone();
+        subscribers.inc();
         tokio::spawn(async move {
+            /// Counts the stream while its task lives.
+            struct Counted(prometheus::IntGauge);
+            impl Drop for Counted {
+                fn drop(&mut self) {
+                    self.0.dec();
+                }
+            }
+            let _counted = Counted(subscribers);
             loop {
                 let ev = tokio::select! {
                     ev = session.next() => ev,

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Seconds from receiving a batch to its durable ack.
     pub ack_latency: Histogram,
     pub live_viewers: IntGauge,
+    /// Open `Tail.Subscribe` streams (each edge holds one per deployment it serves).
+    pub tail_subscribers: IntGauge,
     /// Times a viewer fell behind the broadcast and switched to store catch-up.
     pub lagging_viewers: IntCounter,
     pub store_bytes: IntGauge,
@@ -117,6 +119,10 @@ impl Metrics {
             live_viewers: gauge(
                 "live_viewers",
                 "Live viewers connected (SSE, WebSocket, gRPC).",
+            ),
+            tail_subscribers: gauge(
+                "tail_subscribers",
+                "Open gRPC Tail.Subscribe streams: an edge holds one per deployment with viewers on it.",
             ),
             lagging_viewers: counter(
                 "lagging_viewers_total",

@@ -72,20 +72,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves role `edge` on `listener` until `stop`: forwards to `config.upstream`.
+/// Serves role `edge` on `listener` until `stop` (see `crate::edge`).
 pub async fn serve_edge(
     config: &Config,
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let upstream = config
-        .upstream
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("invalid configuration: role edge needs upstream"))?;
-    let edge = crate::edge::Edge::new(upstream)?;
-    let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
-    serve_http(listener, edge.router(), header_timeout, stop).await;
-    Ok(())
+    crate::edge::serve(config.clone(), listener, stop).await
 }
 
 /// The HTTP accept loop: hyper with a timer, so a client that does not finish its

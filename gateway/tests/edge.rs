@@ -13,10 +13,26 @@ use logstream_gateway::testkit::{
 use serde_json::{Value, json};
 use std::time::Duration;
 
-async fn start_edge(upstream: String) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// An edge in front of `store` (its HTTP and gRPC addresses, its key).
+async fn start_edge(store: &TestGateway) -> (String, tokio::sync::oneshot::Sender<()>) {
+    start_edge_to(
+        store.http.clone(),
+        store.grpc.clone(),
+        store.state.config.data_dir.join("dev-signing-key"),
+    )
+    .await
+}
+
+async fn start_edge_to(
+    upstream: String,
+    upstream_grpc: String,
+    key: std::path::PathBuf,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let config = Config {
         role: Role::Edge,
         upstream: Some(upstream),
+        upstream_grpc: Some(upstream_grpc),
+        signing_key_file: Some(key),
         ..Config::default()
     };
     config.validate().unwrap();
@@ -49,7 +65,7 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
         &[Scope::Read, Scope::Write],
         Duration::from_secs(600),
     );
-    let (edge, _stop) = start_edge(store.http.clone()).await;
+    let (edge, _stop) = start_edge(&store).await;
     let http = reqwest::Client::new();
 
     // Ingest through the edge.
@@ -211,7 +227,9 @@ async fn an_edge_without_its_store_answers_502_and_is_not_ready() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", l.local_addr().unwrap());
     drop(l);
-    let (edge, _stop) = start_edge(dead).await;
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "00112233445566778899aabbccddeeff").unwrap();
+    let (edge, _stop) = start_edge_to(dead.clone(), dead, key.path().to_owned()).await;
     let r = reqwest::get(format!("{edge}/v1/deployments"))
         .await
         .unwrap();
@@ -246,9 +264,13 @@ fn edge_and_upstream_must_go_together() {
         ..Config::default()
     };
     assert_eq!(c.validate().unwrap_err().field, "upstream");
-    let bad = logstream_gateway::edge::Edge::new("https://x")
-        .err()
-        .unwrap()
-        .to_string();
+    let bad = logstream_gateway::edge::Edge::new(Config {
+        role: Role::Edge,
+        upstream: Some("https://x".into()),
+        ..Config::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert!(bad.contains("must be http://host:port"), "{bad}");
 }

@@ -19,7 +19,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The scopes a token (or a ServiceAccount mapping) may carry.
-pub const SCOPE_NAMES: [&str; 4] = ["logs:write", "logs:read", "logs:export", "admin"];
+pub const SCOPE_NAMES: [&str; 5] = [
+    "logs:write",
+    "logs:read",
+    "logs:export",
+    "admin",
+    "audit:write",
+];
 
 /// What this process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -80,6 +86,18 @@ pub struct Config {
     /// Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Role `edge` only: the store's gRPC URL, where the edge holds one live
+    /// `Tail.Subscribe` per followed deployment (all over one HTTP/2 connection), e.g.
+    /// `http://acme-store.ci.svc:8081`. Default: `upstream`'s host on port 8081.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_grpc: Option<String>,
+    /// Role `edge` only: bytes of recent lines kept per followed deployment and shared by
+    /// its viewers; a viewer further behind catches up from the store's history.
+    /// Default: 8 MiB.
+    pub edge_window_bytes: usize,
+    /// Seconds a viewer may go without taking what it is sent (a stalled reader, a full
+    /// socket) before it is disconnected; its client resumes from its cursor. Default: 30.
+    pub slow_viewer_timeout_secs: u64,
     /// HTTP listen address. Default: `127.0.0.1:8080`.
     pub listen: SocketAddr,
     /// gRPC listen address. Default: `127.0.0.1:8081`.
@@ -189,6 +207,9 @@ impl Default for Config {
         Config {
             role: Role::All,
             upstream: None,
+            upstream_grpc: None,
+            edge_window_bytes: 8 << 20,
+            slow_viewer_timeout_secs: 30,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             data_dir: PathBuf::from("logstream-data"),
@@ -499,6 +520,12 @@ impl Config {
                     problem: "role `edge` forwards to a store: set upstream = \"http://<store-service>:8080\"".into(),
                 });
             }
+            (Role::Edge, Some(_)) if self.edge_window_bytes < 64 << 10 => {
+                return Err(ConfigError {
+                    field: "edge_window_bytes",
+                    problem: "must be at least 65536 (64 KiB)".into(),
+                });
+            }
             (Role::All | Role::Store, Some(_)) => {
                 return Err(ConfigError {
                     field: "upstream",
@@ -633,6 +660,9 @@ mod tests {
         Config {
             role: Role::Store,
             upstream: None,
+            upstream_grpc: None,
+            edge_window_bytes: 1 << 20,
+            slow_viewer_timeout_secs: 10,
             listen: "0.0.0.0:9080".parse().unwrap(),
             grpc_listen: "[::1]:9081".parse().unwrap(),
             data_dir: "/data".into(),

@@ -6,13 +6,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, PersistentVolumeClaim, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, LimitRange, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -37,7 +37,7 @@ pub enum Error {
     Apply {
         object: String,
         #[source]
-        source: kube::Error,
+        source: ApplyError,
     },
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
@@ -45,6 +45,21 @@ pub enum Error {
     Cleanup(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Why one owned object could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// The signing key Secret exists (made by hand, or emptied) without a key: the
+    /// operator never writes into an existing one, so a person has to decide.
+    #[error(
+        "it has no `{}` entry; add one (e.g. `openssl rand -hex 32`) or delete the Secret \
+         and the operator makes a new key (tokens signed with any earlier key stop working)",
+        desired::SIGNING_KEY
+    )]
+    NoSigningKey,
 }
 
 /// Reconcile counters and durations, served on `/metrics`.
@@ -167,6 +182,10 @@ pub async fn run(ctx: Arc<Context>) {
     .owns(Api::<NetworkPolicy>::all(client.clone()), wc.clone())
     .owns(Api::<PodDisruptionBudget>::all(client.clone()), wc.clone())
     .owns(Api::<ServiceAccount>::all(client.clone()), wc)
+    // Not `.owns(Secret)`: watching Secrets means listing every Secret of the cluster
+    // into this process (and RBAC to read them all). The signing key Secret is only
+    // ever created (see `create_signing_key`), so there is no drift to repair; one
+    // deleted by hand is made again at the next periodic reconcile.
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|r| async move {
@@ -300,7 +319,7 @@ async fn apply_one(
     object: &Owned,
     pp: &PatchParams,
     observed: &mut Observed,
-) -> Result<(), kube::Error> {
+) -> Result<(), ApplyError> {
     macro_rules! ssa {
         ($t:ty, $o:expr) => {{
             let api: Api<$t> = Api::namespaced(client.clone(), ns);
@@ -310,6 +329,7 @@ async fn apply_one(
     }
     match object {
         Owned::ConfigMap(o) => drop(ssa!(ConfigMap, o)),
+        Owned::Secret(o) => create_signing_key(client, ns, o).await?,
         Owned::ServiceAccount(o) => drop(ssa!(ServiceAccount, o)),
         Owned::Service(o) => drop(ssa!(Service, o)),
         Owned::StatefulSet(o) => {
@@ -329,6 +349,39 @@ async fn apply_one(
         Owned::LimitRange(o) => drop(ssa!(LimitRange, o)),
     }
     Ok(())
+}
+
+/// Creates the signing key Secret with a fresh random key unless it exists; an existing
+/// one is never changed, whoever made it. Not server-side apply: an apply without
+/// `data` (which `desired()` cannot know) would remove the key this field manager
+/// wrote, and re-sending the key means reading it back every reconcile. Needs only
+/// `get` and `create` on Secrets.
+async fn create_signing_key(client: &Client, ns: &str, secret: &Secret) -> Result<(), ApplyError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if let Some(existing) = api.get_opt(&secret.name_any()).await? {
+        let has_key = existing
+            .data
+            .as_ref()
+            .and_then(|d| d.get(desired::SIGNING_KEY))
+            .is_some_and(|k| !k.0.is_empty());
+        return if has_key {
+            Ok(())
+        } else {
+            Err(ApplyError::NoSigningKey)
+        };
+    }
+    let fresh = desired::with_signing_key(secret.clone(), rand::random());
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&pp, &fresh).await {
+        Ok(_) => Ok(()),
+        // Created between our get and create (a former leader finishing its last
+        // reconcile): the first key stands, ours is dropped.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The status a reconcile observed. `problem` is a Degraded (reason, message).

@@ -5,6 +5,7 @@
 //! same `app.kubernetes.io/*` labels, and is applied whole with server-side apply.
 
 use crate::Config;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSetSpec};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy};
 use k8s_openapi::api::autoscaling::v2::{
@@ -15,8 +16,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     LimitRange, LimitRangeItem, LimitRangeSpec, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -43,12 +44,26 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 const CONFIG_HASH: &str = "logstream.dev/config-hash";
 const CONFIG_DIR: &str = "/etc/logstream";
 const DATA_DIR: &str = "/data";
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where every gateway pod finds its ServiceAccount token and the cluster CA (the
+/// kubelet's automount), used to fetch the ServiceAccount issuer's keys.
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where the signing key Secret is mounted in store and edge pods. Not under
+/// `CONFIG_DIR`: a mount point inside a ConfigMap volume (always read-only) cannot be
+/// created by the container runtime.
+pub const KEY_DIR: &str = "/var/run/secrets/logstream";
+/// The signing key's entry in its Secret, and its file name under [`KEY_DIR`].
+pub const SIGNING_KEY: &str = "signing-key";
 
-/// One object the operator owns, typed.
+/// One object the operator owns, typed. Every kind is applied whole with server-side
+/// apply, except [`Owned::Secret`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Owned {
     ConfigMap(ConfigMap),
+    /// The HS256 signing key store and edges share (see [`signing_key_secret`]): built
+    /// here without its data and only ever *created*, with a fresh random key
+    /// ([`with_signing_key`]), when it does not exist. An existing one is never
+    /// updated: replacing the key would invalidate every token signed with it.
+    Secret(Secret),
     ServiceAccount(ServiceAccount),
     Service(Service),
     StatefulSet(StatefulSet),
@@ -66,6 +81,7 @@ macro_rules! with_owned {
     ($owned:expr, $o:ident => $body:expr) => {
         match $owned {
             $crate::desired::Owned::ConfigMap($o) => $body,
+            $crate::desired::Owned::Secret($o) => $body,
             $crate::desired::Owned::ServiceAccount($o) => $body,
             $crate::desired::Owned::Service($o) => $body,
             $crate::desired::Owned::StatefulSet($o) => $body,
@@ -116,6 +132,8 @@ pub struct Names {
     pub edge: String,
     pub config: String,
     pub service_account: String,
+    /// The Secret holding the HS256 signing key.
+    pub signing_key: String,
 }
 
 impl Names {
@@ -126,6 +144,7 @@ impl Names {
             edge: format!("{n}-edge"),
             config: format!("{n}-gateway"),
             service_account: format!("{n}-gateway"),
+            signing_key: format!("{n}-signing-key"),
         }
     }
 }
@@ -135,10 +154,7 @@ pub fn endpoints(ls: &LogStream, cfg: &Config) -> Endpoints {
     let names = Names::of(ls);
     let ns = ls.namespace().unwrap_or_default();
     Endpoints {
-        ingest: format!(
-            "{}.{ns}.svc.{}:{GRPC_PORT}",
-            names.store, cfg.cluster_domain
-        ),
+        ingest: format!("{}:{GRPC_PORT}", store_host(ls, cfg)),
         http: format!(
             "http://{}.{ns}.svc.{}:{HTTP_PORT}",
             names.edge, cfg.cluster_domain
@@ -149,15 +165,20 @@ pub fn endpoints(ls: &LogStream, cfg: &Config) -> Endpoints {
     }
 }
 
-/// The store Service's HTTP base URL (edges forward to it, the operator reads its
-/// metrics).
+/// The store Service's HTTP base URL (edges forward history and exports to it, the
+/// operator reads its metrics).
 pub fn store_url(ls: &LogStream, cfg: &Config) -> String {
+    format!("http://{}:{HTTP_PORT}", store_host(ls, cfg))
+}
+
+/// The store Service's gRPC URL, where edges hold their `Tail.Subscribe` upstreams.
+pub fn store_grpc_url(ls: &LogStream, cfg: &Config) -> String {
+    format!("http://{}:{GRPC_PORT}", store_host(ls, cfg))
+}
+
+fn store_host(ls: &LogStream, cfg: &Config) -> String {
     let ns = ls.namespace().unwrap_or_default();
-    format!(
-        "http://{}.{ns}.svc.{}:{HTTP_PORT}",
-        Names::of(ls).store,
-        cfg.cluster_domain
-    )
+    format!("{}.{ns}.svc.{}", Names::of(ls).store, cfg.cluster_domain)
 }
 
 /// Number of store replicas actually run: more than one needs Kafka, which this
@@ -198,11 +219,13 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
         ])),
         ..Default::default()
     })];
+    out.push(Owned::Secret(signing_key_secret(ls, &names)));
 
     out.push(Owned::ServiceAccount(ServiceAccount {
         metadata: meta(ls, &names.service_account, None),
-        // The store fetches the cluster's ServiceAccount issuer keys with this token
-        // (granted to every ServiceAccount by system:service-account-issuer-discovery).
+        // Store and edges both verify ServiceAccount tokens, so both fetch the cluster's
+        // ServiceAccount issuer keys with this token (granted to every ServiceAccount by
+        // system:service-account-issuer-discovery) and the CA mounted beside it.
         automount_service_account_token: Some(true),
         ..Default::default()
     }));
@@ -305,9 +328,10 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
         .resources
         .clone()
         .unwrap_or_else(|| resources("100m", "128Mi", "512Mi"));
+    // Edges authenticate viewers themselves (`auth_settings`), ServiceAccount tokens
+    // included, so they keep the ServiceAccount's automounted token like the store.
     let mut edge_pod = pod_spec(&names, &image, "edge", edge_resources, Vec::new());
     edge_pod.containers[0].ports = Some(vec![container_port("http", HTTP_PORT)]);
-    edge_pod.automount_service_account_token = Some(false);
     out.push(Owned::Deployment(Deployment {
         metadata: meta(ls, &names.edge, Some("edge")),
         spec: Some(DeploymentSpec {
@@ -427,8 +451,10 @@ fn hpa(ls: &LogStream, names: &Names) -> HorizontalPodAutoscaler {
     }
 }
 
-/// Stores accept traffic only from their edges, the node collectors and (for direct
-/// pushes) the tenant's selected namespaces; edges accept viewers from anywhere.
+/// Stores accept traffic only from their edges (HTTP for history and exports, gRPC for
+/// the `Tail.Subscribe` upstreams of live viewers: one rule admits both ports), the node
+/// collectors, the operator and (for direct pushes) the tenant's selected namespaces;
+/// edges accept viewers from anywhere.
 fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkPolicy> {
     let mut from = vec![
         NetworkPolicyPeer {
@@ -524,6 +550,12 @@ fn pod_spec(
         read_only: Some(true),
         ..Default::default()
     });
+    mounts.push(VolumeMount {
+        name: SIGNING_KEY.into(),
+        mount_path: KEY_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -577,14 +609,26 @@ fn pod_spec(
             }),
             ..Default::default()
         }],
-        volumes: Some(vec![Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names.config.clone(),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.config.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            },
+            Volume {
+                name: SIGNING_KEY.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(names.signing_key.clone()),
+                    // Readable by the gateway's group (fsGroup) only, not by others.
+                    default_mode: Some(0o440),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     }
 }
@@ -690,53 +734,49 @@ fn short_hash(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex()[..16].to_owned()
 }
 
+/// The Secret holding the HS256 key that store and edges share: the store signs and
+/// verifies tokens with it (`logstream-gateway token` mints them from the same file),
+/// edges verify viewers' tokens and sign their own upstream `Tail.Subscribe` calls.
+/// Returned without data: a pure function cannot make a random key, and the key must
+/// never change once made, so the apply layer creates the Secret with
+/// [`with_signing_key`] only when it does not exist. `immutable` makes the API server
+/// refuse any edit of the key; rotating it means deleting the Secret (a new one is
+/// made at the next reconcile) and restarting the gateway pods, which read the key at
+/// start. An administrator may create the Secret first to bring their own key.
+pub fn signing_key_secret(ls: &LogStream, names: &Names) -> Secret {
+    Secret {
+        metadata: meta(ls, &names.signing_key, None),
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        ..Default::default()
+    }
+}
+
+/// `secret` with `random` as its signing key: 32 bytes written as 64 lowercase hex
+/// characters, the format `logstream-gateway` generates itself (the file's bytes are
+/// the HMAC key, so the same text must reach every reader).
+pub fn with_signing_key(mut secret: Secret, random: [u8; 32]) -> Secret {
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    secret.data = Some(BTreeMap::from([(
+        SIGNING_KEY.to_owned(),
+        ByteString(hex.into_bytes()),
+    )]));
+    secret
+}
+
 /// The store's gateway configuration (read by `logstream-gateway serve --config`).
 pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
     let spec = &ls.spec;
-    let auth = &spec.gateway.auth;
     let q = &spec.quotas;
-    let defaults = gateway::Config::default();
-    let viewers = |v: Option<u32>, default: usize| {
-        v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
     // TOML integers are i64: a larger quota is as good as unlimited.
     let quota = |v: Option<u64>| v.map_or(0, |v| v.min(i64::MAX as u64));
-
-    // ServiceAccount tokens of this cluster: the collectors always push; the
-    // LogStream names who else may push or read.
-    let mut service_accounts = vec![gateway::SaMappingConfig {
-        namespace: cfg.collector_namespace.clone(),
-        name: cfg.collector_service_account.clone(),
-        tenant: spec.tenant.clone(),
-        scopes: vec!["logs:write".to_owned()],
-    }];
-    service_accounts.extend(
-        auth.service_accounts
-            .iter()
-            .map(|a| gateway::SaMappingConfig {
-                namespace: a.namespace.clone(),
-                name: a.name.clone(),
-                tenant: spec.tenant.clone(),
-                scopes: a.scopes.clone(),
-            }),
-    );
-
     gateway::Config {
         role: gateway::Role::Store,
         listen: any_address(HTTP_PORT),
         grpc_listen: any_address(GRPC_PORT),
         data_dir: DATA_DIR.into(),
-        signing_key_file: Some(format!("{DATA_DIR}/signing-key").into()),
         retention: spec.retention.clone(),
         deployment_idle_timeout: spec.deployment_idle_timeout.clone(),
-        max_viewers_per_tenant: viewers(q.viewers, defaults.max_viewers_per_tenant),
-        max_viewers_per_deployment: viewers(
-            q.viewers_per_deployment,
-            defaults.max_viewers_per_deployment,
-        ),
-        issuer: auth.issuer.clone(),
-        jwks_url: auth.jwks_url.clone(),
-        audience: auth.audience.clone(),
         redaction: gateway::RedactionConfig {
             builtins: spec.redaction.builtins,
             style: match spec.redaction.style {
@@ -761,6 +801,68 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
             max_stored_bytes: quota(q.storage_bytes),
             max_open_deployments: quota(q.open_deployments),
         },
+        ..auth_settings(ls, cfg)
+    }
+}
+
+/// The edge's gateway configuration: a viewer front that authenticates viewers itself
+/// and follows the store over gRPC (history and exports still go to `upstream`).
+pub fn edge_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
+    gateway::Config {
+        role: gateway::Role::Edge,
+        listen: any_address(HTTP_PORT),
+        upstream: Some(store_url(ls, cfg)),
+        upstream_grpc: Some(store_grpc_url(ls, cfg)),
+        ..auth_settings(ls, cfg)
+    }
+}
+
+/// What store and edges must agree on, on top of the gateway's defaults: who may read
+/// or push (the shared HS256 key, the identity provider, the ServiceAccount issuer and
+/// mappings) and how many viewers a tenant and a deployment get. Both configs start
+/// from this one function, so a token the store accepts is never refused by an edge or
+/// the other way round. The viewer limits apply per process: each edge enforces them
+/// for the viewers it holds.
+fn auth_settings(ls: &LogStream, cfg: &Config) -> gateway::Config {
+    let spec = &ls.spec;
+    let auth = &spec.gateway.auth;
+    let q = &spec.quotas;
+    let defaults = gateway::Config::default();
+    let viewers = |v: Option<u32>, default: usize| {
+        v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+
+    // ServiceAccount tokens of this cluster: the collectors always push; the
+    // LogStream names who else may push or read.
+    let mut service_accounts = vec![gateway::SaMappingConfig {
+        namespace: cfg.collector_namespace.clone(),
+        name: cfg.collector_service_account.clone(),
+        tenant: spec.tenant.clone(),
+        scopes: vec!["logs:write".to_owned()],
+    }];
+    service_accounts.extend(
+        auth.service_accounts
+            .iter()
+            .map(|a| gateway::SaMappingConfig {
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+                tenant: spec.tenant.clone(),
+                scopes: a.scopes.clone(),
+            }),
+    );
+
+    gateway::Config {
+        signing_key_file: Some(format!("{KEY_DIR}/{SIGNING_KEY}").into()),
+        max_viewers_per_tenant: viewers(q.viewers, defaults.max_viewers_per_tenant),
+        max_viewers_per_deployment: viewers(
+            q.viewers_per_deployment,
+            defaults.max_viewers_per_deployment,
+        ),
+        issuer: auth.issuer.clone(),
+        jwks_url: auth.jwks_url.clone(),
+        audience: auth.audience.clone(),
+        // The API server serves the issuer's keys to authenticated callers only: the
+        // pod's own token and the cluster CA (automounted in every gateway pod).
         service_account_issuers: vec![gateway::SaIssuerConfig {
             issuer: cfg.service_account_issuer.clone(),
             audience: "logstream".into(),
@@ -770,16 +872,6 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
         }],
         service_accounts,
         ..defaults
-    }
-}
-
-/// The edge's gateway configuration: a viewer front that forwards to the stores.
-pub fn edge_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
-    gateway::Config {
-        role: gateway::Role::Edge,
-        listen: any_address(HTTP_PORT),
-        upstream: Some(store_url(ls, cfg)),
-        ..gateway::Config::default()
     }
 }
 

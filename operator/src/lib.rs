@@ -6,7 +6,8 @@
 //! ```
 //!
 //! [`desired::desired`] is pure and holds every decision; [`controller`] applies its
-//! output with one field manager, keeps status honest, records Events and runs a
+//! output with one field manager (all but the signing key Secret, which it only creates,
+//! with a random key, when absent), keeps status honest, records Events and runs a
 //! finalizer for what owner references cannot cover (the store PVCs); [`leader`] makes
 //! sure only one replica reconciles.
 

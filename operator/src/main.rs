@@ -121,7 +121,19 @@ fn render(file: &PathBuf, cfg: &Config) -> anyhow::Result<()> {
     let objects =
         desired::desired(&ls, cfg).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     for o in objects {
-        println!("---\n{}", serde_yaml::to_string(&o.to_json())?);
+        println!("---");
+        if let desired::Owned::Secret(s) = &o {
+            // Applying this empty Secret (GitOps) would leave the gateways without a key:
+            // the operator makes it, with a random key, only where it does not exist.
+            println!(
+                "# {}: created by the operator with a random key when absent, never \
+                 updated; leave it out, or create it with your own key in `{}`",
+                o.describe(),
+                desired::SIGNING_KEY
+            );
+            debug_assert!(s.data.is_none(), "desired() never carries the key");
+        }
+        print!("{}", serde_yaml::to_string(&o.to_json())?);
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ fn defaults_of_a_minimal_logstream() {
         names,
         [
             "ConfigMap/acme-gateway",
+            "Secret/acme-signing-key",
             "ServiceAccount/acme-gateway",
             "Service/acme-store",
             "StatefulSet/acme-store",
@@ -317,11 +318,26 @@ fn upgrades_change_only_what_they_should() {
         ["LimitRange/acme-quota", "ResourceQuota/acme-quota"]
     );
 
+    // Authentication and viewer limits are in both configs: both roles roll.
     let mut b = base.clone();
     b.spec.quotas.viewers_per_deployment = Some(50);
     assert_eq!(
         changed(&base, &b),
-        ["ConfigMap/acme-gateway", "StatefulSet/acme-store"]
+        [
+            "ConfigMap/acme-gateway",
+            "Deployment/acme-edge",
+            "StatefulSet/acme-store"
+        ]
+    );
+    let mut b = base.clone();
+    b.spec.gateway.auth.audience = Some("logs".into());
+    assert_eq!(
+        changed(&base, &b),
+        [
+            "ConfigMap/acme-gateway",
+            "Deployment/acme-edge",
+            "StatefulSet/acme-store"
+        ]
     );
 }
 
@@ -377,5 +393,196 @@ fn rendered_gateway_configs_parse_with_the_gateways_own_type_and_validate() {
                 "{name} {file} parses back to what the operator built\n{text}"
             );
         }
+    }
+}
+
+/// The fields store and edge must agree on for a token to mean the same at both.
+fn auth_of(c: &logstream_gateway::config::Config) -> impl PartialEq + std::fmt::Debug {
+    (
+        (
+            c.signing_key_file.clone(),
+            c.accept_hs256,
+            c.public_keys.clone(),
+            c.jwks_file.clone(),
+            c.jwks_url.clone(),
+            c.issuer.clone(),
+            c.audience.clone(),
+        ),
+        (
+            c.service_account_issuers.clone(),
+            c.service_accounts.clone(),
+            c.max_viewers_per_tenant,
+            c.max_viewers_per_deployment,
+            c.max_streams_per_token,
+        ),
+    )
+}
+
+#[test]
+fn store_and_edge_authenticate_alike_and_edges_follow_the_store_over_grpc() {
+    for (name, ns) in [("minimal.yaml", "ci"), ("full.yaml", "payments-ci")] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let cm: ConfigMap = get(&objs, &format!("ConfigMap/{n}-gateway"));
+        let data = cm.data.unwrap();
+        let (store, edge) = (
+            gateway_config(&data["store.toml"]),
+            gateway_config(&data["edge.toml"]),
+        );
+        assert_eq!(auth_of(&store), auth_of(&edge), "{name}");
+        assert_eq!(
+            edge.upstream_grpc.as_deref(),
+            Some(format!("http://{n}-store.{ns}.svc.cluster.local:8081").as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            edge.upstream.as_deref(),
+            Some(format!("http://{n}-store.{ns}.svc.cluster.local:8080").as_str()),
+            "{name}"
+        );
+    }
+    // What the LogStream sets reaches the edge too, not only the defaults.
+    let ls = sample("full.yaml");
+    let edge = logstream_operator::desired::edge_config(&ls, &Config::default());
+    assert_eq!(edge.issuer.as_deref(), Some("https://login.example.com"));
+    assert_eq!(edge.audience.as_deref(), Some("logstream"));
+    assert_eq!(edge.max_viewers_per_deployment, 10_000);
+    assert_eq!(edge.max_viewers_per_tenant, 20_000);
+    assert_eq!(edge.service_accounts[1].namespace, "payments-ci");
+}
+
+/// The signing key Secret without data (the apply layer makes the key), and the
+/// format the key gets.
+#[test]
+fn the_signing_key_secret_is_built_without_a_key_and_filled_with_hex() {
+    use k8s_openapi::api::core::v1::Secret;
+    use logstream_operator::desired::{SIGNING_KEY, with_signing_key};
+    let objs = desired(&sample("minimal.yaml"), &Config::default()).unwrap();
+    let secret: Secret = get(&objs, "Secret/acme-signing-key");
+    assert_eq!(secret.data, None, "desired() never carries the key");
+    assert_eq!(secret.string_data, None);
+    assert_eq!(secret.immutable, Some(true));
+    let filled = with_signing_key(secret, [0xab; 32]);
+    let key = &filled.data.unwrap()[SIGNING_KEY].0;
+    assert_eq!(key, "ab".repeat(32).as_bytes());
+}
+
+/// Every file a rendered config names is there in the pod that reads it: the signing
+/// key from its Secret, the ServiceAccount token and CA from the kubelet's automount.
+#[test]
+fn every_file_a_gateway_config_names_is_mounted_in_its_pod() {
+    use k8s_openapi::api::core::v1::{PodSpec, ServiceAccount};
+    use logstream_operator::desired::SA_DIR;
+    for name in ["minimal.yaml", "full.yaml", "single-edge.yaml"] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let cm: ConfigMap = get(&objs, &format!("ConfigMap/{n}-gateway"));
+        let data = cm.data.unwrap();
+        let sa: ServiceAccount = get(&objs, &format!("ServiceAccount/{n}-gateway"));
+        let sts: StatefulSet = get(&objs, &format!("StatefulSet/{n}-store"));
+        let edge: Deployment = get(&objs, &format!("Deployment/{n}-edge"));
+        let pods: [(&str, PodSpec); 2] = [
+            ("store.toml", sts.spec.unwrap().template.spec.unwrap()),
+            ("edge.toml", edge.spec.unwrap().template.spec.unwrap()),
+        ];
+        for (file, pod) in pods {
+            let config = gateway_config(&data[file]);
+            let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+            let volumes = pod.volumes.clone().unwrap();
+
+            // The signing key: a read-only mount of the LogStream's Secret.
+            let key = config.signing_key_file.clone().expect("a signing key file");
+            let key_mount = mounts
+                .iter()
+                .find(|m| key.parent() == Some(Path::new(&m.mount_path)))
+                .unwrap_or_else(|| panic!("{name} {file}: nothing mounted at {key:?}"));
+            assert_eq!(key_mount.read_only, Some(true), "{name} {file}");
+            let volume = volumes.iter().find(|v| v.name == key_mount.name).unwrap();
+            let secret = volume.secret.as_ref().expect("a Secret volume");
+            assert_eq!(
+                secret.secret_name.as_deref(),
+                Some(format!("{n}-signing-key").as_str()),
+                "{name} {file}"
+            );
+            assert_eq!(
+                key.file_name().unwrap(),
+                logstream_operator::desired::SIGNING_KEY,
+                "the file is the Secret's entry"
+            );
+
+            // ServiceAccount token and CA: the automount, not turned off for this pod.
+            let sa_files = config
+                .service_account_issuers
+                .iter()
+                .flat_map(|i| [i.ca_file.clone(), i.token_file.clone()])
+                .flatten()
+                .collect::<Vec<_>>();
+            assert!(!sa_files.is_empty(), "{name} {file}");
+            for f in sa_files {
+                assert!(f.starts_with(SA_DIR), "{name} {file}: {f:?}");
+                assert_ne!(
+                    pod.automount_service_account_token,
+                    Some(false),
+                    "{name} {file} reads {f:?}"
+                );
+                assert_eq!(sa.automount_service_account_token, Some(true));
+                assert_eq!(
+                    pod.service_account_name.as_deref(),
+                    Some(format!("{n}-gateway").as_str())
+                );
+            }
+        }
+    }
+}
+
+/// Edges follow live deployments over the store's gRPC port and read history over
+/// HTTP: the store's NetworkPolicy must admit the edge pods on both.
+#[test]
+fn edges_reach_the_store_on_http_and_grpc() {
+    for name in ["minimal.yaml", "full.yaml"] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let edge: Deployment = get(&objs, &format!("Deployment/{n}-edge"));
+        let edge_labels = edge
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        let np: NetworkPolicy = get(&objs, &format!("NetworkPolicy/{n}-store"));
+        let mut ports: Vec<i32> = np
+            .spec
+            .unwrap()
+            .ingress
+            .unwrap()
+            .into_iter()
+            .filter(|rule| {
+                rule.from.iter().flatten().any(|peer| {
+                    // Same namespace (no namespaceSelector), a pod selector the edge
+                    // pods' labels satisfy.
+                    peer.namespace_selector.is_none()
+                        && peer.pod_selector.as_ref().is_some_and(|s| {
+                            s.match_expressions.is_none()
+                                && s.match_labels
+                                    .iter()
+                                    .flatten()
+                                    .all(|(k, v)| edge_labels.get(k) == Some(v))
+                        })
+                })
+            })
+            .flat_map(|rule| rule.ports.unwrap_or_default())
+            .map(|p| match p.port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p,
+                other => panic!("{name}: a named or missing port {other:?}"),
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports, [8080, 8081], "{name}");
     }
 }

@@ -421,3 +421,157 @@ async fn a_spec_change_updates_only_its_objects_and_the_observed_generation() {
             .all(|c| c["observedGeneration"] == 2)
     );
 }
+
+const KEY_SECRET: &str = "/api/v1/namespaces/ci/secrets/acme-signing-key";
+
+/// The signing key as stored: the Secret's `signing-key` entry, decoded.
+fn signing_key(fake: &FakeApi) -> String {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret =
+        serde_json::from_value(fake.get(KEY_SECRET).expect("the signing key Secret")).unwrap();
+    let key = secret.data.unwrap().remove("signing-key").unwrap().0;
+    String::from_utf8(key).unwrap()
+}
+
+fn secret_creates(fake: &FakeApi) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == "/api/v1/namespaces/ci/secrets")
+        .count()
+}
+
+/// The pod template of a workload, from the fake API.
+fn pod_template(fake: &FakeApi, path: &str) -> Value {
+    fake.get(path).unwrap()["spec"]["template"]["spec"].clone()
+}
+
+#[tokio::test]
+async fn the_signing_key_is_created_once_kept_and_mounted_where_both_configs_read_it() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(secret_creates(&fake), 1);
+    let key = signing_key(&fake);
+    assert_eq!(key.len(), 64, "32 random bytes as hex: {key}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    let secret = fake.get(KEY_SECRET).unwrap();
+    assert_eq!(secret["immutable"], true);
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "LogStream"
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "ls-uid");
+    assert!(
+        !applies(&fake).iter().any(|a| a.starts_with("Secret/")),
+        "never server-side applied: an apply without data would drop the key"
+    );
+
+    // Later reconciles (a restart of the operator, a spec change) keep the same key.
+    fake.clear_requests();
+    let mut ls = fake.get(LS).unwrap();
+    ls["spec"]["quotas"] = json!({"viewers": 50});
+    ls["metadata"]["generation"] = 2.into();
+    fake.put(LS, ls);
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(secret_creates(&fake), 0);
+    assert_eq!(signing_key(&fake), key);
+
+    // Both pods mount it read-only, and both configs name the mounted file.
+    let cm = fake
+        .get("/api/v1/namespaces/ci/configmaps/acme-gateway")
+        .unwrap();
+    for (workload, file) in [
+        (
+            "/apis/apps/v1/namespaces/ci/statefulsets/acme-store",
+            "store.toml",
+        ),
+        (
+            "/apis/apps/v1/namespaces/ci/deployments/acme-edge",
+            "edge.toml",
+        ),
+    ] {
+        let pod = pod_template(&fake, workload);
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["secret"]["secretName"] == "acme-signing-key")
+            .unwrap_or_else(|| panic!("{workload}: no signing key volume in {pod}"))
+            .clone();
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .unwrap_or_else(|| panic!("{workload}: the signing key volume is not mounted"))
+            .clone();
+        assert_eq!(mount["readOnly"], true, "{workload}");
+        let config: logstream_model::config::Config =
+            toml::from_str(cm["data"][file].as_str().unwrap()).unwrap();
+        assert_eq!(
+            config.signing_key_file.unwrap(),
+            std::path::Path::new(mount["mountPath"].as_str().unwrap()).join("signing-key"),
+            "{file}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_signing_key_deleted_by_hand_comes_back_new_and_one_brought_by_an_admin_is_kept() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    let first = signing_key(&fake);
+
+    // Deleting the Secret is how the key is rotated: the next reconcile makes another.
+    fake.0.lock().objects.remove(KEY_SECRET);
+    reconcile(&ctx, &fake).await.unwrap();
+    let second = signing_key(&fake);
+    assert_ne!(second, first, "a fresh random key");
+
+    // A Secret made before the LogStream (the admin's own key) is used as it is.
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    let own = "6f776e2d6b65792d6f662d7468652d61646d696e";
+    fake.put(
+        KEY_SECRET,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "acme-signing-key", "namespace": "ci"},
+               "data": {"signing-key": base64(own)}}),
+    );
+    reconcile(&ctx, &fake).await.unwrap();
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(secret_creates(&fake), 0);
+    assert_eq!(signing_key(&fake), own);
+    assert_eq!(condition(&fake, "Degraded").0, "False");
+}
+
+#[tokio::test]
+async fn a_signing_key_secret_without_a_key_is_degraded_and_left_alone() {
+    let (ctx, fake) = setup(json!({"tenant": "acme"}));
+    let empty = json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "acme-signing-key", "namespace": "ci"},
+                       "data": {"key": base64("wrong entry")}});
+    fake.put(KEY_SECRET, empty);
+    reconcile(&ctx, &fake).await.unwrap();
+    let err = reconcile(&ctx, &fake).await.unwrap_err();
+    assert!(err.to_string().contains("Secret/acme-signing-key"), "{err}");
+    let (status, reason, message) = condition(&fake, "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ApplyFailed"));
+    assert!(message.contains("no `signing-key` entry"), "{message}");
+    assert_eq!(secret_creates(&fake), 0);
+    assert_eq!(
+        fake.get(KEY_SECRET).unwrap()["data"],
+        json!({"key": base64("wrong entry")}),
+        "never written into"
+    );
+}
+
+fn base64(s: &str) -> String {
+    // Through k8s-openapi's own ByteString, the encoding the API server uses.
+    serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

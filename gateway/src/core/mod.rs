@@ -130,6 +130,7 @@ fn event(
         result: result.to_owned(),
         client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
         count: None,
+        via: String::new(),
     }
 }
 
@@ -171,90 +172,7 @@ impl Gateway {
             ..StoreConfig::default()
         };
         let store = Store::open(config.data_dir.join("store"), store_cfg, hooks)?;
-        let key_path = config
-            .signing_key_file
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("dev-signing-key"));
-        let key = Authenticator::load_or_create_key(&key_path)
-            .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key_path.display()))?;
-        let mut auth = Authenticator::hs256(&key, config.audience.clone(), config.issuer.clone());
-        let mut keys = Vec::new();
-        for k in &config.public_keys {
-            let alg: jsonwebtoken::Algorithm = k.alg.parse().map_err(|_| anyhow::anyhow!("invalid configuration: public_keys: alg {:?} is not one of RS256, RS384, RS512, PS256, ES256, ES384, EdDSA", k.alg))?;
-            let pem = std::fs::read(&k.file).map_err(|e| {
-                anyhow::anyhow!(
-                    "invalid configuration: public_keys: {}: {e}",
-                    k.file.display()
-                )
-            })?;
-            keys.push(
-                crate::auth::PublicKey::from_pem(&pem, alg, k.kid.clone()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: public_keys: {}: {e}",
-                        k.file.display()
-                    )
-                })?,
-            );
-        }
-        auth = auth.with_public_keys(keys);
-        if let Some(f) = &config.jwks_file {
-            auth = auth
-                .with_jwks_file(f.clone())
-                .map_err(|e| anyhow::anyhow!("invalid configuration: jwks_file: {e}"))?;
-        }
-        if !config.accept_hs256 {
-            auth = auth.without_hs256();
-        }
-        let mut issuers = Vec::new();
-        for i in &config.service_account_issuers {
-            let mut http = reqwest::Client::builder();
-            if let Some(ca) = &i.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
-                        ca.display()
-                    )
-                })?;
-                for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: service_account_issuers: ca_file {}: {e}",
-                        ca.display()
-                    )
-                })? {
-                    http = http.add_root_certificate(cert);
-                }
-            }
-            let http = http
-                .build()
-                .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-            issuers.push(
-                crate::auth::SaIssuer::new(
-                    i.issuer.clone(),
-                    i.audience.clone(),
-                    i.jwks_url.clone(),
-                    http,
-                )
-                .with_token_file(i.token_file.clone()),
-            );
-        }
-        let mappings = config
-            .service_accounts
-            .iter()
-            .map(|m| crate::auth::SaMapping {
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
-                tenant: m.tenant.clone(),
-                scopes: m
-                    .scopes
-                    .iter()
-                    .filter_map(|s| crate::auth::Scope::parse(s))
-                    .collect(),
-            })
-            .collect();
-        auth = auth.with_service_accounts(issuers, mappings);
-        if let Some(url) = &config.jwks_url {
-            auth = auth.with_jwks_url(url.clone(), reqwest::Client::new());
-        }
+        let auth = crate::auth::from_config(&config, true)?;
         let audit = crate::audit::Audit::start(
             &store,
             metrics.clone(),

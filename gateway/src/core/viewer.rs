@@ -409,6 +409,7 @@ impl Drop for ViewerSlot {
                 result: "ok".into(),
                 client: self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
                 count: None,
+                via: String::new(),
             });
         }
         let mut counts = self.counts.lock();

@@ -143,6 +143,7 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/audit/events", post(audit_append))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -802,6 +803,46 @@ async fn history(
         complete,
     })
     .into_response())
+}
+
+/// Appends audit records made by an edge (scope `audit:write`, which only edges'
+/// own tokens carry): a JSON array of events of the caller's tenant, answered once they
+/// are durable. Each record names the edge in `via`.
+async fn audit_append(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    access::require(&p, Scope::AuditWrite)?;
+    let raw = read_body(&s, &headers, body).await?;
+    let events: Vec<crate::audit::AuditEvent> = serde_json::from_slice(&raw).map_err(|e| {
+        Error::invalid(
+            "invalid_body",
+            format!("the body must be a JSON array of audit events: {e}"),
+        )
+    })?;
+    if let Some(e) = events.iter().find(|e| e.tenant != p.tenant) {
+        return Err(Error::forbidden(
+            "wrong_tenant",
+            format!(
+                "an event of tenant {:?} was sent with a token of tenant {:?}; send each tenant's events with its own token",
+                e.tenant, p.tenant
+            ),
+        ));
+    }
+    let n = events.len();
+    for (i, mut e) in events.into_iter().enumerate() {
+        e.via = p.subject.clone();
+        // In order: once the last is durable, so is every one before it.
+        let need = if i + 1 == n {
+            crate::audit::Need::Durable
+        } else {
+            crate::audit::Need::Accepted
+        };
+        s.audit.require(e, need).await?;
+    }
+    Ok(axum::Json(json!({ "recorded": n })).into_response())
 }
 
 /// The audit log of the caller's tenant (admin scope): `action`, `deployment`, `since`,

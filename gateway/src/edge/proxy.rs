@@ -1,38 +1,26 @@
-//! Role `edge`: the stateless viewer front of a tenant, scaled by an HPA.
-//!
-//! An edge forwards every HTTP request to the tenant's store (`upstream`) and streams
-//! the response back unbuffered: history pages, exports, SSE tails and WebSocket tails
-//! (the upgrade is forwarded and the two connections are spliced). Authentication,
-//! quotas and viewer limits are enforced by the store, which sees the original
-//! `Authorization` header. The edge counts the live streams it carries
-//! (`logstream_live_viewers`, the HPA's pods metric) and answers `/healthz`, `/readyz`
-//! (the store answers) and `/metrics` itself.
-//!
-//! Not built yet (see docs/status.md): one multiplexed `Tail.Subscribe` upstream per
-//! deployment with fan-out at the edge. Today every viewer is one upstream stream, so
-//! the store still frames each viewer's events; edges add connection capacity, TLS and
-//! slow-client buffering, not fan-out.
+//! What an edge does not serve itself goes to its store unchanged: ingest, history,
+//! exports, lists, the change feed. The response streams back unbuffered; the store
+//! sees the original `Authorization` header. The edge's own requests to the store
+//! (history pages for catch-up, its audit records) go through the same client.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus::{IntCounterVec, IntGauge, Registry};
-use std::sync::Arc;
-use std::time::Duration;
 
-/// Shared state of an edge.
-pub struct Edge {
-    upstream: axum::http::Uri,
+use super::Edge;
+
+/// The HTTP client to the store.
+pub struct Proxy {
+    pub upstream: axum::http::Uri,
     client: Client<HttpConnector, Body>,
-    registry: Registry,
-    /// `process_*`.
-    process: Registry,
-    live: IntGauge,
-    requests: IntCounterVec,
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 7.6.1).
@@ -45,9 +33,13 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
     header::TRANSFER_ENCODING,
 ];
 
-impl Edge {
-    /// An edge forwarding to `upstream` (`http://host:port`).
-    pub fn new(upstream: &str) -> anyhow::Result<Arc<Edge>> {
+/// Largest store answer the edge reads whole (a history page of 1,000 lines is far
+/// below).
+const MAX_ANSWER: usize = 64 << 20;
+
+impl Proxy {
+    /// A client of the store at `upstream` (`http://host:port`).
+    pub fn new(upstream: &str) -> anyhow::Result<Proxy> {
         let uri: axum::http::Uri = upstream
             .parse()
             .map_err(|e| anyhow::anyhow!("invalid configuration: upstream {upstream:?}: {e}"))?;
@@ -62,42 +54,13 @@ impl Edge {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let registry = Registry::new_custom(Some("logstream".into()), None).expect("registry");
-        let live = IntGauge::new(
-            "live_viewers",
-            "Live streams (SSE, WebSocket) this edge carries.",
-        )
-        .expect("metric");
-        let requests = IntCounterVec::new(
-            prometheus::Opts::new("edge_requests_total", "Requests forwarded, by outcome."),
-            &["outcome"],
-        )
-        .expect("metric");
-        registry.register(Box::new(live.clone())).expect("register");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("register");
-        Ok(Arc::new(Edge {
+        Ok(Proxy {
             upstream: uri,
             client,
-            registry,
-            process: crate::metrics::process_registry(),
-            live,
-            requests,
-        }))
+        })
     }
 
-    /// The edge's routes: its own probes and metrics, everything else forwarded.
-    pub fn router(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route("/readyz", axum::routing::get(readyz))
-            .route("/metrics", axum::routing::get(metrics))
-            .fallback(forward)
-            .with_state(self.clone())
-    }
-
-    fn upstream_uri(&self, path_and_query: &str) -> axum::http::Uri {
+    fn uri(&self, path_and_query: &str) -> axum::http::Uri {
         let mut parts = self.upstream.clone().into_parts();
         parts.path_and_query = Some(
             path_and_query
@@ -106,13 +69,60 @@ impl Edge {
         );
         axum::http::Uri::from_parts(parts).expect("scheme and authority come from upstream")
     }
+
+    /// GETs `path_and_query` with the edge's `token`: the status and the whole body.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        token: &str,
+    ) -> Result<(StatusCode, bytes::Bytes), String> {
+        let req = axum::http::Request::get(self.uri(path_and_query))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        self.call(req).await
+    }
+
+    /// POSTs a JSON `body` with the edge's `token`; `Err` unless the store answers 2xx.
+    pub async fn post_json(&self, path: &str, token: &str, body: Vec<u8>) -> Result<(), String> {
+        let req = axum::http::Request::post(self.uri(path))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        match self.call(req).await? {
+            (s, _) if s.is_success() => Ok(()),
+            (s, b) => Err(format!(
+                "the store answered {s}: {}",
+                String::from_utf8_lossy(&b)
+            )),
+        }
+    }
+
+    async fn call(
+        &self,
+        req: axum::http::Request<Body>,
+    ) -> Result<(StatusCode, bytes::Bytes), String> {
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .map_err(|_| "the store did not answer within 30 s".to_owned())?
+            .map_err(|e| format!("the store is unreachable: {e}"))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the store's answer: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
 }
 
-async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
-    let req = axum::http::Request::get(edge.upstream_uri("/readyz"))
+/// `/readyz`: ready when the store is.
+pub async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
+    let req = axum::http::Request::get(edge.proxy.uri("/readyz"))
         .body(Body::empty())
         .expect("request");
-    match tokio::time::timeout(Duration::from_secs(2), edge.client.request(req)).await {
+    match tokio::time::timeout(Duration::from_secs(2), edge.proxy.client.request(req)).await {
         Ok(Ok(r)) if r.status().is_success() => "ok".into_response(),
         Ok(Ok(r)) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,10 +140,6 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
             "no answer within 2 s",
         ),
     }
-}
-
-async fn metrics(State(edge): State<Arc<Edge>>) -> String {
-    crate::metrics::render(&[&edge.registry, &edge.process])
 }
 
 fn problem(status: StatusCode, code: &str, message: &str) -> Response {
@@ -163,15 +169,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Counts one live stream while its body is open.
-struct LiveGuard(IntGauge);
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
+/// Forwards a request the edge does not serve itself (see the module comment).
+pub async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
     let is_upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -188,7 +187,7 @@ async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    parts.uri = edge.upstream_uri(&pq);
+    parts.uri = edge.proxy.uri(&pq);
     parts.version = axum::http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, is_upgrade);
     if is_upgrade {
@@ -211,10 +210,13 @@ async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
     }
     parts.headers.remove(header::HOST);
     let upstream_req = Request::from_parts(parts, body);
-    let mut resp = match edge.client.request(upstream_req).await {
+    let mut resp = match edge.proxy.client.request(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
-            edge.requests.with_label_values(&["upstream_error"]).inc();
+            edge.metrics
+                .requests
+                .with_label_values(&["upstream_error"])
+                .inc();
             tracing::warn!(error = %e, "forwarding to the store failed");
             return problem(
                 StatusCode::BAD_GATEWAY,
@@ -223,7 +225,10 @@ async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
             );
         }
     };
-    edge.requests.with_label_values(&["forwarded"]).inc();
+    edge.metrics
+        .requests
+        .with_label_values(&["forwarded"])
+        .inc();
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -234,13 +239,10 @@ async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
             );
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let live = edge.live.clone();
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
-            live.inc();
-            let _guard = LiveGuard(live);
             let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -252,22 +254,7 @@ async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Response::from_parts(parts, Body::empty());
     }
-
-    let streaming = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    if streaming {
-        edge.live.inc();
-        let guard = LiveGuard(edge.live.clone());
-        let body = http_body_util::BodyExt::map_frame(body, move |f| {
-            let _ = &guard;
-            f
-        });
-        return Response::from_parts(parts, Body::new(body));
-    }
     Response::from_parts(parts, Body::new(body))
 }
