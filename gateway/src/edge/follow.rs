@@ -87,6 +87,7 @@ struct ViewerFilter {
 /// One viewer (see the module comment).
 pub struct Follower {
     edge: Arc<Edge>,
+    id: DeploymentId,
     /// None: a `wait=true` on a deployment the token may not see, which never starts.
     feed: Option<Arc<Feed>>,
     format: Format,
@@ -105,6 +106,8 @@ pub struct Follower {
     /// The window's version when a catch-up read made no progress: retry after a change.
     stuck_at: Option<u64>,
     announced_waiting: bool,
+    /// Encoded lines to send first (a `tail=N` read at opening).
+    pending: Option<Bytes>,
     catch_up: Option<PageFuture>,
     done: bool,
     slot: Option<Slot>,
@@ -181,6 +184,7 @@ pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> 
         })?;
     let mut follower = Follower {
         edge: edge.clone(),
+        id: id.clone(),
         feed: None,
         format: req.format,
         filter,
@@ -193,6 +197,7 @@ pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> 
         behind_since: None,
         stuck_at: None,
         announced_waiting: false,
+        pending: None,
         catch_up: None,
         done: false,
         slot: Some(slot),
@@ -211,8 +216,8 @@ pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> 
     let mut phase = feed.phase.subscribe();
     let answered =
         tokio::time::timeout(SUBSCRIBE_WAIT, phase.wait_for(|p| *p != Phase::Connecting)).await;
-    let answered = match answered {
-        Ok(Ok(p)) => p.clone(),
+    let answered = match answered.map(|r| r.map(|p| p.clone())) {
+        Ok(Ok(p)) => p,
         _ => {
             return Err(Error::unavailable(
                 "store_unreachable",
@@ -224,6 +229,17 @@ pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> 
     match answered {
         Phase::Missing if !wait => Err(Error::deployment_not_found()),
         Phase::Refused(why) => Err(refused(&why)),
+        Phase::Live => {
+            // `tail=N` means the last N when the viewer opened: read them now.
+            if let Some(n) = follower.tail.take() {
+                let page = follower.tail_page(n).await?;
+                follower.last = page.scanned_to;
+                if !page.lines.is_empty() {
+                    follower.pending = Some(follower.encode(&page.lines));
+                }
+            }
+            Ok(follower)
+        }
         _ => Ok(follower),
     }
 }
@@ -297,6 +313,9 @@ impl Follower {
         if !self.expiry_armed {
             self.expiry_armed = true;
             self.edge.wake_at(self.expires_at, cx.waker());
+        }
+        if let Some(first) = self.pending.take() {
+            return Poll::Ready(Some(Out::Data(vec![first])));
         }
         let Some(feed) = self.feed.clone() else {
             if !self.announced_waiting {
@@ -449,7 +468,7 @@ impl Follower {
     }
 
     fn id(&self) -> &DeploymentId {
-        &self.feed.as_ref().expect("a feed").id
+        &self.id
     }
 
     /// The next history page after `self.last`, filtered by the store.
@@ -535,10 +554,10 @@ fn record(l: logstream_model::wire::Line) -> LogRecord {
 
 impl Drop for Follower {
     fn drop(&mut self) {
+        if !self.subject.is_empty() {
+            self.edge.audit.record(self.event("stream_close", &self.id));
+        }
         if let Some(feed) = self.feed.take() {
-            if !self.subject.is_empty() {
-                self.edge.audit.record(self.event("stream_close", &feed.id));
-            }
             feed.leave();
         }
         if let Some(slot) = self.slot.take() {

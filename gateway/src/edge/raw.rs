@@ -212,7 +212,8 @@ async fn lean(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) -> Option<T
     if stream.write_all(&answer).await.is_err() {
         return None;
     }
-    pump(stream, follower, edge.config.slow_viewer_timeout_secs).await;
+    let (rd, wr) = stream.into_split();
+    pump(rd, wr, follower, edge.config.slow_viewer_timeout_secs).await;
     None
 }
 
@@ -557,13 +558,13 @@ async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut bufs: Vec<Bytes>) -> st
 
 /// Feeds a viewer's connection until either side ends it. A write that the client
 /// does not take within `slow_secs` drops the viewer (it resumes from its cursor).
-pub async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
-    io: S,
+pub async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
     mut follower: Follower,
     slow_secs: u64,
 ) {
-    let format = follower_format(&follower);
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let format = follower.format();
     let slow = Duration::from_secs(slow_secs.max(1));
     let mut ws_in = (format == Format::Ws).then(WsIn::default);
     let mut scratch = [0u8; 128];
@@ -611,10 +612,6 @@ pub async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-}
-
-fn follower_format(f: &Follower) -> Format {
-    f.format()
 }
 
 // === Streams on connections hyper serves ===
@@ -682,7 +679,8 @@ async fn stream(
     let slow = edge.config.slow_viewer_timeout_secs;
     tokio::spawn(async move {
         if let Ok(io) = upgrade.await {
-            pump(hyper_util::rt::TokioIo::new(io), follower, slow).await;
+            let (rd, wr) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+            pump(rd, wr, follower, slow).await;
         }
     });
     Response::builder()
