@@ -115,6 +115,13 @@ pub struct AuditPage {
     pub complete: bool,
 }
 
+/// `POST /v1/audit/events` answer: how many records are now durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditRecorded {
+    pub recorded: u64,
+}
+
 /// `POST /v1/deployments/{id}/logs`: the durable acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -298,6 +298,61 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
     }
 }
 
+impl ViewerCounts {
+    /// Counts one more viewer of `id` with `token` (`tenant/token id`), or says which
+    /// of `config`'s limits is reached (`too_many`, retry after 5 s). Stores count
+    /// every viewer; an edge counts its own.
+    pub fn take(
+        &mut self,
+        config: &crate::config::Config,
+        id: &DeploymentId,
+        token: &str,
+    ) -> Result<()> {
+        let checks = [
+            (
+                "viewers_per_tenant",
+                self.tenants.get(&id.tenant).copied().unwrap_or(0),
+                config.max_viewers_per_tenant,
+                format!("tenant {}", id.tenant),
+            ),
+            (
+                "viewers_per_deployment",
+                self.deployments.get(id).copied().unwrap_or(0),
+                config.max_viewers_per_deployment,
+                format!("deployment {}", id.deployment),
+            ),
+            (
+                "streams_per_token",
+                self.tokens.get(token).copied().unwrap_or(0),
+                config.max_streams_per_token,
+                "this token".to_owned(),
+            ),
+        ];
+        for (code, now, limit, what) in checks {
+            if now >= limit {
+                return Err(Error::too_many(
+                    code,
+                    format!(
+                        "{what} already has {now} live streams (limit {limit}); close some streams or raise the limit"
+                    ),
+                    Duration::from_secs(5),
+                ));
+            }
+        }
+        *self.tenants.entry(id.tenant.clone()).or_default() += 1;
+        *self.deployments.entry(id.clone()).or_default() += 1;
+        *self.tokens.entry(token.to_owned()).or_default() += 1;
+        Ok(())
+    }
+
+    /// The viewer `take` counted is gone.
+    pub fn release(&mut self, id: &DeploymentId, token: &str) {
+        dec(&mut self.tenants, &id.tenant);
+        dec(&mut self.deployments, id);
+        dec(&mut self.tokens, &token.to_owned());
+    }
+}
+
 /// Viewer-count guard: counts a viewer against its tenant, deployment and token limits
 /// while it lives; opening and closing are audited.
 pub struct ViewerSlot {
@@ -345,47 +400,16 @@ impl ViewerSlot {
         client: Option<std::net::SocketAddr>,
         token: String,
     ) -> Result<ViewerSlot> {
-        let mut counts = state.viewer_counts.lock();
-        let c = &state.config;
-        let checks = [
-            (
-                "viewers_per_tenant",
-                counts.tenants.get(&id.tenant).copied().unwrap_or(0),
-                c.max_viewers_per_tenant,
-                format!("tenant {}", id.tenant),
-            ),
-            (
-                "viewers_per_deployment",
-                counts.deployments.get(id).copied().unwrap_or(0),
-                c.max_viewers_per_deployment,
-                format!("deployment {}", id.deployment),
-            ),
-            (
-                "streams_per_token",
-                counts.tokens.get(&token).copied().unwrap_or(0),
-                c.max_streams_per_token,
-                "this token".to_owned(),
-            ),
-        ];
-        for (code, now, limit, what) in checks {
-            if now >= limit {
+        state
+            .viewer_counts
+            .lock()
+            .take(&state.config, id, &token)
+            .inspect_err(|e| {
                 // Noise: one record per subject and limit per interval, with a count.
                 state
                     .audit
-                    .noise("stream_refused", &id.tenant, &who.subject, code);
-                return Err(Error::too_many(
-                    code,
-                    format!(
-                        "{what} already has {now} live streams (limit {limit}); close some streams or raise the limit"
-                    ),
-                    Duration::from_secs(5),
-                ));
-            }
-        }
-        *counts.tenants.entry(id.tenant.clone()).or_default() += 1;
-        *counts.deployments.entry(id.clone()).or_default() += 1;
-        *counts.tokens.entry(token.clone()).or_default() += 1;
-        drop(counts);
+                    .noise("stream_refused", &id.tenant, &who.subject, e.code);
+            })?;
         Ok(ViewerSlot {
             counts: state.viewer_counts.clone(),
             audit: state.audit.clone(),
@@ -412,10 +436,7 @@ impl Drop for ViewerSlot {
                 via: String::new(),
             });
         }
-        let mut counts = self.counts.lock();
-        dec(&mut counts.tenants, &self.id.tenant);
-        dec(&mut counts.deployments, &self.id);
-        dec(&mut counts.tokens, &self.token);
+        self.counts.lock().release(&self.id, &self.token);
     }
 }
 

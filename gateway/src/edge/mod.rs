@@ -110,14 +110,6 @@ impl EdgeMetrics {
     }
 }
 
-/// Live viewers per tenant, deployment and token on this edge, for the limits.
-#[derive(Default)]
-struct Counts {
-    tenants: HashMap<String, usize>,
-    deployments: HashMap<DeploymentId, usize>,
-    tokens: HashMap<String, usize>,
-}
-
 /// Shared state of an edge.
 pub struct Edge {
     pub config: Config,
@@ -130,7 +122,7 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     process: Registry,
     feeds: Mutex<HashMap<DeploymentId, Arc<Feed>>>,
-    counts: Mutex<Counts>,
+    counts: Mutex<crate::core::viewer::ViewerCounts>,
     /// Bumped every heartbeat: viewers that see it change send one.
     heartbeat: AtomicU64,
     /// Unix seconds, updated by the ticker (viewers check token expiry against it).
@@ -210,7 +202,7 @@ impl Edge {
                 metrics: EdgeMetrics::new(),
                 process: crate::metrics::process_registry(),
                 feeds: Mutex::new(HashMap::new()),
-                counts: Mutex::new(Counts::default()),
+                counts: Mutex::new(Default::default()),
                 heartbeat: AtomicU64::new(0),
                 now: AtomicU64::new(unix_now()),
                 expiries: Mutex::new(BTreeMap::new()),
@@ -369,44 +361,10 @@ impl Edge {
         out
     }
 
-    /// Takes a viewer slot or says which limit is reached.
+    /// Takes a viewer slot (this edge's viewers against the limits) or says which
+    /// limit is reached.
     fn take_slot(&self, id: &DeploymentId, token: String) -> crate::core::Result<Slot> {
-        let mut counts = self.counts.lock();
-        let c = &self.config;
-        let checks = [
-            (
-                "viewers_per_tenant",
-                counts.tenants.get(&id.tenant).copied().unwrap_or(0),
-                c.max_viewers_per_tenant,
-                format!("tenant {}", id.tenant),
-            ),
-            (
-                "viewers_per_deployment",
-                counts.deployments.get(id).copied().unwrap_or(0),
-                c.max_viewers_per_deployment,
-                format!("deployment {}", id.deployment),
-            ),
-            (
-                "streams_per_token",
-                counts.tokens.get(&token).copied().unwrap_or(0),
-                c.max_streams_per_token,
-                "this token".to_owned(),
-            ),
-        ];
-        for (code, now, limit, what) in checks {
-            if now >= limit {
-                return Err(crate::core::Error::too_many(
-                    code,
-                    format!(
-                        "{what} already has {now} live streams on this edge (limit {limit}); close some streams or raise the limit"
-                    ),
-                    Duration::from_secs(5),
-                ));
-            }
-        }
-        *counts.tenants.entry(id.tenant.clone()).or_default() += 1;
-        *counts.deployments.entry(id.clone()).or_default() += 1;
-        *counts.tokens.entry(token.clone()).or_default() += 1;
+        self.counts.lock().take(&self.config, id, &token)?;
         self.metrics.live.inc();
         Ok(Slot {
             id: id.clone(),
@@ -415,18 +373,7 @@ impl Edge {
     }
 
     fn free_slot(&self, slot: &Slot) {
-        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
-            if let Some(n) = map.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(key);
-                }
-            }
-        }
-        let mut counts = self.counts.lock();
-        dec(&mut counts.tenants, &slot.id.tenant);
-        dec(&mut counts.deployments, &slot.id);
-        dec(&mut counts.tokens, &slot.token);
+        self.counts.lock().release(&slot.id, &slot.token);
         self.metrics.live.dec();
     }
 }

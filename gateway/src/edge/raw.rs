@@ -72,7 +72,14 @@ pub async fn serve(
         });
     }
     edge.shut_down();
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    // Viewers end themselves with `reconnect` (close 1012): give them time to say so.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while edge.metrics.live.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        graceful.shutdown().await;
+    })
+    .await;
 }
 
 async fn serve_hyper(
@@ -734,7 +741,7 @@ mod tests {
         // RFC 6455 1.3's example.
         assert_eq!(
             ws_accept("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kwDAtTdFnWmqkG4zK/pOo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

@@ -808,6 +808,7 @@ async fn history(
 /// Appends audit records made by an edge (scope `audit:write`, which only edges'
 /// own tokens carry): a JSON array of events of the caller's tenant, answered once they
 /// are durable. Each record names the edge in `via`.
+#[utoipa::path(post, path = "/v1/audit/events", summary = "Append an edge's audit records (scope audit:write, edges only)", request_body(content = Vec<Object>, content_type = "application/json", description = "Audit events {\"action\",\"subject\",\"tenant\",\"deployment\",\"result\",\"client\",\"count\"} of the token's tenant"), responses((status = 200, description = "Durable", body = wire::AuditRecorded), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 async fn audit_append(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -842,7 +843,7 @@ async fn audit_append(
         };
         s.audit.require(e, need).await?;
     }
-    Ok(axum::Json(json!({ "recorded": n })).into_response())
+    Ok(axum::Json(wire::AuditRecorded { recorded: n as u64 }).into_response())
 }
 
 /// The audit log of the caller's tenant (admin scope): `action`, `deployment`, `since`,

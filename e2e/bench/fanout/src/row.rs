@@ -115,12 +115,19 @@ pub struct RunArgs {
     /// `subscribers`).
     #[arg(long)]
     pub viewer_gauge: Option<String>,
+    /// The system's name in the report (default: the mode), e.g. `logstream-store` for
+    /// viewers on a store with no edges.
+    #[arg(long)]
+    pub system: Option<String>,
 }
 
 /// Runs one row; a failure that stops the row is recorded in `Row::error`.
 pub async fn run(args: &RunArgs) -> Row {
     let mut row = Row {
-        system: format!("{:?}", args.mode).to_lowercase(),
+        system: args
+            .system
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", args.mode).to_lowercase()),
         transport: format!("{:?}", args.transport).to_lowercase(),
         viewers: args.viewers,
         rate: args.rate,
