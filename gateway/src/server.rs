@@ -81,6 +81,20 @@ pub async fn serve_edge(
     crate::edge::serve(config.clone(), listener, stop).await
 }
 
+/// The next connection; a failed accept (out of descriptors and the like) is logged
+/// and retried after a pause instead of spinning.
+pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The HTTP accept loop: hyper with a timer, so a client that does not finish its
 /// request head within `header_timeout` is disconnected (slowloris); WebSocket upgrades;
 /// the peer address for handlers (`ConnectInfo`); at `stop`, stop accepting and drain
@@ -102,15 +116,7 @@ async fn serve_http(
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = accept(&listener) => c,
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);

@@ -13,6 +13,20 @@ use crate::store::{DeploymentId, DeploymentLog, Direction, StoreError};
 /// The filter parameters every reading endpoint takes.
 pub const FILTERS: [&str; 6] = ["level", "step", "stream", "since", "until", "q"];
 
+/// `wait=true|false` of a live stream (absent: false).
+pub fn wait(q: &HashMap<String, String>) -> Result<bool> {
+    match q.get("wait").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(Error::invalid(
+            "invalid_wait",
+            format!(
+                "wait={v:?}: use wait=true (wait for the deployment's first line) or leave it out"
+            ),
+        )),
+    }
+}
+
 /// Parameters shared by history, viewers and export.
 pub struct ReadParams {
     pub filter: Filter,

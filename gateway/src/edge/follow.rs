@@ -133,18 +133,7 @@ pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> 
             .noise("auth_rejected", "", &client, &e.to_string());
         Error::from(e)
     })?;
-    let wait = match req.query.get("wait").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(Error::invalid(
-                "invalid_wait",
-                format!(
-                    "wait={v:?}: use wait=true (wait for the deployment's first line) or leave it out"
-                ),
-            ));
-        }
-    };
+    let wait = read::wait(&req.query)?;
     // With wait=true a deployment the token may not see waits like a missing one.
     let (id, visible) = match access::deployment(&p, &req.deployment, Scope::Read) {
         Err(e) if wait && e.code == "deployment_not_found" => (

@@ -51,14 +51,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = crate::server::accept(&listener) => c,
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);

@@ -971,18 +971,7 @@ async fn stream_inner(
 ) -> Result<Response> {
     let (mut parts, _body) = req.into_parts();
     let Auth(p) = Auth::from_request_parts(&mut parts, &s).await?;
-    let wait = match q.get("wait").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(Error::invalid(
-                "invalid_wait",
-                format!(
-                    "wait={v:?}: use wait=true (wait for the deployment's first line) or leave it out"
-                ),
-            ));
-        }
-    };
+    let wait = read::wait(&q)?;
     // With wait=true a deployment the token may not see waits like a missing one.
     let lid = match access::deployment(&p, &id, Scope::Read) {
         Err(e) if wait && e.code == "deployment_not_found" => {
