@@ -95,6 +95,10 @@ pub struct Config {
     /// its viewers; a viewer further behind catches up from the store's history.
     /// Default: 8 MiB.
     pub edge_window_bytes: usize,
+    /// Role `edge` only: bytes all windows together may hold; with many followed
+    /// deployments each window gets its share (at least 64 KiB), so an edge's memory
+    /// does not grow with the number of deployments. Default: 256 MiB.
+    pub edge_windows_total_bytes: usize,
     /// Seconds a viewer may go without taking what it is sent (a stalled reader, a full
     /// socket) before it is disconnected; its client resumes from its cursor. Default: 30.
     pub slow_viewer_timeout_secs: u64,
@@ -209,6 +213,7 @@ impl Default for Config {
             upstream: None,
             upstream_grpc: None,
             edge_window_bytes: 8 << 20,
+            edge_windows_total_bytes: 256 << 20,
             slow_viewer_timeout_secs: 30,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
@@ -662,6 +667,7 @@ mod tests {
             upstream: None,
             upstream_grpc: None,
             edge_window_bytes: 1 << 20,
+            edge_windows_total_bytes: 64 << 20,
             slow_viewer_timeout_secs: 10,
             listen: "0.0.0.0:9080".parse().unwrap(),
             grpc_listen: "[::1]:9081".parse().unwrap(),

@@ -81,7 +81,9 @@ pub struct Feed {
     viewers: AtomicUsize,
     /// Tells the upstream task the last viewer left.
     idle: Notify,
-    limit: usize,
+    /// This window's bytes: `edge_window_bytes`, or its share of
+    /// `edge_windows_total_bytes` when many deployments are followed (set by the edge).
+    limit: std::sync::atomic::AtomicUsize,
     /// When the viewers were last woken for new lines, and whether a wake is due.
     pace: Mutex<Pace>,
 }
@@ -119,9 +121,14 @@ impl Feed {
             phase: watch::channel(Phase::Connecting).0,
             viewers: AtomicUsize::new(0),
             idle: Notify::new(),
-            limit,
+            limit: AtomicUsize::new(limit),
             pace: Mutex::new(Pace::default()),
         }
+    }
+
+    /// Sets the window's size (it shrinks at the next group).
+    pub(super) fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
     }
 
     pub fn viewers(&self) -> usize {
@@ -198,7 +205,7 @@ impl Feed {
     /// Appends a commit group (contiguous after the last; anything already held is
     /// skipped) and drops the oldest groups beyond the window's size.
     fn publish(self: &Arc<Self>, lines: Vec<Arc<WireLine>>) {
-        let limit = self.limit;
+        let limit = self.limit.load(Ordering::Relaxed);
         {
             let mut w = self.window.lock();
             let w = &mut *w;

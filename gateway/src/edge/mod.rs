@@ -227,6 +227,7 @@ impl Edge {
         let feed = Arc::new(Feed::new(id.clone(), self.config.edge_window_bytes));
         feed.join();
         feeds.insert(id.clone(), feed.clone());
+        share_windows(&self.config, &feeds);
         tokio::spawn(feed::upstream(self.clone(), feed.clone()));
         feed
     }
@@ -240,6 +241,7 @@ impl Edge {
         }
         if feeds.get(&feed.id).is_some_and(|f| Arc::ptr_eq(f, feed)) {
             feeds.remove(&feed.id);
+            share_windows(&self.config, &feeds);
         }
         true
     }
@@ -378,6 +380,20 @@ impl Edge {
     }
 }
 
+/// Each followed deployment's window: `edge_window_bytes`, or an equal share of
+/// `edge_windows_total_bytes` when that is smaller (at least 64 KiB).
+fn window_share(config: &Config, feeds: usize) -> usize {
+    (config.edge_windows_total_bytes / feeds.max(1))
+        .clamp(64 << 10, config.edge_window_bytes.max(64 << 10))
+}
+
+fn share_windows(config: &Config, feeds: &HashMap<DeploymentId, Arc<Feed>>) {
+    let share = window_share(config, feeds.len());
+    for f in feeds.values() {
+        f.set_limit(share);
+    }
+}
+
 /// A viewer's place in the limits.
 pub struct Slot {
     id: DeploymentId,
@@ -420,4 +436,23 @@ pub async fn serve(
     let edge = Edge::new(config)?;
     raw::serve(edge, listener, stop).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_share_the_total_and_never_go_below_64_kib() {
+        let c = Config {
+            edge_window_bytes: 8 << 20,
+            edge_windows_total_bytes: 256 << 20,
+            ..Config::default()
+        };
+        assert_eq!(window_share(&c, 1), 8 << 20);
+        assert_eq!(window_share(&c, 32), 8 << 20);
+        assert_eq!(window_share(&c, 64), 4 << 20);
+        assert_eq!(window_share(&c, 1024), 256 << 10);
+        assert_eq!(window_share(&c, 100_000), 64 << 10);
+    }
 }
