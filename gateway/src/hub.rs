@@ -128,6 +128,39 @@ pub fn encode_ws(lines: &[Arc<WireLine>]) -> Vec<u8> {
     buf
 }
 
+/// `: hb` (an SSE comment): the heartbeat every live SSE stream sends.
+pub const SSE_HEARTBEAT: &[u8] = b": hb\n\n";
+/// `wait=true` on a deployment with no line yet, in SSE.
+pub const SSE_WAITING: &[u8] =
+    b"event: waiting\ndata: {\"message\":\"the deployment has no line yet; waiting for it\"}\n\n";
+/// The same in a WebSocket text message.
+pub const WS_WAITING: &str =
+    r#"{"type":"waiting","message":"the deployment has no line yet; waiting for it"}"#;
+/// A live stream's token expired, in SSE.
+pub const SSE_AUTH_EXPIRED: &[u8] = b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n";
+
+/// A completion as the wire has it.
+pub fn completion(c: &Completion) -> logstream_model::wire::Completion {
+    logstream_model::wire::Completion {
+        status: c.status.as_str().to_owned(),
+        exit_code: c.exit_code,
+        last_seq: c.last_seq,
+    }
+}
+
+/// `event: end` with the completion, the last SSE event of a completed deployment.
+pub fn end_sse(c: &Completion) -> Bytes {
+    let data = serde_json::to_string(&completion(c)).expect("a completion serialises");
+    Bytes::from(format!("event: end\ndata: {data}\n\n"))
+}
+
+/// `{"type":"end",...}`, the last WebSocket message of a completed deployment.
+pub fn end_ws(c: &Completion) -> String {
+    let mut end = serde_json::to_value(completion(c)).expect("a completion serialises");
+    end["type"] = "end".into();
+    end.to_string()
+}
+
 /// What the broadcast carries.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {

@@ -256,6 +256,8 @@ async fn follow_ws(edge: String, token: String, id: String) -> Vec<u64> {
                     ),
                     Some("end") => {
                         assert_eq!(v["status"], "succeeded");
+                        // The store's `end` as it is: its last seq included.
+                        assert_eq!(v["last_seq"].as_u64(), seqs.last().copied(), "{v}");
                         let _ = ws.close(None).await;
                         return seqs;
                     }

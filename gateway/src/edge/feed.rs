@@ -257,8 +257,10 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
         if feed.viewers() == 0 && edge.retire(&feed) {
             break;
         }
-        let after = feed.window.lock().last_seq();
-        let ended = feed.window.lock().end.is_some();
+        let (after, ended) = {
+            let w = feed.window.lock();
+            (w.last_seq(), w.end.is_some())
+        };
         if ended {
             // Completed: nothing more will come; hold the window for its viewers.
             feed.until_idle().await;

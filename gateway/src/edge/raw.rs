@@ -29,15 +29,12 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Edge;
 use super::follow::{self, Follower, Format, Out, StreamRequest};
 use crate::core::Error;
+use crate::hub;
 
 /// Largest request head served on the lean path (larger ones go to hyper).
 const MAX_HEAD: usize = 8 << 10;
 
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\nretry: 1000\n\n";
-const WAITING_SSE: &[u8] =
-    b"event: waiting\ndata: {\"message\":\"the deployment has no line yet; waiting for it\"}\n\n";
-const WAITING_WS: &[u8] =
-    br#"{"type":"waiting","message":"the deployment has no line yet; waiting for it"}"#;
 
 /// Accepts until `stop`, then tells every viewer to reconnect and lets hyper's
 /// connections finish.
@@ -356,21 +353,12 @@ fn encode(out: Out, format: Format) -> (Vec<Bytes>, bool) {
     match format {
         Format::Sse => match out {
             Out::Data(b) => (b, false),
-            Out::Heartbeat => (vec![Bytes::from_static(b": hb\n\n")], false),
-            Out::Waiting => (vec![Bytes::from_static(WAITING_SSE)], false),
-            Out::End(c) => (
-                vec![Bytes::from(format!(
-                    "event: end\ndata: {}\n\n",
-                    serde_json::json!({"status": c.status.as_str(), "exit_code": c.exit_code})
-                ))],
-                true,
-            ),
-            Out::Closed(e) if e.code == "auth_expired" => (
-                vec![Bytes::from_static(
-                    b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n",
-                )],
-                true,
-            ),
+            Out::Heartbeat => (vec![Bytes::from_static(hub::SSE_HEARTBEAT)], false),
+            Out::Waiting => (vec![Bytes::from_static(hub::SSE_WAITING)], false),
+            Out::End(c) => (vec![hub::end_sse(&c)], true),
+            Out::Closed(e) if e.code == "auth_expired" => {
+                (vec![Bytes::from_static(hub::SSE_AUTH_EXPIRED)], true)
+            }
             Out::Closed(e) => (
                 vec![Bytes::from(format!(
                     "event: reconnect\ndata: {}\n\n",
@@ -390,11 +378,14 @@ fn encode(out: Out, format: Format) -> (Vec<Bytes>, bool) {
             }
             Out::Heartbeat => (vec![Bytes::from_static(&[0x89, 0x00])], false),
             Out::Waiting => (
-                vec![ws_header(0x1, WAITING_WS.len()), Bytes::from_static(WAITING_WS)],
+                vec![
+                    ws_header(0x1, hub::WS_WAITING.len()),
+                    Bytes::from_static(hub::WS_WAITING.as_bytes()),
+                ],
                 false,
             ),
             Out::End(c) => {
-                let end = serde_json::json!({"type": "end", "status": c.status.as_str(), "exit_code": c.exit_code}).to_string();
+                let end = hub::end_ws(&c);
                 (
                     vec![
                         ws_header(0x1, end.len()),

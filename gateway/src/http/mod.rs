@@ -34,7 +34,8 @@ use crate::core::ingest::{self, IngestLine};
 use crate::core::list as listing;
 use crate::core::viewer::{Session, SessionEvent, Start, WaitEvent, Waiting};
 use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
-use crate::store::{Completion, DeploymentId, Direction};
+use crate::hub::completion;
+use crate::store::{DeploymentId, Direction};
 
 mod openapi;
 
@@ -570,18 +571,6 @@ async fn secrets(
     .into_response())
 }
 
-fn completion(c: &Completion) -> wire::Completion {
-    wire::Completion {
-        status: c.status.as_str().to_owned(),
-        exit_code: c.exit_code,
-        last_seq: c.last_seq,
-    }
-}
-
-fn completion_json(c: &Completion) -> serde_json::Value {
-    serde_json::to_value(completion(c)).expect("a completion serialises")
-}
-
 // === Reading ===
 
 #[utoipa::path(get, path = "/v1/deployments", summary = "The tenant's deployments, newest first, in pages (from the catalog)", params(ListParams), responses((status = 200, description = "A page; pass next_cursor as cursor for the next one", body = wire::DeploymentList), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
@@ -1084,9 +1073,6 @@ impl OpenLater {
     }
 }
 
-const WAITING_SSE: &[u8] =
-    b"event: waiting\ndata: {\"message\":\"the deployment has no line yet; waiting for it\"}\n\n";
-
 /// SSE of `?wait=true` on a deployment that does not exist yet: `event: waiting`,
 /// heartbeats, then the session's events as `sse_stream` gives them.
 fn sse_wait_then_session(
@@ -1098,7 +1084,7 @@ fn sse_wait_then_session(
         Done,
     }
     let first = Bytes::from_static(b"retry: 1000\n\n");
-    let waiting_ev = Bytes::from_static(WAITING_SSE);
+    let waiting_ev = Bytes::from_static(crate::hub::SSE_WAITING);
     let wait = futures::stream::unfold(
         Phase::Waiting(Box::new(waiting), Box::new(open)),
         |phase| async move {
@@ -1107,7 +1093,7 @@ fn sse_wait_then_session(
             };
             let item = match w.next().await {
                 WaitEvent::Heartbeat => (
-                    Either::Left(Bytes::from_static(b": hb\n\n")),
+                    Either::Left(Bytes::from_static(crate::hub::SSE_HEARTBEAT)),
                     Phase::Waiting(w, open),
                 ),
                 WaitEvent::Closed(e) => (Either::Left(closed_sse(&e)), Phase::Done),
@@ -1141,9 +1127,7 @@ fn closed_sse(e: &Error) -> Bytes {
 /// WebSocket of `?wait=true`: `{"type":"waiting"}`, pings, then the session.
 async fn ws_wait_then_session(mut waiting: Waiting, open: OpenLater, socket: WebSocket) {
     let (mut tx, mut incoming) = socket.split();
-    let waiting_msg = Message::Text(
-        r#"{"type":"waiting","message":"the deployment has no line yet; waiting for it"}"#.into(),
-    );
+    let waiting_msg = Message::Text(crate::hub::WS_WAITING.into());
     if tx.send(waiting_msg).await.is_err() {
         return;
     }
@@ -1208,11 +1192,9 @@ fn sse_stream(session: Session) -> impl futures::Stream<Item = Result<Bytes, Inf
             let chunk = match session.next().await? {
                 SessionEvent::Lines(lines) => Bytes::from(crate::hub::encode_sse(&lines)),
                 SessionEvent::Frame(frame) => frame.sse.clone(),
-                SessionEvent::Heartbeat => Bytes::from_static(b": hb\n\n"),
-                SessionEvent::End(c) => {
-                    Bytes::from(format!("event: end\ndata: {}\n\n", completion_json(&c)))
-                }
-                SessionEvent::Closed(e) if e.code == "auth_expired" => Bytes::from_static(b"event: auth_expired\ndata: {\"message\":\"the token expired; reconnect with a fresh token and Last-Event-ID\"}\n\n"),
+                SessionEvent::Heartbeat => Bytes::from_static(crate::hub::SSE_HEARTBEAT),
+                SessionEvent::End(c) => crate::hub::end_sse(&c),
+                SessionEvent::Closed(e) if e.code == "auth_expired" => Bytes::from_static(crate::hub::SSE_AUTH_EXPIRED),
                 SessionEvent::Closed(_) => Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect with Last-Event-ID\"}\n\n"),
             };
             Some((Ok(chunk), session))
@@ -1253,9 +1235,7 @@ async fn ws_session(mut session: Session, socket: WebSocket) {
             ),
             Some(SessionEvent::Heartbeat) => Message::Ping(Bytes::new()),
             Some(SessionEvent::End(c)) => {
-                let mut end = completion_json(&c);
-                end["type"] = json!("end");
-                let _ = tx.send(Message::Text(end.to_string().into())).await;
+                let _ = tx.send(Message::Text(crate::hub::end_ws(&c).into())).await;
                 let _ = tx.send(close(1000, "deployment completed".into())).await;
                 return;
             }
