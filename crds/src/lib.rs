@@ -28,6 +28,8 @@ pub const DEFAULT_DEPLOYMENT_LABEL: &str = "logstream.dev/deployment";
 pub const DEFAULT_STEP_LABEL: &str = "logstream.dev/step";
 /// Default retention: 30 days.
 pub const DEFAULT_RETENTION: &str = "720h";
+/// Default prefix of the tenants' Kafka topics (`<prefix><tenant>`).
+pub const DEFAULT_TOPIC_PREFIX: &str = "logstream.";
 /// Default deployment idle timeout: 6 hours.
 pub const DEFAULT_DEPLOYMENT_IDLE_TIMEOUT: &str = "6h";
 
@@ -85,7 +87,8 @@ pub struct LogStreamSpec {
     /// The tenant's gateway: store, edge, image and authentication.
     #[serde(default)]
     pub gateway: GatewaySpec,
-    /// Kafka transport between edges and stores (optional).
+    /// Kafka between ingest and the store replicas (optional; needed for more than one
+    /// store replica).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSpec>,
     /// Put a ResourceQuota and LimitRange on this namespace sized for the gateway.
@@ -348,19 +351,122 @@ pub struct AllowedServiceAccount {
     pub scopes: Vec<String>,
 }
 
-/// Kafka between ingest and stores.
+/// Kafka between ingest and the store replicas: ingest produces each batch to the
+/// tenant's topic `<topicPrefix><tenant>`, and the store replicas consume it in one
+/// consumer group (partitions are the shards).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.securityProtocol) && self.securityProtocol in ['sasl_plaintext', 'sasl_ssl']) || has(self.saslMechanism)").message("spec.kafka.saslMechanism is required with a sasl_* securityProtocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512").field_path(".saslMechanism"),
+    validation = Rule::new("!(has(self.securityProtocol) && self.securityProtocol in ['sasl_plaintext', 'sasl_ssl']) || has(self.saslUsername)").message("spec.kafka.saslUsername is required with a sasl_* securityProtocol").field_path(".saslUsername"),
+    validation = Rule::new("!(has(self.securityProtocol) && self.securityProtocol in ['sasl_plaintext', 'sasl_ssl']) || has(self.secretRef)").message("spec.kafka.secretRef is required with a sasl_* securityProtocol: name a Secret whose `password` key holds the SASL password").field_path(".secretRef")
+)]
 pub struct KafkaSpec {
     /// Bootstrap brokers, `host:port`.
-    #[schemars(length(min = 1))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 3, max = 253), regex(pattern = r"^[^,\s]+:[0-9]{1,5}$"))
+    )]
     pub brokers: Vec<String>,
-    /// Topic; default `logstream.<tenant>`.
+    /// A tenant's topic is `<topicPrefix><tenant>` (Kafka topic names take letters,
+    /// digits, `.`, `_` and `-`). Default `logstream.`.
+    #[serde(default = "default_topic_prefix")]
+    #[schemars(length(max = 186), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
+    pub topic_prefix: String,
+    /// Partitions of the tenant's topic: the most store replicas that share the
+    /// tenant's deployments. Default 12.
+    #[serde(default = "twelve")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    /// Replication factor of the tenant's topic. Default 3.
+    #[serde(default = "three")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replication_factor: i32,
+    /// The store creates a missing topic with `partitions`, `replicationFactor` and a
+    /// retention of the LogStream's `retention` (at least). With false the cluster's
+    /// topic operator (e.g. a Strimzi KafkaTopic) creates it, and a missing topic fails
+    /// the store's readiness with a message naming it. Default true.
+    #[serde(default = "yes")]
+    pub create_topics: bool,
+    /// How the gateway talks to the brokers. Default `plaintext`.
+    #[serde(default)]
+    pub security_protocol: KafkaSecurityProtocol,
+    /// SASL mechanism; required with a `sasl_*` protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
-    /// Secret with TLS/SASL settings (`ca.crt`, `username`, `password`, `mechanism`).
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name; required with a `sasl_*` protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub sasl_username: Option<String>,
+    /// Secret in the LogStream's namespace with the client credentials, mounted
+    /// read-only in the store pods: `password` (the SASL password, with a `sasl_*`
+    /// protocol), `ca.crt` (the CA that signs the brokers' certificates, with `ssl` or
+    /// `sasl_ssl`) and, for mutual TLS, `tls.crt` and `tls.key`. Required with a
+    /// `sasl_*` protocol; without it `ssl` trusts the image's CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub secret_ref: Option<String>,
+}
+
+/// `security.protocol` of the Kafka clients.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaSecurityProtocol {
+    /// The name in the gateway config (and librdkafka's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaSecurityProtocol::Plaintext => "plaintext",
+            KafkaSecurityProtocol::Ssl => "ssl",
+            KafkaSecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaSecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Authenticates with SASL (user name and password).
+    pub fn is_sasl(self) -> bool {
+        matches!(
+            self,
+            KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl
+        )
+    }
+
+    /// Encrypts with TLS.
+    pub fn is_ssl(self) -> bool {
+        matches!(
+            self,
+            KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// `sasl.mechanism` of the Kafka clients.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name in the gateway config (and librdkafka's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// A ResourceQuota and LimitRange for the LogStream's namespace.
@@ -471,6 +577,9 @@ fn default_deployment_label() -> String {
 fn default_step_label() -> String {
     DEFAULT_STEP_LABEL.into()
 }
+fn default_topic_prefix() -> String {
+    DEFAULT_TOPIC_PREFIX.into()
+}
 fn default_storage_size() -> String {
     "20Gi".into()
 }
@@ -488,6 +597,12 @@ fn one() -> i32 {
 }
 fn two() -> i32 {
     2
+}
+fn three() -> i32 {
+    3
+}
+fn twelve() -> i32 {
+    12
 }
 fn ten() -> i32 {
     10

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use logstream_model::{FilterParams, Level};
+use logstream_model::{FilterParams, Level, LogRecord};
 use logstream_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -307,24 +307,49 @@ fn filter(f: Option<pb::Filter>) -> Result<logstream_model::Filter, Error> {
 }
 
 fn line_to_pb(l: &crate::hub::WireLine) -> pb::StoredLine {
+    record_to_pb(&l.record, l.seq(), l.cursor.clone())
+}
+
+/// A stored line as protobuf (`Tail.Subscribe`, and Kafka mode's topic records).
+pub fn record_to_pb(r: &LogRecord, seq: u64, cursor: String) -> pb::StoredLine {
     pb::StoredLine {
-        seq: l.seq(),
-        cursor: l.cursor.clone(),
+        seq,
+        cursor,
         line: Some(pb::Line {
-            ts_unix_nanos: l.record.ts,
-            step: l.record.step.clone(),
-            stream: stream_to_pb(l.record.stream) as i32,
-            level: level_to_pb(l.record.level) as i32,
-            message: l.record.message.clone(),
-            metadata: l.record.metadata.clone().into_iter().collect(),
+            ts_unix_nanos: r.ts,
+            step: r.step.clone(),
+            stream: stream_to_pb(r.stream) as i32,
+            level: level_to_pb(r.level) as i32,
+            message: r.message.clone(),
+            metadata: r.metadata.clone().into_iter().collect(),
         }),
-        redaction: l
-            .record
-            .redaction
-            .0
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
+        redaction: r.redaction.0.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
+
+/// The line a `StoredLine` carries, as stored.
+pub fn record_from_pb(l: pb::StoredLine) -> LogRecord {
+    let line = l.line.unwrap_or_default();
+    LogRecord {
+        seq: l.seq,
+        ts: line.ts_unix_nanos,
+        step: line.step,
+        stream: match pb::Stream::try_from(line.stream) {
+            Ok(pb::Stream::Stderr) => logstream_model::Stream::Stderr,
+            _ => logstream_model::Stream::Stdout,
+        },
+        level: match pb::Level::try_from(line.level) {
+            Ok(pb::Level::Trace) => Level::Trace,
+            Ok(pb::Level::Debug) => Level::Debug,
+            Ok(pb::Level::Info) => Level::Info,
+            Ok(pb::Level::Warn) => Level::Warn,
+            Ok(pb::Level::Error) => Level::Error,
+            Ok(pb::Level::Fatal) => Level::Fatal,
+            _ => Level::Unknown,
+        },
+        message: line.message,
+        metadata: line.metadata.into_iter().collect(),
+        redaction: logstream_model::RedactionState(l.redaction.into_iter().collect()),
     }
 }
 

@@ -167,6 +167,9 @@ pub enum LiveEvent {
     /// One commit group.
     Lines(Arc<Frame>),
     End(Completion),
+    /// Kafka mode: the deployment's partition moved to another store replica; viewers
+    /// reconnect (and find the new owner).
+    Moved,
 }
 
 /// A change of a tenant's deployments (the change feed, `/v1/deployments/events`).
@@ -218,6 +221,18 @@ impl Hub {
             .lock()
             .get(id)
             .map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// Ends the live channels of the deployments `moved` picks: their viewers are told
+    /// to reconnect.
+    pub fn moved(&self, moved: impl Fn(&DeploymentId) -> bool) {
+        let mut map = self.channels.lock();
+        let ids: Vec<DeploymentId> = map.keys().filter(|id| moved(id)).cloned().collect();
+        for id in ids {
+            if let Some(tx) = map.remove(&id) {
+                let _ = tx.send(LiveEvent::Moved);
+            }
+        }
     }
 
     fn sender(&self, id: &DeploymentId) -> Option<broadcast::Sender<LiveEvent>> {

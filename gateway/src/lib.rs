@@ -13,12 +13,14 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod grpc;
 pub mod http;
 pub mod hub;
+pub mod kafka;
 pub mod metrics;
 pub mod quota;
 pub mod server;

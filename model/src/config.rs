@@ -204,6 +204,236 @@ pub struct Config {
     /// Default: none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tenant_quotas: BTreeMap<String, QuotaLimits>,
+    /// Kafka mode (roles `store` and `all`): ingest is produced to the tenant's topic and
+    /// the store replicas consume it in one consumer group. Default: none (one store
+    /// holds every deployment; no broker needed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaConfig>,
+    /// Every store replica's HTTP base URL (its `kafka.advertise_url`), e.g.
+    /// `["http://acme-store-0.acme-store-replicas.ci.svc:8080", ...]`: edges route each
+    /// deployment's requests and live streams to the replica that owns it, and replicas
+    /// forward what they do not own. Default: none (one store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub store_replicas: Vec<String>,
+}
+
+/// `[kafka]`: the tenant topics between ingest and the store replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port` separated by commas. Required.
+    pub brokers: String,
+    /// A tenant's topic is `<topic_prefix><tenant>`. Default: `logstream.`.
+    pub topic_prefix: String,
+    /// The tenants whose topics this store consumes (and the only ones it takes ingest
+    /// for). Required.
+    pub tenants: Vec<String>,
+    /// The consumer group of the store replicas. Default: `logstream-store`.
+    pub group: String,
+    /// Partitions of a topic this gateway creates (`create_topics`). Default: 12.
+    pub partitions: i32,
+    /// Replication factor of a topic this gateway creates. Default: 3.
+    pub replication_factor: i32,
+    /// Create a missing tenant topic at start (else a missing topic is an error naming
+    /// it). Default: true.
+    pub create_topics: bool,
+    /// Retention of a created topic; at least the store's retention, since a replica
+    /// that takes a partition over rebuilds it from the topic. Default: `720h`.
+    pub topic_retention: String,
+    /// Producer compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`. Default: `zstd`.
+    pub compression: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`. Default: `plaintext`.
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_username: Option<String>,
+    /// File holding the SASL password (a mounted Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_password_file: Option<PathBuf>,
+    /// CA bundle that signs the brokers' certificates (with an `ssl` protocol).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_key_file: Option<PathBuf>,
+    /// How long ingest waits for the brokers to acknowledge a batch before answering
+    /// `unavailable` (retryable). Default: `30s`.
+    pub produce_timeout: String,
+    /// How long ingest then waits for the owning store to assign the batch its seqs
+    /// (the answer's `first_seq`, `last_seq`, `cursor`); after it the answer says
+    /// `"applied": false` (the batch is durable in Kafka either way). Default: `5s`.
+    pub apply_wait: String,
+    /// This replica's HTTP base URL as peers and edges reach it; `{hostname}` is
+    /// replaced by the host name. Default: `http://<listen>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// This replica's gRPC URL (edges' live upstreams); `{hostname}` as above. Default:
+    /// `advertise_url`'s host on `grpc_listen`'s port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_grpc: Option<String>,
+    /// Further librdkafka properties, e.g. `{ "session.timeout.ms" = "10000" }`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topic_prefix: "logstream.".into(),
+            tenants: Vec::new(),
+            group: "logstream-store".into(),
+            partitions: 12,
+            replication_factor: 3,
+            create_topics: true,
+            topic_retention: "720h".into(),
+            compression: "zstd".into(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_file: None,
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            produce_timeout: "30s".into(),
+            apply_wait: "5s".into(),
+            advertise_url: None,
+            advertise_grpc: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, problem: String| Err(ConfigError { field, problem });
+        if self.brokers.trim().is_empty() {
+            return err(
+                "kafka.brokers",
+                "set the bootstrap brokers, e.g. brokers = \"kafka-0:9092,kafka-1:9092\"".into(),
+            );
+        }
+        if self.tenants.is_empty() {
+            return err(
+                "kafka.tenants",
+                "name the tenants whose topics this store consumes, e.g. tenants = [\"acme\"]"
+                    .into(),
+            );
+        }
+        for t in &self.tenants {
+            crate::validate_tenant(t).map_err(|e| ConfigError {
+                field: "kafka.tenants",
+                problem: e.to_string(),
+            })?;
+        }
+        let legal = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 200
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !legal(&format!("{}x", self.topic_prefix)) {
+            return err(
+                "kafka.topic_prefix",
+                format!(
+                    "{:?}: a Kafka topic name takes letters, digits, '.', '_' and '-'",
+                    self.topic_prefix
+                ),
+            );
+        }
+        if self.group.trim().is_empty() {
+            return err("kafka.group", "must not be empty".into());
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return err("kafka.partitions", "must be between 1 and 10000".into());
+        }
+        if !(1..=16).contains(&self.replication_factor) {
+            return err(
+                "kafka.replication_factor",
+                "must be between 1 and 16".into(),
+            );
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.compression.as_str()) {
+            return err(
+                "kafka.compression",
+                format!(
+                    "{:?}: use none, gzip, snappy, lz4 or zstd",
+                    self.compression
+                ),
+            );
+        }
+        let protocol = self.security_protocol.to_ascii_lowercase();
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+            return err(
+                "kafka.security_protocol",
+                format!(
+                    "{:?}: use plaintext, ssl, sasl_plaintext or sasl_ssl",
+                    self.security_protocol
+                ),
+            );
+        }
+        if protocol.starts_with("sasl") {
+            match self.sasl_mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                other => {
+                    return err(
+                        "kafka.sasl_mechanism",
+                        format!(
+                            "{other:?}: with {protocol} use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                        ),
+                    );
+                }
+            }
+            if self.sasl_username.as_deref().unwrap_or("").is_empty()
+                || self.sasl_password_file.is_none()
+            {
+                return err(
+                    "kafka.sasl_username",
+                    format!("{protocol} needs sasl_username and sasl_password_file"),
+                );
+            }
+        }
+        duration("kafka.topic_retention", &self.topic_retention)?;
+        duration("kafka.produce_timeout", &self.produce_timeout)?;
+        duration("kafka.apply_wait", &self.apply_wait)?;
+        for (field, url) in [
+            ("kafka.advertise_url", &self.advertise_url),
+            ("kafka.advertise_grpc", &self.advertise_grpc),
+        ] {
+            if let Some(u) = url
+                && !u.starts_with("http://")
+            {
+                return err(field, format!("{u:?} must be http://host:port"));
+            }
+        }
+        Ok(())
+    }
+
+    /// How long ingest waits for the brokers' acknowledgement.
+    pub fn produce_timeout(&self) -> Duration {
+        duration("kafka.produce_timeout", &self.produce_timeout).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// How long ingest waits for the owning store to apply a batch.
+    pub fn apply_wait(&self) -> Duration {
+        duration("kafka.apply_wait", &self.apply_wait).unwrap_or(Duration::from_secs(5))
+    }
+
+    /// Topic retention in milliseconds.
+    pub fn topic_retention_ms(&self) -> u128 {
+        duration("kafka.topic_retention", &self.topic_retention)
+            .unwrap_or(Duration::from_secs(30 * 86_400))
+            .as_millis()
+    }
+
+    /// The topic of `tenant`.
+    pub fn topic(&self, tenant: &str) -> String {
+        format!("{}{tenant}", self.topic_prefix)
+    }
 }
 
 impl Default for Config {
@@ -249,6 +479,8 @@ impl Default for Config {
             tenant_redaction: BTreeMap::new(),
             quotas: QuotaLimits::default(),
             tenant_quotas: BTreeMap::new(),
+            kafka: None,
+            store_replicas: Vec::new(),
         }
     }
 }
@@ -541,6 +773,42 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(k) = &self.kafka {
+            if self.role == Role::Edge {
+                return Err(ConfigError {
+                    field: "kafka",
+                    problem: "edges do not consume Kafka: they route to the store replicas (store_replicas); remove [kafka] or set role = \"store\"".into(),
+                });
+            }
+            k.validate()?;
+            // A replica that takes a partition over rebuilds it from the topic: the
+            // topic must keep what the store keeps.
+            let kept = k.tenants.iter().map(|t| self.retention_for(t)).max();
+            let topic = Duration::from_millis(k.topic_retention_ms() as u64);
+            if kept.is_some_and(|r| topic < r) {
+                return Err(ConfigError {
+                    field: "kafka.topic_retention",
+                    problem: format!(
+                        "{} is shorter than the store's retention of these tenants: a replica that takes a partition over rebuilds it from the topic, so the topic must keep at least as long",
+                        k.topic_retention
+                    ),
+                });
+            }
+        }
+        for u in &self.store_replicas {
+            if !u.starts_with("http://") || u.len() <= "http://".len() {
+                return Err(ConfigError {
+                    field: "store_replicas",
+                    problem: format!("{u:?} must be http://host:port"),
+                });
+            }
+        }
+        if !self.store_replicas.is_empty() && self.role != Role::Edge && self.kafka.is_none() {
+            return Err(ConfigError {
+                field: "store_replicas",
+                problem: "store replicas share a tenant only through Kafka: add [kafka] or remove store_replicas".into(),
+            });
+        }
         Ok(())
     }
 
@@ -728,7 +996,93 @@ mod tests {
             ]),
             quotas,
             tenant_quotas: BTreeMap::from([("acme".into(), QuotaLimits::default())]),
+            kafka: Some(KafkaConfig {
+                brokers: "kafka-0:9093,kafka-1:9093".into(),
+                topic_prefix: "ci.logs.".into(),
+                tenants: vec!["acme".into(), "beta".into()],
+                group: "logstream-ci".into(),
+                partitions: 24,
+                replication_factor: 2,
+                create_topics: false,
+                topic_retention: "168h".into(),
+                compression: "lz4".into(),
+                security_protocol: "sasl_ssl".into(),
+                sasl_mechanism: Some("SCRAM-SHA-512".into()),
+                sasl_username: Some("logstream".into()),
+                sasl_password_file: Some("/kafka/password".into()),
+                ssl_ca_file: Some("/kafka/ca.crt".into()),
+                ssl_cert_file: Some("/kafka/tls.crt".into()),
+                ssl_key_file: Some("/kafka/tls.key".into()),
+                produce_timeout: "10s".into(),
+                apply_wait: "2s".into(),
+                advertise_url: Some("http://{hostname}.acme-store.ci.svc:9080".into()),
+                advertise_grpc: Some("http://{hostname}.acme-store.ci.svc:9081".into()),
+                properties: BTreeMap::from([("fetch.max.bytes".into(), "1048576".into())]),
+            }),
+            store_replicas: vec![
+                "http://acme-store-0.acme-store.ci.svc:9080".into(),
+                "http://acme-store-1.acme-store.ci.svc:9080".into(),
+            ],
         }
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_by_name() {
+        let bad = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            c.validate().unwrap_err().field
+        };
+        let base = "[kafka]\nbrokers = \"k:9092\"\ntenants = [\"acme\"]\n";
+        let c: Config = toml::from_str(base).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kafka.as_ref().unwrap().topic("acme"), "logstream.acme");
+        assert_eq!(bad("[kafka]\ntenants = [\"acme\"]"), "kafka.brokers");
+        assert_eq!(bad("[kafka]\nbrokers = \"k:9092\""), "kafka.tenants");
+        assert_eq!(
+            bad(&format!("{base}topic_prefix = \"a/b\"")),
+            "kafka.topic_prefix"
+        );
+        assert_eq!(bad(&format!("{base}partitions = 0")), "kafka.partitions");
+        assert_eq!(
+            bad(&format!("{base}compression = \"brotli\"")),
+            "kafka.compression"
+        );
+        assert_eq!(
+            bad(&format!("{base}security_protocol = \"tls\"")),
+            "kafka.security_protocol"
+        );
+        assert_eq!(
+            bad(&format!("{base}security_protocol = \"sasl_ssl\"")),
+            "kafka.sasl_mechanism"
+        );
+        assert_eq!(
+            bad(&format!(
+                "{base}security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\""
+            )),
+            "kafka.sasl_username"
+        );
+        assert_eq!(
+            bad(&format!("{base}produce_timeout = \"soon\"")),
+            "kafka.produce_timeout"
+        );
+        assert_eq!(
+            bad(&format!("{base}advertise_url = \"store-0:8080\"")),
+            "kafka.advertise_url"
+        );
+        assert_eq!(
+            bad(&format!(
+                "role = \"edge\"\nupstream = \"http://s:8080\"\n{base}"
+            )),
+            "kafka"
+        );
+        assert_eq!(
+            bad("store_replicas = [\"http://a:8080\"]"),
+            "store_replicas"
+        );
+        assert_eq!(
+            bad(&format!("store_replicas = [\"a:8080\"]\n{base}")),
+            "store_replicas"
+        );
     }
 
     #[test]

@@ -19,6 +19,14 @@ pub const RETRYABLE_CODES: &[&str] = &[
     "audit_unavailable",
     "shutting_down",
     "internal",
+    // Kafka mode: the brokers did not acknowledge (retry with the same batch id), the
+    // deployment's partition is moving between store replicas, a completion is durable
+    // but not applied yet.
+    "kafka_unavailable",
+    "kafka_unreachable",
+    "not_owner",
+    "moved",
+    "not_applied_yet",
 ];
 
 /// Whether a refusal with this contract error code may be retried.
@@ -95,7 +103,7 @@ mod tests {
         ] {
             assert!(!is_retryable(c), "{c:?}");
         }
-        assert_eq!(RETRYABLE_CODES.len(), 6);
+        assert_eq!(RETRYABLE_CODES.len(), 11);
     }
 
     #[test]

@@ -285,15 +285,7 @@ async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     } else {
         None
     };
-    let degraded = (ls.spec.kafka.is_some() && !cfg.kafka_supported).then(|| {
-        (
-            "KafkaUnavailable",
-            "spec.kafka is set but this gateway build has no Kafka transport: running one \
-             store replica that holds every deployment"
-                .to_owned(),
-        )
-    });
-    let status = status_from(ls, Some(&observed), degraded, viewers, cfg);
+    let status = status_from(ls, Some(&observed), None, viewers, cfg);
     let ready = is_true(&status, "Ready");
     write_status(ls, ctx, status).await?;
     // Until ready, owned-object watches (StatefulSet/Deployment status) wake us; the
@@ -562,11 +554,23 @@ async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) ->
 }
 
 /// Sum of `logstream_live_viewers` over the store pods (they serve every viewer the
-/// edges forward). `None` when no store answers.
+/// edges forward): the store Service, or in Kafka mode each replica. `None` when no
+/// store answers.
 async fn probe_viewers(ls: &LogStream, ctx: &Context) -> Option<i64> {
-    let url = format!("{}/metrics", desired::store_url(ls, &ctx.config));
-    let text = ctx.http.get(&url).send().await.ok()?.text().await.ok()?;
-    parse_gauge(&text, "logstream_live_viewers")
+    let mut stores = desired::store_replica_urls(ls, &ctx.config);
+    if stores.is_empty() {
+        stores.push(desired::store_url(ls, &ctx.config));
+    }
+    let probes = stores.iter().map(|store| async move {
+        let url = format!("{store}/metrics");
+        let text = ctx.http.get(&url).send().await.ok()?.text().await.ok()?;
+        parse_gauge(&text, "logstream_live_viewers")
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b)
 }
 
 /// The value of an unlabelled gauge in Prometheus text format.

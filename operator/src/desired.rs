@@ -28,10 +28,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use logstream_crds::{Endpoints, LogStream, MaskStyle};
+use logstream_crds::{Endpoints, KafkaSpec, LogStream, MaskStyle};
 use logstream_model::config as gateway;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 /// HTTP port of every gateway container and Service.
 pub const HTTP_PORT: i32 = 8080;
@@ -53,6 +54,15 @@ pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const KEY_DIR: &str = "/var/run/secrets/logstream";
 /// The signing key's entry in its Secret, and its file name under [`KEY_DIR`].
 pub const SIGNING_KEY: &str = "signing-key";
+/// Where the Kafka client Secret (`spec.kafka.secretRef`) is mounted in store pods. A
+/// sibling of [`KEY_DIR`], not inside it: that is a (read-only) Secret volume too.
+pub const KAFKA_DIR: &str = "/var/run/secrets/logstream-kafka";
+/// Entries of the Kafka client Secret, and their file names under [`KAFKA_DIR`]: the
+/// SASL password, the CA of the brokers' certificates, the client certificate and key.
+pub const KAFKA_PASSWORD: &str = "password";
+pub const KAFKA_CA: &str = "ca.crt";
+pub const KAFKA_CERT: &str = "tls.crt";
+pub const KAFKA_KEY: &str = "tls.key";
 
 /// One object the operator owns, typed. Every kind is applied whole with server-side
 /// apply, except [`Owned::Secret`].
@@ -181,14 +191,17 @@ fn store_host(ls: &LogStream, cfg: &Config) -> String {
     format!("{}.{ns}.svc.{}", Names::of(ls).store, cfg.cluster_domain)
 }
 
-/// Number of store replicas actually run: more than one needs Kafka, which this
-/// gateway build does not have, so it stays at one (reported as Degraded).
-pub fn store_replicas(ls: &LogStream, cfg: &Config) -> i32 {
-    if cfg.kafka_supported {
-        ls.spec.gateway.store.replicas
-    } else {
-        1
+/// Every store replica's HTTP base URL through its own DNS name under the headless
+/// store Service (`http://N-store-0.N-store.NS.svc.<domain>:8080`, ...). Only in Kafka
+/// mode: without Kafka the one store is reached through the Service.
+pub fn store_replica_urls(ls: &LogStream, cfg: &Config) -> Vec<String> {
+    if ls.spec.kafka.is_none() {
+        return Vec::new();
     }
+    let store = Names::of(ls).store;
+    (0..ls.spec.gateway.store.replicas)
+        .map(|i| format!("http://{store}-{i}.{}:{HTTP_PORT}", store_host(ls, cfg)))
+        .collect()
 }
 
 /// Everything the LogStream should own, in apply order (config before the pods that
@@ -265,10 +278,30 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
         container_port("grpc", GRPC_PORT),
     ]);
     store_pod.termination_grace_period_seconds = Some(60);
+    if let Some(secret) = kafka_secret(ls) {
+        store_pod.containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "kafka".into(),
+                mount_path: KAFKA_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        store_pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "kafka".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     out.push(Owned::StatefulSet(StatefulSet {
         metadata: meta(ls, &names.store, Some("store")),
         spec: Some(StatefulSetSpec {
-            replicas: Some(store_replicas(ls, cfg)),
+            replicas: Some(spec.gateway.store.replicas),
             service_name: Some(names.store.clone()),
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
@@ -453,8 +486,10 @@ fn hpa(ls: &LogStream, names: &Names) -> HorizontalPodAutoscaler {
 
 /// Stores accept traffic only from their edges (HTTP for history and exports, gRPC for
 /// the `Tail.Subscribe` upstreams of live viewers: one rule admits both ports), the node
-/// collectors, the operator and (for direct pushes) the tenant's selected namespaces;
-/// edges accept viewers from anywhere.
+/// collectors, the operator and (for direct pushes) the tenant's selected namespaces; in
+/// Kafka mode also from each other on HTTP (a replica forwards what it does not own).
+/// Edges accept viewers from anywhere. Ingress only: egress (to the brokers among
+/// others) is left to the cluster's own policies.
 fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkPolicy> {
     let mut from = vec![
         NetworkPolicyPeer {
@@ -493,6 +528,22 @@ fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkP
         protocol: Some("TCP".into()),
         ..Default::default()
     };
+    let mut store_ingress = vec![NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: Some(vec![tcp(HTTP_PORT), tcp(GRPC_PORT)]),
+    }];
+    if ls.spec.kafka.is_some() {
+        store_ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(ls, "store")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![tcp(HTTP_PORT)]),
+        });
+    }
     vec![
         NetworkPolicy {
             metadata: meta(ls, &names.store, Some("store")),
@@ -502,10 +553,7 @@ fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkP
                     ..Default::default()
                 }),
                 policy_types: Some(vec!["Ingress".into()]),
-                ingress: Some(vec![NetworkPolicyIngressRule {
-                    from: Some(from),
-                    ports: Some(vec![tcp(HTTP_PORT), tcp(GRPC_PORT)]),
-                }]),
+                ingress: Some(store_ingress),
                 ..Default::default()
             }),
         },
@@ -801,18 +849,75 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
             max_stored_bytes: quota(q.storage_bytes),
             max_open_deployments: quota(q.open_deployments),
         },
+        kafka: spec.kafka.as_ref().map(|k| kafka_config(ls, k, cfg)),
+        store_replicas: store_replica_urls(ls, cfg),
         ..auth_settings(ls, cfg)
     }
 }
 
+/// The store's `[kafka]`: the tenant's topic and how it is created, the replicas'
+/// consumer group, how this replica is reached (`{hostname}` is the pod name, which the
+/// gateway expands at start) and the credentials as files of the mounted Secret. A
+/// replica that takes a partition over rebuilds it from the topic, so the topic keeps
+/// the LogStream's retention.
+fn kafka_config(ls: &LogStream, k: &KafkaSpec, cfg: &Config) -> gateway::KafkaConfig {
+    let protocol = k.security_protocol;
+    let file = |needed: bool, key: &str| {
+        kafka_secret(ls)
+            .filter(|_| needed)
+            .map(|_| Path::new(KAFKA_DIR).join(key))
+    };
+    let sasl = protocol.is_sasl();
+    let ssl = protocol.is_ssl();
+    let host = format!("{{hostname}}.{}", store_host(ls, cfg));
+    gateway::KafkaConfig {
+        brokers: k.brokers.join(","),
+        topic_prefix: k.topic_prefix.clone(),
+        tenants: vec![ls.spec.tenant.clone()],
+        group: format!(
+            "logstream-{}-{}",
+            ls.namespace().unwrap_or_default(),
+            ls.name_any()
+        ),
+        partitions: k.partitions,
+        replication_factor: k.replication_factor,
+        create_topics: k.create_topics,
+        topic_retention: ls.spec.retention.clone(),
+        security_protocol: protocol.as_str().into(),
+        sasl_mechanism: k.sasl_mechanism.filter(|_| sasl).map(|m| m.as_str().into()),
+        sasl_username: k.sasl_username.clone().filter(|_| sasl),
+        sasl_password_file: file(sasl, KAFKA_PASSWORD),
+        ssl_ca_file: file(ssl, KAFKA_CA),
+        ssl_cert_file: file(ssl, KAFKA_CERT),
+        ssl_key_file: file(ssl, KAFKA_KEY),
+        advertise_url: Some(format!("http://{host}:{HTTP_PORT}")),
+        advertise_grpc: Some(format!("http://{host}:{GRPC_PORT}")),
+        ..gateway::KafkaConfig::default()
+    }
+}
+
+/// The Kafka client Secret the store pods mount: `spec.kafka.secretRef` when the
+/// security protocol reads a file from it (SASL's password, TLS's CA and client keys).
+fn kafka_secret(ls: &LogStream) -> Option<&str> {
+    let k = ls.spec.kafka.as_ref()?;
+    if k.security_protocol.is_sasl() || k.security_protocol.is_ssl() {
+        k.secret_ref.as_deref()
+    } else {
+        None
+    }
+}
+
 /// The edge's gateway configuration: a viewer front that authenticates viewers itself
-/// and follows the store over gRPC (history and exports still go to `upstream`).
+/// and follows the store over gRPC (history and exports still go to `upstream`). In
+/// Kafka mode it also knows every store replica, to reach the one that owns a
+/// deployment.
 pub fn edge_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
     gateway::Config {
         role: gateway::Role::Edge,
         listen: any_address(HTTP_PORT),
         upstream: Some(store_url(ls, cfg)),
         upstream_grpc: Some(store_grpc_url(ls, cfg)),
+        store_replicas: store_replica_urls(ls, cfg),
         ..auth_settings(ls, cfg)
     }
 }

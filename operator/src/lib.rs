@@ -36,8 +36,6 @@ pub struct Config {
     pub service_account_jwks_url: Option<String>,
     /// DNS suffix of Services.
     pub cluster_domain: String,
-    /// Whether the gateway image has the Kafka transport (this build's does not).
-    pub kafka_supported: bool,
     /// Read live viewer counts from the stores' /metrics for status.
     pub probe_viewers: bool,
 }
@@ -60,7 +58,6 @@ impl Default for Config {
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
             service_account_jwks_url: Some("https://kubernetes.default.svc/openid/v1/jwks".into()),
             cluster_domain: "cluster.local".into(),
-            kafka_supported: false,
             probe_viewers: true,
         }
     }

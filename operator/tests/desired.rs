@@ -6,6 +6,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use logstream_crds::LogStream;
+use logstream_model::config::Config as GatewayConfig;
 use logstream_operator::Config;
 use logstream_operator::desired::{Owned, desired};
 use serde_json::Value;
@@ -137,9 +138,8 @@ fn defaults_of_a_minimal_logstream() {
 }
 
 /// Parses and validates with the gateway's own configuration code.
-fn gateway_config(toml_text: &str) -> logstream_gateway::config::Config {
-    let c: logstream_gateway::config::Config =
-        toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"));
+fn gateway_config(toml_text: &str) -> GatewayConfig {
+    let c: GatewayConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"));
     c.validate()
         .unwrap_or_else(|e| panic!("{e:?}\n{toml_text}"));
     c
@@ -148,11 +148,7 @@ fn gateway_config(toml_text: &str) -> logstream_gateway::config::Config {
 #[test]
 fn every_field_of_the_full_sample_lands_where_it_should() {
     let ls = sample("full.yaml");
-    let cfg = Config {
-        kafka_supported: true,
-        ..Config::default()
-    };
-    let objs = desired(&ls, &cfg).unwrap();
+    let objs = desired(&ls, &Config::default()).unwrap();
     let sts: StatefulSet = get(&objs, "StatefulSet/payments-store");
     let spec = sts.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
@@ -250,12 +246,182 @@ fn every_field_of_the_full_sample_lands_where_it_should() {
     );
 }
 
+/// The store and edge configs of a LogStream, parsed and validated by the gateway's
+/// own code.
+fn configs(ls: &LogStream) -> (GatewayConfig, GatewayConfig) {
+    let objs = desired(ls, &Config::default()).unwrap();
+    let n = ls.metadata.name.clone().unwrap();
+    let cm: ConfigMap = get(&objs, &format!("ConfigMap/{n}-gateway"));
+    let data = cm.data.unwrap();
+    (
+        gateway_config(&data["store.toml"]),
+        gateway_config(&data["edge.toml"]),
+    )
+}
+
 #[test]
-fn without_a_kafka_transport_the_store_stays_at_one_replica() {
+fn kafka_mode_runs_every_store_replica_and_tells_store_and_edge_where_they_are() {
+    let ls = sample("kafka.yaml");
+    let objs = desired(&ls, &Config::default()).unwrap();
+    let sts: StatefulSet = get(&objs, "StatefulSet/builds-store");
+    assert_eq!(sts.spec.unwrap().replicas, Some(3));
+
+    let replicas: Vec<String> = (0..3)
+        .map(|i| format!("http://builds-store-{i}.builds-store.builds-ci.svc.cluster.local:8080"))
+        .collect();
+    let (store, edge) = configs(&ls);
+    let k = store.kafka.expect("[kafka] in store.toml");
+    assert_eq!(k.brokers, "my-cluster-kafka-bootstrap.kafka.svc:9092");
+    assert_eq!(k.topic_prefix, "logstream.");
+    assert_eq!(k.topic("builds"), "logstream.builds");
+    assert_eq!(k.tenants, ["builds"]);
+    assert_eq!(k.group, "logstream-builds-ci-builds");
+    assert_eq!((k.partitions, k.replication_factor), (12, 3));
+    assert!(k.create_topics);
+    assert_eq!(
+        k.topic_retention, store.retention,
+        "the topic keeps what the store keeps"
+    );
+    assert_eq!(k.security_protocol, "plaintext");
+    assert_eq!(
+        k.advertise_url.as_deref(),
+        Some("http://{hostname}.builds-store.builds-ci.svc.cluster.local:8080")
+    );
+    assert_eq!(
+        k.advertise_grpc.as_deref(),
+        Some("http://{hostname}.builds-store.builds-ci.svc.cluster.local:8081")
+    );
+    // What a replica advertises, with its pod name for `{hostname}`, is its entry in
+    // the list every replica and edge routes by.
+    for (i, url) in replicas.iter().enumerate() {
+        let own = k
+            .advertise_url
+            .as_deref()
+            .unwrap()
+            .replace("{hostname}", &format!("builds-store-{i}"));
+        assert_eq!(&own, url);
+    }
+    assert_eq!(
+        (k.sasl_mechanism, k.sasl_username, k.sasl_password_file),
+        (None, None, None)
+    );
+    assert_eq!(
+        (k.ssl_ca_file, k.ssl_cert_file, k.ssl_key_file),
+        (None, None, None)
+    );
+    assert_eq!(store.store_replicas, replicas);
+
+    assert_eq!(edge.kafka, None, "edges do not consume Kafka");
+    assert_eq!(edge.store_replicas, replicas);
+    assert_eq!(
+        edge.upstream.as_deref(),
+        Some("http://builds-store.builds-ci.svc.cluster.local:8080"),
+        "requests about no one deployment still go to the store Service"
+    );
+
+    // Plaintext: nothing to mount.
+    let pod = get::<StatefulSet>(&objs, "StatefulSet/builds-store")
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(pod.volumes.unwrap().iter().all(|v| v.name != "kafka"));
+}
+
+#[test]
+fn kafka_credentials_are_files_of_the_mounted_secret_for_the_protocol_that_reads_them() {
+    use logstream_crds::{KafkaSecurityProtocol as P, SaslMechanism};
+    use logstream_operator::desired::KAFKA_DIR;
+    let file = |name: &str| Some(Path::new(KAFKA_DIR).join(name));
+
+    // full.yaml: sasl_ssl, every Kafka field set.
     let ls = sample("full.yaml");
+    let (store, _) = configs(&ls);
+    let k = store.kafka.unwrap();
+    assert_eq!(k.brokers, "kafka-0.kafka:9093,kafka-1.kafka:9093");
+    assert_eq!(k.topic("payments"), "ci-logs.payments");
+    assert_eq!((k.partitions, k.replication_factor), (24, 3));
+    assert!(
+        !k.create_topics,
+        "the cluster's topic operator makes the topic"
+    );
+    assert_eq!(k.topic_retention, "2160h");
+    assert_eq!(k.security_protocol, "sasl_ssl");
+    assert_eq!(k.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+    assert_eq!(k.sasl_username.as_deref(), Some("logstream-payments"));
+    assert_eq!(k.sasl_password_file, file("password"));
+    assert_eq!(k.ssl_ca_file, file("ca.crt"));
+    assert_eq!(k.ssl_cert_file, file("tls.crt"));
+    assert_eq!(k.ssl_key_file, file("tls.key"));
+
+    // Each protocol names only the files it reads.
+    for (protocol, sasl, ssl) in [
+        (P::SaslPlaintext, true, false),
+        (P::Ssl, false, true),
+        (P::SaslSsl, true, true),
+        (P::Plaintext, false, false),
+    ] {
+        let mut ls = sample("full.yaml");
+        let kafka = ls.spec.kafka.as_mut().unwrap();
+        kafka.security_protocol = protocol;
+        kafka.sasl_mechanism = Some(SaslMechanism::Plain);
+        let (store, _) = configs(&ls);
+        let k = store.kafka.unwrap();
+        let when = |yes: bool, name: &str| if yes { file(name) } else { None };
+        assert_eq!(k.security_protocol, protocol.as_str());
+        assert_eq!(k.sasl_password_file, when(sasl, "password"), "{protocol:?}");
+        assert_eq!(
+            k.sasl_mechanism.as_deref(),
+            sasl.then_some("PLAIN"),
+            "{protocol:?}"
+        );
+        assert_eq!(k.ssl_ca_file, when(ssl, "ca.crt"), "{protocol:?}");
+        assert_eq!(k.ssl_cert_file, when(ssl, "tls.crt"), "{protocol:?}");
+        assert_eq!(k.ssl_key_file, when(ssl, "tls.key"), "{protocol:?}");
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let sts: StatefulSet = get(&objs, "StatefulSet/payments-store");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let mounted = pod.volumes.unwrap().iter().any(|v| v.name == "kafka");
+        assert_eq!(
+            mounted,
+            sasl || ssl,
+            "{protocol:?}: the Secret is mounted when read"
+        );
+    }
+
+    // TLS without a Secret trusts the image's CA bundle: no files, nothing mounted.
+    let mut ls = sample("full.yaml");
+    let kafka = ls.spec.kafka.as_mut().unwrap();
+    kafka.security_protocol = P::Ssl;
+    kafka.secret_ref = None;
+    let (store, _) = configs(&ls);
+    let k = store.kafka.unwrap();
+    assert_eq!((k.ssl_ca_file, k.ssl_cert_file), (None, None));
     let objs = desired(&ls, &Config::default()).unwrap();
     let sts: StatefulSet = get(&objs, "StatefulSet/payments-store");
-    assert_eq!(sts.spec.unwrap().replicas, Some(1));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    assert!(pod.volumes.unwrap().iter().all(|v| v.name != "kafka"));
+}
+
+#[test]
+fn without_kafka_one_store_and_no_kafka_keys() {
+    for name in ["minimal.yaml", "single-edge.yaml"] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let sts: StatefulSet = get(&objs, &format!("StatefulSet/{n}-store"));
+        assert_eq!(sts.spec.unwrap().replicas, Some(1), "{name}");
+        let cm: ConfigMap = get(&objs, &format!("ConfigMap/{n}-gateway"));
+        for (file, text) in cm.data.unwrap() {
+            assert!(
+                !text.contains("kafka") && !text.contains("store_replicas"),
+                "{name} {file}:\n{text}"
+            );
+        }
+        let np: NetworkPolicy = get(&objs, &format!("NetworkPolicy/{n}-store"));
+        assert_eq!(np.spec.unwrap().ingress.unwrap().len(), 1, "{name}");
+    }
 }
 
 /// Which objects differ between two LogStreams.
@@ -306,6 +472,20 @@ fn upgrades_change_only_what_they_should() {
     let mut b = base.clone();
     b.spec.selector.namespaces = vec!["builds".into()];
     assert_eq!(changed(&base, &b), ["NetworkPolicy/acme-store"]);
+
+    // Kafka mode: both configs (the edge learns the store replicas) and the store
+    // replicas' access to each other.
+    let mut b = base.clone();
+    b.spec.kafka = sample("kafka.yaml").spec.kafka;
+    assert_eq!(
+        changed(&base, &b),
+        [
+            "ConfigMap/acme-gateway",
+            "Deployment/acme-edge",
+            "NetworkPolicy/acme-store",
+            "StatefulSet/acme-store"
+        ]
+    );
 
     let mut b = base.clone();
     b.spec.namespace_quota = Some(logstream_crds::NamespaceQuota {
@@ -365,9 +545,14 @@ fn an_invalid_spec_is_refused_with_the_field_named() {
 
 #[test]
 fn rendered_gateway_configs_parse_with_the_gateways_own_type_and_validate() {
-    use logstream_model::config::{Config as GatewayConfig, Role};
+    use logstream_model::config::Role;
     use logstream_operator::desired::{edge_config, store_config};
-    for name in ["minimal.yaml", "full.yaml", "single-edge.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "full.yaml",
+        "single-edge.yaml",
+        "kafka.yaml",
+    ] {
         let ls = sample(name);
         let cfg = Config::default();
         let objs = desired(&ls, &cfg).unwrap();
@@ -397,7 +582,7 @@ fn rendered_gateway_configs_parse_with_the_gateways_own_type_and_validate() {
 }
 
 /// The fields store and edge must agree on for a token to mean the same at both.
-fn auth_of(c: &logstream_gateway::config::Config) -> impl PartialEq + std::fmt::Debug {
+fn auth_of(c: &GatewayConfig) -> impl PartialEq + std::fmt::Debug {
     (
         (
             c.signing_key_file.clone(),
@@ -474,7 +659,12 @@ fn the_signing_key_secret_is_built_without_a_key_and_filled_with_hex() {
 fn every_file_a_gateway_config_names_is_mounted_in_its_pod() {
     use k8s_openapi::api::core::v1::{PodSpec, ServiceAccount};
     use logstream_operator::desired::SA_DIR;
-    for name in ["minimal.yaml", "full.yaml", "single-edge.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "full.yaml",
+        "single-edge.yaml",
+        "kafka.yaml",
+    ] {
         let ls = sample(name);
         let n = ls.metadata.name.clone().unwrap();
         let objs = desired(&ls, &Config::default()).unwrap();
@@ -533,15 +723,86 @@ fn every_file_a_gateway_config_names_is_mounted_in_its_pod() {
                     Some(format!("{n}-gateway").as_str())
                 );
             }
+
+            // Kafka credentials: entries of spec.kafka.secretRef, mounted read-only.
+            let kafka_files = config
+                .kafka
+                .iter()
+                .flat_map(|k| {
+                    [
+                        k.sasl_password_file.clone(),
+                        k.ssl_ca_file.clone(),
+                        k.ssl_cert_file.clone(),
+                        k.ssl_key_file.clone(),
+                    ]
+                })
+                .flatten()
+                .collect::<Vec<_>>();
+            for f in kafka_files {
+                let m = mounts
+                    .iter()
+                    .find(|m| f.parent() == Some(Path::new(&m.mount_path)))
+                    .unwrap_or_else(|| panic!("{name} {file}: nothing mounted at {f:?}"));
+                assert_eq!(m.read_only, Some(true), "{name} {file}");
+                let volume = volumes.iter().find(|v| v.name == m.name).unwrap();
+                assert_eq!(
+                    volume
+                        .secret
+                        .as_ref()
+                        .and_then(|s| s.secret_name.as_deref()),
+                    ls.spec.kafka.as_ref().and_then(|k| k.secret_ref.as_deref()),
+                    "{name} {file}"
+                );
+                assert!(
+                    ["password", "ca.crt", "tls.crt", "tls.key"]
+                        .contains(&f.file_name().unwrap().to_str().unwrap()),
+                    "{name} {file}: {f:?} is an entry of the Secret"
+                );
+            }
         }
     }
+}
+
+/// The ports of the store's NetworkPolicy that admit pods labelled `labels` from the
+/// LogStream's own namespace.
+fn store_ports_admitting(objs: &[Owned], n: &str, labels: &BTreeMap<String, String>) -> Vec<i32> {
+    let np: NetworkPolicy = get(objs, &format!("NetworkPolicy/{n}-store"));
+    let mut ports: Vec<i32> = np
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap()
+        .into_iter()
+        .filter(|rule| {
+            rule.from.iter().flatten().any(|peer| {
+                // Same namespace (no namespaceSelector), a pod selector the pods'
+                // labels satisfy.
+                peer.namespace_selector.is_none()
+                    && peer.pod_selector.as_ref().is_some_and(|s| {
+                        s.match_expressions.is_none()
+                            && s.match_labels
+                                .iter()
+                                .flatten()
+                                .all(|(k, v)| labels.get(k) == Some(v))
+                    })
+            })
+        })
+        .flat_map(|rule| rule.ports.unwrap_or_default())
+        .map(|p| match p.port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p,
+            other => panic!("{n}: a named or missing port {other:?}"),
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Edges follow live deployments over the store's gRPC port and read history over
 /// HTTP: the store's NetworkPolicy must admit the edge pods on both.
 #[test]
 fn edges_reach_the_store_on_http_and_grpc() {
-    for name in ["minimal.yaml", "full.yaml"] {
+    for name in ["minimal.yaml", "full.yaml", "kafka.yaml"] {
         let ls = sample(name);
         let n = ls.metadata.name.clone().unwrap();
         let objs = desired(&ls, &Config::default()).unwrap();
@@ -554,35 +815,33 @@ fn edges_reach_the_store_on_http_and_grpc() {
             .unwrap()
             .labels
             .unwrap();
-        let np: NetworkPolicy = get(&objs, &format!("NetworkPolicy/{n}-store"));
-        let mut ports: Vec<i32> = np
-            .spec
-            .unwrap()
-            .ingress
-            .unwrap()
-            .into_iter()
-            .filter(|rule| {
-                rule.from.iter().flatten().any(|peer| {
-                    // Same namespace (no namespaceSelector), a pod selector the edge
-                    // pods' labels satisfy.
-                    peer.namespace_selector.is_none()
-                        && peer.pod_selector.as_ref().is_some_and(|s| {
-                            s.match_expressions.is_none()
-                                && s.match_labels
-                                    .iter()
-                                    .flatten()
-                                    .all(|(k, v)| edge_labels.get(k) == Some(v))
-                        })
-                })
-            })
-            .flat_map(|rule| rule.ports.unwrap_or_default())
-            .map(|p| match p.port {
-                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p,
-                other => panic!("{name}: a named or missing port {other:?}"),
-            })
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports, [8080, 8081], "{name}");
+        assert_eq!(
+            store_ports_admitting(&objs, &n, &edge_labels),
+            [8080, 8081],
+            "{name}"
+        );
+    }
+}
+
+/// In Kafka mode a store replica forwards what it does not own to the replica that
+/// does, over HTTP: the store's NetworkPolicy admits the store pods on it. Without
+/// Kafka there is one store and no such rule.
+#[test]
+fn store_replicas_reach_each_other_on_http_in_kafka_mode() {
+    for (name, want) in [
+        ("kafka.yaml", vec![8080]),
+        ("full.yaml", vec![8080]),
+        ("minimal.yaml", vec![]),
+    ] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let sts: StatefulSet = get(&objs, &format!("StatefulSet/{n}-store"));
+        let store_labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        assert_eq!(
+            store_ports_admitting(&objs, &n, &store_labels),
+            want,
+            "{name}"
+        );
     }
 }

@@ -272,16 +272,47 @@ async fn an_invalid_spec_applies_nothing_and_says_why() {
 }
 
 #[tokio::test]
-async fn kafka_without_a_transport_is_reported_degraded() {
-    let (ctx, fake) = setup(json!({"tenant": "acme", "kafka": {"brokers": ["k:9092"]}}));
+async fn kafka_mode_runs_every_store_replica_and_is_ready_when_all_are() {
+    let (ctx, fake) = setup(json!({
+        "tenant": "acme",
+        "gateway": {"store": {"replicas": 3}},
+        "kafka": {"brokers": ["k:9092"]},
+    }));
     reconcile(&ctx, &fake).await.unwrap();
+    {
+        let mut s = fake.0.lock();
+        s.workload_status.insert(
+            "StatefulSet".into(),
+            json!({"replicas": 3, "readyReplicas": 2}),
+        );
+        s.workload_status.insert(
+            "Deployment".into(),
+            json!({"replicas": 2, "availableReplicas": 2}),
+        );
+    }
     reconcile(&ctx, &fake).await.unwrap();
-    let (status, reason, _) = condition(&fake, "Degraded");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "KafkaUnavailable")
+    let sts = fake
+        .get("/apis/apps/v1/namespaces/ci/statefulsets/acme-store")
+        .unwrap();
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(condition(&fake, "Degraded").0, "False");
+    let (ready, reason, message) = condition(&fake, "Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "Waiting"));
+    assert!(message.contains("store 2/3 ready"), "{message}");
+
+    fake.0.lock().workload_status.insert(
+        "StatefulSet".into(),
+        json!({"replicas": 3, "readyReplicas": 3}),
     );
-    assert!(fake.events().iter().any(|e| e.1 == "KafkaUnavailable"));
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Ready"),
+        (
+            "True".into(),
+            "GatewayReady".into(),
+            "3 store and 2 edge replicas ready".into()
+        )
+    );
 }
 
 async fn delete_with(retain: bool) -> (FakeApi, bool) {

@@ -115,6 +115,26 @@ impl Error {
         Error::unavailable("shutting_down", message, Duration::from_secs(1))
     }
 
+    /// Kafka mode: the deployment is served by another store replica now (a rebalance).
+    pub fn moved() -> Error {
+        Error::unavailable(
+            "moved",
+            "the deployment moved to another store replica (a Kafka rebalance); reconnect with the last cursor",
+            Duration::from_secs(1),
+        )
+    }
+
+    /// Kafka mode: this store replica does not serve the deployment now.
+    pub fn not_owner(why: &str) -> Error {
+        Error::unavailable(
+            "not_owner",
+            format!(
+                "{why}; retry in a moment (through an edge or any replica, which route to the owner)"
+            ),
+            Duration::from_secs(1),
+        )
+    }
+
     /// A viewer's token expired while it was following: reconnect with a fresh token.
     pub fn auth_expired() -> Error {
         Error::unauthenticated(

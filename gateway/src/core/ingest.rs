@@ -139,12 +139,34 @@ pub async fn append(
                 .inc_by(u64::from(*n));
         }
     }
-    let (s, lid) = (state.clone(), id.clone());
-    let outcome = tokio::task::spawn_blocking(move || {
-        let log = s.store.log(&lid, true)?.expect("created");
-        log.append(records, batch)
-    })
-    .await??;
+    let outcome = match &state.kafka {
+        Some(kafka) => {
+            match through_kafka(kafka, id, records, batch, state.store.hooks().clock.now()).await? {
+                Some(o) => o,
+                None => {
+                    state
+                        .metrics
+                        .ack_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(Reply {
+                        accepted: lines_n,
+                        first_seq: 0,
+                        last_seq: 0,
+                        cursor: String::new(),
+                        duplicate: false,
+                    });
+                }
+            }
+        }
+        None => {
+            let (s, lid) = (state.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let log = s.store.log(&lid, true)?.expect("created");
+                log.append(records, batch)
+            })
+            .await??
+        }
+    };
     state
         .metrics
         .ack_latency
@@ -165,6 +187,31 @@ pub async fn append(
         .encode(),
         duplicate: outcome.duplicate,
     })
+}
+
+/// Kafka mode: produces the batch (stamped now, so every replica that applies it stores
+/// the same times), then waits for this replica's consumer to apply it when it owns the
+/// partition. `None`: durable in Kafka, not applied here within `kafka.apply_wait`
+/// (the answer then has no seqs and no cursor).
+async fn through_kafka(
+    kafka: &crate::kafka::Kafka,
+    id: &DeploymentId,
+    mut records: Vec<LogRecord>,
+    batch: Option<BatchId>,
+    now: i64,
+) -> Result<Option<crate::store::AppendOutcome>> {
+    for r in &mut records {
+        if r.ts == 0 {
+            r.ts = now;
+        }
+    }
+    let (partition, offset) = kafka.produce_lines(id, &records, batch.as_ref()).await?;
+    match kafka.applied(&id.tenant, partition, offset).await {
+        Some(crate::kafka::Applied::Appended(o)) => Ok(Some(o)),
+        Some(crate::kafka::Applied::Failed(e)) => Err(e.into()),
+        Some(crate::kafka::Applied::Completed(_)) => unreachable!("lines applied as a completion"),
+        None => Ok(None),
+    }
 }
 
 /// The exit code a completion records: the one given, else 0 for `succeeded` and 1
@@ -206,12 +253,30 @@ pub async fn complete(
             None,
         )
         .await?;
-    let (s, lid) = (state.clone(), id.clone());
-    let c = tokio::task::spawn_blocking(move || {
-        let log = s.store.log(&lid, true)?.expect("created");
-        log.complete(status, exit_code)
-    })
-    .await?;
+    let c = match &state.kafka {
+        Some(kafka) => {
+            let (partition, offset) = kafka.produce_completion(id, status, exit_code).await?;
+            match kafka.applied(&id.tenant, partition, offset).await {
+                Some(crate::kafka::Applied::Completed(c)) => Ok(c),
+                Some(crate::kafka::Applied::Failed(e)) => Err(e),
+                _ => {
+                    return Err(Error::unavailable(
+                        "not_applied_yet",
+                        "the completion is durable in Kafka; the store replica that owns the deployment has not applied it yet: retry (a completion is idempotent)",
+                        std::time::Duration::from_secs(1),
+                    ));
+                }
+            }
+        }
+        None => {
+            let (s, lid) = (state.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let log = s.store.log(&lid, true)?.expect("created");
+                log.complete(status, exit_code)
+            })
+            .await?
+        }
+    };
     let c = c.inspect_err(|e| {
         state.audit_later(
             "complete",

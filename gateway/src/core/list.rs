@@ -139,10 +139,18 @@ pub fn params(q: &HashMap<String, String>) -> Result<ListQuery> {
 
 /// A page of the caller's deployments (those its token may see).
 pub fn list(state: &Gateway, p: &Principal, q: &ListQuery) -> wire::DeploymentList {
+    // Kafka mode: only the deployments this replica serves (its copies of partitions
+    // another replica owns now may be behind); the other replicas list theirs.
+    let serves = |d: &str| {
+        state
+            .kafka
+            .as_ref()
+            .is_none_or(|k| k.serves(&crate::store::DeploymentId::new(&p.tenant, d)))
+    };
     let page = state
         .store
         .catalog()
-        .list(&p.tenant, q, |d| p.may_access(d));
+        .list(&p.tenant, q, |d| p.may_access(d) && serves(d));
     wire::DeploymentList {
         deployments: page
             .entries
@@ -153,9 +161,78 @@ pub fn list(state: &Gateway, p: &Principal, q: &ListQuery) -> wire::DeploymentLi
     }
 }
 
+/// Kafka mode: one page from the pages every replica gave for the same query (each
+/// holds other deployments): newest first, at most `limit`, continuing after the last
+/// one taken.
+pub fn merge(pages: Vec<wire::DeploymentList>, limit: usize) -> wire::DeploymentList {
+    let more = pages.iter().any(|p| p.next_cursor.is_some());
+    let key = |d: &wire::Deployment| {
+        let at = logstream_model::time::parse_time(&d.created_at, 0).unwrap_or(0);
+        (std::cmp::Reverse(at), d.id.clone())
+    };
+    let mut all: Vec<wire::Deployment> = pages.into_iter().flat_map(|p| p.deployments).collect();
+    all.sort_by_cached_key(key);
+    let more = more || all.len() > limit;
+    all.truncate(limit);
+    let next_cursor = match (more, all.last()) {
+        (true, Some(last)) => {
+            let (std::cmp::Reverse(at), id) = key(last);
+            Some(encode_cursor(&(at, id)))
+        }
+        _ => None,
+    };
+    wire::DeploymentList {
+        deployments: all,
+        next_cursor,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_pages_merge_newest_first_and_continue_after_the_last_taken() {
+        let d = |id: &str, at: i64| wire::Deployment {
+            id: id.into(),
+            status: "running".into(),
+            exit_code: None,
+            lines: 0,
+            first_seq: 0,
+            last_seq: 0,
+            bytes: 0,
+            first_ts: None,
+            last_ts: None,
+            created_at: logstream_model::time::format_rfc3339(at),
+            updated_at: None,
+            completed_at: None,
+            steps: vec![],
+            viewers: None,
+        };
+        let a = wire::DeploymentList {
+            deployments: vec![d("a3", 30), d("a1", 10)],
+            next_cursor: None,
+        };
+        let b = wire::DeploymentList {
+            deployments: vec![d("b4", 40), d("b2", 20)],
+            next_cursor: Some("x".into()),
+        };
+        let m = merge(vec![a, b], 3);
+        let ids: Vec<_> = m.deployments.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["b4", "a3", "b2"]);
+        assert_eq!(
+            decode_cursor(m.next_cursor.as_deref().unwrap()),
+            Some((20, "b2".into()))
+        );
+        let last = merge(
+            vec![wire::DeploymentList {
+                deployments: vec![d("a1", 10)],
+                next_cursor: None,
+            }],
+            3,
+        );
+        assert_eq!(last.next_cursor, None);
+    }
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {

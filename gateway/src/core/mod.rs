@@ -53,6 +53,10 @@ pub struct Gateway {
     pub audit: crate::audit::Audit,
     /// Per-tenant quota book-keeping.
     pub quotas: crate::quota::Quotas,
+    /// Kafka mode (`[kafka]`): the producer, the partitions this replica owns.
+    pub kafka: Option<Arc<crate::kafka::Kafka>>,
+    /// Kafka mode with `store_replicas`: who owns which partition.
+    pub replicas: Option<Arc<crate::cluster::Replicas>>,
 }
 
 impl Gateway {
@@ -197,9 +201,26 @@ impl Gateway {
             config.quotas,
             config.tenant_quotas.clone().into_iter().collect(),
         );
+        let kafka = match &config.kafka {
+            Some(k) => Some(Arc::new(crate::kafka::Kafka::connect(
+                k,
+                &config.data_dir,
+                config.listen,
+                config.grpc_listen,
+            )?)),
+            None => None,
+        };
+        let replicas = match config.store_replicas.is_empty() {
+            true => None,
+            false => Some(Arc::new(crate::cluster::Replicas::new(
+                &config.store_replicas,
+            )?)),
+        };
         Ok(Arc::new(Gateway {
             audit,
             quotas,
+            kafka,
+            replicas,
             config,
             store,
             hub,

@@ -142,8 +142,32 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 impl Gateway {
+    /// Kafka mode: refuses (retryably) a deployment whose partition this replica does
+    /// not serve now.
+    pub fn check_owner(&self, id: &DeploymentId) -> Result<()> {
+        match &self.kafka {
+            Some(k) if !k.serves(id) => {
+                let p = k.partition_of(id)?;
+                Err(Error::not_owner(&match k.ownership.state(&id.tenant, p) {
+                    Some(_) => format!(
+                        "this store replica took partition {p} of deployment {} over and is still rebuilding it from Kafka",
+                        id.deployment
+                    ),
+                    None => format!(
+                        "partition {p} of deployment {} is owned by another store replica",
+                        id.deployment
+                    ),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The log of an existing deployment (`deployment_not_found` otherwise).
+    /// In Kafka mode only the replica that serves the deployment's partition answers
+    /// (`not_owner` otherwise: its copy may be behind).
     pub async fn existing_log(self: &Arc<Self>, id: &DeploymentId) -> Result<Arc<DeploymentLog>> {
+        self.check_owner(id)?;
         let (s, id) = (self.clone(), id.clone());
         blocking(move || s.store.log(&id, false))
             .await?

@@ -32,6 +32,8 @@ pub enum ViewerEvent {
     /// A whole commit group, already framed (the viewer has no filter and no gap).
     Frame(Arc<Frame>),
     End(Completion),
+    /// The stream ends early: the viewer reconnects.
+    Closed(Error),
 }
 
 /// Where a viewer starts.
@@ -191,6 +193,11 @@ impl Viewer {
                                 batch.push(l.clone());
                             }
                         }
+                    }
+                    Ok(LiveEvent::Moved) => {
+                        let _ = self.send(std::mem::take(&mut batch)).await;
+                        let _ = self.tx.send(ViewerEvent::Closed(Error::moved())).await;
+                        return Ok(());
                     }
                     Ok(LiveEvent::End(c)) => {
                         if self.send(std::mem::take(&mut batch)).await.is_err()
@@ -507,6 +514,7 @@ impl Session {
                 ViewerEvent::Lines(lines) => SessionEvent::Lines(lines),
                 ViewerEvent::Frame(frame) => SessionEvent::Frame(frame),
                 ViewerEvent::End(c) => SessionEvent::End(c),
+                ViewerEvent::Closed(e) => SessionEvent::Closed(e),
             },
             _ = self.heartbeat.tick() => SessionEvent::Heartbeat,
             () = &mut self.expiry => SessionEvent::Closed(Error::auth_expired()),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
-use logstream_model::{Cursor, Level, LogRecord, RedactionState, Stream};
+use logstream_model::Cursor;
 use logstream_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -280,7 +280,7 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
         if let Ok(v) = bearer.parse() {
             request.metadata_mut().insert("authorization", v);
         }
-        let mut client = edge.tail.clone();
+        let mut client = edge.tail_for(&feed.id);
         let answer = tokio::select! {
             a = client.subscribe(request) => a,
             () = feed.until_idle() => continue,
@@ -307,6 +307,7 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
                 continue;
             }
             Err(s) => {
+                edge.reroute();
                 tracing::warn!(deployment = %feed.id, error = %s, "subscribing to the store failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -348,6 +349,7 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
                 // The store ended the stream (a restart, an expired token): resubscribe.
                 Ok(None) => break,
                 Err(s) => {
+                    edge.reroute();
                     tracing::info!(deployment = %feed.id, error = %s, "the store's stream broke; resubscribing after the last line");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -361,31 +363,5 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
 
 /// A line as the store sent it, with the same JSON the store serves.
 fn wire_line(id: &DeploymentId, l: pb::StoredLine) -> WireLine {
-    let line = l.line.unwrap_or_default();
-    let record = LogRecord {
-        seq: l.seq,
-        ts: line.ts_unix_nanos,
-        step: line.step,
-        stream: match pb::Stream::try_from(line.stream) {
-            Ok(pb::Stream::Stderr) => Stream::Stderr,
-            _ => Stream::Stdout,
-        },
-        level: level_from_pb(line.level),
-        message: line.message,
-        metadata: line.metadata.into_iter().collect(),
-        redaction: RedactionState(l.redaction.into_iter().collect()),
-    };
-    WireLine::new(id, record)
-}
-
-fn level_from_pb(l: i32) -> Level {
-    match pb::Level::try_from(l) {
-        Ok(pb::Level::Trace) => Level::Trace,
-        Ok(pb::Level::Debug) => Level::Debug,
-        Ok(pb::Level::Info) => Level::Info,
-        Ok(pb::Level::Warn) => Level::Warn,
-        Ok(pb::Level::Error) => Level::Error,
-        Ok(pb::Level::Fatal) => Level::Fatal,
-        _ => Level::Unknown,
-    }
+    WireLine::new(id, crate::grpc::record_from_pb(l))
 }

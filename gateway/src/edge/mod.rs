@@ -19,7 +19,7 @@
 
 mod feed;
 pub mod follow;
-mod proxy;
+pub mod proxy;
 mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -136,6 +136,16 @@ pub struct Edge {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// `edge/<hostname>`: the subject of this edge's own requests.
     subject: String,
+    /// Kafka mode (`store_replicas`): who owns which deployment, and a client per owner
+    /// (each one HTTP/2 connection) for the live upstreams.
+    replicas: Option<Arc<crate::cluster::Replicas>>,
+    owner_tails: Mutex<HashMap<String, TailClient<tonic::transport::Channel>>>,
+    stop_routes: tokio::sync::watch::Sender<bool>,
+}
+
+/// A `Tail` client over one lazily connected HTTP/2 connection.
+fn tail_client(endpoint: tonic::transport::Endpoint) -> TailClient<tonic::transport::Channel> {
+    TailClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20)
 }
 
 /// Unix seconds now.
@@ -168,7 +178,17 @@ impl Edge {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         // One HTTP/2 connection carries every deployment's subscription.
-        let tail = TailClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20);
+        let tail = tail_client(endpoint);
+        let replicas = match config.store_replicas.is_empty() {
+            true => None,
+            false => Some(Arc::new(crate::cluster::Replicas::new(
+                &config.store_replicas,
+            )?)),
+        };
+        let (stop_routes, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(r) = &replicas {
+            r.spawn(stop_rx);
+        }
         let auth = crate::auth::from_config(&config, false)?;
         let audit_metrics = Arc::new(Metrics::new());
         let subject = format!(
@@ -211,10 +231,48 @@ impl Edge {
                 tokens: Mutex::new(HashMap::new()),
                 subject,
                 config,
+                replicas,
+                owner_tails: Mutex::new(HashMap::new()),
+                stop_routes,
             }
         });
         tokio::spawn(ticker(Arc::downgrade(&edge)));
         Ok(edge)
+    }
+
+    /// The client for `id`'s live upstream: its owner's in Kafka mode (when known),
+    /// else the store Service's.
+    pub fn tail_for(&self, id: &DeploymentId) -> TailClient<tonic::transport::Channel> {
+        let Some(r) = &self.replicas else {
+            return self.tail.clone();
+        };
+        let crate::cluster::Lookup::Served(owner) = r.lookup(&id.tenant, &id.deployment) else {
+            r.poke();
+            return self.tail.clone();
+        };
+        let mut tails = self.owner_tails.lock();
+        if let Some(t) = tails.get(&owner.grpc) {
+            return t.clone();
+        }
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(owner.grpc.clone()) else {
+            return self.tail.clone();
+        };
+        let t = tail_client(
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true),
+        );
+        tails.insert(owner.grpc, t.clone());
+        t
+    }
+
+    /// An upstream failed: the owners may have changed (Kafka mode).
+    pub fn reroute(&self) {
+        if let Some(r) = &self.replicas {
+            r.poke();
+        }
     }
 
     /// The feed of `id`, joined (its upstream started if it is new).
@@ -318,6 +376,7 @@ impl Edge {
     /// Tells every viewer to reconnect (at shutdown).
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        let _ = self.stop_routes.send(true);
         self.wake_everyone(true);
     }
 

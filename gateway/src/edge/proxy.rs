@@ -170,91 +170,109 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Forwards a request the edge does not serve itself (see the module comment).
-pub async fn forward(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
-    let is_upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
-    let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = edge.proxy.uri(&pq);
-    parts.version = axum::http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers, is_upgrade);
-    if is_upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if let Some(ip) = peer {
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+pub async fn forward(State(edge): State<Arc<Edge>>, req: Request) -> Response {
+    match edge.proxy.relay(req, &edge.proxy.upstream).await {
+        Ok(r) => {
+            edge.metrics
+                .requests
+                .with_label_values(&["forwarded"])
+                .inc();
+            r
         }
-    }
-    parts.headers.remove(header::HOST);
-    let upstream_req = Request::from_parts(parts, body);
-    let mut resp = match edge.proxy.client.request(upstream_req).await {
-        Ok(r) => r,
         Err(e) => {
             edge.metrics
                 .requests
                 .with_label_values(&["upstream_error"])
                 .inc();
             tracing::warn!(error = %e, "forwarding to the store failed");
-            return problem(
+            problem(
                 StatusCode::BAD_GATEWAY,
                 "store_unreachable",
                 "the edge could not reach the tenant's store; retry (live clients resume from their cursor)",
-            );
+            )
         }
-    };
-    edge.metrics
-        .requests
-        .with_label_values(&["forwarded"])
-        .inc();
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream",
-                "the store switched protocols unasked",
-            );
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
-                return;
-            };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        });
-        let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Response::from_parts(parts, Body::empty());
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, Body::new(body))
+}
+
+impl Proxy {
+    /// Relays `req` to the server at `to` (scheme and authority) unchanged but for
+    /// hop-by-hop headers and `X-Forwarded-For`; WebSocket upgrades are spliced. The
+    /// response streams back unbuffered.
+    pub async fn relay(
+        &self,
+        mut req: Request,
+        to: &axum::http::Uri,
+    ) -> Result<Response, hyper_util::client::legacy::Error> {
+        let is_upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let (mut parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let mut target = to.clone().into_parts();
+        target.path_and_query = pq.parse().ok();
+        parts.uri = axum::http::Uri::from_parts(target).unwrap_or_else(|_| self.uri(&pq));
+        parts.version = axum::http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers, is_upgrade);
+        if is_upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if let Some(ip) = peer {
+            let xff = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+        }
+        parts.headers.remove(header::HOST);
+        let upstream_req = Request::from_parts(parts, body);
+        let mut resp = self.client.request(upstream_req).await?;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Ok(problem(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_upstream",
+                    "the store switched protocols unasked",
+                ));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
 }

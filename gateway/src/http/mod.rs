@@ -147,6 +147,7 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/audit/events", post(audit_append))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
@@ -157,6 +158,10 @@ pub fn app(state: Arc<Gateway>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            to_owner,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -185,6 +190,115 @@ async fn observe(
     response
 }
 
+/// Marks a request one replica forwarded to another (it is never forwarded again).
+const FORWARDED: &str = "logstream-forwarded";
+
+/// Kafka mode: a request about one deployment whose partition another replica serves
+/// goes to that replica (one hop; without a known owner the handler answers
+/// `not_owner`, retryable).
+async fn to_owner(
+    State(s): State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (Some(kafka), Some(replicas)) = (&s.kafka, &s.replicas) else {
+        return next.run(req).await;
+    };
+    let deployment = {
+        let mut seg = req.uri().path().split('/').skip(1);
+        match (seg.next(), seg.next(), seg.next()) {
+            (Some("v1"), Some("deployments"), Some(id)) if id != "events" => id.to_owned(),
+            _ => return next.run(req).await,
+        }
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let token = access::token_from_headers(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        req.headers()
+            .get(access::PROXY_SAFE_AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    // Not routable without a tenant: the handler refuses the token itself.
+    let Some(Ok(token)) = token else {
+        return next.run(req).await;
+    };
+    let Ok(p) = s.auth.verify_request(token).await else {
+        return next.run(req).await;
+    };
+    let id = crate::store::DeploymentId::new(p.tenant, deployment);
+    if kafka.serves(&id) {
+        return next.run(req).await;
+    }
+    let owner = match replicas.lookup(&id.tenant, &id.deployment) {
+        crate::cluster::Lookup::Served(o) if o.http != kafka.advertise_url => o,
+        _ => {
+            replicas.poke();
+            return next.run(req).await;
+        }
+    };
+    let Ok(to) = owner.http.parse::<axum::http::Uri>() else {
+        return next.run(req).await;
+    };
+    let mut req = req;
+    req.headers_mut()
+        .insert(FORWARDED, header::HeaderValue::from_static("1"));
+    match replicas.proxy.relay(req, &to).await {
+        Ok(r) => r,
+        Err(e) => {
+            replicas.poke();
+            Error::not_owner(&format!(
+                "the store replica that owns deployment {} did not answer ({e})",
+                id.deployment
+            ))
+            .into_response()
+        }
+    }
+}
+
+/// Kafka mode: the partitions this replica owns, for edges and peers to route by.
+#[utoipa::path(get, path = "/v1/cluster", security(()), responses((status = 200, description = "This replica's partitions", body = crate::cluster::ClusterState), (status = 404, description = "Not in Kafka mode", body = ErrorBody)))]
+async fn cluster(State(s): State<Arc<Gateway>>) -> Result<Response> {
+    let Some(k) = &s.kafka else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "not_kafka_mode",
+            "this gateway runs without [kafka]: one store holds every deployment",
+        ));
+    };
+    let mut tenants: Vec<crate::cluster::TenantPartitions> = k
+        .topics()
+        .iter()
+        .map(|(tenant, n)| {
+            let owned = k.ownership.of(tenant);
+            let pick = |want| {
+                owned
+                    .iter()
+                    .filter(|(_, st)| *st == want)
+                    .map(|(p, _)| *p)
+                    .collect()
+            };
+            crate::cluster::TenantPartitions {
+                tenant: tenant.clone(),
+                topic: k.config.topic(tenant),
+                partitions: *n,
+                serving: pick(crate::kafka::PartitionState::Serving),
+                catching_up: pick(crate::kafka::PartitionState::CatchingUp),
+            }
+        })
+        .collect();
+    tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    Ok(axum::Json(crate::cluster::ClusterState {
+        replica: k.advertise_url.clone(),
+        grpc: k.advertise_grpc.clone(),
+        tenants,
+    })
+    .into_response())
+}
+
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "ok", content_type = "text/plain")))]
 async fn healthz() -> &'static str {
@@ -195,6 +309,20 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
     if *s.shutdown.borrow() {
         return Error::shutting_down("the gateway is shutting down").into_response();
+    }
+    if let Some(k) = &s.kafka {
+        let k = k.clone();
+        let up = tokio::task::spawn_blocking(move || k.reachable())
+            .await
+            .unwrap_or(false);
+        if !up {
+            return Error::unavailable(
+                "kafka_unreachable",
+                "the Kafka brokers (kafka.brokers) do not answer: ingest is refused until they do",
+                std::time::Duration::from_secs(2),
+            )
+            .into_response();
+        }
     }
     "ready".into_response()
 }
@@ -578,10 +706,36 @@ async fn list(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Response> {
     access::require(&p, Scope::Read)?;
     let query = listing::params(&q)?;
-    let body = listing::list(&s, &p, &query);
+    let mut body = listing::list(&s, &p, &query);
+    if let (Some(k), Some(r)) = (&s.kafka, &s.replicas)
+        && !headers.contains_key(FORWARDED)
+    {
+        // Every replica lists the deployments it serves: gather theirs.
+        let pq = uri
+            .path_and_query()
+            .map_or("/v1/deployments", |x| x.as_str());
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .or_else(|| headers.get(access::PROXY_SAFE_AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let others = r
+            .gather(&k.advertise_url, pq, auth, FORWARDED)
+            .await
+            .map_err(|why| Error::not_owner(&format!("the listing is incomplete: {why}")))?;
+        let mut pages = vec![body];
+        for b in others {
+            pages.push(serde_json::from_slice(&b).map_err(|e| {
+                Error::not_owner(&format!("a store replica answered the listing with {e}"))
+            })?);
+        }
+        body = listing::merge(pages, query.limit);
+    }
     s.audit(
         Need::Accepted,
         "list",

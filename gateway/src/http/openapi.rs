@@ -137,6 +137,7 @@ impl Modify for Security {
         super::audit_append,
         super::healthz,
         super::readyz,
+        super::cluster,
         super::metrics,
         super::openapi,
     ),

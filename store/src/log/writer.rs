@@ -18,7 +18,9 @@ use crate::meta::{self, Completion, MetaFile, Outcome, ProducersFile};
 enum Op {
     Append {
         records: Vec<LogRecord>,
-        mark: Option<BatchId>,
+        /// Every mark must be new for the records to be stored (a producer's batch, and
+        /// in Kafka mode the partition offset it came from).
+        marks: Vec<BatchId>,
     },
     Complete {
         status: Outcome,
@@ -49,10 +51,33 @@ impl DeploymentLog {
         records: Vec<LogRecord>,
         mark: Option<BatchId>,
     ) -> Result<AppendOutcome, StoreError> {
-        match self.submit(Op::Append { records, mark })? {
+        let marks = mark.into_iter().collect();
+        match self.submit(Op::Append { records, marks })? {
             OpResult::Appended(o) => Ok(o),
             OpResult::Completed(_) => unreachable!("append answered with completion"),
         }
+    }
+
+    /// Appends several batches in this order, in one group (one fsync), each with its
+    /// marks: a batch any of whose marks is not above the last stored one of its source
+    /// is a duplicate and not stored again. Kafka mode applies a partition's records with
+    /// it, marked by `kafka/<topic>/<partition>` and the offset, so a replay after a crash
+    /// or a rebalance stores nothing twice.
+    pub fn append_all(
+        &self,
+        batches: Vec<(Vec<LogRecord>, Vec<BatchId>)>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        let ops = batches
+            .into_iter()
+            .map(|(records, marks)| Op::Append { records, marks })
+            .collect();
+        self.submit_all(ops)
+            .into_iter()
+            .map(|r| match r? {
+                OpResult::Appended(o) => Ok(o),
+                OpResult::Completed(_) => unreachable!("append answered with completion"),
+            })
+            .collect()
     }
 
     /// Seals the log: later appends fail with `Completed`. Idempotent for the same outcome.
@@ -64,13 +89,22 @@ impl DeploymentLog {
     }
 
     fn submit(&self, op: Op) -> Result<OpResult, StoreError> {
+        self.submit_all(vec![op]).pop().expect("one result per op")
+    }
+
+    /// Queues `ops` together (so they are flushed in this order, in one group) and waits
+    /// for all of them.
+    fn submit_all(&self, ops: Vec<Op>) -> Vec<Result<OpResult, StoreError>> {
         let queued = std::time::Instant::now();
-        let slot = Arc::new(Slot::default());
+        let slots: Vec<Arc<Slot>> = ops.iter().map(|_| Arc::new(Slot::default())).collect();
         let mut q = self.queue.lock();
-        q.pending.push((op, slot.clone()));
+        q.pending.extend(ops.into_iter().zip(slots.iter().cloned()));
         loop {
-            if let Some(result) = slot.0.lock().take() {
-                return result;
+            if slots.iter().all(|s| s.0.lock().is_some()) {
+                return slots
+                    .iter()
+                    .map(|s| s.0.lock().take().expect("answered"))
+                    .collect();
             }
             if q.flushing {
                 self.cond.wait(&mut q);
@@ -98,10 +132,10 @@ impl DeploymentLog {
     /// once; a completion seals the log after the appends queued before it.
     fn flush(&self, ops: Vec<(Op, Arc<Slot>)>) {
         let mut guard = self.writer.lock();
-        let mut group: Vec<(Vec<LogRecord>, Option<BatchId>, Arc<Slot>)> = Vec::new();
+        let mut group: Vec<(Vec<LogRecord>, Vec<BatchId>, Arc<Slot>)> = Vec::new();
         for (op, slot) in ops {
             match op {
-                Op::Append { records, mark } => group.push((records, mark, slot)),
+                Op::Append { records, marks } => group.push((records, marks, slot)),
                 Op::Complete { status, exit_code } => {
                     self.write_group(&mut guard, std::mem::take(&mut group));
                     let result = self.seal(&mut guard, status, exit_code);
@@ -115,7 +149,7 @@ impl DeploymentLog {
     fn write_group(
         &self,
         guard: &mut Option<Writer>,
-        group: Vec<(Vec<LogRecord>, Option<BatchId>, Arc<Slot>)>,
+        group: Vec<(Vec<LogRecord>, Vec<BatchId>, Arc<Slot>)>,
     ) {
         if group.is_empty() {
             return;
@@ -140,24 +174,24 @@ impl DeploymentLog {
         let mut marks: Vec<(usize, BatchMark)> = Vec::new();
         let mut outcomes: Vec<(Arc<Slot>, AppendOutcome)> = Vec::new();
         let mut producers: HashMap<String, (u64, u64)> = HashMap::new();
-        for (records, mark, slot) in group {
-            if let Some(m) = &mark {
+        for (records, group_marks, slot) in group {
+            let duplicate_of = group_marks.iter().find_map(|m| {
                 let seen = producers
                     .get(&m.source)
                     .or_else(|| w.producers.get(&m.source))
                     .copied();
-                if let Some((batch, last)) = seen
-                    && m.batch_id <= batch
-                {
-                    let o = AppendOutcome {
-                        first_seq: last + 1,
-                        last_seq: last,
-                        duplicate: true,
-                        last_ts: w.last_ts,
-                    };
-                    outcomes.push((slot, o));
-                    continue;
-                }
+                seen.filter(|(batch, _)| m.batch_id <= *batch)
+                    .map(|(_, last)| last)
+            });
+            if let Some(last) = duplicate_of {
+                let o = AppendOutcome {
+                    first_seq: last + 1,
+                    last_seq: last,
+                    duplicate: true,
+                    last_ts: w.last_ts,
+                };
+                outcomes.push((slot, o));
+                continue;
             }
             let first = w.next_seq + accepted.len() as u64;
             if records.is_empty() {
@@ -181,7 +215,7 @@ impl DeploymentLog {
                 accepted.push(r);
             }
             let last = w.next_seq + accepted.len() as u64 - 1;
-            if let Some(m) = mark {
+            for m in group_marks {
                 producers.insert(m.source.clone(), (m.batch_id, last));
                 marks.push((
                     accepted.len() - 1,
