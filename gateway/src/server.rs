@@ -227,6 +227,11 @@ async fn idle_loop(state: Arc<Gateway>) {
             }
         };
         for log in idle {
+            // Kafka mode: a copy of a partition another replica owns now is not ours to
+            // time out (its owner sees the deployment's real last line).
+            if state.check_owner(&log.id).is_err() {
+                continue;
+            }
             let timeout = state.config.deployment_idle_timeout_for(&log.id.tenant);
             match crate::core::ingest::complete(
                 &state,

@@ -299,6 +299,59 @@ async fn a_store_killed_mid_ingest_loses_and_duplicates_nothing_and_viewers_foll
         );
     }
     assert_eq!(a.metric("logstream_kafka_owned_partitions").await, 4.0);
+
+    // The killed replica comes back: it takes partitions again, rebuilds what it missed
+    // after the offsets it had applied, and gives the same seqs; every replica answers
+    // for every deployment (relayed to the owner) and lists them all (merged).
+    let b = cluster.start(1).await;
+    cluster.until_balanced(&[0, 1]).await;
+    for id in &ids {
+        assert_eq!(
+            history(&b.http, &token, id).await,
+            want,
+            "{id} via the restarted replica"
+        );
+        assert_eq!(
+            history(&edge.http, &token, id).await,
+            want,
+            "{id} via the edge"
+        );
+    }
+    let listed: Value = client()
+        .get(format!("{}/v1/deployments?limit=4", edge.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = listed["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let next = listed["next_cursor"].as_str().expect("a second page");
+    let rest: Value = client()
+        .get(format!("{}/v1/deployments?limit=4&cursor={next}", b.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    names.extend(
+        rest["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned()),
+    );
+    names.sort();
+    assert_eq!(names, ids, "both pages, from two doors: {listed} {rest}");
+    assert!(rest["next_cursor"].is_null(), "{rest}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -803,6 +803,15 @@ impl Config {
                 });
             }
         }
+        if let Some(k) = &self.kafka
+            && !self.store_replicas.is_empty()
+            && k.advertise_url.is_none()
+        {
+            return Err(ConfigError {
+                field: "kafka.advertise_url",
+                problem: "with store_replicas, say how the others reach this replica: its entry in store_replicas, e.g. advertise_url = \"http://{hostname}.acme-store.ci.svc:8080\"".into(),
+            });
+        }
         if !self.store_replicas.is_empty() && self.role != Role::Edge && self.kafka.is_none() {
             return Err(ConfigError {
                 field: "store_replicas",
@@ -1080,7 +1089,9 @@ mod tests {
             "store_replicas"
         );
         assert_eq!(
-            bad(&format!("store_replicas = [\"a:8080\"]\n{base}")),
+            bad(&format!(
+                "store_replicas = [\"a:8080\"]\n{base}advertise_url = \"http://a:8080\""
+            )),
             "store_replicas"
         );
     }

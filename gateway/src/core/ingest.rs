@@ -259,13 +259,17 @@ pub async fn complete(
             match kafka.applied(&id.tenant, partition, offset).await {
                 Some(crate::kafka::Applied::Completed(c)) => Ok(c),
                 Some(crate::kafka::Applied::Failed(e)) => Err(e),
-                _ => {
-                    return Err(Error::unavailable(
-                        "not_applied_yet",
-                        "the completion is durable in Kafka; the store replica that owns the deployment has not applied it yet: retry (a completion is idempotent)",
-                        std::time::Duration::from_secs(1),
-                    ));
+                Some(crate::kafka::Applied::Appended(_)) => {
+                    unreachable!("a completion applied as lines")
                 }
+                // Durable in Kafka, ordered after every line acknowledged before it; the
+                // owner applies it (`last_seq` unknown here: 0).
+                None => Ok(Completion {
+                    status,
+                    exit_code,
+                    at: state.store.hooks().clock.now(),
+                    last_seq: 0,
+                }),
             }
         }
         None => {

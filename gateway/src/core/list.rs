@@ -172,6 +172,9 @@ pub fn merge(pages: Vec<wire::DeploymentList>, limit: usize) -> wire::Deployment
     };
     let mut all: Vec<wire::Deployment> = pages.into_iter().flat_map(|p| p.deployments).collect();
     all.sort_by_cached_key(key);
+    // A deployment listed by two replicas (one of them between a rebalance's two
+    // halves) once.
+    all.dedup_by(|a, b| a.id == b.id);
     let more = more || all.len() > limit;
     all.truncate(limit);
     let next_cursor = match (more, all.last()) {

@@ -222,8 +222,21 @@ async fn to_owner(
             .get(access::PROXY_SAFE_AUTHORIZATION)
             .map(|v| v.as_bytes()),
     );
+    // EventSource and download links carry it in the query (where the handlers allow).
+    let query_token = req.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
+    });
+    let token = match (token, &query_token) {
+        (Some(t), _) => t,
+        (None, Some(q)) => Ok(q.as_str()),
+        (None, None) => return next.run(req).await,
+    };
     // Not routable without a tenant: the handler refuses the token itself.
-    let Some(Ok(token)) = token else {
+    let Ok(token) = token else {
         return next.run(req).await;
     };
     let Ok(p) = s.auth.verify_request(token).await else {
@@ -311,6 +324,14 @@ async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
         return Error::shutting_down("the gateway is shutting down").into_response();
     }
     if let Some(k) = &s.kafka {
+        if k.stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Error::unavailable(
+                "kafka_apply_failing",
+                "this store replica cannot apply its partitions' records (see its log: a full or broken disk?); its partitions are not served here until it can",
+                std::time::Duration::from_secs(5),
+            )
+            .into_response();
+        }
         let k = k.clone();
         let up = tokio::task::spawn_blocking(move || k.reachable())
             .await

@@ -103,7 +103,12 @@ impl ConsumerContext for Ctx {
                 }
             }
             other => {
-                tracing::error!(error = ?other, "kafka: rebalance error");
+                tracing::error!(error = ?other, "kafka: rebalance error; serving nothing until the next assignment");
+                for (topic, p) in &parts {
+                    if let Some(t) = self.tenant_of(topic) {
+                        self.kafka.ownership.remove(t, *p);
+                    }
+                }
                 let _ = base.unassign();
             }
         }
@@ -164,9 +169,10 @@ fn run(
 ) {
     let mut saved = Instant::now();
     let mut dirty = false;
+    // Partitions that reached their end, to check against the ones catching up.
+    let mut eof: std::collections::HashSet<i32> = std::collections::HashSet::new();
     while !*state.shutdown.borrow() {
         let mut batch = Vec::new();
-        let mut eof = Vec::new();
         let mut wait = Duration::from_millis(100);
         while batch.len() < BATCH {
             match consumer.poll(wait) {
@@ -177,7 +183,9 @@ fn run(
                     offset: m.offset(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 }),
-                Some(Err(KafkaError::PartitionEOF(p))) => eof.push(p),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    eof.insert(p);
+                }
                 Some(Err(e)) => {
                     state.metrics.kafka_errors.inc();
                     tracing::warn!(error = %e, "kafka: consumer error");
@@ -187,7 +195,11 @@ fn run(
             wait = Duration::ZERO;
         }
         if !batch.is_empty() {
-            let done = apply(&state, &kafka, batch);
+            // `None`: not all of it was applied (shutdown during a retry): store no offset,
+            // the next start replays the batch (the marks make that safe).
+            let Some(done) = apply(&state, &kafka, batch) else {
+                break;
+            };
             let mut a = applied.lock();
             for ((topic, p), o) in done {
                 let _ = consumer.store_offset(&topic, p, o + 1);
@@ -196,11 +208,8 @@ fn run(
             dirty = true;
         }
         if !eof.is_empty() {
-            caught_up(&kafka, &consumer, &applied, &eof);
-            state
-                .metrics
-                .kafka_owned_partitions
-                .set(kafka.ownership.count() as i64);
+            // Everything polled before the end was just applied.
+            caught_up(&kafka, &consumer, &applied, &mut eof);
         }
         if dirty && saved.elapsed() >= Duration::from_secs(1) {
             save_applied(&kafka, &applied.lock());
@@ -213,31 +222,49 @@ fn run(
     tracing::info!("kafka: consumer stopped");
 }
 
-/// A partition reached the end it had: if everything up to the high watermark is
-/// applied, it is served from now on.
-fn caught_up(kafka: &Kafka, consumer: &BaseConsumer<Ctx>, applied: &AppliedOffsets, eof: &[i32]) {
-    for (tenant, p) in kafka.ownership.catching_up() {
+/// Partitions that reached their end after everything polled was applied: caught up.
+/// With one topic the partition number names it; with several (one per tenant), the
+/// applied offset is checked against the high watermark (kept for the next round when
+/// that cannot be read, or new records came meanwhile: the end is reached again).
+fn caught_up(
+    kafka: &Kafka,
+    consumer: &BaseConsumer<Ctx>,
+    applied: &AppliedOffsets,
+    eof: &mut std::collections::HashSet<i32>,
+) {
+    let one_topic = kafka.topics().len() == 1;
+    let catching_up = kafka.ownership.catching_up();
+    eof.retain(|p| catching_up.iter().any(|(_, q)| q == p));
+    for (tenant, p) in catching_up {
         if !eof.contains(&p) {
             continue;
         }
         let topic = kafka.config.topic(&tenant);
-        let Ok((low, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(2)) else {
-            continue;
-        };
-        let next = applied
-            .lock()
-            .get(&(topic.clone(), p))
-            .map_or(low, |o| o + 1)
-            .max(low);
-        if next >= high {
+        let done = one_topic
+            || consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(2))
+                .is_ok_and(|(low, high)| {
+                    let next = applied
+                        .lock()
+                        .get(&(topic.clone(), p))
+                        .map_or(low, |o| o + 1);
+                    next >= high
+                });
+        if done {
             tracing::info!(
                 topic,
                 partition = p,
                 "kafka: partition caught up; serving it"
             );
             kafka.ownership.set(&tenant, p, PartitionState::Serving);
+            if one_topic {
+                eof.remove(&p);
+            }
         }
     }
+    kafka
+        .stalled
+        .store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// One decoded record.
@@ -259,12 +286,13 @@ enum OpKind {
     },
 }
 
-/// Applies a poll batch; returns the highest offset applied per partition.
+/// Applies a poll batch; returns the highest offset applied per partition, or `None`
+/// when some deployment could not be applied (the gateway is shutting down).
 fn apply(
     state: &Arc<Gateway>,
     kafka: &Arc<Kafka>,
     batch: Vec<Record>,
-) -> HashMap<(String, i32), i64> {
+) -> Option<HashMap<(String, i32), i64>> {
     let mut last: HashMap<(String, i32), i64> = HashMap::new();
     let mut groups: Vec<(DeploymentId, Vec<Op>)> = Vec::new();
     let mut index: HashMap<DeploymentId, usize> = HashMap::new();
@@ -301,6 +329,7 @@ fn apply(
         });
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..APPLIERS.min(groups.len()) {
             s.spawn(|| {
@@ -309,12 +338,14 @@ fn apply(
                     let Some((id, ops)) = groups.get(i) else {
                         break;
                     };
-                    apply_deployment(state, kafka, id, ops);
+                    if !apply_deployment(state, kafka, id, ops) {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             });
         }
     });
-    last
+    (!failed.into_inner()).then_some(last)
 }
 
 fn decode(payload: &[u8]) -> Option<(String, OpKind)> {
@@ -341,20 +372,33 @@ fn decode(payload: &[u8]) -> Option<(String, OpKind)> {
 }
 
 /// Applies one deployment's records in order; retries (the whole run: marks make that
-/// safe) while the store fails with a transient error, so an offset is never stored
-/// past a record that was not applied.
-fn apply_deployment(state: &Arc<Gateway>, kafka: &Kafka, id: &DeploymentId, ops: &[Op]) {
+/// safe) while the store fails, so an offset is never stored past a record that was not
+/// applied. Meanwhile the partition is not served here (its copy is behind: requests go
+/// to `not_owner`, routers prefer a serving owner) and `/readyz` fails, so a replica
+/// whose disk broke stops claiming its partitions; it serves them again once it caught
+/// up. `false`: given up at shutdown.
+fn apply_deployment(state: &Arc<Gateway>, kafka: &Kafka, id: &DeploymentId, ops: &[Op]) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
         match try_apply(state, kafka, id, ops) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) if *state.shutdown.borrow() => {
                 tracing::warn!(error = %e, deployment = %id, "kafka: not applied at shutdown; replayed at the next start");
-                return;
+                return false;
             }
             Err(e) => {
                 state.metrics.kafka_errors.inc();
-                tracing::error!(error = %e, deployment = %id, "kafka: applying failed; retrying");
+                kafka
+                    .stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(p) = ops.first().map(|o| o.partition)
+                    && kafka.ownership.state(&id.tenant, p).is_some()
+                {
+                    kafka
+                        .ownership
+                        .set(&id.tenant, p, PartitionState::CatchingUp);
+                }
+                tracing::error!(error = %e, deployment = %id, "kafka: applying failed; retrying (the partition is not served meanwhile)");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

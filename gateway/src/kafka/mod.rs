@@ -188,6 +188,8 @@ pub struct Kafka {
     pub advertise_grpc: String,
     /// Where the offsets this replica applied are kept.
     pub state_dir: PathBuf,
+    /// Applying records fails (the store refuses them): not ready.
+    pub stalled: std::sync::atomic::AtomicBool,
 }
 
 /// Results of applied records kept for ingest requests that wait for them (a result may
@@ -246,6 +248,7 @@ impl Kafka {
             advertise_url,
             advertise_grpc,
             state_dir,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
