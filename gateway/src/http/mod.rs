@@ -327,7 +327,7 @@ async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
         if k.stalled.load(std::sync::atomic::Ordering::Relaxed) {
             return Error::unavailable(
                 "kafka_apply_failing",
-                "this store replica cannot apply its partitions' records (see its log: a full or broken disk?); its partitions are not served here until it can",
+                "this store replica cannot consume or apply its partitions' records (see its log: a full or broken disk, or the group or topic ACLs for kafka.group and the tenants' topics); its partitions are not served here until it can",
                 std::time::Duration::from_secs(5),
             )
             .into_response();

@@ -189,6 +189,22 @@ fn run(
                 Some(Err(e)) => {
                     state.metrics.kafka_errors.inc();
                     tracing::warn!(error = %e, "kafka: consumer error");
+                    // Refusals that do not heal by themselves: not ready until a partition
+                    // is served again.
+                    use rdkafka::types::RDKafkaErrorCode as C;
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            C::GroupAuthorizationFailed
+                                | C::TopicAuthorizationFailed
+                                | C::SaslAuthenticationFailed
+                                | C::UnknownTopicOrPartition
+                        )
+                    ) {
+                        kafka
+                            .stalled
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     break;
                 }
             }
