@@ -515,7 +515,7 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
     let g = gateway(tmp.path(), "127.0.0.1:0").await;
     let writer = token(&g);
     let file = tmp.path().join("token");
-    // A token that expires in 2 s: the stream ends with auth_expired, the CLI re-reads
+    // A token that expires in 5 s (long enough for the CLI to print `before` on a loaded machine): the stream ends with auth_expired, the CLI re-reads
     // the file (rotated meanwhile) and resumes after the last line it printed.
     std::fs::write(
         &file,
@@ -523,7 +523,7 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
             "viewer",
             "acme",
             &[Scope::Read],
-            Duration::from_secs(2),
+            Duration::from_secs(5),
             None,
         ),
     )
@@ -562,7 +562,7 @@ async fn follow_rereads_a_rotated_token_file_when_the_token_expires() {
     .await;
 }
 
-/// A follow of `id` (which holds the line `before`) whose token expires in 2 s: after
+/// A follow of `id` (which holds the line `before`) whose token expires in a few seconds: after
 /// `before`, `rotate` puts a fresh token where the CLI gets it; the CLI says it is
 /// reconnecting, prints `after` (pushed then) exactly once and exits 0.
 async fn follow_through_token_expiry(
@@ -741,7 +741,7 @@ async fn a_401_mid_follow_runs_the_kubeconfig_exec_plugin_again_and_resumes() {
     let writer = token(&g);
     let api = fake_api_server(g.http.clone(), None).await;
     // The exec plugin's token is also the gateway token (no LOGSTREAM_TOKEN): it expires
-    // in 2 s, the stream ends, the reconnect gets 401, the plugin runs again.
+    // in 5 s, the stream ends, the reconnect gets 401, the plugin runs again.
     let file = tmp.path().join("current-token");
     let mint = |secs| {
         g.state.auth.mint(
@@ -752,7 +752,7 @@ async fn a_401_mid_follow_runs_the_kubeconfig_exec_plugin_again_and_resumes() {
             None,
         )
     };
-    std::fs::write(&file, mint(2)).unwrap();
+    std::fs::write(&file, mint(5)).unwrap();
     let kubeconfig = exec_kubeconfig(tmp.path(), &api, &format!("cat {}", file.display()));
     push(&g, &writer, "exec", &[json!({"message": "before"})]).await;
     let child = Command::new(BIN)

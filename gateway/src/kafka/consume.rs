@@ -14,7 +14,7 @@ use logstream_proto::v1 as pb;
 use parking_lot::Mutex;
 use prost::Message as _;
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -81,7 +81,11 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 tracing::info!(partitions = ?parts, "kafka: partitions assigned; catching up");
-                if let Err(e) = base.assign(tpl) {
+                let assigned = match base.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => base.incremental_assign(tpl),
+                    _ => base.assign(tpl),
+                };
+                if let Err(e) = assigned {
                     tracing::error!(error = %e, "kafka: assign failed");
                 }
             }
@@ -98,7 +102,11 @@ impl ConsumerContext for Ctx {
                 }
                 tracing::info!(partitions = ?parts, "kafka: partitions revoked; their viewers reconnect to the new owner");
                 let _ = base.commit_consumer_state(CommitMode::Sync);
-                if let Err(e) = base.unassign() {
+                let unassigned = match base.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
+                    _ => base.unassign(),
+                };
+                if let Err(e) = unassigned {
                     tracing::error!(error = %e, "kafka: unassign failed");
                 }
             }
@@ -138,7 +146,9 @@ pub fn start_consumer(state: Arc<Gateway>) -> anyhow::Result<std::thread::JoinHa
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .set("partition.assignment.strategy", "range");
+        // Incremental: a replica joining or leaving moves only the partitions that change
+        // hands; the others stay served (their viewers are not disconnected).
+        .set("partition.assignment.strategy", "cooperative-sticky");
     for (key, value) in &k.properties {
         cc.set(key, value);
     }
@@ -199,6 +209,8 @@ fn run(
                                 | C::TopicAuthorizationFailed
                                 | C::SaslAuthenticationFailed
                                 | C::UnknownTopicOrPartition
+                                // Another consumer in kafka.group assigns eagerly.
+                                | C::InconsistentGroupProtocol
                         )
                     ) {
                         kafka
