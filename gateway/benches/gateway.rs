@@ -7,36 +7,15 @@
 //!   10 ms). Server, producer and viewers share this machine's 2 cores.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::Config;
 use logstream_gateway::server::Running;
 use logstream_proto::v1 as pb;
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
-
-fn loghub_lines() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("loghub data") {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "log") {
-            out.extend(
-                String::from_utf8_lossy(&std::fs::read(p).unwrap())
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-    }
-    out
-}
+mod common;
+use common::{loghub_lines, now_ns, sse_latencies};
 
 fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
@@ -253,39 +232,10 @@ async fn main() {
                     .await
                     .unwrap();
                 assert_eq!(resp.status(), 200);
-                let mut body = resp.bytes_stream();
-                let mut lat = Vec::with_capacity(6000);
-                let mut announced = false;
-                let mut carry = Vec::new();
-                while let Some(chunk) = body.next().await {
-                    let now = now_ns();
-                    carry.extend_from_slice(&chunk.unwrap());
-                    let mut start = 0;
-                    while let Some(pos) = find(&carry[start..], b"\"message\":\"") {
-                        let from = start + pos + 11;
-                        let Some(end) = carry[from..].iter().position(|b| *b == b'"') else {
-                            break;
-                        };
-                        let msg = &carry[from..from + end];
-                        if msg == b"start" {
-                            if !announced {
-                                announced = true;
-                                let _ = ready.send(()).await;
-                            }
-                        } else if msg == b"stop" {
-                            return lat;
-                        } else if let Some(t) = std::str::from_utf8(msg)
-                            .ok()
-                            .and_then(|m| m.strip_prefix("t="))
-                            .and_then(|t| t.parse::<i64>().ok())
-                        {
-                            lat.push(now - t);
-                        }
-                        start = from + end;
-                    }
-                    carry.drain(..start);
-                }
-                lat
+                sse_latencies(resp, || {
+                    let _ = ready.try_send(());
+                })
+                .await
             }));
         }
         for _ in 0..viewers {
@@ -335,8 +285,4 @@ async fn main() {
             state.metrics.lagging_viewers.get() - lagged_before
         );
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
 }

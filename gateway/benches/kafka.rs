@@ -12,35 +12,18 @@
 //! the median and the range. Broker, gateway, producers and viewer share the 2 cores.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::{Config, KafkaConfig};
 use logstream_gateway::server::Running;
 use logstream_gateway::testkit::Broker;
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
+mod common;
+use common::{loghub_lines, now_ns, sse_latencies};
 
 fn loghub_bodies() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).expect("loghub data") {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "log") {
-            lines.extend(
-                String::from_utf8_lossy(&std::fs::read(p).unwrap())
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-    }
-    lines
+    loghub_lines()
         .chunks(1000)
         .map(|c| {
             c.iter()
@@ -149,36 +132,7 @@ async fn run(kafka: Option<u16>, bodies: Arc<Vec<String>>) -> Figures {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let viewer = tokio::spawn(async move {
-        let mut body = resp.bytes_stream();
-        let mut lat = Vec::with_capacity(6000);
-        let mut carry = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let now = now_ns();
-            carry.extend_from_slice(&chunk.unwrap());
-            let mut start = 0;
-            while let Some(pos) = memchr::memmem::find(&carry[start..], b"\"message\":\"") {
-                let from = start + pos + 11;
-                let Some(end) = carry[from..].iter().position(|b| *b == b'"') else {
-                    break;
-                };
-                let msg = &carry[from..from + end];
-                if msg == b"stop" {
-                    return lat;
-                }
-                if let Some(t) = std::str::from_utf8(msg)
-                    .ok()
-                    .and_then(|m| m.strip_prefix("t="))
-                    .and_then(|t| t.parse::<i64>().ok())
-                {
-                    lat.push(now - t);
-                }
-                start = from + end;
-            }
-            carry.drain(..start);
-        }
-        lat
-    });
+    let viewer = tokio::spawn(sse_latencies(resp, || {}));
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut posts = Vec::new();
     for _ in 0..500 {

@@ -342,6 +342,13 @@ fn values_generated_runs_once_missed_are_caught() {
             "+ mysql -h gateway.lffhus.internal -u ci67 -pwdZ~J^Qoi7 api_db",
             "wdZ~J^Qoi7",
         ),
+        // Pronounceable pieces with one-letter camel humps (`aIlE`) and a `^` beside an
+        // underscore were taken for prose (REDACT_SEED=0x86db8f96353d15d3).
+        (
+            r#"ConnectionStrings__Default="Server=web.vchuts.internal;Database=app;User Id=build50;Password=cvel^_aIlE;""#,
+            "cvel^_aIlE",
+        ),
+        ("Password=cvelxaIlE", "cvelxaIlE"),
     ] {
         let mut state = RedactionState::default();
         let out = r.redact(line, &mut state);

@@ -619,6 +619,10 @@ pub(super) fn prose_like(v: &str) -> bool {
     }) {
         return false;
     }
+    // Nor one inside the value at all (`cvel^_aIlE`): prose has no `^` or `|` mid-word.
+    if b.len() > 2 && b[1..b.len() - 1].iter().any(|c| b"^|~".contains(c)) {
+        return false;
+    }
     let mut any = false;
     for run in b.split(|c| !c.is_ascii_alphanumeric()) {
         if run.is_empty() {
@@ -635,7 +639,9 @@ pub(super) fn prose_like(v: &str) -> bool {
                 let chunk = &run[s..i];
                 let upper = chunk.iter().all(u8::is_ascii_uppercase);
                 let normal = chunk[1..].iter().all(u8::is_ascii_lowercase);
-                if !(upper || normal) || !wordlike(chunk) {
+                // A one-letter hump inside a camel run (`aIlE`, `xKcd`) is no word.
+                let lone = chunk.len() == 1 && run.len() > 1;
+                if !(upper || normal) || lone || !wordlike(chunk) {
                     return false;
                 }
                 s = i;
