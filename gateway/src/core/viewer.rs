@@ -60,6 +60,12 @@ pub async fn spawn(
     let (tx, rx) = mpsc::channel(4);
     // Subscribe before reading the store: every later commit reaches this receiver.
     let live = state.hub.subscribe(&log.id);
+    // Kafka mode: a partition revoked between the caller's ownership check and this
+    // subscription sent its `moved` to nobody: check again now that it would arrive.
+    if state.check_owner(&log.id).is_err() {
+        let _ = tx.try_send(ViewerEvent::Closed(Error::moved()));
+        return rx;
+    }
     tokio::spawn(async move {
         state.metrics.live_viewers.inc();
         let mut viewer = Viewer {
@@ -594,7 +600,13 @@ impl Waiting {
         }
         loop {
             let change = tokio::select! {
-                _ = self.heartbeat.tick() => return WaitEvent::Heartbeat,
+                _ = self.heartbeat.tick() => {
+                    // Kafka mode: the deployment's partition moved away meanwhile.
+                    if self.state.check_owner(&self.id).is_err() {
+                        return WaitEvent::Closed(Error::moved());
+                    }
+                    return WaitEvent::Heartbeat;
+                }
                 () = &mut self.expiry => return WaitEvent::Closed(Error::auth_expired()),
                 _ = self.shutdown.wait_for(|down| *down) => {
                     return WaitEvent::Closed(Error::shutting_down(
