@@ -194,6 +194,77 @@ impl Replicas {
         futures::future::join_all(calls).await.into_iter().collect()
     }
 
+    /// Follows every other replica's change feed (`/v1/deployments/events`, with
+    /// `authorization` and the `forwarded` header so each sends only its own): their
+    /// events, whole, until the receiver is dropped. A feed that breaks is followed
+    /// again after a second, and `event: resync` is sent in between (changes may have
+    /// been missed: list again).
+    pub fn follow_changes(
+        &self,
+        me: &str,
+        authorization: String,
+        forwarded: &'static str,
+    ) -> tokio::sync::mpsc::Receiver<bytes::Bytes> {
+        const RESYNC: &[u8] = b"event: resync\ndata: {\"message\":\"a store replica's changes were interrupted; list the deployments again\"}\n\n";
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        for u in self.urls.iter().filter(|u| u.as_str() != me) {
+            let (tx, url, auth) = (
+                tx.clone(),
+                format!("{u}/v1/deployments/events"),
+                authorization.clone(),
+            );
+            // Without a timeout: a feed is long-lived.
+            let client = reqwest::Client::new();
+            tokio::spawn(async move {
+                let mut first = true;
+                loop {
+                    if !first && tx.send(bytes::Bytes::from_static(RESYNC)).await.is_err() {
+                        return;
+                    }
+                    first = false;
+                    let resp = client
+                        .get(&url)
+                        .header("authorization", &auth)
+                        .header("accept", "text/event-stream")
+                        .header(forwarded, "1")
+                        .send()
+                        .await;
+                    if let Ok(r) = resp
+                        && r.status().is_success()
+                    {
+                        let mut body = r.bytes_stream();
+                        let mut carry: Vec<u8> = Vec::new();
+                        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                            carry.extend_from_slice(&chunk);
+                            while let Some(end) = carry.windows(2).position(|w| w == b"\n\n") {
+                                let block: Vec<u8> = carry.drain(..end + 2).collect();
+                                // Its changes and resyncs; not its heartbeats, `retry`, or
+                                // its own end (`auth_expired` reaches the client from here).
+                                let change = [
+                                    b"event: created".as_slice(),
+                                    b"event: updated",
+                                    b"event: completed",
+                                    b"event: deleted",
+                                    b"event: resync",
+                                ]
+                                .iter()
+                                .any(|e| block.starts_with(e));
+                                if change && tx.send(bytes::Bytes::from(block)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        rx
+    }
+
     /// Every replica's base URL.
     pub fn urls(&self) -> &[String] {
         &self.urls

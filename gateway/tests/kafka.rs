@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
 use logstream_gateway::auth::{Authenticator, Scope};
 use logstream_gateway::testkit::{Broker, client};
 use serde_json::{Value, json};
@@ -352,6 +354,39 @@ async fn a_store_killed_mid_ingest_loses_and_duplicates_nothing_and_viewers_foll
     names.sort();
     assert_eq!(names, ids, "both pages, from two doors: {listed} {rest}");
     assert!(rest["next_cursor"].is_null(), "{rest}");
+
+    // The change feed through the edge carries every replica's changes.
+    let feed = client()
+        .get(format!("{}/v1/deployments/events", edge.http))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    let mut events = feed.bytes_stream().eventsource();
+    let fresh: BTreeSet<String> = (0..DEPLOYMENTS).map(|i| format!("feed-{i}")).collect();
+    // The replicas' own feeds are being opened: push until each shows up.
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut batch = 0;
+    while seen != fresh {
+        batch += 1;
+        for id in fresh.difference(&seen) {
+            push(&edge.http, &token, id, batch, 0, 1).await;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(Ok(ev))) = tokio::time::timeout_at(until, events.next()).await {
+            if ev.event == "created" || ev.event == "updated" {
+                let v: Value = serde_json::from_str(&ev.data).unwrap();
+                seen.insert(v["id"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed showed {seen:?} of {fresh:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -824,8 +824,23 @@ async fn changes(
     )
     .await?;
     let rx = s.hub.subscribe_changes(&p.tenant);
+    // Kafka mode: the other replicas' changes too (each has its partitions').
+    let remote = match (&s.kafka, &s.replicas) {
+        (Some(k), Some(r)) if !headers.contains_key(FORWARDED) => {
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .or_else(|| headers.get(access::PROXY_SAFE_AUTHORIZATION))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| q.get("access_token").map(|t| format!("Bearer {t}")))
+                .unwrap_or_default();
+            Some(r.follow_changes(&k.advertise_url, auth, FORWARDED))
+        }
+        _ => None,
+    };
     let feed = ChangeFeed {
         rx,
+        remote,
         heartbeat: tokio::time::interval(Duration::from_secs(s.config.heartbeat_secs.max(1))),
         shutdown: s.shutdown.clone(),
         expires: Duration::from_secs(
@@ -852,6 +867,8 @@ async fn changes(
 /// an end at token expiry or shutdown.
 struct ChangeFeed {
     rx: tokio::sync::broadcast::Receiver<Arc<crate::hub::DeploymentChange>>,
+    /// Kafka mode: the other replicas' events, whole.
+    remote: Option<tokio::sync::mpsc::Receiver<Bytes>>,
     heartbeat: tokio::time::Interval,
     shutdown: tokio::sync::watch::Receiver<bool>,
     expires: Duration,
@@ -879,6 +896,12 @@ impl ChangeFeed {
                     return Some(Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect and list again\"}\n\n"));
                 }
                 c = self.rx.recv() => c,
+                Some(event) = async {
+                    match &mut self.remote {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => return Some(event),
             };
             let c = match change {
                 Ok(c) => c,
