@@ -15,7 +15,7 @@ use logstream_gateway::server::Running;
 use logstream_proto::v1 as pb;
 
 mod common;
-use common::{loghub_lines, now_ns, sse_latencies};
+use common::{http_ingest, loghub_lines, ndjson_bodies, now_ns, sse_latencies};
 
 fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
@@ -71,43 +71,9 @@ async fn main() {
         );
         println!("| path | lines/s | MB/s |");
         println!("|---|---:|---:|");
-        let bodies: Arc<Vec<String>> = Arc::new(
-            lines
-                .chunks(1000)
-                .map(|c| {
-                    c.iter()
-                        .map(|l| serde_json::json!({"message": l}).to_string() + "\n")
-                        .collect()
-                })
-                .collect(),
-        );
         let run_for = Duration::from_secs(5);
-        let mut tasks = Vec::new();
-        for p in 0..4 {
-            let (client, http, token, bodies) =
-                (client.clone(), http.clone(), token.clone(), bodies.clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut n, mut bytes, t) = (0usize, 0usize, Instant::now());
-                let mut i = p;
-                while t.elapsed() < run_for {
-                    let body = &bodies[i % bodies.len()];
-                    let r = client
-                        .post(format!("{http}/v1/deployments/http-{p}/logs"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    let v: serde_json::Value = r.json().await.unwrap();
-                    n += v["accepted"].as_u64().unwrap() as usize;
-                    bytes += body.len();
-                    i += 1;
-                }
-                (n, bytes, t.elapsed())
-            }));
-        }
-        let (n, b, el) = totals(tasks).await;
+        let bodies = Arc::new(ndjson_bodies(&lines));
+        let (n, b, el) = http_ingest(&client, &http, &token, bodies, "http", run_for).await;
         println!(
             "| HTTP POST NDJSON | {:.0} | {:.1} |",
             n as f64 / el.as_secs_f64(),

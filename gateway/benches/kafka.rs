@@ -12,7 +12,7 @@
 //! the median and the range. Broker, gateway, producers and viewer share the 2 cores.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use logstream_gateway::auth::Scope;
 use logstream_gateway::config::{Config, KafkaConfig};
@@ -20,18 +20,7 @@ use logstream_gateway::server::Running;
 use logstream_gateway::testkit::Broker;
 
 mod common;
-use common::{loghub_lines, now_ns, sse_latencies};
-
-fn loghub_bodies() -> Vec<String> {
-    loghub_lines()
-        .chunks(1000)
-        .map(|c| {
-            c.iter()
-                .map(|l| serde_json::json!({"message": l}).to_string() + "\n")
-                .collect()
-        })
-        .collect()
-}
+use common::{http_ingest, loghub_lines, ndjson_bodies, now_ns, sse_latencies};
 
 /// One run's figures.
 struct Figures {
@@ -79,40 +68,15 @@ async fn run(kafka: Option<u16>, bodies: Arc<Vec<String>>) -> Figures {
     );
     let client = reqwest::Client::new();
 
-    let run_for = Duration::from_secs(5);
-    let mut tasks = Vec::new();
-    for p in 0..4 {
-        let (client, http, token, bodies) =
-            (client.clone(), http.clone(), token.clone(), bodies.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut n, mut bytes, t) = (0usize, 0usize, Instant::now());
-            let mut i = p;
-            while t.elapsed() < run_for {
-                let body = &bodies[i % bodies.len()];
-                let r = client
-                    .post(format!("{http}/v1/deployments/ingest-{p}/logs"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let v: serde_json::Value = r.json().await.unwrap();
-                n += v["accepted"].as_u64().unwrap() as usize;
-                bytes += body.len();
-                i += 1;
-            }
-            (n, bytes, t.elapsed())
-        }));
-    }
-    let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
-    for t in tasks {
-        let (a, by, e) = t.await.unwrap();
-        n += a;
-        b += by;
-        el = el.max(e);
-    }
+    let (n, b, el) = http_ingest(
+        &client,
+        &http,
+        &token,
+        bodies,
+        "ingest",
+        Duration::from_secs(5),
+    )
+    .await;
 
     // Latency: one viewer, 1,000 lines/s.
     let dep = "live";
@@ -175,7 +139,7 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    let bodies = Arc::new(loghub_bodies());
+    let bodies = Arc::new(ndjson_bodies(&loghub_lines()));
     let broker = Broker::start().await;
     let mut direct = Vec::new();
     let mut kafka = Vec::new();

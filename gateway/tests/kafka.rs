@@ -198,6 +198,12 @@ async fn history(url: &str, token: &str, id: &str) -> Vec<(u64, String)> {
     panic!("no history of {id} through {url}");
 }
 
+async fn get_json(url: &str, token: &str) -> Value {
+    let r = client().get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.unwrap()
+}
+
 /// Completes `id` through `url`, retrying while its owner is moving.
 async fn complete(url: &str, token: &str, id: &str) {
     for _ in 0..300 {
@@ -319,15 +325,7 @@ async fn a_store_killed_mid_ingest_loses_and_duplicates_nothing_and_viewers_foll
             "{id} via the edge"
         );
     }
-    let listed: Value = client()
-        .get(format!("{}/v1/deployments?limit=4", edge.http))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&format!("{}/v1/deployments?limit=4", edge.http), &token).await;
     let mut names: Vec<String> = listed["deployments"]
         .as_array()
         .unwrap()
@@ -335,15 +333,11 @@ async fn a_store_killed_mid_ingest_loses_and_duplicates_nothing_and_viewers_foll
         .map(|d| d["id"].as_str().unwrap().to_owned())
         .collect();
     let next = listed["next_cursor"].as_str().expect("a second page");
-    let rest: Value = client()
-        .get(format!("{}/v1/deployments?limit=4&cursor={next}", b.http))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = get_json(
+        &format!("{}/v1/deployments?limit=4&cursor={next}", b.http),
+        &token,
+    )
+    .await;
     names.extend(
         rest["deployments"]
             .as_array()

@@ -2,7 +2,8 @@
 //! lines with, and an SSE reader that turns `t=<ns>` lines into latencies.
 #![allow(dead_code)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 
@@ -68,4 +69,62 @@ pub async fn sse_latencies(resp: reqwest::Response, mut on_start: impl FnMut()) 
         carry.drain(..start);
     }
     lat
+}
+
+/// The loghub lines as NDJSON bodies of 1,000 lines each.
+pub fn ndjson_bodies(lines: &[String]) -> Vec<String> {
+    lines
+        .chunks(1000)
+        .map(|c| {
+            c.iter()
+                .map(|l| serde_json::json!({"message": l}).to_string() + "\n")
+                .collect()
+        })
+        .collect()
+}
+
+/// Four producers POST `bodies` in turn to deployments `<prefix>-0..3` for `run_for`,
+/// each waiting for its ack: (lines accepted, bytes sent, longest elapsed).
+pub async fn http_ingest(
+    client: &reqwest::Client,
+    http: &str,
+    token: &str,
+    bodies: Arc<Vec<String>>,
+    prefix: &str,
+    run_for: Duration,
+) -> (usize, usize, Duration) {
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let (client, token, bodies) = (client.clone(), token.to_owned(), bodies.clone());
+        let url = format!("{http}/v1/deployments/{prefix}-{p}/logs");
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut bytes, t) = (0usize, 0usize, Instant::now());
+            let mut i = p;
+            while t.elapsed() < run_for {
+                let body = &bodies[i % bodies.len()];
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let v: serde_json::Value = r.json().await.unwrap();
+                n += v["accepted"].as_u64().unwrap() as usize;
+                bytes += body.len();
+                i += 1;
+            }
+            (n, bytes, t.elapsed())
+        }));
+    }
+    let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (a, by, e) = t.await.unwrap();
+        n += a;
+        b += by;
+        el = el.max(e);
+    }
+    (n, b, el)
 }
