@@ -15,25 +15,11 @@ use logstream_gateway::server::Running;
 use logstream_proto::v1 as pb;
 
 mod common;
-use common::{http_ingest, loghub_lines, ndjson_bodies, now_ns, sse_latencies};
+use common::{http_ingest, loghub_lines, ndjson_bodies, now_ns, sse_latencies, totals};
 
 fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1e6
-}
-
-/// Sums what the producers report: (lines, bytes, longest elapsed).
-async fn totals(
-    tasks: Vec<tokio::task::JoinHandle<(usize, usize, Duration)>>,
-) -> (usize, usize, Duration) {
-    let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
-    for t in tasks {
-        let (a, by, e) = t.await.unwrap();
-        n += a;
-        b += by;
-        el = el.max(e);
-    }
-    (n, b, el)
 }
 
 #[tokio::main]

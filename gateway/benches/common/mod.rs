@@ -119,6 +119,13 @@ pub async fn http_ingest(
             (n, bytes, t.elapsed())
         }));
     }
+    totals(tasks).await
+}
+
+/// Sums what the producers report: (lines, bytes, longest elapsed).
+pub async fn totals(
+    tasks: Vec<tokio::task::JoinHandle<(usize, usize, Duration)>>,
+) -> (usize, usize, Duration) {
     let (mut n, mut b, mut el) = (0, 0, Duration::ZERO);
     for t in tasks {
         let (a, by, e) = t.await.unwrap();

@@ -139,19 +139,20 @@ struct Record {
 pub fn start_consumer(state: Arc<Gateway>) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let kafka = state.kafka.clone().expect("kafka mode");
     let k = &kafka.config;
-    let mut cc = super::client_config(k)?;
-    cc.set("group.id", &k.group)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        // Incremental: a replica joining or leaving moves only the partitions that change
-        // hands; the others stay served (their viewers are not disconnected).
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    for (key, value) in &k.properties {
-        cc.set(key, value);
-    }
+    let cc = super::client_config(
+        k,
+        &[
+            ("group.id", k.group.clone()),
+            ("enable.auto.commit", "true".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("enable.partition.eof", "true".into()),
+            ("fetch.wait.max.ms", "10".into()),
+            // Incremental: a replica joining or leaving moves only the partitions that
+            // change hands; the others stay served (their viewers are not disconnected).
+            ("partition.assignment.strategy", "cooperative-sticky".into()),
+        ],
+    )?;
     let applied: AppliedOffsets = Arc::new(Mutex::new(load_applied(&kafka)));
     let ctx = Ctx {
         state: state.clone(),

@@ -97,8 +97,9 @@ pub fn offset_mark(topic: &str, partition: i32, offset: i64) -> BatchId {
     }
 }
 
-/// The librdkafka settings every client of `k` shares: brokers and security.
-fn client_config(k: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+/// A client's librdkafka settings: what every client of `k` shares (brokers, security),
+/// then the client's own `settings`, then `kafka.properties` (last, so they tune either).
+fn client_config(k: &KafkaConfig, settings: &[(&str, String)]) -> anyhow::Result<ClientConfig> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
         .set(
@@ -134,6 +135,9 @@ fn client_config(k: &KafkaConfig) -> anyhow::Result<ClientConfig> {
             c.set(key, f.display().to_string());
         }
     }
+    for (key, value) in settings {
+        c.set(*key, value);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }
@@ -143,19 +147,19 @@ fn client_config(k: &KafkaConfig) -> anyhow::Result<ClientConfig> {
 /// The producer's settings: idempotent, `acks=all`, the configured compression, a
 /// delivery timeout of `produce_timeout`.
 fn producer_config(k: &KafkaConfig) -> anyhow::Result<ClientConfig> {
-    let mut pc = client_config(k)?;
-    pc.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", &k.compression)
-        .set("linger.ms", "2")
-        .set(
-            "message.timeout.ms",
-            k.produce_timeout().as_millis().to_string(),
-        );
-    for (key, value) in &k.properties {
-        pc.set(key, value);
-    }
-    Ok(pc)
+    client_config(
+        k,
+        &[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("compression.type", k.compression.clone()),
+            ("linger.ms", "2".into()),
+            (
+                "message.timeout.ms",
+                k.produce_timeout().as_millis().to_string(),
+            ),
+        ],
+    )
 }
 
 /// The host name `{hostname}` stands for in advertised URLs (a StatefulSet pod's name).
@@ -487,7 +491,7 @@ fn topics(k: &KafkaConfig, producer: &FutureProducer) -> anyhow::Result<HashMap<
 }
 
 fn create_topics(k: &KafkaConfig, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(k)?
+    let admin: AdminClient<DefaultClientContext> = client_config(k, &[])?
         .create()
         .map_err(|e| anyhow::anyhow!("kafka: cannot create an admin client: {e}"))?;
     let retention = k.topic_retention_ms().to_string();
