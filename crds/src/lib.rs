@@ -10,7 +10,9 @@
 //! Validation happens in three places, all from these types: the OpenAPI schema
 //! (types, patterns, bounds, defaults), CEL rules (`x-kubernetes-validations`, for what
 //! relates two fields), and [`LogStreamSpec::check`] for what neither can express (a
-//! custom pattern must compile as a Rust regex).
+//! custom pattern must compile as a Rust regex) and for what the operator turns into
+//! numbers itself (durations, the object store's cache size against the store volume),
+//! so that `logstream-operator render`, which runs no CEL, refuses the same specs.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -32,6 +34,9 @@ pub const DEFAULT_RETENTION: &str = "720h";
 pub const DEFAULT_TOPIC_PREFIX: &str = "logstream.";
 /// Default deployment idle timeout: 6 hours.
 pub const DEFAULT_DEPLOYMENT_IDLE_TIMEOUT: &str = "6h";
+/// Default local disk kept for copies of segments already in object storage (the
+/// gateway's own default, 10 GiB).
+pub const DEFAULT_LOCAL_CACHE_SIZE: &str = "10Gi";
 
 /// A tenant's log stream: pod selection, redaction, retention, quotas and gateway shape.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -49,7 +54,8 @@ pub const DEFAULT_DEPLOYMENT_IDLE_TIMEOUT: &str = "6h";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
-    validation = Rule::new("self.gateway.store.replicas == 1 || has(self.kafka)").message("spec.gateway.store.replicas above 1 needs spec.kafka: without Kafka one store replica holds every deployment of the tenant").reason(kube::core::Reason::FieldValueInvalid).field_path(".gateway.store.replicas")
+    validation = Rule::new("self.gateway.store.replicas == 1 || has(self.kafka)").message("spec.gateway.store.replicas above 1 needs spec.kafka: without Kafka one store replica holds every deployment of the tenant").reason(kube::core::Reason::FieldValueInvalid).field_path(".gateway.store.replicas"),
+    validation = Rule::new("!has(self.objectStore) || !isQuantity(self.objectStore.localCacheSize) || !isQuantity(self.gateway.store.storageSize) || quantity(self.objectStore.localCacheSize).isLessThan(quantity(self.gateway.store.storageSize))").message(LOCAL_CACHE_TOO_BIG).reason(kube::core::Reason::FieldValueInvalid).field_path(".objectStore.localCacheSize")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LogStreamSpec {
@@ -91,6 +97,10 @@ pub struct LogStreamSpec {
     /// store replica).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSpec>,
+    /// Object storage (S3, GCS, Azure Blob) for sealed segments: the store uploads them
+    /// and its volume keeps only recent data plus a cache (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreSpec>,
     /// Put a ResourceQuota and LimitRange on this namespace sized for the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_quota: Option<NamespaceQuota>,
@@ -469,6 +479,71 @@ impl SaslMechanism {
     }
 }
 
+/// Why a cache size that does not fit the store volume is refused (CEL and
+/// [`LogStreamSpec::check`] say the same).
+const LOCAL_CACHE_TOO_BIG: &str = "spec.objectStore.localCacheSize must be smaller than spec.gateway.store.storageSize: the store volume also holds the segments not uploaded yet (localCacheSize defaults to 10Gi; lower it or grow storageSize)";
+
+/// Object storage for sealed segments. The store uploads each sealed segment, verifies
+/// it, and then keeps a local copy only while it fits in `localCacheSize` (the least
+/// recently read are evicted and read back from the bucket when asked for). The store
+/// volume then holds the recent, not yet uploaded data plus that cache; the bucket
+/// holds everything for the LogStream's `retention`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.endpoint) || self.url.startsWith('s3://')").message("spec.objectStore.endpoint goes only with an s3:// url (an S3-compatible service such as MinIO or Ceph); gs:// and az:// use their provider's endpoint").reason(kube::core::Reason::FieldValueInvalid).field_path(".endpoint")
+)]
+pub struct ObjectStoreSpec {
+    /// Where the segments go: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, or `file:///absolute/path` (a directory the store
+    /// container can write, for tests). Give each LogStream its own prefix.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az)://[^/ ]+(/[^ ]*)?$') || self.matches('^file:///[^ ]*$')").message("spec.objectStore.url must be s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///absolute/path (a bucket name, no spaces)"))]
+    pub url: String,
+    /// Endpoint of an S3-compatible service, e.g. `http://minio.storage.svc:9000`
+    /// (path-style requests). Only with an `s3://` url; default: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("spec.objectStore.endpoint must be an http:// or https:// URL such as http://minio.storage.svc:9000"))]
+    pub endpoint: Option<String>,
+    /// S3 region, e.g. `eu-west-1`. Default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// Secret in the LogStream's namespace whose `credentials` entry holds `NAME=value`
+    /// lines with the provider's variable names (`AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`; `GOOGLE_SERVICE_ACCOUNT_KEY`; `AZURE_STORAGE_ACCOUNT_NAME`
+    /// and `AZURE_STORAGE_ACCOUNT_KEY`), mounted read-only in the store pods. Absent:
+    /// the pods' own identity (e.g. IRSA or Workload Identity through the environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_ref: Option<String>,
+    /// Local disk for copies of segments already uploaded, a Kubernetes quantity; past
+    /// it the least recently read copies are evicted. Must be smaller than
+    /// `spec.gateway.store.storageSize`. Default `10Gi`.
+    #[serde(default = "default_local_cache_size")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.objectStore.localCacheSize must be a positive quantity such as 10Gi"))]
+    pub local_cache_size: String,
+    /// How often sealed segments are looked for and uploaded. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.objectStore.uploadInterval must be a duration such as 10s or 1m"))]
+    pub upload_interval: Option<String>,
+    /// How often objects that no segment list refers to (an upload cut short) are
+    /// deleted. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.objectStore.sweepInterval must be a duration such as 1h or 30m"))]
+    pub sweep_interval: Option<String>,
+    /// An object no segment list refers to is deleted only when older than this (its
+    /// upload may still be running). Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("spec.objectStore.orphanGrace must be a duration such as 1h or 2h"))]
+    pub orphan_grace: Option<String>,
+}
+
 /// A ResourceQuota and LimitRange for the LogStream's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -541,6 +616,9 @@ impl LogStreamSpec {
                 ));
             }
         }
+        if let Some(o) = &self.object_store {
+            o.check(&self.gateway.store)?;
+        }
         for (i, p) in self.redaction.patterns.iter().enumerate() {
             regex::RegexBuilder::new(&p.regex)
                 .size_limit(1 << 20)
@@ -554,6 +632,104 @@ impl LogStreamSpec {
         }
         Ok(())
     }
+}
+
+impl ObjectStoreSpec {
+    /// The durations parse, and the cache is a size smaller than the store volume (the
+    /// volume also holds what is not uploaded yet).
+    fn check(&self, store: &StoreSpec) -> Result<(), String> {
+        for (field, value) in [
+            ("uploadInterval", &self.upload_interval),
+            ("sweepInterval", &self.sweep_interval),
+            ("orphanGrace", &self.orphan_grace),
+        ] {
+            if let Some(v) = value
+                && logstream_model::time::parse_duration(v).is_none_or(|n| n <= 0)
+            {
+                return Err(format!(
+                    "spec.objectStore.{field} {v:?} is not a positive duration; use e.g. 10s, 1h or 90m"
+                ));
+            }
+        }
+        let cache = self.local_cache_bytes()?;
+        let volume = quantity_bytes(&store.storage_size).ok_or_else(|| {
+            format!(
+                "spec.gateway.store.storageSize {:?} is not a quantity; use e.g. 20Gi",
+                store.storage_size
+            )
+        })?;
+        if cache >= volume {
+            return Err(format!(
+                "{LOCAL_CACHE_TOO_BIG} (localCacheSize {}, storageSize {})",
+                self.local_cache_size, store.storage_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// `localCacheSize` in bytes.
+    pub fn local_cache_bytes(&self) -> Result<u64, String> {
+        quantity_bytes(&self.local_cache_size)
+            .filter(|b| *b > 0)
+            .ok_or_else(|| {
+                format!(
+                    "spec.objectStore.localCacheSize {:?} is not a positive quantity; use e.g. 10Gi",
+                    self.local_cache_size
+                )
+            })
+    }
+}
+
+/// A Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`, `2048`) as a number of bytes,
+/// rounded up as the API server rounds memory and storage; `None` for what is not a
+/// quantity, a negative one, or one past `u64`.
+///
+/// Grammar (`k8s.io/apimachinery/pkg/api/resource`): `[+]<digits>[.<digits>]<suffix>`
+/// with suffix one of `Ki Mi Gi Ti Pi Ei` (powers of 1024), `m k M G T P E` (powers of
+/// 1000, `m` is a thousandth) or `e<int>`/`E<int>` (a power of ten), or none.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let number_len = q
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (number, suffix) = q.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') || fraction.len() > 18 {
+        return None;
+    }
+    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+    let mut denominator = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "m" => {
+            denominator *= 1000;
+            1
+        }
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        exponent => {
+            let e: i32 = exponent.strip_prefix(['e', 'E'])?.parse().ok()?;
+            let power = 10u128.checked_pow(e.unsigned_abs())?;
+            if e < 0 {
+                denominator = denominator.checked_mul(power)?;
+                1
+            } else {
+                power
+            }
+        }
+    };
+    u64::try_from(digits.checked_mul(multiplier)?.div_ceil(denominator)).ok()
 }
 
 /// The CRD as YAML, exactly as checked in and shipped by the chart.
@@ -579,6 +755,9 @@ fn default_step_label() -> String {
 }
 fn default_topic_prefix() -> String {
     DEFAULT_TOPIC_PREFIX.into()
+}
+fn default_local_cache_size() -> String {
+    DEFAULT_LOCAL_CACHE_SIZE.into()
 }
 fn default_storage_size() -> String {
     "20Gi".into()
@@ -609,4 +788,42 @@ fn ten() -> i32 {
 }
 fn seventy() -> i32 {
     70
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity_bytes;
+
+    #[test]
+    fn quantities_are_read_as_the_api_server_reads_them() {
+        for (q, bytes) in [
+            ("10Gi", Some(10u64 << 30)),
+            ("20Gi", Some(20 << 30)),
+            ("512Mi", Some(512 << 20)),
+            ("1.5Ti", Some(3 << 39)),
+            ("1Ki", Some(1024)),
+            ("2048", Some(2048)),
+            ("+7", Some(7)),
+            ("500M", Some(500_000_000)),
+            ("1.5G", Some(1_500_000_000)),
+            ("1k", Some(1000)),
+            ("1e9", Some(1_000_000_000)),
+            ("1E3", Some(1000)),
+            ("15e-1", Some(2)),
+            ("1500m", Some(2)),
+            (".5Ki", Some(512)),
+            ("1E", Some(1_000_000_000_000_000_000)),
+            ("0", Some(0)),
+            ("16Ei", None),
+            ("-1Gi", None),
+            ("lots", None),
+            ("", None),
+            ("1GB", None),
+            ("1.2.3", None),
+            ("Gi", None),
+            ("1e", None),
+        ] {
+            assert_eq!(quantity_bytes(q), bytes, "{q:?}");
+        }
+    }
 }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod objstore;
 pub mod quota;
 pub mod server;
 pub use logstream_store as store;

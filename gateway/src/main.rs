@@ -99,6 +99,10 @@ struct StoreTarget {
     /// Only this deployment (needs --tenant).
     #[arg(long)]
     deployment: Option<String>,
+    /// The gateway's configuration file: with `[object_store]`, segments held there are
+    /// verified too (each object against the manifest, and the chain across them).
+    #[arg(long, env = "LOGSTREAM_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// `--role`: one of the file format's role names (listed in `--help`).
@@ -253,7 +257,24 @@ fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
             root.join("tenants").display()
         );
     }
-    let store = Store::open(&root, StoreConfig::default(), StoreHooks::default())?;
+    let remote = match &target.config {
+        Some(path) => {
+            let cfg = config::from_file(path).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+            match &cfg.object_store {
+                Some(o) => Some(std::sync::Arc::new(
+                    logstream_gateway::objstore::ObjectStorage::open(o)
+                        .map_err(|e| anyhow::anyhow!("--config: {e:#}"))?,
+                )),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let hooks = StoreHooks {
+        remote: remote.map(|r| r as std::sync::Arc<dyn store::Remote>),
+        ..StoreHooks::default()
+    };
+    let store = Store::open(&root, StoreConfig::default(), hooks)?;
     if target.deployment.is_some() && target.tenant.is_none() {
         bail!("--deployment needs --tenant");
     }
@@ -274,7 +295,7 @@ fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{id}: no such deployment"))?;
             match action {
                 "verify" => {
-                    let r = store::verify_dir(log.dir())?;
+                    let r = store.verify(&id)?;
                     match &r.first_bad {
                         None => println!(
                             "ok   {id}: seqs {}..={}, {} blocks in {} segments, head {}",

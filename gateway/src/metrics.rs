@@ -67,6 +67,10 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub grpc_requests: IntCounterVec,
     pub grpc_duration: HistogramVec,
+    /// `[object_store]`: the offloader's gauges (`offload_*`, set from the store's
+    /// figures at each scrape) and counters.
+    pub offload_gauges: [IntGauge; 5],
+    pub offload_counters: [IntCounter; 7],
 }
 
 impl Metrics {
@@ -111,7 +115,61 @@ impl Metrics {
             h
         };
         let process = process_registry();
+        let offload_gauges = [
+            gauge(
+                "offload_local_bytes",
+                "Object storage: bytes of segments on local disk (active, not yet uploaded, and cached copies).",
+            ),
+            gauge(
+                "offload_remote_only_bytes",
+                "Object storage: bytes of segments held only in object storage.",
+            ),
+            gauge(
+                "offload_pending_logs",
+                "Object storage: logs with sealed segments waiting for upload.",
+            ),
+            gauge(
+                "offload_budget_exceeded",
+                "Object storage: 1 while local segments exceed local_cache_bytes and nothing more can be evicted (uploads behind or failing; nothing is dropped).",
+            ),
+            gauge(
+                "offload_failing",
+                "Object storage: 1 while the last upload pass failed (sealed segments stay local).",
+            ),
+        ];
+        let offload_counters = [
+            counter(
+                "offload_uploaded_segments_total",
+                "Object storage: sealed segments uploaded and verified.",
+            ),
+            counter(
+                "offload_uploaded_bytes_total",
+                "Object storage: bytes of segments uploaded.",
+            ),
+            counter(
+                "offload_evicted_segments_total",
+                "Object storage: local copies evicted (least recently read first).",
+            ),
+            counter(
+                "offload_remote_reads_total",
+                "Object storage: ranged GETs of blocks of segments held only there.",
+            ),
+            counter(
+                "offload_remote_read_bytes_total",
+                "Object storage: bytes read by ranged GETs.",
+            ),
+            counter(
+                "offload_swept_objects_total",
+                "Object storage: orphaned objects deleted by the sweep.",
+            ),
+            counter(
+                "offload_deleted_objects_total",
+                "Object storage: objects of expired segments deleted.",
+            ),
+        ];
         Metrics {
+            offload_gauges,
+            offload_counters,
             ingest_lines: counter("ingest_lines_total", "Lines made durable."),
             ingest_bytes: counter("ingest_bytes_total", "Message bytes made durable."),
             ingest_duplicates: counter(
@@ -254,6 +312,32 @@ impl Metrics {
         self.grpc_duration
             .with_label_values(&[method])
             .observe(took.as_secs_f64());
+    }
+
+    /// Sets the `offload_*` metrics from the store's figures.
+    pub fn set_offload(&self, t: &logstream_store::TierStats) {
+        let levels = [
+            t.local_bytes,
+            t.remote_only_bytes,
+            t.pending_logs,
+            u64::from(t.budget_exceeded),
+            u64::from(t.failing),
+        ];
+        for (g, v) in self.offload_gauges.iter().zip(levels) {
+            g.set(v as i64);
+        }
+        let totals = [
+            t.uploaded_segments,
+            t.uploaded_bytes,
+            t.evicted_segments,
+            t.remote_reads,
+            t.remote_read_bytes,
+            t.swept_objects,
+            t.deleted_objects,
+        ];
+        for (c, v) in self.offload_counters.iter().zip(totals) {
+            c.inc_by(v.saturating_sub(c.get()));
+        }
     }
 
     /// The Prometheus text exposition.

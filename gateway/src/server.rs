@@ -48,6 +48,11 @@ pub async fn serve(
     if let Some(r) = &state.replicas {
         r.spawn(state.shutdown.clone());
     }
+    let offload = state
+        .config
+        .object_store
+        .as_ref()
+        .map(|_| tokio::spawn(offload_loop(state.clone())));
     let idle = tokio::spawn(idle_loop(state.clone()));
     let catalog = tokio::spawn(catalog_loop(state.clone()));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -73,6 +78,9 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || c.join()).await;
     }
     retention.abort();
+    if let Some(o) = offload {
+        o.abort();
+    }
     idle.abort();
     catalog.abort();
     let s = state.clone();
@@ -154,6 +162,58 @@ async fn serve_http(
         .is_err()
     {
         tracing::warn!("connections still open 30 s after shutdown began; closing them");
+    }
+}
+
+/// `[object_store]`: every `upload_interval`, uploads newly sealed segments and evicts
+/// local copies past `local_cache_bytes`; every `sweep_interval`, deletes orphaned
+/// objects. A failure is logged and shown in the metrics (`logstream_offload_failing`);
+/// the next round retries.
+async fn offload_loop(state: Arc<Gateway>) {
+    let Some(cfg) = state.config.object_store.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(cfg.upload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = tokio::time::Instant::now();
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let sweep = last_sweep.elapsed() >= cfg.sweep_interval();
+        let s = state.clone();
+        let budget = cfg.local_cache_bytes;
+        let grace = cfg.orphan_grace();
+        let result = tokio::task::spawn_blocking(move || {
+            let pass = s.store.offload();
+            s.store.evict(budget);
+            let swept = sweep.then(|| s.store.sweep(grace));
+            (pass, swept)
+        })
+        .await;
+        let Ok((pass, swept)) = result else {
+            continue;
+        };
+        if pass.uploaded > 0 {
+            tracing::info!(
+                segments = pass.uploaded,
+                bytes = pass.bytes,
+                "uploaded sealed segments to object storage"
+            );
+        }
+        match (&pass.error, failing) {
+            (Some(e), false) => {
+                tracing::warn!(error = %e, "uploading to object storage failed; sealed segments stay local and are retried")
+            }
+            (None, true) => tracing::info!("uploads to object storage work again"),
+            _ => {}
+        }
+        failing = pass.error.is_some();
+        if let Some(swept) = swept {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "sweeping orphaned objects failed; retried later");
+            }
+        }
     }
 }
 

@@ -356,3 +356,177 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// `moto_server` (a real S3 API server): `LOGSTREAM_MOTO_SERVER`, else where
+/// `./e2e/test` installs it (`moto[server]` in `~/.cache/logstream/venv`).
+pub fn moto_server() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("LOGSTREAM_MOTO_SERVER") {
+        return p.into();
+    }
+    let p = Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/logstream/venv/bin/moto_server");
+    assert!(
+        p.exists(),
+        "no {}: run ./e2e/test (it installs moto[server] from e2e/requirements.txt) or set LOGSTREAM_MOTO_SERVER",
+        p.display()
+    );
+    p
+}
+
+/// An S3 API server (moto) on a free loopback port with one bucket; killed when
+/// dropped.
+pub struct S3Server {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl S3Server {
+    // The child is reaped by `Drop` (kill + wait), which the lint does not follow.
+    #[allow(clippy::zombie_processes)]
+    pub async fn start(bucket: &str) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        S3Server::start_on(port, bucket, true).await
+    }
+
+    /// Starts on `port`; with `create`, the bucket is created (else
+    /// [`S3Server::create_bucket`] does it later).
+    #[allow(clippy::zombie_processes)]
+    pub async fn start_on(port: u16, bucket: &str, create: bool) -> S3Server {
+        let child = std::process::Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let s = S3Server {
+            child: Some(child),
+            port,
+            bucket: bucket.to_owned(),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..800 {
+            // Anonymous requests are accepted.
+            if client.get(s.endpoint()).send().await.is_ok() {
+                if create {
+                    s.create_bucket().await;
+                }
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("moto_server did not answer on {port}");
+    }
+
+    pub async fn create_bucket(&self) {
+        let r = reqwest::Client::new()
+            .put(self.url(&self.bucket))
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(
+            r.status().is_success(),
+            "creating the bucket: {}",
+            r.status()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Path-style URL of `key` in the bucket (anonymous requests are accepted).
+    pub fn url(&self, key: &str) -> String {
+        format!("{}/{key}", self.endpoint())
+    }
+
+    /// The `[object_store]` section for this server, with `extra` lines appended; its
+    /// credentials (any pair is accepted) in a `credentials_file`.
+    pub fn config(&self, prefix: &str, extra: &str) -> String {
+        let creds = std::env::temp_dir().join(format!("logstream-s3-{}.env", self.port));
+        std::fs::write(
+            &creds,
+            "# moto accepts any key\nAWS_ACCESS_KEY_ID=logstream-test\nAWS_SECRET_ACCESS_KEY=logstream-test-secret\n",
+        )
+        .expect("credentials file");
+        format!(
+            "[object_store]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\ncredentials_file = \"{}\"\n{extra}\n",
+            self.bucket,
+            self.endpoint(),
+            creds.display()
+        )
+    }
+
+    /// A signed client of the bucket (moto refuses anonymous reads).
+    fn client(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("logstream-test")
+            .with_secret_access_key("logstream-test-secret")
+            .build()
+            .expect("an S3 client")
+    }
+
+    /// Keys in the bucket under `prefix` (every page), with sizes, sorted.
+    pub async fn list(&self, prefix: &str) -> Vec<(String, u64)> {
+        use object_store::ObjectStore;
+        let prefix = object_store::path::Path::from(prefix);
+        let mut out: Vec<(String, u64)> = self
+            .client()
+            .list(Some(&prefix))
+            .map(|m| {
+                let m = m.expect("list");
+                (m.location.to_string(), m.size)
+            })
+            .collect()
+            .await;
+        out.sort();
+        out
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStore;
+        match self.client().get(&key.into()).await {
+            Ok(r) => Some(r.bytes().await.expect("body").to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("GET {key}: {e}"),
+        }
+    }
+
+    /// Replaces an object, e.g. to alter one by hand.
+    pub async fn put(&self, key: &str, body: Vec<u8>) {
+        use object_store::ObjectStore;
+        self.client()
+            .put(&key.into(), body.into())
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+    }
+
+    pub async fn delete(&self, key: &str) {
+        use object_store::ObjectStore;
+        self.client()
+            .delete(&key.into())
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
+    }
+
+    /// Kills the server (object storage becomes unreachable).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

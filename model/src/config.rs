@@ -215,6 +215,151 @@ pub struct Config {
     /// forward what they do not own. Default: none (one store).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub store_replicas: Vec<String>,
+    /// The store rolls a deployment's active segment past this size: a sealed segment
+    /// is what retention deletes and object storage takes. Default: 64 MiB.
+    pub segment_bytes: u64,
+    /// ... or past this age, so a long-running deployment's lines are sealed (and
+    /// uploaded, with `[object_store]`) at least this often. Default: `1h`.
+    pub segment_max_age: String,
+    /// Object storage for sealed segments (roles `store` and `all`): each sealed segment
+    /// is uploaded, verified, and its local copy kept only within `local_cache_bytes`.
+    /// Default: none (every segment stays on local disk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreConfig>,
+}
+
+/// `[object_store]`: where sealed segments live for the retention period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `file:///absolute/path`. Required.
+    pub url: String,
+    /// Endpoint of an S3-compatible service (MinIO, Ceph, ...), e.g.
+    /// `http://minio.storage.svc:9000` (path-style requests). Default: the provider's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region. Default: `AWS_REGION` from the environment, else `us-east-1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A file of `NAME=value` lines with the provider's environment variable names
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `GOOGLE_SERVICE_ACCOUNT`,
+    /// `AZURE_STORAGE_ACCOUNT_KEY`, ...), e.g. a mounted Secret. Default: credentials
+    /// come from the environment (and the provider's instance credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Local disk kept for copies of uploaded segments; past it the least recently read
+    /// are evicted (they stay readable from object storage). Segments not yet uploaded
+    /// are never evicted. Default: 10 GiB.
+    pub local_cache_bytes: u64,
+    /// How often sealed segments are looked for and uploaded. Default: `10s`.
+    pub upload_interval: String,
+    /// How often objects that no manifest references (an upload cut short) are
+    /// deleted. Default: `1h`.
+    pub sweep_interval: String,
+    /// An unreferenced object younger than this is left alone (its upload may still be
+    /// running). Default: `1h`.
+    pub orphan_grace: String,
+    /// Timeout of one request to object storage. Default: `30s`.
+    pub request_timeout: String,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig {
+            url: String::new(),
+            endpoint: None,
+            region: None,
+            credentials_file: None,
+            local_cache_bytes: 10 << 30,
+            upload_interval: "10s".into(),
+            sweep_interval: "1h".into(),
+            orphan_grace: "1h".into(),
+            request_timeout: "30s".into(),
+        }
+    }
+}
+
+impl ObjectStoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, problem: String| Err(ConfigError { field, problem });
+        let url = self.url.trim();
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("s3" | "gs" | "az") => {
+                let rest = &url[url.find("://").unwrap_or(0) + 3..];
+                if rest.split('/').next().unwrap_or("").is_empty() {
+                    return err(
+                        "object_store.url",
+                        format!("{url:?} names no bucket; use e.g. s3://my-bucket/logstream"),
+                    );
+                }
+            }
+            Some("file") => {
+                if !url["file://".len()..].starts_with('/') {
+                    return err(
+                        "object_store.url",
+                        format!(
+                            "{url:?}: a file URL takes an absolute path, e.g. file:///var/lib/logstream-objects"
+                        ),
+                    );
+                }
+            }
+            _ => {
+                return err(
+                    "object_store.url",
+                    format!(
+                        "{url:?}: use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path"
+                    ),
+                );
+            }
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return err(
+                "object_store.endpoint",
+                format!("{e:?} must be an http:// or https:// URL"),
+            );
+        }
+        if self.endpoint.is_some() && scheme != Some("s3") {
+            return err(
+                "object_store.endpoint",
+                "an endpoint goes with an s3:// URL (an S3-compatible service)".into(),
+            );
+        }
+        if self.local_cache_bytes == 0 {
+            return err(
+                "object_store.local_cache_bytes",
+                "must be positive (segments are written locally before they are uploaded)".into(),
+            );
+        }
+        duration("object_store.upload_interval", &self.upload_interval)?;
+        duration("object_store.sweep_interval", &self.sweep_interval)?;
+        duration("object_store.orphan_grace", &self.orphan_grace)?;
+        duration("object_store.request_timeout", &self.request_timeout)?;
+        Ok(())
+    }
+
+    pub fn upload_interval(&self) -> Duration {
+        duration("object_store.upload_interval", &self.upload_interval)
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        duration("object_store.sweep_interval", &self.sweep_interval)
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn orphan_grace(&self) -> Duration {
+        duration("object_store.orphan_grace", &self.orphan_grace)
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        duration("object_store.request_timeout", &self.request_timeout)
+            .unwrap_or(Duration::from_secs(30))
+    }
 }
 
 /// `[kafka]`: the tenant topics between ingest and the store replicas.
@@ -480,6 +625,9 @@ impl Default for Config {
             quotas: QuotaLimits::default(),
             tenant_quotas: BTreeMap::new(),
             kafka: None,
+            object_store: None,
+            segment_bytes: 64 << 20,
+            segment_max_age: "1h".into(),
             store_replicas: Vec::new(),
         }
     }
@@ -812,6 +960,23 @@ impl Config {
                 problem: "with store_replicas, say how the others reach this replica: its entry in store_replicas, e.g. advertise_url = \"http://{hostname}.acme-store.ci.svc:8080\"".into(),
             });
         }
+        if self.segment_bytes < 4096 {
+            return Err(ConfigError {
+                field: "segment_bytes",
+                problem: "must be at least 4096".into(),
+            });
+        }
+        duration("segment_max_age", &self.segment_max_age)?;
+        if let Some(o) = &self.object_store {
+            if self.role == Role::Edge {
+                return Err(ConfigError {
+                    field: "object_store",
+                    problem: "edges store nothing: remove [object_store] or set role = \"store\""
+                        .into(),
+                });
+            }
+            o.validate()?;
+        }
         if !self.store_replicas.is_empty() && self.role != Role::Edge && self.kafka.is_none() {
             return Err(ConfigError {
                 field: "store_replicas",
@@ -819,6 +984,11 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// How old the active segment may get before it is sealed.
+    pub fn segment_max_age(&self) -> Duration {
+        duration("segment_max_age", &self.segment_max_age).unwrap_or(Duration::from_secs(3600))
     }
 
     /// Retention of `tenant`.
@@ -1032,7 +1202,63 @@ mod tests {
                 "http://acme-store-0.acme-store.ci.svc:9080".into(),
                 "http://acme-store-1.acme-store.ci.svc:9080".into(),
             ],
+            segment_bytes: 16 << 20,
+            segment_max_age: "30m".into(),
+            object_store: Some(ObjectStoreConfig {
+                url: "s3://ci-logs/acme".into(),
+                endpoint: Some("https://minio.storage.svc:9000".into()),
+                region: Some("eu-west-1".into()),
+                credentials_file: Some(
+                    "/var/run/secrets/logstream-object-store/credentials".into(),
+                ),
+                local_cache_bytes: 5 << 30,
+                upload_interval: "5s".into(),
+                sweep_interval: "30m".into(),
+                orphan_grace: "2h".into(),
+                request_timeout: "20s".into(),
+            }),
         }
+    }
+
+    #[test]
+    fn object_store_settings_are_checked_by_name() {
+        let bad = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            c.validate().unwrap_err().field
+        };
+        let ok: Config = toml::from_str("[object_store]\nurl = \"s3://b/p\"").unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.object_store.unwrap().local_cache_bytes, 10 << 30);
+        assert_eq!(bad("[object_store]\n"), "object_store.url");
+        assert_eq!(bad("[object_store]\nurl = \"s3:///p\""), "object_store.url");
+        assert_eq!(
+            bad("[object_store]\nurl = \"ftp://b/p\""),
+            "object_store.url"
+        );
+        assert_eq!(
+            bad("[object_store]\nurl = \"file://rel\""),
+            "object_store.url"
+        );
+        assert_eq!(
+            bad("[object_store]\nurl = \"gs://b\"\nendpoint = \"http://x\""),
+            "object_store.endpoint"
+        );
+        assert_eq!(
+            bad("[object_store]\nurl = \"s3://b\"\nendpoint = \"x:9000\""),
+            "object_store.endpoint"
+        );
+        assert_eq!(
+            bad("[object_store]\nurl = \"s3://b\"\nlocal_cache_bytes = 0"),
+            "object_store.local_cache_bytes"
+        );
+        assert_eq!(
+            bad("[object_store]\nurl = \"s3://b\"\nupload_interval = \"soon\""),
+            "object_store.upload_interval"
+        );
+        assert_eq!(
+            bad("role = \"edge\"\nupstream = \"http://s:8080\"\n[object_store]\nurl = \"s3://b\""),
+            "object_store"
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const RETRYABLE_CODES: &[&str] = &[
     "not_owner",
     "moved",
     "not_applied_yet",
+    // Object storage: lines held only there cannot be read while it does not answer.
+    "object_store_unavailable",
 ];
 
 /// Whether a refusal with this contract error code may be retried.

@@ -136,16 +136,28 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: Config, reporter: Reporter) -> Arc<Context> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("HTTP client");
+        Context::with_http(client, config, reporter, http)
+    }
+
+    /// With the HTTP client that reads the stores' `/metrics` (tests pass one whose
+    /// proxy stands in for the cluster's store Services).
+    pub fn with_http(
+        client: Client,
+        config: Config,
+        reporter: Reporter,
+        http: reqwest::Client,
+    ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
             metrics: Metrics::default(),
             failures: Mutex::new(HashMap::new()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .expect("HTTP client"),
+            http,
         })
     }
 
@@ -249,7 +261,13 @@ async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         Ok(o) => o,
         Err(InvalidSpec(msg)) => {
             // Nothing to retry until the spec changes.
-            let status = status_from(ls, None, Some(("InvalidSpec", msg.clone())), None, cfg);
+            let status = status_from(
+                ls,
+                None,
+                Some(("InvalidSpec", msg.clone())),
+                StoreReport::default(),
+                cfg,
+            );
             write_status(ls, ctx, status).await?;
             ctx.event(ls, EventType::Warning, "InvalidSpec", msg).await;
             return Ok(Action::await_change());
@@ -265,7 +283,7 @@ async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
                 ls,
                 Some(&observed),
                 Some(("ApplyFailed", msg.clone())),
-                None,
+                StoreReport::default(),
                 cfg,
             );
             // The apply error is what matters; a status write failing too is logged.
@@ -280,17 +298,18 @@ async fn apply(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         }
     }
     ctx.failures.lock().remove(&ls.uid().unwrap_or_default());
-    let viewers = if cfg.probe_viewers {
-        probe_viewers(ls, ctx).await
+    let report = if cfg.probe_stores {
+        probe_stores(ls, ctx).await
     } else {
-        None
+        StoreReport::default()
     };
-    let status = status_from(ls, Some(&observed), None, viewers, cfg);
-    let ready = is_true(&status, "Ready");
+    let status = status_from(ls, Some(&observed), None, report, cfg);
+    let settled = is_true(&status, "Ready") && !is_false(&status, OBJECT_STORAGE);
     write_status(ls, ctx, status).await?;
     // Until ready, owned-object watches (StatefulSet/Deployment status) wake us; the
-    // periodic requeue refreshes viewers and repairs anything a watch missed.
-    Ok(Action::requeue(if ready {
+    // periodic requeue refreshes viewers and object storage and repairs anything a
+    // watch missed. Failing uploads are looked at again soon, to see them recover.
+    Ok(Action::requeue(if settled {
         Duration::from_secs(300)
     } else {
         Duration::from_secs(30)
@@ -376,12 +395,37 @@ async fn create_signing_key(client: &Client, ns: &str, secret: &Secret) -> Resul
     }
 }
 
+/// Condition type that says how offloading to object storage goes (only with
+/// `spec.objectStore`).
+pub const OBJECT_STORAGE: &str = "ObjectStorage";
+
+/// What the store replicas' `/metrics` said at this reconcile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// `logstream_live_viewers` summed over the replicas that answered.
+    pub viewers: Option<i64>,
+    /// The offload gauges, over the replicas that export them (none answered: `None`).
+    pub offload: Option<Offload>,
+}
+
+/// The object storage gauges of the store replicas: how many export them and how many
+/// report each problem (a replica's gauge is 1 or 0; the condition takes the worst).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    pub replicas: usize,
+    /// `logstream_offload_failing` is 1: uploads to object storage fail.
+    pub failing: usize,
+    /// `logstream_offload_budget_exceeded` is 1: local copies exceed
+    /// `local_cache_bytes` because uploads do not keep up.
+    pub over_budget: usize,
+}
+
 /// The status a reconcile observed. `problem` is a Degraded (reason, message).
 pub fn status_from(
     ls: &LogStream,
     observed: Option<&Observed>,
     problem: Option<(&str, String)>,
-    viewers: Option<i64>,
+    report: StoreReport,
     cfg: &Config,
 ) -> LogStreamStatus {
     let (store_ready, store_wanted, edge_available) = observed
@@ -444,6 +488,10 @@ pub fn status_from(
         ("Degraded", degraded.0, degraded.1, degraded.2),
     ]
     .into_iter()
+    .chain(
+        object_storage_condition(ls, report.offload)
+            .map(|(status, reason, message)| (OBJECT_STORAGE, status, reason, message)),
+    )
     .map(|(type_, status, reason, message)| {
         // Keep lastTransitionTime unless the status flipped.
         let last = old
@@ -465,9 +513,91 @@ pub fn status_from(
         observed_generation: generation,
         conditions,
         endpoints: (!invalid).then(|| desired::endpoints(ls, cfg)),
-        viewers: viewers.or_else(|| old.and_then(|s| s.viewers)),
+        viewers: report.viewers.or_else(|| old.and_then(|s| s.viewers)),
         store_ready_replicas: (!invalid).then_some(store_ready),
         edge_ready_replicas: (!invalid).then_some(edge_available),
+    }
+}
+
+/// `ObjectStorage` as (status, reason, message) when the LogStream offloads: `True`
+/// while every replica uploads, `False` with what to check when one fails or falls
+/// behind, `Unknown` when no replica reported.
+fn object_storage_condition(
+    ls: &LogStream,
+    offload: Option<Offload>,
+) -> Option<(&'static str, &'static str, String)> {
+    let spec = ls.spec.object_store.as_ref()?;
+    let url = &spec.url;
+    let Some(o) = offload else {
+        return Some((
+            "Unknown",
+            "NotReported",
+            "no store replica reported its offload gauges (logstream_offload_failing, \
+             logstream_offload_budget_exceeded on /metrics) yet"
+                .into(),
+        ));
+    };
+    let of = |n: usize| format!("{n} of {} store replica(s)", o.replicas);
+    // What an upload needs, in the order to check it.
+    let credentials = match &spec.secret_ref {
+        Some(s) => format!("the credentials in Secret {s} (entry `credentials`)"),
+        None => "the store pods' own cloud identity (no secretRef is set)".into(),
+    };
+    let endpoint = spec
+        .endpoint
+        .as_ref()
+        .map(|e| format!(", that the endpoint {e} is reachable from the store pods"))
+        .unwrap_or_default();
+    let bucket = bucket_of(url);
+    let checks = format!(
+        "check {credentials}{endpoint}, and that the bucket {bucket} exists and those \
+         credentials may write to it; the store's log names the failing request"
+    );
+    Some(if o.failing > 0 {
+        let behind = if o.over_budget > 0 {
+            format!(
+                "; local copies exceed localCacheSize ({}) on {}",
+                spec.local_cache_size,
+                of(o.over_budget)
+            )
+        } else {
+            String::new()
+        };
+        (
+            "False",
+            "UploadFailing",
+            format!(
+                "uploads to {url} fail on {}{behind}: {checks}",
+                of(o.failing)
+            ),
+        )
+    } else if o.over_budget > 0 {
+        (
+            "False",
+            "DiskBudgetExceeded",
+            format!(
+                "local copies of segments exceed localCacheSize ({}) on {}: uploads to \
+                 {url} do not keep up, so the store volume fills with segments not \
+                 uploaded yet; {checks}, and the store's upload bandwidth",
+                spec.local_cache_size,
+                of(o.over_budget)
+            ),
+        )
+    } else {
+        (
+            "True",
+            "Offloading",
+            format!("{} upload sealed segments to {url}", of(o.replicas)),
+        )
+    })
+}
+
+/// The bucket (or container, or directory) of an object store URL.
+fn bucket_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some(("file", path)) => path,
+        Some((_, rest)) => rest.split('/').next().unwrap_or(rest),
+        None => url,
     }
 }
 
@@ -477,9 +607,15 @@ fn is_true(s: &LogStreamStatus, type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
+fn is_false(s: &LogStreamStatus, type_: &str) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "False")
+}
+
 /// Writes status when it differs from what the object has (times of unchanged
 /// conditions are kept, so an idle reconcile writes nothing), and records an Event
-/// when Ready or Degraded flips.
+/// when Ready, Degraded or ObjectStorage flips.
 async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) -> Result<(), Error> {
     let old = ls.status.clone().unwrap_or_default();
     if old == status {
@@ -539,6 +675,24 @@ async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) ->
         )
         .await;
     }
+    // Object storage going wrong (or wrong another way) and coming back.
+    let storage = |s: &LogStreamStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == OBJECT_STORAGE)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    match (storage(&old), storage(&status)) {
+        (was, Some((now, reason, msg)))
+            if now == "False" && was.as_ref().is_none_or(|w| w.0 != "False" || w.1 != reason) =>
+        {
+            ctx.event(ls, EventType::Warning, &reason, msg).await;
+        }
+        (Some((was, _, _)), Some((now, reason, msg))) if was == "False" && now == "True" => {
+            ctx.event(ls, EventType::Normal, &reason, msg).await;
+        }
+        _ => {}
+    }
     if ready_was.is_none() && !is(&degraded_now, "True") {
         let note = format!(
             "applied the gateway objects; reachable at {}",
@@ -553,24 +707,50 @@ async fn write_status(ls: &LogStream, ctx: &Context, status: LogStreamStatus) ->
     Ok(())
 }
 
-/// Sum of `logstream_live_viewers` over the store pods (they serve every viewer the
-/// edges forward): the store Service, or in Kafka mode each replica. `None` when no
-/// store answers.
-async fn probe_viewers(ls: &LogStream, ctx: &Context) -> Option<i64> {
+/// Reads `/metrics` of the store pods: the store Service, or in Kafka mode each
+/// replica. Live viewers are summed (the stores serve every viewer the edges forward);
+/// with object storage, the offload gauges are counted per replica.
+async fn probe_stores(ls: &LogStream, ctx: &Context) -> StoreReport {
     let mut stores = desired::store_replica_urls(ls, &ctx.config);
     if stores.is_empty() {
         stores.push(desired::store_url(ls, &ctx.config));
     }
     let probes = stores.iter().map(|store| async move {
         let url = format!("{store}/metrics");
-        let text = ctx.http.get(&url).send().await.ok()?.text().await.ok()?;
-        parse_gauge(&text, "logstream_live_viewers")
+        let response = ctx.http.get(&url).send().await.ok()?;
+        response.error_for_status().ok()?.text().await.ok()
     });
-    futures::future::join_all(probes)
+    let pages: Vec<String> = futures::future::join_all(probes)
         .await
         .into_iter()
         .flatten()
-        .reduce(|a, b| a + b)
+        .collect();
+    store_report(&pages, ls.spec.object_store.is_some())
+}
+
+/// What the `/metrics` pages of the store replicas that answered add up to.
+fn store_report(pages: &[String], object_store: bool) -> StoreReport {
+    let viewers = pages
+        .iter()
+        .filter_map(|p| parse_gauge(p, "logstream_live_viewers"))
+        .reduce(|a, b| a + b);
+    let offload = object_store
+        .then(|| {
+            pages
+                .iter()
+                .filter_map(|p| {
+                    let failing = parse_gauge(p, "logstream_offload_failing")?;
+                    let over = parse_gauge(p, "logstream_offload_budget_exceeded")?;
+                    Some((failing > 0, over > 0))
+                })
+                .fold(Offload::default(), |acc, (failing, over)| Offload {
+                    replicas: acc.replicas + 1,
+                    failing: acc.failing + usize::from(failing),
+                    over_budget: acc.over_budget + usize::from(over),
+                })
+        })
+        .filter(|o| o.replicas > 0);
+    StoreReport { viewers, offload }
 }
 
 /// The value of an unlabelled gauge in Prometheus text format.

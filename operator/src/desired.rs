@@ -14,10 +14,11 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    LimitRange, LimitRangeItem, LimitRangeSpec, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    KeyToPath, LimitRange, LimitRangeItem, LimitRangeSpec, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceQuota,
+    ResourceQuotaSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -28,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use logstream_crds::{Endpoints, KafkaSpec, LogStream, MaskStyle};
+use logstream_crds::{Endpoints, KafkaSpec, LogStream, MaskStyle, ObjectStoreSpec};
 use logstream_model::config as gateway;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -63,6 +64,12 @@ pub const KAFKA_PASSWORD: &str = "password";
 pub const KAFKA_CA: &str = "ca.crt";
 pub const KAFKA_CERT: &str = "tls.crt";
 pub const KAFKA_KEY: &str = "tls.key";
+/// Where the object storage Secret (`spec.objectStore.secretRef`) is mounted in store
+/// pods (a sibling of [`KEY_DIR`] and [`KAFKA_DIR`], like them a Secret volume).
+pub const OBJECT_STORE_DIR: &str = "/var/run/secrets/logstream-object-store";
+/// The entry of that Secret holding the `NAME=value` credential lines, and its file
+/// name under [`OBJECT_STORE_DIR`] (`[object_store] credentials_file`).
+pub const OBJECT_STORE_CREDENTIALS: &str = "credentials";
 
 /// One object the operator owns, typed. Every kind is applied whole with server-side
 /// apply, except [`Owned::Secret`].
@@ -292,6 +299,37 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
             name: "kafka".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.to_owned()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(secret) = spec
+        .object_store
+        .as_ref()
+        .and_then(|o| o.secret_ref.as_deref())
+    {
+        store_pod.containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "object-store".into(),
+                mount_path: OBJECT_STORE_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        store_pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "object-store".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                // Only the entry the config names: a Secret without it keeps the pod
+                // from starting, with the missing key in its events.
+                items: Some(vec![KeyToPath {
+                    key: OBJECT_STORE_CREDENTIALS.into(),
+                    path: OBJECT_STORE_CREDENTIALS.into(),
+                    mode: None,
+                }]),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -813,6 +851,8 @@ pub fn with_signing_key(mut secret: Secret, random: [u8; 32]) -> Secret {
 }
 
 /// The store's gateway configuration (read by `logstream-gateway serve --config`).
+/// `desired()` checks the spec first; on an unchecked one a cache size that is not a
+/// quantity falls back to the gateway's default.
 pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
     let spec = &ls.spec;
     let q = &spec.quotas;
@@ -850,8 +890,42 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
             max_open_deployments: quota(q.open_deployments),
         },
         kafka: spec.kafka.as_ref().map(|k| kafka_config(ls, k, cfg)),
+        object_store: spec.object_store.as_ref().map(object_store_config),
         store_replicas: store_replica_urls(ls, cfg),
         ..auth_settings(ls, cfg)
+    }
+}
+
+/// The store's `[object_store]`: the bucket, the credentials as the file of the mounted
+/// Secret, the cache size in bytes and the intervals the LogStream sets (the gateway's
+/// defaults otherwise). Every store replica gets the same: they share the prefix.
+fn object_store_config(o: &ObjectStoreSpec) -> gateway::ObjectStoreConfig {
+    let defaults = gateway::ObjectStoreConfig::default();
+    gateway::ObjectStoreConfig {
+        url: o.url.clone(),
+        endpoint: o.endpoint.clone(),
+        region: o.region.clone(),
+        credentials_file: o
+            .secret_ref
+            .as_ref()
+            .map(|_| Path::new(OBJECT_STORE_DIR).join(OBJECT_STORE_CREDENTIALS)),
+        // TOML integers are i64.
+        local_cache_bytes: o
+            .local_cache_bytes()
+            .map_or(defaults.local_cache_bytes, |b| b.min(i64::MAX as u64)),
+        upload_interval: o
+            .upload_interval
+            .clone()
+            .unwrap_or(defaults.upload_interval.clone()),
+        sweep_interval: o
+            .sweep_interval
+            .clone()
+            .unwrap_or(defaults.sweep_interval.clone()),
+        orphan_grace: o
+            .orphan_grace
+            .clone()
+            .unwrap_or(defaults.orphan_grace.clone()),
+        ..defaults
     }
 }
 

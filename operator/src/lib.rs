@@ -36,8 +36,9 @@ pub struct Config {
     pub service_account_jwks_url: Option<String>,
     /// DNS suffix of Services.
     pub cluster_domain: String,
-    /// Read live viewer counts from the stores' /metrics for status.
-    pub probe_viewers: bool,
+    /// Read the stores' /metrics for status: live viewers and, with object storage,
+    /// the `ObjectStorage` condition.
+    pub probe_stores: bool,
 }
 
 impl Default for Config {
@@ -58,7 +59,7 @@ impl Default for Config {
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
             service_account_jwks_url: Some("https://kubernetes.default.svc/openid/v1/jwks".into()),
             cluster_domain: "cluster.local".into(),
-            probe_viewers: true,
+            probe_stores: true,
         }
     }
 }

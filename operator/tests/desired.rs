@@ -424,6 +424,169 @@ fn without_kafka_one_store_and_no_kafka_keys() {
     }
 }
 
+/// The pod spec of a LogStream's store StatefulSet.
+fn store_pod(objs: &[Owned], n: &str) -> k8s_openapi::api::core::v1::PodSpec {
+    get::<StatefulSet>(objs, &format!("StatefulSet/{n}-store"))
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+}
+
+#[test]
+fn object_store_goes_to_the_store_config_with_its_credentials_mounted() {
+    use logstream_operator::desired::OBJECT_STORE_DIR;
+    let ls = sample("object-store.yaml");
+    let (store, edge) = configs(&ls);
+    let o = store.object_store.expect("[object_store] in store.toml");
+    assert_eq!(o.url, "s3://ci-logs/releases");
+    assert_eq!(o.endpoint.as_deref(), Some("http://minio.storage.svc:9000"));
+    assert_eq!(o.region.as_deref(), Some("us-east-1"));
+    assert_eq!(
+        o.credentials_file,
+        Some(Path::new(OBJECT_STORE_DIR).join("credentials"))
+    );
+    assert_eq!(o.local_cache_bytes, 20 << 30, "localCacheSize: 20Gi");
+    assert_eq!(o.upload_interval, "30s");
+    let defaults = logstream_model::config::ObjectStoreConfig::default();
+    assert_eq!(
+        (o.sweep_interval, o.orphan_grace, o.request_timeout),
+        (
+            defaults.sweep_interval,
+            defaults.orphan_grace,
+            defaults.request_timeout
+        ),
+        "what the LogStream leaves out is the gateway's default"
+    );
+    assert_eq!(edge.object_store, None, "edges store nothing");
+
+    let objs = desired(&ls, &Config::default()).unwrap();
+    let pod = store_pod(&objs, "releases");
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "object-store")
+        .expect("the object storage Secret as a volume");
+    let secret = volume.secret.unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("logs-bucket"));
+    assert_eq!(secret.default_mode, Some(0o440));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "object-store")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (OBJECT_STORE_DIR, Some(true))
+    );
+    let edge = get::<Deployment>(&objs, "Deployment/releases-edge")
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(
+        edge.volumes
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "object-store"),
+        "edges do not read the bucket"
+    );
+
+    // full.yaml: Google Cloud Storage next to Kafka, every interval set; each replica
+    // gets the same [object_store].
+    let ls = sample("full.yaml");
+    let (store, _) = configs(&ls);
+    let o = store.object_store.unwrap();
+    assert_eq!(o.url, "gs://payments-ci-logs/logstream");
+    assert_eq!((o.endpoint, o.region), (None, None));
+    assert_eq!(o.local_cache_bytes, 40 << 30);
+    assert_eq!(
+        (
+            o.upload_interval.as_str(),
+            o.sweep_interval.as_str(),
+            o.orphan_grace.as_str()
+        ),
+        ("5s", "30m", "2h")
+    );
+    assert!(store.kafka.is_some());
+
+    // Without a Secret, the pods' own identity: no file, nothing mounted.
+    let mut ls = sample("object-store.yaml");
+    ls.spec.object_store.as_mut().unwrap().secret_ref = None;
+    let (store, _) = configs(&ls);
+    assert_eq!(store.object_store.unwrap().credentials_file, None);
+    let pod = store_pod(&desired(&ls, &Config::default()).unwrap(), "releases");
+    assert!(
+        pod.volumes
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "object-store")
+    );
+}
+
+#[test]
+fn without_object_store_no_object_store_keys() {
+    for name in ["minimal.yaml", "single-edge.yaml", "kafka.yaml"] {
+        let ls = sample(name);
+        let n = ls.metadata.name.clone().unwrap();
+        let objs = desired(&ls, &Config::default()).unwrap();
+        let cm: ConfigMap = get(&objs, &format!("ConfigMap/{n}-gateway"));
+        for (file, text) in cm.data.unwrap() {
+            assert!(!text.contains("object_store"), "{name} {file}:\n{text}");
+        }
+        let pod = store_pod(&objs, &n);
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "object-store")
+        );
+    }
+}
+
+/// The cache lives on the store volume beside the segments not uploaded yet: a cache
+/// as large as the volume (the 10Gi default on a 5Gi volume included) is refused
+/// before anything is applied, and so is a size the operator cannot read.
+#[test]
+fn a_local_cache_that_does_not_fit_the_store_volume_is_refused() {
+    let mut ls = sample("object-store.yaml");
+    ls.spec.gateway.store.storage_size = "20Gi".into();
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "spec.objectStore.localCacheSize must be smaller than spec.gateway.store.storageSize"
+        ) && e.contains("localCacheSize 20Gi, storageSize 20Gi"),
+        "{e}"
+    );
+    ls.spec.object_store.as_mut().unwrap().local_cache_size = "19.5Gi".into();
+    desired(&ls, &Config::default()).expect("a cache smaller than the volume");
+
+    let mut ls = sample("single-edge.yaml");
+    ls.spec.object_store = sample("object-store.yaml").spec.object_store;
+    ls.spec.object_store.as_mut().unwrap().local_cache_size =
+        logstream_crds::DEFAULT_LOCAL_CACHE_SIZE.into();
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(e.contains("storageSize 5Gi"), "{e}");
+
+    let mut ls = sample("object-store.yaml");
+    ls.spec.object_store.as_mut().unwrap().local_cache_size = "10GB".into();
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("spec.objectStore.localCacheSize \"10GB\""),
+        "{e}"
+    );
+
+    let mut ls = sample("object-store.yaml");
+    ls.spec.object_store.as_mut().unwrap().orphan_grace = Some("0h".into());
+    let e = desired(&ls, &Config::default()).unwrap_err().to_string();
+    assert!(e.contains("spec.objectStore.orphanGrace"), "{e}");
+}
+
 /// Which objects differ between two LogStreams.
 fn changed(a: &LogStream, b: &LogStream) -> Vec<String> {
     let (x, y) = (
@@ -485,6 +648,17 @@ fn upgrades_change_only_what_they_should() {
             "NetworkPolicy/acme-store",
             "StatefulSet/acme-store"
         ]
+    );
+
+    // Object storage: only the store reads it (its config and its Secret mount).
+    let mut b = base.clone();
+    b.spec.object_store = sample("object-store.yaml").spec.object_store;
+    b.spec.gateway.store.storage_size = "50Gi".into();
+    let mut c = base.clone();
+    c.spec.gateway.store.storage_size = "50Gi".into();
+    assert_eq!(
+        changed(&c, &b),
+        ["ConfigMap/acme-gateway", "StatefulSet/acme-store"]
     );
 
     let mut b = base.clone();
@@ -552,6 +726,7 @@ fn rendered_gateway_configs_parse_with_the_gateways_own_type_and_validate() {
         "full.yaml",
         "single-edge.yaml",
         "kafka.yaml",
+        "object-store.yaml",
     ] {
         let ls = sample(name);
         let cfg = Config::default();
@@ -664,6 +839,7 @@ fn every_file_a_gateway_config_names_is_mounted_in_its_pod() {
         "full.yaml",
         "single-edge.yaml",
         "kafka.yaml",
+        "object-store.yaml",
     ] {
         let ls = sample(name);
         let n = ls.metadata.name.clone().unwrap();
@@ -738,6 +914,38 @@ fn every_file_a_gateway_config_names_is_mounted_in_its_pod() {
                 })
                 .flatten()
                 .collect::<Vec<_>>();
+            // Object storage credentials: the `credentials` entry of
+            // spec.objectStore.secretRef, mounted read-only.
+            if let Some(f) = config
+                .object_store
+                .as_ref()
+                .and_then(|o| o.credentials_file.clone())
+            {
+                let m = mounts
+                    .iter()
+                    .find(|m| f.parent() == Some(Path::new(&m.mount_path)))
+                    .unwrap_or_else(|| panic!("{name} {file}: nothing mounted at {f:?}"));
+                assert_eq!(m.read_only, Some(true), "{name} {file}");
+                let secret = volumes
+                    .iter()
+                    .find(|v| v.name == m.name)
+                    .and_then(|v| v.secret.clone())
+                    .expect("a Secret volume");
+                assert_eq!(
+                    secret.secret_name.as_deref(),
+                    ls.spec
+                        .object_store
+                        .as_ref()
+                        .and_then(|o| o.secret_ref.as_deref()),
+                    "{name} {file}"
+                );
+                let entry = f.file_name().unwrap().to_str().unwrap();
+                let items = secret.items.unwrap_or_default();
+                assert!(
+                    items.iter().any(|i| i.key == entry && i.path == entry),
+                    "{name} {file}: {f:?} is the Secret's {entry} entry: {items:?}"
+                );
+            }
             for f in kafka_files {
                 let m = mounts
                     .iter()

@@ -1,5 +1,7 @@
 //! Reconcile against an in-process fake API server: create, become ready, idle, drift
-//! repair, apply failure, invalid spec, delete with the finalizer, leader election.
+//! repair, apply failure, invalid spec, delete with the finalizer, leader election, and
+//! the object storage condition from the store replicas' `/metrics` (served on
+//! 127.0.0.1 by a stand-in for the cluster's store Services).
 
 mod fake_api;
 
@@ -18,19 +20,25 @@ use std::time::Duration;
 const LS: &str = "/apis/logstream.dev/v1alpha1/namespaces/ci/logstreams/acme";
 
 fn setup(spec: Value) -> (Arc<Context>, FakeApi) {
+    setup_with(spec, None)
+}
+
+/// A LogStream in the fake API; with `stores`, the operator reads the stores'
+/// `/metrics` through that client (else it does not probe them).
+fn setup_with(spec: Value, stores: Option<reqwest::Client>) -> (Arc<Context>, FakeApi) {
     let (client, fake) = FakeApi::start();
     let cfg = Config {
-        probe_viewers: false,
+        probe_stores: stores.is_some(),
         ..Config::default()
     };
-    let ctx = Context::new(
-        client,
-        cfg,
-        Reporter {
-            controller: "logstream-operator".into(),
-            instance: None,
-        },
-    );
+    let reporter = Reporter {
+        controller: "logstream-operator".into(),
+        instance: None,
+    };
+    let ctx = match stores {
+        Some(http) => Context::with_http(client, cfg, reporter, http),
+        None => Context::new(client, cfg, reporter),
+    };
     fake.put(
         LS,
         json!({
@@ -605,4 +613,228 @@ fn base64(s: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// The store replicas' `/metrics` as the operator reads them: an HTTP proxy on
+/// 127.0.0.1 that answers for the store hosts (the cluster DNS names the operator
+/// builds) with the page each has been given; a host without a page is down (502).
+#[derive(Clone, Default)]
+struct FakeStores(Arc<parking_lot::Mutex<std::collections::BTreeMap<String, String>>>);
+
+impl FakeStores {
+    /// The stand-in, and an HTTP client that reaches the store hosts through it.
+    async fn start() -> (FakeStores, reqwest::Client) {
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        let stores = FakeStores::default();
+        let pages = stores.0.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let pages = pages.clone();
+            async move {
+                // A proxied request carries the absolute URL; Host says the same.
+                let host = uri.host().map(str::to_owned).or_else(|| {
+                    let h = headers.get("host")?.to_str().ok()?;
+                    Some(h.split(':').next()?.to_owned())
+                });
+                let page = host.and_then(|h| pages.lock().get(&h).cloned());
+                match (uri.path(), page) {
+                    ("/metrics", Some(page)) => (StatusCode::OK, page),
+                    _ => (StatusCode::BAD_GATEWAY, "no such store".to_owned()),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(proxy).unwrap())
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        (stores, http)
+    }
+
+    /// Store replica `i` of LogStream acme in ci exports these gauges (as the gateway
+    /// writes them, among its other metrics).
+    fn set(&self, i: usize, viewers: i64, failing: u8, over_budget: u8) {
+        let page = format!(
+            "# HELP logstream_live_viewers Live viewers.\n\
+             # TYPE logstream_live_viewers gauge\n\
+             logstream_live_viewers {viewers}\n\
+             logstream_ingest_lines_total{{tenant=\"acme\"}} 120\n\
+             # TYPE logstream_offload_failing gauge\n\
+             logstream_offload_failing {failing}\n\
+             # TYPE logstream_offload_budget_exceeded gauge\n\
+             logstream_offload_budget_exceeded {over_budget}\n"
+        );
+        self.0.lock().insert(
+            format!("acme-store-{i}.acme-store.ci.svc.cluster.local"),
+            page,
+        );
+    }
+}
+
+/// The ObjectStorage condition: (status, reason, message), `None` when absent.
+fn object_storage(fake: &FakeApi) -> Option<(String, String, String)> {
+    let ls = fake.get(LS).unwrap();
+    let has = ls["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "ObjectStorage"));
+    has.then(|| condition(fake, "ObjectStorage"))
+}
+
+fn has_event(fake: &FakeApi, type_: &str, reason: &str) -> bool {
+    fake.events().iter().any(|e| e.0 == type_ && e.1 == reason)
+}
+
+#[tokio::test]
+async fn object_storage_condition_follows_the_store_replicas_offload_gauges() {
+    let (stores, http) = FakeStores::start().await;
+    let (ctx, fake) = setup_with(
+        json!({
+            "tenant": "acme",
+            "gateway": {"store": {"replicas": 2}},
+            "kafka": {"brokers": ["k:9092"]},
+            "objectStore": {
+                "url": "s3://ci-logs/acme",
+                "endpoint": "http://minio.storage.svc:9000",
+                "secretRef": "logs-bucket",
+                "localCacheSize": "5Gi",
+            },
+        }),
+        Some(http),
+    );
+    reconcile(&ctx, &fake).await.unwrap();
+    {
+        let mut s = fake.0.lock();
+        s.workload_status.insert(
+            "StatefulSet".into(),
+            json!({"replicas": 2, "readyReplicas": 2}),
+        );
+        s.workload_status.insert(
+            "Deployment".into(),
+            json!({"replicas": 2, "availableReplicas": 2}),
+        );
+    }
+
+    // No replica answers yet: nothing is known.
+    reconcile(&ctx, &fake).await.unwrap();
+    let (status, reason, _) = object_storage(&fake).expect("an ObjectStorage condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("Unknown", "NotReported")
+    );
+
+    // Both replicas upload: True, and the usual long requeue once Ready.
+    stores.set(0, 3, 0, 0);
+    stores.set(1, 4, 0, 0);
+    let action = reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(condition(&fake, "Ready").0, "True");
+    assert_eq!(
+        object_storage(&fake).unwrap(),
+        (
+            "True".into(),
+            "Offloading".into(),
+            "2 of 2 store replica(s) upload sealed segments to s3://ci-logs/acme".into()
+        )
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(fake.get(LS).unwrap()["status"]["viewers"], 7, "summed");
+
+    // One replica's uploads fail: False with what to check, a Warning, looked at
+    // again soon.
+    stores.set(1, 4, 1, 0);
+    let action = reconcile(&ctx, &fake).await.unwrap();
+    let (status, reason, message) = object_storage(&fake).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "UploadFailing")
+    );
+    for what in [
+        "uploads to s3://ci-logs/acme fail on 1 of 2 store replica(s)",
+        "Secret logs-bucket (entry `credentials`)",
+        "the endpoint http://minio.storage.svc:9000",
+        "the bucket ci-logs exists",
+    ] {
+        assert!(message.contains(what), "{what:?} in {message}");
+    }
+    assert!(
+        has_event(&fake, "Warning", "UploadFailing"),
+        "{:?}",
+        fake.events()
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(
+        condition(&fake, "Ready").0,
+        "True",
+        "the gateway still serves"
+    );
+
+    // Failing and now past the cache budget: failing uploads are the cause to name.
+    stores.set(1, 4, 1, 1);
+    reconcile(&ctx, &fake).await.unwrap();
+    let (_, reason, message) = object_storage(&fake).unwrap();
+    assert_eq!(reason, "UploadFailing");
+    assert!(
+        message.contains("local copies exceed localCacheSize (5Gi) on 1 of 2"),
+        "{message}"
+    );
+
+    // Uploads work but do not keep up: the disk budget.
+    stores.set(1, 4, 0, 1);
+    reconcile(&ctx, &fake).await.unwrap();
+    let (status, reason, message) = object_storage(&fake).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DiskBudgetExceeded")
+    );
+    assert!(
+        message.contains("exceed localCacheSize (5Gi) on 1 of 2 store replica(s)")
+            && message.contains("do not keep up")
+            && message.contains("Secret logs-bucket"),
+        "{message}"
+    );
+    assert!(has_event(&fake, "Warning", "DiskBudgetExceeded"));
+
+    // Back to normal: True, with a Normal Event.
+    stores.set(1, 4, 0, 0);
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(object_storage(&fake).unwrap().1, "Offloading");
+    assert!(
+        has_event(&fake, "Normal", "Offloading"),
+        "{:?}",
+        fake.events()
+    );
+
+    // Without spec.objectStore there is no such condition.
+    let mut ls = fake.get(LS).unwrap();
+    ls["spec"].as_object_mut().unwrap().remove("objectStore");
+    ls["metadata"]["generation"] = 2.into();
+    fake.put(LS, ls);
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(object_storage(&fake), None);
+}
+
+#[tokio::test]
+async fn a_local_cache_that_fills_the_store_volume_is_an_invalid_spec_with_an_event() {
+    let (ctx, fake) = setup(json!({
+        "tenant": "acme",
+        "gateway": {"store": {"storageSize": "5Gi"}},
+        "objectStore": {"url": "s3://ci-logs/acme", "localCacheSize": "10Gi"},
+    }));
+    reconcile(&ctx, &fake).await.unwrap();
+    fake.clear_requests();
+    assert_eq!(
+        reconcile(&ctx, &fake).await.unwrap(),
+        Action::await_change()
+    );
+    assert!(applies(&fake).is_empty(), "nothing applied");
+    let (status, reason, message) = condition(&fake, "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains(
+            "spec.objectStore.localCacheSize must be smaller than spec.gateway.store.storageSize"
+        ) && message.contains("(localCacheSize 10Gi, storageSize 5Gi)"),
+        "{message}"
+    );
+    assert!(has_event(&fake, "Warning", "InvalidSpec"));
 }

@@ -50,6 +50,8 @@ mod catalog;
 mod format;
 mod log;
 mod meta;
+mod offload;
+mod remote;
 mod verify;
 
 use std::collections::HashMap;
@@ -68,7 +70,9 @@ pub use catalog::{
 };
 pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, MAX_STEPS, Page};
 pub use meta::{Completion, Outcome};
-pub use verify::{VerifyReport, compact, verify_dir};
+pub use offload::OffloadPass;
+pub use remote::{Manifest, Remote, RemoteError, RemoteObject, RemoteSegment, TierStats, Tiering};
+pub use verify::{VerifyReport, compact, verify_dir, verify_log};
 
 /// A producer's batch: retried batches (same source, id not above the last stored) are
 /// stored once.
@@ -119,6 +123,10 @@ pub enum StoreError {
     Poisoned(String),
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// Object storage did not answer (a read of a segment held only there, an
+    /// adoption): retryable.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -138,6 +146,7 @@ impl StoreError {
             StoreError::Completed { .. } => "completed",
             StoreError::Poisoned(_) => "poisoned",
             StoreError::Config(_) => "config",
+            StoreError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -302,6 +311,11 @@ pub struct StoreHooks {
     pub catalog_listener: Arc<dyn CatalogListener>,
     pub observer: Arc<dyn Observer>,
     pub faults: Faults,
+    /// Object storage for sealed segments (see [`Store::offload`]). Default: none.
+    pub remote: Option<Arc<dyn Remote>>,
+    /// A tenant log created here is first looked for in object storage and adopted
+    /// from its manifest (Kafka mode: a replica taking a partition over). Default: false.
+    pub adopt_remote: bool,
 }
 
 impl Default for StoreHooks {
@@ -312,6 +326,8 @@ impl Default for StoreHooks {
             catalog_listener: Arc::new(NoCatalogListener),
             observer: Arc::new(NoObserver),
             faults: Faults::default(),
+            remote: None,
+            adopt_remote: false,
         }
     }
 }
@@ -343,6 +359,8 @@ pub struct Store {
     /// Ticks of [`Store::log`], the LRU's clock.
     tick: AtomicU64,
     catalog: Arc<Catalog>,
+    /// Object storage and the offloader's bookkeeping (with `hooks.remote`).
+    tiering: Option<Arc<Tiering>>,
 }
 
 impl Store {
@@ -358,6 +376,10 @@ impl Store {
         fs::create_dir_all(root.join("tenants"))
             .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
         let catalog = Arc::new(Catalog::new(&root, hooks.catalog_listener.clone()));
+        let tiering = hooks
+            .remote
+            .clone()
+            .map(|r| Arc::new(Tiering::new(r, hooks.adopt_remote)));
         let store = Store {
             root,
             cfg: Arc::new(cfg),
@@ -366,6 +388,7 @@ impl Store {
             opening: Mutex::new(HashMap::new()),
             tick: AtomicU64::new(0),
             catalog,
+            tiering,
         };
         for tenant in store.tenants()? {
             let dirs = store.deployments(&tenant)?;
@@ -377,6 +400,7 @@ impl Store {
                     store.cfg.clone(),
                     store.hooks.clone(),
                     false,
+                    store.tiering.clone(),
                 )?;
                 Ok(log.map(|l| l.stats()))
             })?;
@@ -462,6 +486,7 @@ impl Store {
             self.cfg.clone(),
             self.hooks.clone(),
             create,
+            self.tiering.clone().filter(|_| tenant_log),
         )?;
         let Some(mut log) = opened else {
             return Ok(None);
@@ -604,6 +629,10 @@ impl Store {
                     });
                 }
                 if log.is_empty_and_sealed() {
+                    log.delete_remote();
+                    if let Some(t) = &self.tiering {
+                        t.forget_log(&id);
+                    }
                     self.logs.write().remove(&id);
                     fs::remove_dir_all(log.dir()).map_err(|e| {
                         StoreError::io(format!("deleting {}", log.dir().display()), e)
@@ -612,6 +641,11 @@ impl Store {
                 } else if !expired.is_empty() {
                     self.catalog
                         .update(&id.tenant, &id.deployment, log.stats())?;
+                    // The next upload pass drops the expired segments from the manifest
+                    // and deletes their objects.
+                    if let Some(t) = &self.tiering {
+                        t.mark_pending(&id);
+                    }
                 }
             }
         }

@@ -5,16 +5,18 @@
 //! the hash of the block before it, across segments, starting from the retention anchor
 //! in `meta.json`), dense seqs, and that every payload decodes. It reports the first bad
 //! block: an edited byte fails the CRC, a removed or reordered block breaks the seq run
-//! and the chain.
+//! and the chain. With object storage, segments held there are read from it and every
+//! uploaded object is checked against the manifest (size and BLAKE3).
 
-use std::fs::{self, File};
+use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use logstream_model::LogRecord;
 
 use super::format::{self, Hash};
-use super::log::scan_block;
 use super::meta::{self, MetaFile};
+use super::remote::{RemoteError, RemoteSegment, Tiering};
 use super::{BatchId, DeploymentId, StoreError};
 
 /// The result of verifying one log.
@@ -46,22 +48,53 @@ impl VerifyReport {
     }
 }
 
-/// Verifies the log stored in `dir` (a deployment directory).
+/// Verifies the log stored in `dir` (a deployment directory) from its local files; a
+/// segment held only in object storage is reported missing (see [`verify_log`]).
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
+    verify_log(dir, None)
+}
+
+/// One segment's bytes for verification, and what to call it in a report.
+struct SegmentBytes {
+    name: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Verifies the log in `dir`, with `remote` (its tiering and id) the segments in
+/// object storage too: each uploaded segment's object (and its index) must match the
+/// manifest's size and BLAKE3, and the chain runs across local and remote segments. A
+/// missing or altered object is named.
+pub fn verify_log(
+    dir: &Path,
+    remote: Option<(&Tiering, &DeploymentId)>,
+) -> Result<VerifyReport, StoreError> {
     let meta = match meta::read_atomic::<MetaFile>(&dir.join("meta.json"))? {
         Some(MetaFile::V1(m)) => m,
         None => return Err(StoreError::NotFound),
     };
+    let manifest = super::log::local_manifest(dir)?;
+    let uploaded: BTreeMap<u64, &RemoteSegment> = manifest
+        .iter()
+        .flat_map(|m| &m.segments)
+        .filter(|s| s.first_seq >= meta.retained_from)
+        .map(|s| (s.first_seq, s))
+        .collect();
     let mut prev: Hash = if meta.retained_from > 1 {
         meta::unhex(&meta.retained_prev_hash).unwrap_or([0; 32])
     } else {
         [0; 32]
     };
-    let mut seqs: Vec<u64> = fs::read_dir(dir)
+    let local: Vec<u64> = fs::read_dir(dir)
         .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
         .filter_map(|e| format::parse_segment_file_name(e.ok()?.file_name().to_str()?, "seg"))
         .collect();
+    let mut seqs: Vec<u64> = local
+        .iter()
+        .copied()
+        .chain(uploaded.keys().copied())
+        .collect();
     seqs.sort_unstable();
+    seqs.dedup();
     let mut report = VerifyReport {
         segments: seqs.len(),
         blocks: 0,
@@ -74,35 +107,46 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
     let mut expected = meta.retained_from;
     for first in seqs {
         let path = dir.join(format::segment_file_name(first, "seg"));
+        if first != expected {
+            report.first_bad = Some(BadBlock {
+                segment: path,
+                offset: 0,
+                expected_seq: expected,
+                reason: format!(
+                    "segment starts at seq {first}, expected {expected}: a segment is missing"
+                ),
+            });
+            return Ok(report);
+        }
+        let seg = match segment_bytes(dir, first, uploaded.get(&first).copied(), remote)? {
+            Ok(seg) => seg,
+            Err((name, reason)) => {
+                report.first_bad = Some(BadBlock {
+                    segment: name,
+                    offset: 0,
+                    expected_seq: expected,
+                    reason,
+                });
+                return Ok(report);
+            }
+        };
         let bad = |offset: u64, expected_seq: u64, reason: String| BadBlock {
-            segment: path.clone(),
+            segment: seg.name.clone(),
             offset,
             expected_seq,
             reason,
         };
-        if first != expected {
-            report.first_bad = Some(bad(
-                0,
-                expected,
-                format!("segment starts at seq {first}, expected {expected}: a segment is missing"),
-            ));
-            return Ok(report);
-        }
-        let file = File::open(&path)
-            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
-            .len();
-        let mut header = [0u8; format::SEGMENT_HEADER_LEN as usize];
-        use std::os::unix::fs::FileExt;
-        if file.read_exact_at(&mut header, 0).is_err() || !format::check_segment_header(&header) {
+        let data = &seg.bytes;
+        let len = data.len() as u64;
+        if data.len() < format::SEGMENT_HEADER_LEN as usize
+            || !format::check_segment_header(&data[..format::SEGMENT_HEADER_LEN as usize])
+        {
             report.first_bad = Some(bad(0, expected, "bad segment header".into()));
             return Ok(report);
         }
         let mut offset = format::SEGMENT_HEADER_LEN;
         while offset < len {
-            let (h, bytes) = match scan_block(&file, offset, len) {
+            let (h, bytes) = match block_in(data, offset) {
                 Ok(b) => b,
                 Err(e) => {
                     report.first_bad =
@@ -125,7 +169,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
                 report.first_bad = Some(bad(offset, expected, "hash chain broken: the block before this one was changed, removed or reordered".into()));
                 return Ok(report);
             }
-            if let Err(e) = format::decode_records(&bytes, &h) {
+            if let Err(e) = format::decode_records(bytes, &h) {
                 report.first_bad = Some(bad(
                     offset,
                     expected,
@@ -133,7 +177,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
                 ));
                 return Ok(report);
             }
-            prev = *blake3::hash(&bytes).as_bytes();
+            prev = *blake3::hash(bytes).as_bytes();
             expected = h.last_seq() + 1;
             offset += h.total_len();
             report.blocks += 1;
@@ -145,6 +189,99 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
     Ok(report)
 }
 
+/// The checked block at `offset` of a whole segment in memory.
+fn block_in(data: &[u8], offset: u64) -> Result<(format::BlockHeader, &[u8]), format::FormatError> {
+    let start = offset as usize;
+    let prefix = data
+        .get(start..start + format::PREFIX_LEN)
+        .ok_or(format::FormatError::Truncated)?;
+    let (hl, pl) = format::block_lengths(prefix)?;
+    let end = start + hl as usize + pl as usize;
+    let block = data.get(start..end).ok_or(format::FormatError::Truncated)?;
+    let h = format::decode_header(block)?;
+    format::check_block(block, &h)?;
+    Ok((h, block))
+}
+
+/// A segment's bytes: the local file, and with `remote`, its object (which must match
+/// the manifest; read even when a local copy exists, so an altered object is found).
+/// `Ok(Err((name, reason)))` names a missing or altered segment.
+#[allow(clippy::type_complexity)]
+fn segment_bytes(
+    dir: &Path,
+    first: u64,
+    uploaded: Option<&RemoteSegment>,
+    remote: Option<(&Tiering, &DeploymentId)>,
+) -> Result<Result<SegmentBytes, (PathBuf, String)>, StoreError> {
+    let path = dir.join(format::segment_file_name(first, "seg"));
+    let local = match fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+    };
+    let Some(r) = uploaded else {
+        return Ok(match local {
+            Some(bytes) => Ok(SegmentBytes { name: path, bytes }),
+            None => Err((path, "segment file missing".into())),
+        });
+    };
+    if let Some(bytes) = &local
+        && (bytes.len() as u64 != r.bytes
+            || meta::hex(blake3::hash(bytes).as_bytes()) != r.seg_blake3)
+    {
+        return Ok(Err((
+            path,
+            "the local copy differs from the uploaded segment (size or BLAKE3): one was altered"
+                .into(),
+        )));
+    }
+    let Some((t, id)) = remote else {
+        return match local {
+            Some(bytes) => Ok(Ok(SegmentBytes { name: path, bytes })),
+            None => Err(StoreError::Unavailable(format!(
+                "segment {first}..={} is only in object storage; give the gateway's configuration (--config) to verify it",
+                r.last_seq
+            ))),
+        };
+    };
+    let prefix = crate::remote::log_prefix(id);
+    let mut objects = Vec::with_capacity(2);
+    for (name, size, hash) in [
+        (r.seg_name(), r.bytes, &r.seg_blake3),
+        (r.idx_name(), r.idx_bytes, &r.idx_blake3),
+    ] {
+        let key = format!("{prefix}{name}");
+        let shown = PathBuf::from(format!("{}/{key}", t.describe().trim_end_matches('/')));
+        let bytes = match t.remote.get(&key) {
+            Ok(b) => b,
+            Err(RemoteError::NotFound) => {
+                return Ok(Err((shown, "missing from object storage".into())));
+            }
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "reading {key} from object storage ({}): {e}",
+                    t.describe()
+                )));
+            }
+        };
+        if bytes.len() as u64 != size || meta::hex(blake3::hash(&bytes).as_bytes()) != *hash {
+            return Ok(Err((
+                shown,
+                format!(
+                    "the object was altered: {} bytes and BLAKE3 differ from the manifest's ({size} bytes)",
+                    bytes.len()
+                ),
+            )));
+        }
+        objects.push((shown, bytes));
+    }
+    let (name, bytes) = objects.swap_remove(0);
+    Ok(Ok(match local {
+        Some(bytes) => SegmentBytes { name: path, bytes },
+        None => SegmentBytes { name, bytes },
+    }))
+}
+
 /// Rewrites a completed log into full-size blocks (small live blocks compress poorly),
 /// after verifying it: a log that fails `verify` is refused, so compaction never
 /// launders tampering. The new log is written beside the old one and swapped in with a
@@ -154,6 +291,11 @@ pub fn compact(
     id: &DeploymentId,
 ) -> Result<(VerifyReport, VerifyReport), StoreError> {
     let log = store.log(id, false)?.ok_or(StoreError::NotFound)?;
+    if log.has_remote() {
+        return Err(StoreError::Config(
+            "its segments are in object storage; offloaded logs are not compacted".into(),
+        ));
+    }
     let completion = log.completion().ok_or_else(|| {
         StoreError::Config("only completed deployments can be compacted; complete it first".into())
     })?;
@@ -189,6 +331,7 @@ pub fn compact(
         store.cfg.clone(),
         std::sync::Arc::new(quiet),
         true,
+        None,
     )?
     .expect("created");
     let mut from = 0;

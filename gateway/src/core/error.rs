@@ -187,6 +187,14 @@ impl From<StoreError> for Error {
                 };
                 Error::unavailable("storage_unavailable", msg, Duration::from_secs(5))
             }
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %e, "object storage unavailable");
+                Error::unavailable(
+                    "object_store_unavailable",
+                    format!("{why}; these lines are safe in object storage, retry later"),
+                    Duration::from_secs(5),
+                )
+            }
             StoreError::Corrupt { .. } | StoreError::Config(_) => Error::internal(&e),
         }
     }
@@ -224,6 +232,12 @@ mod tests {
             (ErrorKind::Unavailable, "storage_unavailable")
         );
         assert!(e.retryable());
+        let e = Error::from(StoreError::Unavailable("s3://b did not answer".into()));
+        assert_eq!(
+            (e.kind, e.code),
+            (ErrorKind::Unavailable, "object_store_unavailable")
+        );
+        assert!(e.retryable() && e.message.contains("s3://b did not answer"));
     }
 
     #[test]

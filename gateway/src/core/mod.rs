@@ -169,9 +169,17 @@ impl Gateway {
             catalog_listener: hub.clone(),
             observer: metrics.clone(),
             faults: Default::default(),
+            remote: match &config.object_store {
+                Some(o) => Some(Arc::new(crate::objstore::ObjectStorage::open(o)?)),
+                None => None,
+            },
+            // A replica taking a partition over adopts its logs' uploaded segments.
+            adopt_remote: config.kafka.is_some(),
         };
         let store_cfg = StoreConfig {
             zstd_level: config.zstd_level,
+            segment_bytes: config.segment_bytes,
+            segment_age: config.segment_max_age(),
             max_open_logs: max_open_files(config.max_open_files) / 2,
             ..StoreConfig::default()
         };

@@ -352,6 +352,9 @@ async fn readyz(State(s): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
     s.metrics.store_bytes.set(s.store.known_bytes() as i64);
     s.metrics.open_logs.set(s.store.open_logs() as i64);
+    if let Some(t) = s.store.tier_stats() {
+        s.metrics.set_offload(&t);
+    }
     s.metrics
         .known_deployments
         .set(s.store.catalog().len() as i64);

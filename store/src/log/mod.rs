@@ -20,6 +20,7 @@
 //! - `segment`: segment and index files, block reads and scans, and the recovery `open`
 //!   runs (rebuild a sealed segment's index, truncate the active segment's torn tail).
 
+mod offload;
 mod read;
 mod retention;
 mod segment;
@@ -36,8 +37,10 @@ use parking_lot::{Condvar, Mutex, RwLock};
 pub use super::BatchId;
 use super::format::{Hash, IndexEntry};
 use super::meta::{self, Completion, Meta, MetaFile};
+use super::remote::{Manifest, RemoteSegment, Tiering};
 use super::{Catalog, DeploymentId, StoreConfig, StoreError, StoreHooks};
-pub(crate) use segment::scan_block;
+
+pub(crate) use offload::local_manifest;
 use segment::{
     create_segment, last_block_hash, list_segments, load_producers, open_sealed, recover_active,
 };
@@ -118,6 +121,10 @@ struct SegmentView {
     last_written_at: i64,
     /// In memory for the active segment; loaded on demand for sealed ones.
     index: Option<Arc<Vec<IndexEntry>>>,
+    /// Set once the segment is uploaded to object storage and verified.
+    remote: Option<Arc<RemoteSegment>>,
+    /// The `.seg` file is on local disk (false once evicted: reads go to `remote`).
+    local: bool,
 }
 
 impl View {
@@ -169,6 +176,11 @@ pub struct DeploymentLog {
     /// The tenant's catalog, told of every commit and the completion (system logs have
     /// none).
     pub(crate) catalog: Option<Arc<Catalog>>,
+    /// Object storage (tenant logs of a store with `[object_store]`).
+    pub(crate) tiering: Option<Arc<Tiering>>,
+    /// `remote.json`: the manifest as last written to object storage. Also serialises
+    /// offload passes of this log.
+    remote_state: Mutex<Option<Manifest>>,
 }
 
 impl DeploymentLog {
@@ -179,8 +191,15 @@ impl DeploymentLog {
         cfg: Arc<StoreConfig>,
         hooks: Arc<StoreHooks>,
         create: bool,
+        tiering: Option<Arc<Tiering>>,
     ) -> Result<Option<DeploymentLog>, StoreError> {
         let meta_path = dir.join("meta.json");
+        if create
+            && let Some(t) = tiering.as_ref().filter(|t| t.adopt)
+            && !meta_path.exists()
+        {
+            offload::adopt(&id, &dir, t)?;
+        }
         let meta = match meta::read_atomic::<MetaFile>(&meta_path)? {
             Some(MetaFile::V1(m)) => m,
             None if !create => return Ok(None),
@@ -200,11 +219,35 @@ impl DeploymentLog {
         };
         // Logs written before steps were recorded have no file: their listing shows none.
         let steps = meta::read_atomic::<Vec<String>>(&dir.join("steps.json"))?.unwrap_or_default();
-        let mut seg_seqs = list_segments(&dir)?;
-        if seg_seqs.is_empty() && meta.completion.is_none() {
-            create_segment(&dir, meta.retained_from)?;
-            seg_seqs.push(meta.retained_from);
+        let manifest = offload::local_manifest(&dir)?;
+        let remote_segs: HashMap<u64, Arc<RemoteSegment>> = manifest
+            .iter()
+            .flat_map(|m| &m.segments)
+            .filter(|s| s.first_seq >= meta.retained_from)
+            .map(|s| (s.first_seq, Arc::new(s.clone())))
+            .collect();
+        let local_seqs = list_segments(&dir)?;
+        let mut seg_seqs: Vec<u64> = local_seqs
+            .iter()
+            .copied()
+            .chain(remote_segs.keys().copied())
+            .collect();
+        seg_seqs.sort_unstable();
+        seg_seqs.dedup();
+        // A running log's active segment is never uploaded: a log whose newest segment
+        // is in object storage (adopted) starts a new one after it.
+        let next = match seg_seqs.last() {
+            None => Some(meta.retained_from),
+            Some(last) => remote_segs.get(last).map(|s| s.last_seq + 1),
+        };
+        if let Some(next) = next
+            && meta.completion.is_none()
+        {
+            create_segment(&dir, next)?;
+            seg_seqs.push(next);
         }
+        let is_local =
+            |first: &u64| local_seqs.binary_search(first).is_ok() || next == Some(*first);
         let mut segments = Vec::with_capacity(seg_seqs.len());
         let mut writer = None;
         let anchor = if meta.retained_from > 1 {
@@ -217,18 +260,35 @@ impl DeploymentLog {
         let mut last_ts = 0;
         for (i, &first) in seg_seqs.iter().enumerate() {
             let active = i + 1 == seg_seqs.len() && meta.completion.is_none();
-            let (view, w) = if active {
+            let remote = remote_segs.get(&first).cloned();
+            let (mut view, w) = if active {
                 let (view, w) = recover_active(&dir, first, &cfg, hooks.clock.now())?;
                 (view, Some(w))
-            } else {
+            } else if is_local(&first) {
                 (open_sealed(&dir, first)?, None)
+            } else {
+                let r = remote.as_ref().expect("a segment is local or remote");
+                (
+                    offload::open_remote(&id, &dir, r, tiering.as_deref())?,
+                    None,
+                )
             };
+            view.remote = remote;
             if let Some(idx) = view.index.as_ref().and_then(|i| i.last()) {
                 max_ts_cum = max_ts_cum.max(idx.max_ts_cum);
             }
             max_ts_cum = max_ts_cum.max(view.max_ts);
             if view.last_seq >= view.first_seq {
-                let (hash, ts) = last_block_hash(&dir, &view)?;
+                let (hash, ts) = match (&view.remote, view.local) {
+                    (Some(r), false) => (
+                        meta::unhex(&r.last_hash).ok_or_else(|| StoreError::Corrupt {
+                            path: dir.join(offload::REMOTE_FILE),
+                            reason: format!("bad last_hash of segment {}", r.first_seq),
+                        })?,
+                        r.last_ts,
+                    ),
+                    _ => last_block_hash(&dir, &view)?,
+                };
                 last_hash = hash;
                 last_ts = ts;
             }
@@ -266,6 +326,8 @@ impl DeploymentLog {
             }),
             index_cache: Mutex::new(Vec::new()),
             catalog: None,
+            tiering,
+            remote_state: Mutex::new(manifest),
         }))
     }
 

@@ -12,8 +12,14 @@ use super::segment::{load_index, read_block};
 use super::{DeploymentLog, Direction, Page, SegmentView};
 use crate::StoreError;
 use crate::format::{self, IndexEntry};
+use crate::remote::RemoteSegment;
 
 const INDEX_CACHE: usize = 4;
+
+enum Source {
+    Local(File),
+    Remote(Arc<RemoteSegment>),
+}
 
 impl DeploymentLog {
     /// Reads one page. Forward: lines with seq > `from`; backward: lines with seq < `from`
@@ -36,7 +42,7 @@ impl DeploymentLog {
             ..Page::default()
         };
         let mut budget = self.cfg.scan_budget;
-        let mut files: Option<(u64, File)> = None;
+        let mut files: Option<(u64, Source)> = None;
         let order: Vec<&SegmentView> = match dir {
             Direction::Forward => segments
                 .iter()
@@ -87,19 +93,17 @@ impl DeploymentLog {
                 let block = if skip {
                     None
                 } else {
-                    let file = match &files {
-                        Some((first, f)) if *first == seg.first_seq => f,
-                        _ => {
-                            let path = self
-                                .dir
-                                .join(format::segment_file_name(seg.first_seq, "seg"));
-                            let f = File::open(&path).map_err(|e| {
-                                StoreError::io(format!("opening {}", path.display()), e)
-                            })?;
-                            &files.insert((seg.first_seq, f)).1
-                        }
-                    };
-                    Some(read_block(file, e, &self.dir, seg.first_seq)?)
+                    if files
+                        .as_ref()
+                        .is_none_or(|(first, _)| *first != seg.first_seq)
+                    {
+                        files = Some((seg.first_seq, self.source(seg)?));
+                    }
+                    Some(match &files {
+                        Some((_, Source::Local(f))) => read_block(f, e, &self.dir, seg.first_seq)?,
+                        Some((_, Source::Remote(r))) => self.remote_block(r, e)?,
+                        None => unreachable!("set above"),
+                    })
                 };
                 let records = match block {
                     Some((h, bytes))
@@ -155,6 +159,38 @@ impl DeploymentLog {
             page.scanned_to = page.scanned_to.max(durable);
         }
         Ok(page)
+    }
+
+    /// Where a segment's blocks are read from: its local file (a read of a sealed one
+    /// moves it back in the eviction order), else object storage.
+    fn source(&self, seg: &SegmentView) -> Result<Source, StoreError> {
+        if seg.local {
+            let path = self
+                .dir
+                .join(format::segment_file_name(seg.first_seq, "seg"));
+            match File::open(&path) {
+                Ok(f) => {
+                    if let Some(t) = &self.tiering
+                        && seg.remote.is_some()
+                    {
+                        t.touch(&self.id, seg.first_seq, self.hooks.clock.now());
+                    }
+                    return Ok(Source::Local(f));
+                }
+                // Evicted since the snapshot: object storage has it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
+            }
+        }
+        let remote = seg.remote.clone().or_else(|| self.remote_of(seg.first_seq));
+        remote
+            .map(Source::Remote)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self
+                    .dir
+                    .join(format::segment_file_name(seg.first_seq, "seg")),
+                reason: "segment file missing and not in object storage".into(),
+            })
     }
 
     fn segment_index(&self, seg: &SegmentView) -> Result<Arc<Vec<IndexEntry>>, StoreError> {

@@ -2,10 +2,10 @@
 //! the cutoff. The retention anchor (first kept seq, and the hash the first kept block
 //! chains to) is written to `meta.json` before any file is deleted.
 
-use std::fs::{self, File};
+use std::fs;
 
 use super::DeploymentLog;
-use super::segment::{last_block_hash, load_index, read_block};
+use super::segment::{last_block_hash, load_index};
 use crate::StoreError;
 use crate::format;
 use crate::meta::{self, MetaFile};
@@ -44,15 +44,18 @@ impl DeploymentLog {
                         .ok_or(StoreError::NotFound)
                 })?;
                 let e = first.first().ok_or(StoreError::NotFound)?;
-                let file = File::open(self.dir.join(format::segment_file_name(s.first_seq, "seg")))
-                    .map_err(|e| StoreError::io("opening segment", e))?;
-                let (h, _) = read_block(&file, e, &self.dir, s.first_seq)?;
+                let (h, _) = self.any_block(s, e)?;
                 meta::hex(&h.prev_hash)
             }
-            _ => {
-                let (hash, _) = last_block_hash(&self.dir, &view.segments[expired - 1])?;
-                meta::hex(&hash)
-            }
+            _ => match &view.segments[expired - 1] {
+                s if !s.local && s.remote.is_some() => {
+                    s.remote.as_ref().expect("checked").last_hash.clone()
+                }
+                s => {
+                    let (hash, _) = last_block_hash(&self.dir, s)?;
+                    meta::hex(&hash)
+                }
+            },
         };
         let mut meta = view.meta.clone();
         meta.retained_from = next_from;
@@ -66,6 +69,14 @@ impl DeploymentLog {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(StoreError::io(format!("deleting {}", p.display()), e)),
+                }
+            }
+            if let Some(t) = &self.tiering {
+                if !s.local {
+                    t.remote_only_bytes
+                        .fetch_sub(s.bytes, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    t.remove_cached(&self.id, s.first_seq);
                 }
             }
             deleted.push((s.first_seq, s.last_seq, s.bytes));

@@ -79,7 +79,7 @@ pub(super) fn read_block(
 }
 
 /// Reads one block at `offset` from a segment file of length `len` (for scans).
-pub(crate) fn scan_block(
+pub(super) fn scan_block(
     file: &File,
     offset: u64,
     len: u64,
@@ -172,7 +172,7 @@ pub(super) fn open_sealed(dir: &Path, first_seq: u64) -> Result<SegmentView, Sto
     Ok(view_of(first_seq, len, &entries, None))
 }
 
-fn view_of(
+pub(super) fn view_of(
     first_seq: u64,
     len: u64,
     entries: &[IndexEntry],
@@ -186,10 +186,16 @@ fn view_of(
         min_ts: entries.iter().map(|e| e.min_ts).min().unwrap_or(i64::MAX),
         last_written_at: entries.last().map_or(0, |e| e.written_at),
         index,
+        remote: None,
+        local: true,
     }
 }
 
-fn write_index(dir: &Path, first_seq: u64, entries: &[IndexEntry]) -> Result<(), StoreError> {
+pub(super) fn write_index(
+    dir: &Path,
+    first_seq: u64,
+    entries: &[IndexEntry],
+) -> Result<(), StoreError> {
     let path = dir.join(format::segment_file_name(first_seq, "idx"));
     let bytes: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
     fs::write(&path, bytes).map_err(|e| StoreError::io(format!("writing {}", path.display()), e))

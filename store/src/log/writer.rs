@@ -430,7 +430,13 @@ impl DeploymentLog {
             min_ts: i64::MAX,
             last_written_at: now,
             index: Some(Arc::new(Vec::new())),
+            remote: None,
+            local: true,
         });
+        drop(view);
+        if let Some(t) = &self.tiering {
+            t.mark_pending(&self.id);
+        }
         Ok(())
     }
 
@@ -477,6 +483,9 @@ impl DeploymentLog {
         drop(view);
         self.hooks.listener.completed(&self.id, &completion);
         self.catalog_update();
+        if let Some(t) = &self.tiering {
+            t.mark_pending(&self.id);
+        }
         Ok(completion)
     }
 }
