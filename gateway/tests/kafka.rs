@@ -13,7 +13,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use logstream_gateway::auth::{Authenticator, Scope};
-use logstream_gateway::testkit::{Broker, client};
+use logstream_gateway::testkit::{Broker, S3Server, client};
 use serde_json::{Value, json};
 
 mod common;
@@ -494,4 +494,95 @@ async fn bad_kafka_settings_fail_at_start_naming_the_setting() {
     ))
     .await;
     assert!(err.contains("kafka.sasl_password_file"), "{err}");
+}
+
+/// With object storage, a replica that takes a partition over adopts its deployments'
+/// uploaded segments from the manifests: it serves their earlier lines from object
+/// storage (no shared volume, nothing re-stored from the topic) and continues the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_over_reads_earlier_segments_from_object_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start().await;
+    let s3 = S3Server::start("logs").await;
+    let cluster = Cluster::new(tmp.path(), broker.port, 2);
+    let objects = format!(
+        "\n{}",
+        s3.config("k", "local_cache_bytes = 1\nupload_interval = \"100ms\"")
+    );
+    let a = Proc::start(&cluster.args(0, &objects)).await;
+    cluster.until_balanced(&[0]).await;
+    let token = cluster.token();
+    let (done, running) = ("build-done", "build-running");
+    for batch in 0..20u64 {
+        let from = batch as usize * 500;
+        push(&a.http, &token, done, batch + 1, from, from + 500).await;
+        push(&a.http, &token, running, batch + 1, from, from + 500).await;
+    }
+    complete(&a.http, &token, done).await;
+    // The completed log is sealed, uploaded and evicted on A (the running one's active
+    // segment stays local).
+    a.until_metric("logstream_offload_evicted_segments_total", 1.0)
+        .await;
+    let before = get_json(
+        &format!("{}/v1/deployments/{done}/logs?limit=5000", a.http),
+        &token,
+    )
+    .await;
+    assert_eq!(before["lines"].as_array().unwrap().len(), 5000);
+    a.stop().await;
+
+    let b = Proc::start(&cluster.args(1, &objects)).await;
+    cluster.until_balanced(&[1]).await;
+    // B serves the completed deployment's lines from object storage, the same lines.
+    let mut after = Value::Null;
+    for _ in 0..300 {
+        let r = client()
+            .get(format!("{}/v1/deployments/{done}/logs?limit=5000", b.http))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            after = r.json().await.unwrap();
+            if after["lines"].as_array().is_some_and(|l| l.len() == 5000) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let strip = |v: &Value| -> Vec<(u64, String)> {
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["seq"].as_u64().unwrap(), l["message"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    assert_eq!(strip(&before), strip(&after));
+    let status = get_json(&format!("{}/v1/deployments/{done}", b.http), &token).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let dir = cluster.replicas[1]
+        .dir
+        .join(format!("store/tenants/acme/deployments/{done}"));
+    let segs = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+        .count();
+    assert_eq!(segs, 0, "B adopted the segments, it did not rebuild them");
+    assert!(b.metric("logstream_offload_remote_reads_total").await > 0.0);
+    // The running deployment continues on B after the lines A had: no gap, no duplicate.
+    push(&b.http, &token, running, 21, 10_000, 10_100).await;
+    let seqs: Vec<u64> = get_json(
+        &format!("{}/v1/deployments/{running}/logs?limit=5000&direction=backward", b.http),
+        &token,
+    )
+    .await["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.first(), Some(&10_100));
+    assert!(seqs.windows(2).all(|w| w[0] == w[1] + 1));
+    b.stop().await;
 }
