@@ -114,12 +114,13 @@ async fn run(s3: &S3Server, lines: &[String], n: usize) -> Figures {
     let offload_s = t.elapsed().as_secs_f64();
     assert!(pass.error.is_none(), "{:?}", pass.error);
     // The peer: the same bytes as plain PUTs.
-    let segs: Vec<Vec<u8>> = std::fs::read_dir(tmp.path().join("store/tenants/bench/deployments/big"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
+    let segs: Vec<Vec<u8>> =
+        std::fs::read_dir(tmp.path().join("store/tenants/bench/deployments/big"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
     let t = Instant::now();
     tokio::task::block_in_place(|| {
         for (i, s) in segs.iter().enumerate() {

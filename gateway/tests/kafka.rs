@@ -555,7 +555,12 @@ async fn a_replica_taking_over_reads_earlier_segments_from_object_storage() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| (l["seq"].as_u64().unwrap(), l["message"].as_str().unwrap().to_owned()))
+            .map(|l| {
+                (
+                    l["seq"].as_u64().unwrap(),
+                    l["message"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     };
     assert_eq!(strip(&before), strip(&after));
@@ -566,14 +571,23 @@ async fn a_replica_taking_over_reads_earlier_segments_from_object_storage() {
         .join(format!("store/tenants/acme/deployments/{done}"));
     let segs = std::fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
         .count();
     assert_eq!(segs, 0, "B adopted the segments, it did not rebuild them");
     assert!(b.metric("logstream_offload_remote_reads_total").await > 0.0);
     // The running deployment continues on B after the lines A had: no gap, no duplicate.
     push(&b.http, &token, running, 21, 10_000, 10_100).await;
     let seqs: Vec<u64> = get_json(
-        &format!("{}/v1/deployments/{running}/logs?limit=5000&direction=backward", b.http),
+        &format!(
+            "{}/v1/deployments/{running}/logs?limit=5000&direction=backward",
+            b.http
+        ),
         &token,
     )
     .await["lines"]
