@@ -105,7 +105,7 @@ mod tests {
         ] {
             assert!(!is_retryable(c), "{c:?}");
         }
-        assert_eq!(RETRYABLE_CODES.len(), 11);
+        assert_eq!(RETRYABLE_CODES.len(), 12);
     }
 
     #[test]

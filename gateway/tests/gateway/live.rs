@@ -364,9 +364,10 @@ async fn a_deployment_nobody_completes_times_out_and_its_viewers_end() {
     let gw = Arc::new(TestGateway::start_with(tmp.path(), config).await);
     let token = gw.rw();
     let beta = gw.token("beta", &[Scope::Read, Scope::Write]);
+    // The timeout counts from the last write: take the clock before it.
+    let started = std::time::Instant::now();
     gw.push(&token, "abandoned", &lines("x", 0..3)).await;
     gw.push(&beta, "abandoned", &lines("y", 0..3)).await;
-    let started = std::time::Instant::now();
     let mut events =
         logstream_gateway::testkit::sse_events(&gw.http, &token, "abandoned", "").await;
     // A runner that keeps writing keeps its deployment open.
