@@ -110,7 +110,7 @@ async fn run(s3: &S3Server, lines: &[String], n: usize) -> Figures {
     let local = tokio::task::block_in_place(|| pages(&store, &id, 7 + n as u64));
 
     let t = Instant::now();
-    let pass = tokio::task::block_in_place(|| store.offload());
+    let pass = tokio::task::block_in_place(|| store.offload(|_| true));
     let offload_s = t.elapsed().as_secs_f64();
     assert!(pass.error.is_none(), "{:?}", pass.error);
     // The peer: the same bytes as plain PUTs.

@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use logstream_model::config::ObjectStoreConfig;
 use logstream_store::{Remote, RemoteError, RemoteObject};
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 /// Objects above this size go up in parts (S3 takes one PUT up to 5 GiB, but a part
 /// that fails is retried alone).
@@ -200,10 +200,25 @@ impl Remote for ObjectStorage {
             if data.len() <= MULTIPART_ABOVE {
                 store.put(&path, PutPayload::from(data)).await?;
             } else {
-                let upload = store.put_multipart(&path).await?;
-                let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-                w.put(data);
-                w.finish().await?;
+                // Parts one by one; a failure aborts the upload, so no incomplete
+                // multipart upload (invisible to listings, still billed) is left.
+                let mut upload = store.put_multipart(&path).await?;
+                let mut parts = Ok(());
+                for start in (0..data.len()).step_by(PART) {
+                    let part = data.slice(start..(start + PART).min(data.len()));
+                    if let Err(e) = upload.put_part(PutPayload::from(part)).await {
+                        parts = Err(e);
+                        break;
+                    }
+                }
+                let done = match parts {
+                    Ok(()) => upload.complete().await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
             }
             Ok(())
         })

@@ -184,7 +184,7 @@ async fn offload_loop(state: Arc<Gateway>) {
         let budget = cfg.local_cache_bytes;
         let grace = cfg.orphan_grace();
         let result = tokio::task::spawn_blocking(move || {
-            let pass = s.store.offload();
+            let pass = s.store.offload(|id| s.check_owner(id).is_ok());
             s.store.evict(budget);
             let swept = sweep.then(|| s.store.sweep(grace));
             (pass, swept)

@@ -260,7 +260,9 @@ pub struct ObjectStoreConfig {
     /// An unreferenced object younger than this is left alone (its upload may still be
     /// running). Default: `1h`.
     pub orphan_grace: String,
-    /// Timeout of one request to object storage. Default: `30s`.
+    /// Timeout of one whole request to object storage, body included: it must cover
+    /// moving one segment (`segment_bytes`; 64 MiB in 30 s needs 2.2 MB/s). Default:
+    /// `30s`.
     pub request_timeout: String,
 }
 

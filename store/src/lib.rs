@@ -609,6 +609,8 @@ impl Store {
     pub fn expire(&self, retention: impl Fn(&str) -> Duration) -> Result<Vec<Expired>, StoreError> {
         let now = self.hooks.clock.now();
         let mut out = Vec::new();
+        // The offloader's byte counts are settled before retention changes them.
+        self.scan_before_expire()?;
         for tenant in self.tenants()? {
             let cutoff = now.saturating_sub(retention(&tenant).as_nanos() as i64);
             // A segment expires when its last write is older than the cutoff, so only
@@ -619,7 +621,14 @@ impl Store {
                 let Some(log) = self.log(&id, false)? else {
                     continue;
                 };
-                let expired = log.expire(cutoff)?;
+                let expired = match log.expire(cutoff) {
+                    Ok(e) => e,
+                    // One log that cannot be trimmed now does not stop the others.
+                    Err(e) => {
+                        tracing::warn!(log = %id, error = %e, "retention of this log failed; retried at the next pass");
+                        continue;
+                    }
+                };
                 for &(first_seq, last_seq, bytes) in &expired {
                     out.push(Expired {
                         log: id.clone(),

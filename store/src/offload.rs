@@ -36,23 +36,28 @@ impl Store {
 
     /// Uploads every sealed segment not yet in object storage (the first pass scans
     /// every log's directory for them; later passes take the logs that sealed one).
-    pub fn offload(&self) -> OffloadPass {
+    ///
+    /// `owns` says whether this replica serves a deployment now (Kafka mode): a log of
+    /// a partition that moved away is left to its new owner.
+    pub fn offload(&self, owns: impl Fn(&DeploymentId) -> bool) -> OffloadPass {
         let mut pass = OffloadPass::default();
         let Some(t) = &self.tiering else {
             return pass;
         };
         let _one = t.pass.lock();
-        if !t.scanned.swap(true, Ordering::AcqRel)
-            && let Err(e) = self.scan(t)
-        {
-            t.scanned.store(false, Ordering::Release);
+        if let Err(e) = self.ensure_scanned(t) {
             pass.error = Some(format!("scanning the store for segments to upload: {e}"));
             t.failing.store(true, Ordering::Relaxed);
             return pass;
         }
-        let now = self.hooks.clock.now();
         let mut pending = t.take_pending().into_iter();
         for id in pending.by_ref() {
+            if !owns(&id) {
+                // Kafka mode: not served here now (moved, or still catching up): its
+                // owner uploads it; looked at again next pass.
+                t.mark_pending(&id);
+                continue;
+            }
             let log = match self.log(&id, false) {
                 Ok(Some(log)) => log,
                 Ok(None) => continue,
@@ -64,8 +69,7 @@ impl Store {
             };
             match log.offload() {
                 Ok(o) => {
-                    for (first, bytes) in o.uploaded {
-                        t.add_cached(&id, first, bytes, now);
+                    for (_, bytes) in o.uploaded {
                         pass.uploaded += 1;
                         pass.bytes += bytes;
                     }
@@ -90,6 +94,28 @@ impl Store {
         pass
     }
 
+    /// Runs the start-up scan once (under the pass lock), before anything else changes
+    /// the remote byte count.
+    fn ensure_scanned(&self, t: &Tiering) -> Result<(), StoreError> {
+        if t.scanned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.scan(t)?;
+        t.scanned.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Before retention changes anything: the start-up scan.
+    pub(crate) fn scan_before_expire(&self) -> Result<(), StoreError> {
+        match &self.tiering {
+            Some(t) => {
+                let _one = t.pass.lock();
+                self.ensure_scanned(t)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Finds, without opening logs, what the offloader must know after a start:
     /// sealed segments not uploaded, uploaded ones with a local copy (evictable), and
     /// the bytes held only remotely.
@@ -99,11 +125,18 @@ impl Store {
             for d in self.deployments(&tenant)? {
                 let id = DeploymentId::new(tenant.clone(), d);
                 let dir = self.log_dir(&id);
-                let Some(MetaFile::V1(m)) = meta::read_atomic::<MetaFile>(&dir.join("meta.json"))?
-                else {
-                    continue;
+                let (m, manifest) = match (
+                    meta::read_atomic::<MetaFile>(&dir.join("meta.json")),
+                    local_manifest(&dir),
+                ) {
+                    (Ok(Some(MetaFile::V1(m))), Ok(manifest)) => (m, manifest),
+                    (Ok(None), _) => continue,
+                    (Err(e), _) | (_, Err(e)) => {
+                        // One unreadable log must not stop every upload.
+                        tracing::warn!(log = %id, error = %e, "skipping a log the offloader cannot read");
+                        continue;
+                    }
                 };
-                let manifest = local_manifest(&dir)?;
                 let uploaded: BTreeMap<u64, u64> = manifest
                     .iter()
                     .flat_map(|m| &m.segments)

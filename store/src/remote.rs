@@ -84,7 +84,9 @@ pub struct RemoteSegment {
 
 impl RemoteSegment {
     fn stem(&self) -> String {
-        format!("{:020}-{}", self.first_seq, &self.seg_blake3[..16])
+        // A manifest is read from object storage: a short hash must not panic.
+        let h = self.seg_blake3.get(..16).unwrap_or(&self.seg_blake3);
+        format!("{:020}-{h}", self.first_seq)
     }
 
     /// The `.seg` object's key under the deployment's prefix.

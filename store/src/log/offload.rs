@@ -185,9 +185,17 @@ pub(super) fn adopt(id: &DeploymentId, dir: &Path, t: &Tiering) -> Result<(), St
     };
     meta::write_atomic(&dir.join("meta.json"), &MetaFile::V1(meta))?;
     meta::sync_dir(dir.parent().expect("a deployment dir has a parent"))?;
-    let remote_bytes: u64 = m.segments.iter().map(|s| s.bytes).sum();
-    t.remote_only_bytes
-        .fetch_add(remote_bytes, std::sync::atomic::Ordering::Relaxed);
+    // Counted here once the start-up scan ran (before it, the scan counts them).
+    if t.scanned.load(std::sync::atomic::Ordering::Acquire) {
+        let remote_bytes: u64 = m
+            .segments
+            .iter()
+            .filter(|s| s.first_seq >= m.retained_from)
+            .map(|s| s.bytes)
+            .sum();
+        t.remote_only_bytes
+            .fetch_add(remote_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
     tracing::info!(
         log = %id,
         segments = m.segments.len(),
@@ -217,6 +225,10 @@ impl DeploymentLog {
             return Ok(out);
         };
         let mut state = self.remote_state.lock();
+        if !self.dir.join("meta.json").exists() {
+            // Deleted whole (retention) while this pass held it: nothing to describe.
+            return Ok(out);
+        }
         let (segments, meta, steps) = {
             let v = self.view.read();
             (v.segments.clone(), v.meta.clone(), v.steps.clone())
@@ -237,9 +249,15 @@ impl DeploymentLog {
             .iter()
             .map(|(s, b, l)| (s.clone(), (*b, *l)))
             .collect();
+        // The manifest says "completed" only once it names every segment with lines: a
+        // replica adopting it must not take a log for finished that lacks lines.
+        let with_lines = segments[..sealed]
+            .iter()
+            .filter(|s| s.last_seq >= s.first_seq)
+            .count();
         let describe = |m: &mut Manifest, producers: &BTreeMap<String, (u64, u64)>| {
             m.created_at = meta.created_at;
-            m.completion = meta.completion;
+            m.completion = meta.completion.filter(|_| m.segments.len() >= with_lines);
             m.retained_from = meta.retained_from;
             m.retained_prev_hash = meta.retained_prev_hash.clone();
             m.steps = steps.clone();
@@ -288,6 +306,9 @@ impl DeploymentLog {
             {
                 s.remote = Some(r.clone());
             }
+            // Evictable from now on (recorded at once: a later failure in this pass
+            // must not leave it out of the eviction order).
+            t.add_cached(&self.id, r.first_seq, r.bytes, self.hooks.clock.now());
             t.uploaded_segments
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             t.uploaded_bytes
@@ -360,7 +381,12 @@ impl DeploymentLog {
         let mut last_hash = String::new();
         let mut last_ts = 0;
         for (i, e) in entries.iter().enumerate() {
-            let block = &data[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
+            let Some(block) = data.get(e.offset as usize..(e.offset + u64::from(e.len)) as usize)
+            else {
+                return Err(corrupt(format!(
+                    "index entry {i} points past the segment's end; reopen the store to rebuild the index"
+                )));
+            };
             let h = check_block_at(block)
                 .map_err(|r| corrupt(format!("block at offset {}: {r}", e.offset)))?;
             if i + 1 == entries.len() {
@@ -518,16 +544,18 @@ impl DeploymentLog {
         let Some(t) = &self.tiering else {
             return 0;
         };
-        let state = self.remote_state.lock();
-        let Some(m) = state.as_ref() else {
+        let mut state = self.remote_state.lock();
+        let Some(m) = state.take() else {
             return 0;
         };
         let prefix = remote::log_prefix(&self.id);
-        let mut keys = vec![format!("{prefix}{MANIFEST}")];
+        let mut keys = Vec::new();
         for s in &m.segments {
             keys.push(format!("{prefix}{}", s.seg_name()));
             keys.push(format!("{prefix}{}", s.idx_name()));
         }
+        // The manifest last: while it is there, what it names is not an orphan.
+        keys.push(format!("{prefix}{MANIFEST}"));
         let mut deleted = 0;
         for key in keys {
             match t.remote.delete(&key) {

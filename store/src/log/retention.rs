@@ -35,8 +35,14 @@ impl DeploymentLog {
             .get(expired)
             .map(|s| s.first_seq)
             .unwrap_or(view.durable_seq + 1);
-        let anchor = match view.segments.get(expired) {
-            Some(s) if s.last_seq >= s.first_seq => {
+        let anchor = match (
+            view.segments.get(expired),
+            &view.segments[expired - 1].remote,
+        ) {
+            // Uploaded segments carry their last block's hash: no read (and no request
+            // to object storage under the writer lock).
+            (_, Some(r)) => r.last_hash.clone(),
+            (Some(s), None) if s.last_seq >= s.first_seq => {
                 let first = load_index(&self.dir, s.first_seq).or_else(|_| {
                     s.index
                         .as_ref()
@@ -47,15 +53,10 @@ impl DeploymentLog {
                 let (h, _) = self.any_block(s, e)?;
                 meta::hex(&h.prev_hash)
             }
-            _ => match &view.segments[expired - 1] {
-                s if !s.local && s.remote.is_some() => {
-                    s.remote.as_ref().expect("checked").last_hash.clone()
-                }
-                s => {
-                    let (hash, _) = last_block_hash(&self.dir, s)?;
-                    meta::hex(&hash)
-                }
-            },
+            _ => {
+                let (hash, _) = last_block_hash(&self.dir, &view.segments[expired - 1])?;
+                meta::hex(&hash)
+            }
         };
         let mut meta = view.meta.clone();
         meta.retained_from = next_from;
@@ -73,8 +74,11 @@ impl DeploymentLog {
             }
             if let Some(t) = &self.tiering {
                 if !s.local {
-                    t.remote_only_bytes
-                        .fetch_sub(s.bytes, std::sync::atomic::Ordering::Relaxed);
+                    let _ = t.remote_only_bytes.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |v| Some(v.saturating_sub(s.bytes)),
+                    );
                 } else {
                     t.remove_cached(&self.id, s.first_seq);
                 }
