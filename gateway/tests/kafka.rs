@@ -128,14 +128,7 @@ impl Cluster {
     }
 
     fn token(&self) -> String {
-        let key = Authenticator::load_or_create_key(&self.key).unwrap();
-        Authenticator::hs256(&key, None, None).mint(
-            "tester",
-            "acme",
-            &[Scope::Read, Scope::Write],
-            Duration::from_secs(600),
-            None,
-        )
+        common::mint(&self.key, &[Scope::Read, Scope::Write])
     }
 
     /// Waits until the running replicas `up` serve all 4 partitions between them (each
@@ -181,17 +174,7 @@ async fn history(url: &str, token: &str, id: &str) -> Vec<(u64, String)> {
             .unwrap();
         if r.status() == 200 {
             let v: Value = r.json().await.unwrap();
-            return v["lines"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| {
-                    (
-                        l["seq"].as_u64().unwrap(),
-                        l["message"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect();
+            return common::seq_messages(&v);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -550,20 +533,7 @@ async fn a_replica_taking_over_reads_earlier_segments_from_object_storage() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let strip = |v: &Value| -> Vec<(u64, String)> {
-        v["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l["seq"].as_u64().unwrap(),
-                    l["message"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
-    assert_eq!(strip(&before), strip(&after));
+    assert_eq!(common::seq_messages(&before), common::seq_messages(&after));
     let status = get_json(&format!("{}/v1/deployments/{done}", b.http), &token).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let dir = cluster.replicas[1]

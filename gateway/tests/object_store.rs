@@ -67,14 +67,7 @@ impl Node {
     }
 
     fn token(&self) -> String {
-        let key = Authenticator::load_or_create_key(&self.key).unwrap();
-        Authenticator::hs256(&key, None, None).mint(
-            "tester",
-            "acme",
-            &[Scope::Read, Scope::Write, Scope::Export],
-            Duration::from_secs(3600),
-            None,
-        )
+        common::mint(&self.key, &[Scope::Read, Scope::Write, Scope::Export])
     }
 
     fn log_dir(&self, id: &str) -> PathBuf {

@@ -191,6 +191,34 @@ async fn follow_sse_opened(
     }
 }
 
+/// A token for tenant `acme` signed with the key in `key` (created if missing).
+pub fn mint(key: &std::path::Path, scopes: &[logstream_gateway::auth::Scope]) -> String {
+    use logstream_gateway::auth::Authenticator;
+    let key = Authenticator::load_or_create_key(key).unwrap();
+    Authenticator::hs256(&key, None, None).mint(
+        "tester",
+        "acme",
+        scopes,
+        Duration::from_secs(3600),
+        None,
+    )
+}
+
+/// (seq, message) of every line of a history page.
+pub fn seq_messages(page: &Value) -> Vec<(u64, String)> {
+    page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_u64().unwrap(),
+                l["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 pub async fn complete(store: &str, token: &str, id: &str) {
     let r = client()
         .post(format!("{store}/v1/deployments/{id}/complete"))
