@@ -179,7 +179,7 @@ impl Store {
                         continue;
                     }
                     match uploaded.get(&first) {
-                        Some(&bytes) if bytes == len => t.add_cached(&id, first, len, read_at),
+                        Some(&bytes) if bytes == len => t.add_cached(&id, first, read_at),
                         _ if len > format::SEGMENT_HEADER_LEN => pending = true,
                         _ => {}
                     }
@@ -214,7 +214,7 @@ impl Store {
         };
         let mut local = self.local_bytes(t);
         let mut evicted = 0;
-        for (id, first, _) in t.eviction_order() {
+        for (id, first) in t.eviction_order() {
             if local <= budget {
                 break;
             }

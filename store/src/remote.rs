@@ -129,13 +129,6 @@ pub fn log_prefix(id: &DeploymentId) -> String {
 
 pub const MANIFEST: &str = "manifest.json";
 
-/// A sealed segment whose local copy may be evicted (it is uploaded).
-#[derive(Debug, Clone, Copy)]
-struct Cached {
-    bytes: u64,
-    read_at: i64,
-}
-
 /// Counters and state of the offloader, for metrics and status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TierStats {
@@ -166,7 +159,8 @@ pub struct Tiering {
     /// (Kafka mode: a replica taking a partition over).
     pub(crate) adopt: bool,
     pending: Mutex<BTreeSet<DeploymentId>>,
-    cached: Mutex<HashMap<DeploymentId, BTreeMap<u64, Cached>>>,
+    /// Uploaded segments with a local copy (evictable): first seq -> last read (ns).
+    cached: Mutex<HashMap<DeploymentId, BTreeMap<u64, i64>>>,
     /// One upload pass or sweep at a time.
     pub(crate) pass: Mutex<()>,
     /// Keys being uploaded right now (the sweep leaves them alone).
@@ -223,12 +217,12 @@ impl Tiering {
     }
 
     /// An uploaded segment whose local copy exists.
-    pub(crate) fn add_cached(&self, id: &DeploymentId, first_seq: u64, bytes: u64, read_at: i64) {
+    pub(crate) fn add_cached(&self, id: &DeploymentId, first_seq: u64, read_at: i64) {
         self.cached
             .lock()
             .entry(id.clone())
             .or_default()
-            .insert(first_seq, Cached { bytes, read_at });
+            .insert(first_seq, read_at);
     }
 
     pub(crate) fn remove_cached(&self, id: &DeploymentId, first_seq: u64) -> bool {
@@ -256,22 +250,22 @@ impl Tiering {
             .get_mut(id)
             .and_then(|s| s.get_mut(&first_seq))
         {
-            c.read_at = now;
+            *c = now;
         }
     }
 
-    /// Cached segments, least recently read first.
-    pub(crate) fn eviction_order(&self) -> Vec<(DeploymentId, u64, u64)> {
+    /// Cached segments (log, first seq), least recently read first.
+    pub(crate) fn eviction_order(&self) -> Vec<(DeploymentId, u64)> {
         let cached = self.cached.lock();
-        let mut all: Vec<(i64, DeploymentId, u64, u64)> = cached
+        let mut all: Vec<(i64, DeploymentId, u64)> = cached
             .iter()
             .flat_map(|(id, segs)| {
                 segs.iter()
-                    .map(move |(first, c)| (c.read_at, id.clone(), *first, c.bytes))
+                    .map(move |(first, read_at)| (*read_at, id.clone(), *first))
             })
             .collect();
-        all.sort_unstable_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
-        all.into_iter().map(|(_, id, f, b)| (id, f, b)).collect()
+        all.sort_unstable();
+        all.into_iter().map(|(_, id, f)| (id, f)).collect()
     }
 
     pub(crate) fn count_remote_read(&self, bytes: usize) {

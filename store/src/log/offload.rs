@@ -308,7 +308,7 @@ impl DeploymentLog {
             }
             // Evictable from now on (recorded at once: a later failure in this pass
             // must not leave it out of the eviction order).
-            t.add_cached(&self.id, r.first_seq, r.bytes, self.hooks.clock.now());
+            t.add_cached(&self.id, r.first_seq, self.hooks.clock.now());
             t.uploaded_segments
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             t.uploaded_bytes
