@@ -28,3 +28,4 @@ pub mod server;
 pub use logstream_store as store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod ui;

@@ -134,6 +134,28 @@ pub fn read_params(
     })
 }
 
+/// History's `at`: a page starting at line number (seq) N, that line included (forward:
+/// N and after; backward: N and before). How a viewer opens a deep link or jumps to any
+/// point of a long log without walking cursors. Exclusive with `cursor`.
+pub fn line_number(q: &HashMap<String, String>, has_cursor: bool) -> Result<Option<u64>> {
+    let Some(raw) = q.get("at") else {
+        return Ok(None);
+    };
+    if has_cursor {
+        return Err(Error::invalid(
+            "invalid_at",
+            "at and cursor both given; send one: at=N starts at line N, cursor resumes after a line",
+        ));
+    }
+    match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(Error::invalid(
+            "invalid_at",
+            format!("at {raw:?} must be a line number, 1 or more"),
+        )),
+    }
+}
+
 /// Runs a store call on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,

@@ -105,6 +105,7 @@ fn router(edge: &Arc<Edge>) -> axum::Router {
         .route("/readyz", axum::routing::get(super::proxy::readyz))
         .route("/metrics", axum::routing::get(metrics))
         .route("/v1/deployments/{id}/stream", axum::routing::get(stream))
+        .merge(crate::ui::routes())
         .fallback(super::proxy::forward)
         .with_state(edge.clone())
 }

@@ -150,6 +150,7 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(crate::ui::routes())
         .fallback(|| async {
             Error::new(
                 ErrorKind::NotFound,
@@ -953,13 +954,16 @@ async fn history(
 ) -> Result<Response> {
     let lid = access::deployment(&p, &id, Scope::Read)?;
     let mut allowed = read::FILTERS.to_vec();
-    allowed.extend(["cursor", "limit", "direction"]);
+    allowed.extend(["cursor", "limit", "direction", "at"]);
     let rp = read::read_params(&q, &lid, &allowed)?;
+    let at = read::line_number(&q, rp.cursor.is_some())?;
     let log = s.existing_log(&lid).await?;
-    let from = match (rp.cursor, rp.direction) {
-        (Some(c), _) => c.seq,
-        (None, Direction::Forward) => 0,
-        (None, Direction::Backward) => u64::MAX,
+    let from = match (rp.cursor, at, rp.direction) {
+        (Some(c), _, _) => c.seq,
+        (None, Some(n), Direction::Forward) => n - 1,
+        (None, Some(n), Direction::Backward) => n.saturating_add(1),
+        (None, None, Direction::Forward) => 0,
+        (None, None, Direction::Backward) => u64::MAX,
     };
     let (l2, filter, limit, dir) = (log.clone(), rp.filter, rp.limit, rp.direction);
     let page = read::blocking(move || l2.read(dir, from, &filter, limit)).await?;

@@ -41,6 +41,10 @@ pub(super) struct PageQuery {
     limit: Option<u32>,
     /// `forward` (default) or `backward` (newest first).
     direction: Option<String>,
+    /// Start at this line number (seq), that line included: forward from it, or backward
+    /// from it. Not with `cursor`. How a viewer opens a link to line N.
+    #[param(minimum = 1)]
+    at: Option<u64>,
 }
 
 /// Where a viewer starts.

@@ -1,0 +1,168 @@
+// The HTTP API as the UI uses it: the token (session storage, always sent as a header,
+// never put in a URL), JSON calls with the API's error bodies turned into ApiError, and
+// server-sent events read through fetch streaming (EventSource cannot send headers).
+
+const TOKEN_KEY = 'logstream.token';
+
+/** Takes `token=...` out of the URL fragment (on any route) into session storage and
+ * removes it from the address bar; the rest of the fragment (`L12`) is kept. */
+export function takeTokenFromFragment() {
+  const hash = location.hash.replace(/^#/, '');
+  if (!hash) return;
+  const parts = hash.split('&');
+  const rest = [];
+  let found = null;
+  for (const p of parts) {
+    if (p.startsWith('token=')) found = decodeURIComponent(p.slice(6));
+    else if (p) rest.push(p);
+  }
+  if (found === null) return;
+  if (found) sessionStorage.setItem(TOKEN_KEY, found);
+  const url = location.pathname + location.search + (rest.length ? '#' + rest.join('&') : '');
+  history.replaceState(history.state, '', url);
+}
+
+export const token = () => sessionStorage.getItem(TOKEN_KEY);
+export const setToken = (t) => sessionStorage.setItem(TOKEN_KEY, t.trim());
+export const clearToken = () => sessionStorage.removeItem(TOKEN_KEY);
+
+/** An answer that was not 2xx, with the API's `{"error":{"code","message"}}`. */
+export class ApiError extends Error {
+  constructor(status, code, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+function url(path, params) {
+  const u = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params || {})) {
+    if (v !== undefined && v !== null && v !== '') u.searchParams.set(k, String(v));
+  }
+  return u;
+}
+
+function headers(extra) {
+  const h = new Headers(extra || {});
+  const t = token();
+  if (t) h.set('Authorization', 'Bearer ' + t);
+  return h;
+}
+
+async function failure(resp) {
+  let code = 'http_' + resp.status;
+  let message = resp.statusText || 'request failed';
+  try {
+    const body = await resp.json();
+    if (body && body.error) ({ code, message } = body.error);
+  } catch (_) { /* not JSON: keep the status line */ }
+  const ra = Number(resp.headers.get('Retry-After'));
+  return new ApiError(resp.status, code, message, Number.isFinite(ra) && ra > 0 ? ra : undefined);
+}
+
+/** A network failure (the gateway did not answer), as an ApiError with status 0. */
+function unreachable(e) {
+  if (e && e.name === 'AbortError') throw e;
+  return new ApiError(0, 'unreachable', 'the gateway did not answer (' + (e && e.message || e) + ')');
+}
+
+/** GET (or `method`) `path` with query `params`; resolves to the JSON body. */
+export async function api(path, { params, signal, method = 'GET', body } = {}) {
+  let resp;
+  try {
+    resp = await fetch(url(path, params), {
+      method,
+      signal,
+      headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw unreachable(e);
+  }
+  if (!resp.ok) throw await failure(resp);
+  return resp.json();
+}
+
+/**
+ * Reads a server-sent event stream at `path`, calling `onEvent({event, data, id})` for
+ * each event, until the stream ends (resolves) or fails (rejects with ApiError).
+ * `lastEventId` resumes it. Comments (heartbeats) are skipped.
+ */
+export async function sse(path, { params, signal, lastEventId, onOpen, onEvent }) {
+  const h = headers({ Accept: 'text/event-stream' });
+  if (lastEventId) h.set('Last-Event-ID', lastEventId);
+  let resp;
+  try {
+    resp = await fetch(url(path, params), { headers: h, signal, cache: 'no-store' });
+  } catch (e) {
+    throw unreachable(e);
+  }
+  if (!resp.ok) throw await failure(resp);
+  if (onOpen) onOpen();
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  let event = 'message';
+  let data = [];
+  let id = null;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw unreachable(e);
+    }
+    if (chunk.done) return;
+    buf += chunk.value;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      let line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (line.endsWith('\r')) line = line.slice(0, -1);
+      if (line === '') {
+        if (data.length) onEvent({ event, data: data.join('\n'), id });
+        event = 'message';
+        data = [];
+        id = null;
+        continue;
+      }
+      if (line.startsWith(':')) continue;
+      const c = line.indexOf(':');
+      const field = c < 0 ? line : line.slice(0, c);
+      let value = c < 0 ? '' : line.slice(c + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'event') event = value;
+      else if (field === 'data') data.push(value);
+      else if (field === 'id') id = value;
+    }
+  }
+}
+
+/** Downloads `path` (with the token in a header) as a file named `filename`. */
+export async function download(path, params, filename) {
+  let resp;
+  try {
+    resp = await fetch(url(path, params), { headers: headers(), cache: 'no-store' });
+  } catch (e) {
+    throw unreachable(e);
+  }
+  if (!resp.ok) throw await failure(resp);
+  const blob = await resp.blob();
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+}
+
+/** Waits `ms`, or rejects when `signal` aborts. */
+export function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    if (signal) signal.addEventListener('abort', () => { clearTimeout(t); reject(new DOMException('aborted', 'AbortError')); }, { once: true });
+  });
+}
