@@ -187,6 +187,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!(
             "logstream gateway ready (role {})\n  HTTP http://{http}   gRPC {grpc}   data {}\n\n\
              A token for tenant \"dev\" (logs:read, logs:write, logs:export; valid 24h):\n  export LOGSTREAM_TOKEN={token}\n\n\
+             Open the web UI (the token stays in the tab, not in the address bar):\n  http://{http}/#token={token}\n\n\
              Push a line:\n  echo 'hello from logstream' | curl -sS -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Content-Type: text/plain' --data-binary @- http://{http}/v1/deployments/demo/logs\n\n\
              Tail it live (Ctrl+C to stop):\n  curl -N -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Accept: text/event-stream' http://{http}/v1/deployments/demo/stream\n\n\
              Finish the deployment (live viewers get `end`):\n  curl -sS -H \"Authorization: Bearer $LOGSTREAM_TOKEN\" -H 'Content-Type: application/json' -d '{{\"status\":\"succeeded\",\"exit_code\":0}}' http://{http}/v1/deployments/demo/complete\n",

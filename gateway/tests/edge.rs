@@ -68,6 +68,16 @@ async fn an_edge_forwards_ingest_history_sse_and_websocket_to_its_store() {
     let (edge, _stop) = start_edge(&store).await;
     let http = reqwest::Client::new();
 
+    // The web UI is the edge's own (viewers open it there), with its policy.
+    for path in ["/", "/deployments/x", "/ui/log.js"] {
+        let r = http.get(format!("{edge}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            r.headers().contains_key("content-security-policy"),
+            "{path}"
+        );
+    }
+
     // Ingest through the edge.
     let body: String = (0..100)
         .map(|i| json!({"message": format!("line {i}")}).to_string() + "\n")

@@ -112,6 +112,7 @@ export class SeqCache {
     this.id = id;
     this.pages = new Map(); // page number -> Array(PAGE) of lines (holes: not stored)
     this.loading = new Set();
+    this.complete = new Set(); // pages read whole from the server (live lines add to them)
     this.used = new Map(); // page number -> last use (a counter)
     this.clock = 0;
     this.onLoad = onLoad;
@@ -133,20 +134,17 @@ export class SeqCache {
     return p ? p[(seq - 1) % PAGE] : undefined;
   }
 
-  /** Whether seq's page is here (a hole in a present page is a line that is not stored). */
+  /** Whether seq's page was read whole (a hole there is a line that is not stored). */
   has(seq) {
-    return this.pages.has(Math.floor((seq - 1) / PAGE));
+    return this.complete.has(Math.floor((seq - 1) / PAGE));
   }
 
   put(line) {
     const n = Math.floor((line.seq - 1) / PAGE);
     let p = this.pages.get(n);
     if (!p) {
-      // A live line on a page not loaded: keep it only when the page starts with it or
-      // the page before is complete up to it (the tail page while following).
       p = new Array(PAGE);
       this.pages.set(n, p);
-      if ((line.seq - 1) % PAGE !== 0 && !this.pages.has(n - 1)) this.partial = (this.partial || new Set()).add(n);
     }
     this.place(p, line);
   }
@@ -159,8 +157,7 @@ export class SeqCache {
     const touch = ++this.clock;
     for (let n = Math.floor((from - 1) / PAGE); n <= Math.floor((to - 1) / PAGE); n++) {
       this.used.set(n, touch);
-      const partial = this.partial && this.partial.has(n);
-      if ((this.pages.has(n) && !partial) || this.loading.has(n)) continue;
+      if (this.complete.has(n) || this.loading.has(n)) continue;
       this.load(n);
     }
     this.evict();
@@ -177,7 +174,7 @@ export class SeqCache {
         if (Math.floor((l.seq - 1) / PAGE) === n) this.place(arr, l);
       }
       this.pages.set(n, arr);
-      if (this.partial) this.partial.delete(n);
+      this.complete.add(n);
       this.onLoad(n, arr);
     } catch (err) {
       this.onError(err);
@@ -193,6 +190,7 @@ export class SeqCache {
       .sort((a, b) => (this.used.get(a) || 0) - (this.used.get(b) || 0));
     for (const n of order.slice(0, this.pages.size - MAX_PAGES)) {
       this.pages.delete(n);
+      this.complete.delete(n);
       this.used.delete(n);
     }
   }
@@ -455,7 +453,7 @@ export class Sections {
 
   contiguous(cache, a, b) {
     for (let n = Math.floor((a - 1) / PAGE); n <= Math.floor((b - 1) / PAGE); n++) {
-      if (!cache.pages.has(n)) return false;
+      if (!cache.complete.has(n)) return false;
     }
     return true;
   }

@@ -189,7 +189,8 @@ export class LogView {
    * interleave (then each row carries its step's name instead of a section header).
    */
   async loadSteps() {
-    const names = this.info.steps;
+    // Lines sent without a step have the step "": they get no header.
+    const names = this.info.steps.filter(Boolean);
     if (!names.length) return;
     const base = `/v1/deployments/${encodeURIComponent(this.id)}/logs`;
     if (names.length > 64) {
@@ -328,6 +329,7 @@ export class LogView {
 
   /** Keeps the step sections current as live lines arrive. */
   stepOf(l) {
+    if (!l.step) return;
     const steps = this.sections.steps;
     const last = steps[steps.length - 1];
     if (last && last.name === l.step) {
@@ -552,6 +554,14 @@ export class LogView {
       for (const seq of this.rowCache.keys()) if (!keep.has(seq)) this.rowCache.delete(seq);
     }
     const h = this.rowsEl.offsetHeight;
+    if (from === 0 && to === g.n - 1 && h > g.height) {
+      // Everything is rendered and taller than its rows' nominal height (step headers,
+      // wrapped lines): the sizer grows to it, so nothing is clipped.
+      g.height = h;
+      g.maxScroll = Math.max(0, h - g.view);
+      this.sizer.style.height = h + 'px';
+      if (this.following) this.setScroll(g.maxScroll);
+    }
     let y;
     if (g.n === 0) {
       y = 0;

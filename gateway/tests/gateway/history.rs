@@ -57,6 +57,66 @@ async fn history_pages_never_skip_or_repeat_in_both_directions() {
     }
 }
 
+/// `at=N` opens a page at line number N, that line included, in either direction and
+/// under a filter (how the web UI opens `#L1234`); with a cursor, or not a line number,
+/// it is refused by name.
+#[tokio::test]
+async fn history_at_a_line_number_starts_there_in_both_directions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(tmp.path()).await;
+    let token = gw.rw();
+    let body: String = (1..=50)
+        .map(|i| {
+            json!({"message": format!("m{i}"), "step": if i % 2 == 0 { "even" } else { "odd" }})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let r = client()
+        .post(format!("{}/v1/deployments/at/logs", gw.http))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (query, want) in [
+        ("at=20&limit=3", vec![20, 21, 22]),
+        ("at=20&limit=3&direction=backward", vec![20, 19, 18]),
+        ("at=1&limit=2&direction=backward", vec![1]),
+        ("at=49&limit=5", vec![49, 50]),
+        ("at=60&limit=5", vec![]),
+        ("at=21&limit=2&step=even", vec![22, 24]),
+        ("at=21&limit=2&step=even&direction=backward", vec![20, 18]),
+    ] {
+        let (status, page) = gw
+            .get_json(&token, &format!("/v1/deployments/at/logs?{query}"))
+            .await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(seqs(page["lines"].as_array().unwrap()), want, "{query}");
+    }
+    // A page opened with `at` continues by its `next_cursor` with no gap.
+    let (_, page) = gw
+        .get_json(&token, "/v1/deployments/at/logs?at=30&limit=2")
+        .await;
+    let next = page["next_cursor"].as_str().unwrap();
+    let (_, page) = gw
+        .get_json(
+            &token,
+            &format!("/v1/deployments/at/logs?cursor={next}&limit=2"),
+        )
+        .await;
+    assert_eq!(seqs(page["lines"].as_array().unwrap()), vec![32, 33]);
+    for bad in ["at=0", "at=x", "at=-1", &format!("at=3&cursor={next}")] {
+        let (status, body) = gw
+            .get_json(&token, &format!("/v1/deployments/at/logs?{bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_at", "{bad}");
+    }
+}
+
 #[tokio::test]
 async fn export_formats_round_trip_and_gzip_when_accepted() {
     let tmp = tempfile::tempdir().unwrap();

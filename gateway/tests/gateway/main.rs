@@ -17,6 +17,7 @@ mod openapi;
 mod scale;
 mod tenancy;
 mod transports;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
