@@ -57,7 +57,7 @@ class Gateway:
                     raise
                 time.sleep(0.1)
         self.token = subprocess.check_output(
-            [binary, "token", "--data-dir", self.dir, "--tenant", "bench", "--scopes", "logs:read,logs:write"],
+            [binary, "token", "--data-dir", self.dir, "--tenant", "bench", "--scopes", "logs:read,logs:write,logs:export"],
             text=True).strip()
 
     def post(self, path, body, ctype):
@@ -113,6 +113,7 @@ def open_log(browser, gw, dep, last):
 NAIVE = """async ([dep, token]) => {
   const t0 = performance.now();
   const resp = await fetch(`/v1/deployments/${dep}/export?format=text`, {headers: {Authorization: 'Bearer ' + token}});
+  if (!resp.ok) throw new Error('export answered ' + resp.status);
   const text = await resp.text();
   document.body.replaceChildren();
   const box = document.createElement('div');

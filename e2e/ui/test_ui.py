@@ -424,6 +424,30 @@ def test_a_line_link_scrolls_to_and_highlights_that_line(page, gateway, open_ui)
     expect(row(page, 15)).to_have_class(HL)
 
 
+def test_a_line_link_into_a_passed_step_opens_that_step(page, gateway, open_ui):
+    # Passed steps of a succeeded deployment start folded; a link to one of their lines
+    # must still show it (the step opens), also when the steps arrive after the jump.
+    tok = gateway.token(unique("steplink"))
+    dep = unique("steplink")
+    gateway.push(tok, dep, [{"step": "checkout", "message": f"checkout {i}"} for i in range(1, 2001)])
+    gateway.push(tok, dep, [{"step": "build", "message": f"build {i}"} for i in range(1, 2001)])
+    gateway.push(tok, dep, [{"step": "test", "message": f"test {i}"} for i in range(1, 2001)])
+    gateway.complete(tok, dep, "succeeded")
+    sign_in(page, open_ui, tok)
+
+    page.goto(f"{gateway.url}/deployments/{dep}#L1500")
+    line = row(page, 1500)
+    expect(line).to_be_in_viewport(timeout=T_OPEN)
+    expect(line).to_have_class(HL)
+    expect(line.locator(".msg")).to_have_text("checkout 1500")
+    # At the top: the linked step is open, the other passed steps stay folded.
+    page.locator("#log").focus()
+    page.keyboard.press("g")
+    expect(page.locator('.step-head[data-step="checkout"]')).to_have_attribute("data-open", "true", timeout=T)
+    page.keyboard.press("G")
+    expect(page.locator('.step-head[data-step="build"]')).to_have_attribute("data-open", "false", timeout=T)
+
+
 def test_a_line_link_into_a_live_log_stays_on_that_line(page, gateway, open_ui):
     tok = gateway.token(unique("livelink"))
     dep = unique("livelink")

@@ -13,7 +13,13 @@ export function takeTokenFromFragment() {
   const rest = [];
   let found = null;
   for (const p of parts) {
-    if (p.startsWith('token=')) found = decodeURIComponent(p.slice(6));
+    if (p.startsWith('token=')) {
+      try {
+        found = decodeURIComponent(p.slice(6));
+      } catch (_) {
+        found = p.slice(6); // not percent-encoded after all: taken as it is
+      }
+    }
     else if (p) rest.push(p);
   }
   if (found === null) return;

@@ -89,9 +89,17 @@ function route() {
   const view = $('#view');
   view.replaceChildren();
   const m = location.pathname.match(/^\/deployments\/([^/]+)\/?$/);
+  let id = null;
   if (m) {
-    current = new LogView(view, decodeURIComponent(m[1]), ctx);
-  } else {
+    try {
+      id = decodeURIComponent(m[1]);
+    } catch (_) {
+      fail({ status: 404, message: `${m[1]} is not a deployment id` });
+    }
+  }
+  if (id) {
+    current = new LogView(view, id, ctx);
+  } else if (!m) {
     current = new ListView(view, ctx);
   }
 }

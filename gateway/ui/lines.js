@@ -108,8 +108,10 @@ const MAX_PAGES = 600; // about 150k lines kept; pages far from the view are dro
 
 /** Lines by seq, loaded a page at a time through `GET .../logs?at=`. */
 export class SeqCache {
-  constructor(id, onLoad, onError) {
+  constructor(id, onLoad, onError, signal) {
     this.id = id;
+    this.signal = signal;
+    this.retryAt = new Map(); // page number -> time before which a failed page is not asked again
     this.pages = new Map(); // page number -> Array(PAGE) of lines (holes: not stored)
     this.loading = new Set();
     this.complete = new Set(); // pages read whole from the server (live lines add to them)
@@ -158,6 +160,7 @@ export class SeqCache {
     for (let n = Math.floor((from - 1) / PAGE); n <= Math.floor((to - 1) / PAGE); n++) {
       this.used.set(n, touch);
       if (this.complete.has(n) || this.loading.has(n)) continue;
+      if ((this.retryAt.get(n) || 0) > Date.now()) continue;
       this.load(n);
     }
     this.evict();
@@ -167,7 +170,7 @@ export class SeqCache {
     this.loading.add(n);
     try {
       const page = await api(`/v1/deployments/${encodeURIComponent(this.id)}/logs`, {
-        params: { at: n * PAGE + 1, limit: PAGE },
+        params: { at: n * PAGE + 1, limit: PAGE }, signal: this.signal,
       });
       const arr = this.pages.get(n) || new Array(PAGE);
       for (const l of page.lines) {
@@ -175,8 +178,11 @@ export class SeqCache {
       }
       this.pages.set(n, arr);
       this.complete.add(n);
+      this.retryAt.delete(n);
       this.onLoad(n, arr);
     } catch (err) {
+      if (err.name === 'AbortError') return;
+      this.retryAt.set(n, Date.now() + (err.retryAfter ? err.retryAfter * 1000 : 2000));
       this.onError(err);
     } finally {
       this.loading.delete(n);
@@ -189,6 +195,7 @@ export class SeqCache {
     const order = [...this.pages.keys()].filter((n) => n !== tail)
       .sort((a, b) => (this.used.get(a) || 0) - (this.used.get(b) || 0));
     for (const n of order.slice(0, this.pages.size - MAX_PAGES)) {
+      for (const l of this.pages.get(n)) if (l && l.marker) this.markers.delete(l.seq);
       this.pages.delete(n);
       this.complete.delete(n);
       this.used.delete(n);
@@ -200,30 +207,45 @@ export class SeqCache {
 // === A filtered view: a contiguous window of matching lines, grown at either end ===
 
 const WINDOW_PAGE = 500;
+const WINDOW_MAX = 100_000; // lines kept; the end away from the reader is dropped past it
+const HELD_MAX = 50_000; // live lines held while a page is in flight
 
+/**
+ * Matching lines in seq order, grown at either end by the pages' own `next_cursor`
+ * (a page may stop short of `limit` where the server's scan budget ends: only
+ * `complete`, or an empty page whose cursor did not move, says an end is reached).
+ */
 export class FilteredWindow {
-  constructor(id, filter, onChange, onError) {
+  constructor(id, filter, onChange, onError, signal) {
     this.id = id;
     this.filter = filter;
     this.lines = [];
     this.startComplete = false; // nothing matching before lines[0]
     this.endComplete = false; // nothing matching after the last line, up to the live end
+    this.backCursor = null;
+    this.fwdCursor = null;
     this.busy = { back: false, fwd: false };
-    this.onChange = onChange; // (prepended count) => void
+    this.opening = false;
+    this.held = []; // live lines that arrived while a page was in flight
+    this.onChange = onChange; // (lines added before the old first) => void
     this.onError = onError;
+    this.signal = signal;
     this.gen = 0;
   }
 
   async page(params) {
     return api(`/v1/deployments/${encodeURIComponent(this.id)}/logs`, {
-      params: { ...this.filter.params(), limit: WINDOW_PAGE, ...params },
+      params: { ...this.filter.params(), limit: WINDOW_PAGE, ...params }, signal: this.signal,
     });
   }
 
   /** Opens the window at the end of the log, or around line `seq`. */
   async open(seq) {
     const gen = ++this.gen;
-    this.lines = [];
+    this.busy = { back: false, fwd: false };
+    this.opening = true;
+    this.endComplete = false;
+    this.held = [];
     try {
       if (seq) {
         const [before, after] = await Promise.all([
@@ -233,24 +255,31 @@ export class FilteredWindow {
         if (gen !== this.gen) return;
         this.lines = before.lines.reverse().concat(after.lines).map(prepare);
         this.startComplete = before.complete;
-        this.endComplete = after.lines.length < WINDOW_PAGE;
+        this.backCursor = before.next_cursor;
+        this.fwdCursor = after.next_cursor;
+        this.endComplete = after.complete;
       } else {
         const last = await this.page({ direction: 'backward' });
         if (gen !== this.gen) return;
         this.lines = last.lines.reverse().map(prepare);
         this.startComplete = last.complete;
+        this.backCursor = last.next_cursor;
         this.endComplete = true;
       }
+      this.opening = false;
+      this.release();
       this.onChange(0);
     } catch (err) {
+      if (gen === this.gen) this.opening = false;
       this.onError(err);
     }
   }
 
   /** Grows the window when the view comes within `margin` lines of one of its ends. */
   ensure(i0, i1, margin = 100) {
-    if (i0 < margin && !this.startComplete && !this.busy.back && this.lines.length) this.grow(true);
-    if (i1 > this.lines.length - margin && !this.endComplete && !this.busy.fwd && this.lines.length) this.grow(false);
+    if (this.opening) return;
+    if (i0 < margin && !this.startComplete && !this.busy.back && this.backCursor) this.grow(true);
+    if (i1 > this.lines.length - margin && !this.endComplete && !this.busy.fwd && this.fwdCursor) this.grow(false);
   }
 
   async grow(back) {
@@ -258,33 +287,71 @@ export class FilteredWindow {
     const key = back ? 'back' : 'fwd';
     this.busy[key] = true;
     try {
-      const edge = back ? this.lines[0] : this.lines[this.lines.length - 1];
-      const p = await this.page({ cursor: edge.cursor, direction: back ? 'backward' : 'forward' });
+      const from = back ? this.backCursor : this.fwdCursor;
+      const p = await this.page({ cursor: from, direction: back ? 'backward' : 'forward' });
       if (gen !== this.gen) return;
       const got = p.lines.map(prepare);
+      const stuck = !got.length && p.next_cursor === from;
       if (back) {
-        this.lines = got.reverse().concat(this.lines);
-        this.startComplete = p.complete;
-        this.onChange(got.length);
+        const first = this.lines.length ? this.lines[0].seq : Infinity;
+        const add = got.reverse().filter((l) => l.seq < first);
+        this.lines = add.concat(this.lines);
+        this.backCursor = p.next_cursor;
+        this.startComplete = p.complete || stuck;
+        this.trim(false);
+        this.onChange(add.length);
       } else {
-        const lastSeq = this.lines[this.lines.length - 1].seq;
-        this.lines.push(...got.filter((l) => l.seq > lastSeq));
-        this.endComplete = got.length < WINDOW_PAGE;
+        const last = this.lines.length ? this.lines[this.lines.length - 1].seq : 0;
+        this.lines.push(...got.filter((l) => l.seq > last));
+        this.fwdCursor = p.next_cursor;
+        this.endComplete = p.complete || stuck;
+        this.release();
+        this.trim(true);
         this.onChange(0);
       }
     } catch (err) {
       this.onError(err);
     } finally {
-      this.busy[key] = false;
+      if (gen === this.gen) this.busy[key] = false;
+    }
+  }
+
+  /** Appends the live lines held while the end was being read, once it is reached. */
+  release() {
+    if (!this.endComplete) return;
+    const last = this.lines.length ? this.lines[this.lines.length - 1].seq : 0;
+    for (const l of this.held) if (l.seq > last) this.lines.push(l);
+    this.held = [];
+  }
+
+  /** Keeps at most WINDOW_MAX lines, dropping the end away from where it grew. */
+  trim(grewAtEnd) {
+    const extra = this.lines.length - WINDOW_MAX;
+    if (extra <= 0) return;
+    if (grewAtEnd) {
+      this.lines.splice(0, extra);
+      this.startComplete = false;
+      this.backCursor = this.lines[0].cursor;
+      this.onChange(-extra);
+    } else {
+      this.lines.length = WINDOW_MAX;
+      this.endComplete = false;
+      this.fwdCursor = this.lines[WINDOW_MAX - 1].cursor;
     }
   }
 
   /** A live line: kept when it matches and the window reaches the live end. */
   live(line) {
-    if (!this.endComplete || !this.filter.matches(line)) return false;
+    if (!this.filter.matches(line)) return false;
+    if (this.opening || (this.busy.fwd && !this.endComplete)) {
+      if (this.held.length < HELD_MAX) this.held.push(prepare(line));
+      return false;
+    }
+    if (!this.endComplete) return false;
     const n = this.lines.length;
     if (n && this.lines[n - 1].seq >= line.seq) return false;
     this.lines.push(prepare(line));
+    this.trim(true);
     return true;
   }
 

@@ -123,13 +123,15 @@ export class ListView {
   }
 
   async page(cursor, fresh = false) {
-    const gen = (this.gen = (this.gen || 0) + 1);
+    // Answers for an older query (the filter changed meanwhile) are dropped.
+    if (fresh) this.query = (this.query || 0) + 1;
+    const query = this.query;
     try {
       const page = await api('/v1/deployments', {
         params: { limit: PAGE, cursor, q: this.q, status: this.status },
         signal: this.abort.signal,
       });
-      if (fresh && gen !== this.gen) return;
+      if (query !== this.query) return;
       for (const d of page.deployments) {
         if (!this.rows.has(d.id) || this.rows.get(d.id).updated_at <= d.updated_at) this.rows.set(d.id, d);
       }
@@ -149,10 +151,7 @@ export class ListView {
     const frag = [];
     for (const d of list) {
       let tr = keep.get(d.id);
-      if (!tr) {
-        tr = el('tr', { 'data-id': d.id });
-        keep.delete(d.id);
-      }
+      if (!tr) tr = el('tr', { 'data-id': d.id });
       this.fill(tr, d);
       frag.push(tr);
     }

@@ -26,7 +26,7 @@ export class LogView {
     this.info = null;
     this.completed = null; // {status, exit_code} once ended
     this.filter = new Filter();
-    this.cache = new SeqCache(id, () => this.loaded(), (e) => this.ctx.fail(e));
+    this.cache = new SeqCache(id, () => this.loaded(), (e) => this.loadFailed(e), this.abort.signal);
     this.window = null; // a FilteredWindow while a filter is on
     this.sections = new Sections();
     this.following = true;
@@ -206,12 +206,20 @@ export class LogView {
       const later = await Promise.all(steps.slice(0, -1).map((s, i) =>
         api(base, { params: { step: s.name, at: steps[i + 1].first, limit: 1 }, signal: this.abort.signal })
           .then((p) => p.lines.length > 0)));
-      this.sections.sequential = !later.some(Boolean);
+      if (this.stopped) return;
+      // Steps that started live while these queries ran come after the ones found.
+      const seen = new Set(steps.map((s) => s.name));
+      const lastFirst = steps.length ? steps[steps.length - 1].first : 0;
+      const newer = this.sections.steps.filter((s) => !seen.has(s.name) && s.first > lastFirst);
+      const wasSequential = this.sections.sequential;
+      this.sections.sequential = wasSequential && !later.some(Boolean);
       this.sections.steps = steps.map((s, i) => ({
         name: s.name, first: s.first, firstTs: s.ts,
-        last: i + 1 < steps.length ? steps[i + 1].first - 1 : this.lastSeq(),
+        last: i + 1 < steps.length ? steps[i + 1].first - 1 : (newer.length ? newer[0].first - 1 : this.lastSeq()),
         lastTs: i + 1 < steps.length ? steps[i + 1].ts : null,
-      }));
+      })).concat(newer);
+      // A linked line stays in sight: the sections holding it open.
+      if (this.highlight) for (const k of this.sections.containing(this.highlight[0])) this.sections.userOpen.set(k, true);
       this.refold();
     } catch (err) {
       if (err.name !== 'AbortError') this.ctx.fail(err);
@@ -237,7 +245,16 @@ export class LogView {
     this.schedule();
   }
 
+  loadFailed(err) {
+    this.pageError = true;
+    this.ctx.fail(err);
+  }
+
   loaded() {
+    if (this.pageError) {
+      this.pageError = false;
+      this.ctx.clearError();
+    }
     if (!this.window && this.sections.discover(this.cache, (a, b) => this.onScreen(a, b))) this.refold();
     this.schedule();
   }
@@ -262,6 +279,8 @@ export class LogView {
               const line = JSON.parse(data);
               cursor = id || line.cursor;
               this.incoming.push(line);
+              // Animation frames stop in a hidden tab: apply big backlogs at once.
+              if (this.incoming.length > 2000) this.flush();
               this.schedule();
             } else if (event === 'end') {
               this.flush();
@@ -280,6 +299,7 @@ export class LogView {
           this.ctx.fail(err);
           return;
         }
+        if (err.retryAfter) backoff = Math.max(backoff, err.retryAfter * 1000);
       }
       if (this.completed) break;
       this.liveEl.textContent = 'reconnecting';
@@ -319,6 +339,7 @@ export class LogView {
         shown++;
       }
     }
+    this.cache.evict();
     if (marker) this.sections.discover(this.cache, (a, b) => this.onScreen(a, b)) && this.refold();
     if (!this.following) {
       this.newLines += shown;
@@ -349,11 +370,20 @@ export class LogView {
     if (last) {
       last.last = l.seq - 1;
       last.lastTs = l.ts;
+      this.keepOpen(last);
     }
     this.refold();
   }
 
+  /** A step about to fold by default (it passed) stays open while the reader is in it. */
+  keepOpen(step) {
+    const key = 'step:' + step.name;
+    if (!this.sections.userOpen.has(key) && this.onScreen(step.first, step.last)) this.sections.userOpen.set(key, true);
+  }
+
   ended(end) {
+    const steps = this.sections.steps;
+    if (steps.length) this.keepOpen(steps[steps.length - 1]);
     this.completed = end;
     this.liveEl.textContent = 'completed';
     this.liveEl.classList.remove('on');
@@ -381,7 +411,10 @@ export class LogView {
       this.toBottom();
       return;
     }
-    this.window = new FilteredWindow(this.id, this.filter, (prepended) => this.windowChanged(prepended), (e) => this.ctx.fail(e));
+    const w = new FilteredWindow(this.id, this.filter,
+      (prepended) => this.window === w && this.windowChanged(prepended),
+      (e) => this.window === w && e.name !== 'AbortError' && this.ctx.fail(e), this.abort.signal);
+    this.window = w;
     this.following = !this.completed;
     this.window.open(null);
   }
@@ -681,10 +714,8 @@ export class LogView {
     if (push) history.pushState(null, '', location.pathname + hash);
     else history.replaceState(null, '', location.pathname + hash);
     this.lastHash = hash;
-    if (!this.completed && this.following) {
-      this.following = false;
-      this.showFollow();
-    }
+    this.following = false;
+    this.showFollow();
     this.rowCache.clear();
     this.schedule();
   }
@@ -758,8 +789,11 @@ export class LogView {
         });
         if (this.search !== s) return;
         for (const l of page.lines) s.seqs.push(l.seq);
+        // A page may stop short where the server's scan budget ends: the end is
+        // `complete`, or (a live log) an empty page whose cursor did not move.
+        const end = page.complete || s.seqs.length >= SEARCH_CAP ||
+          (!page.lines.length && page.next_cursor === cursor);
         cursor = page.next_cursor;
-        const end = page.complete || page.lines.length < 5000 || s.seqs.length >= SEARCH_CAP;
         if (s.at < 0 && s.seqs.length) this.step(1);
         this.showCount(end);
         if (end) break;
@@ -863,6 +897,7 @@ export class LogView {
         break;
       case 'j':
       case 'k': {
+        if (!g.n) break;
         const cur = this.highlight ? this.indexOfSeq(this.highlight[0]) : Math.floor(this.topIndex(g));
         const next = Math.max(0, Math.min(g.n - 1, cur + (e.key === 'j' ? 1 : -1)));
         const seq = this.seqAt(next);
