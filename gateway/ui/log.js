@@ -649,7 +649,7 @@ export class LogView {
         el('span', { class: 'step-name' }, step.name),
         el('span', { class: 'step-state' }, state),
         el('span', { class: 'step-lines' }, `${lines.toLocaleString('en-US')} line${lines === 1 ? '' : 's'}`),
-        ms !== null && Number.isFinite(ms) ? el('span', { class: 'dur' }, spell(ms)) : null);
+        ms > 0 && Number.isFinite(ms) ? el('span', { class: 'dur' }, spell(ms)) : null);
       item.append(head);
     }
     const ln = el('a', { class: 'ln', href: `#L${seq}`, tabindex: '-1', 'aria-label': `Line ${seq}` }, String(seq));
@@ -671,7 +671,7 @@ export class LogView {
         body.insertBefore(el('span', { class: 'fold-space' }, '▾'), ln.nextSibling);
       }
       msg.append(group.title);
-      if (group.ms !== null && group.ms !== undefined) body.append(el('span', { class: 'dur' }, spell(group.ms)));
+      if (group.ms > 0) body.append(el('span', { class: 'dur' }, spell(group.ms)));
     } else if (line.marker && line.marker.kind === 'end' && !this.window) {
       r.classList.add('group-end');
     } else {
