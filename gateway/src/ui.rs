@@ -30,59 +30,33 @@ struct Asset {
     body: &'static str,
 }
 
-const INDEX: Asset = Asset {
-    name: "index.html",
-    content_type: "text/html; charset=utf-8",
-    body: include_str!("../ui/index.html"),
-};
+/// One file of `gateway/ui/`, compiled in, with its content type.
+macro_rules! asset {
+    ($name:literal, $type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $type,
+            body: include_str!(concat!("../ui/", $name)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+const INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
 
 /// The files under `/ui/`.
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/api.js"),
-    },
-    Asset {
-        name: "list.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/list.js"),
-    },
-    Asset {
-        name: "log.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/log.js"),
-    },
-    Asset {
-        name: "lines.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/lines.js"),
-    },
-    Asset {
-        name: "ansi.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/ansi.js"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../ui/style.css"),
-    },
-    Asset {
-        name: "ansi.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../ui/ansi.css"),
-    },
-    Asset {
-        name: "favicon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../ui/favicon.svg"),
-    },
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("list.js", JS),
+    asset!("log.js", JS),
+    asset!("lines.js", JS),
+    asset!("ansi.js", JS),
+    asset!("style.css", CSS),
+    asset!("ansi.css", CSS),
+    asset!("favicon.svg", "image/svg+xml"),
 ];
 
 /// The UI's routes, for any router state (the gateway's and the edge's).
