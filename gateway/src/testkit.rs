@@ -75,6 +75,15 @@ impl TestGateway {
         r.json().await.expect("ack JSON")
     }
 
+    /// Pushes `records` (ingest JSON objects: message, step, level, ...) to `id` as
+    /// NDJSON; asserts a 200 and returns the ack.
+    pub async fn push_records(&self, token: &str, id: &str, records: &[Value]) -> Value {
+        let body: String = records.iter().map(|r| r.to_string() + "\n").collect();
+        let r = self.post_ndjson(token, id, body).await;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        r.json().await.expect("ack JSON")
+    }
+
     /// POSTs `lines` to `id` as NDJSON (step `build`) and returns the response, whatever
     /// its status.
     pub async fn post_lines(&self, token: &str, id: &str, lines: &[String]) -> reqwest::Response {
@@ -82,6 +91,10 @@ impl TestGateway {
             .iter()
             .map(|l| json!({"message": l, "step": "build"}).to_string() + "\n")
             .collect();
+        self.post_ndjson(token, id, body).await
+    }
+
+    async fn post_ndjson(&self, token: &str, id: &str, body: String) -> reqwest::Response {
         client()
             .post(format!("{}/v1/deployments/{id}/logs", self.http))
             .bearer_auth(token)

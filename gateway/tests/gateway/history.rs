@@ -9,21 +9,14 @@ async fn history_pages_never_skip_or_repeat_in_both_directions() {
     let tmp = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(tmp.path()).await;
     let token = gw.rw();
-    let mut body = String::new();
-    for i in 0..300 {
-        let level = ["info", "warn", "error"][i % 3];
-        let step = ["build", "test"][i % 2];
-        body += &(json!({"message": format!("m{i}"), "level": level, "step": step, "stream": if i % 5 == 0 { "stderr" } else { "stdout" }}).to_string() + "\n");
-    }
-    let r = client()
-        .post(format!("{}/v1/deployments/h/logs", gw.http))
-        .bearer_auth(&token)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let records: Vec<Value> = (0..300)
+        .map(|i| {
+            let level = ["info", "warn", "error"][i % 3];
+            let step = ["build", "test"][i % 2];
+            json!({"message": format!("m{i}"), "level": level, "step": step, "stream": if i % 5 == 0 { "stderr" } else { "stdout" }})
+        })
+        .collect();
+    gw.push_records(&token, "h", &records).await;
     for (query, want) in [
         ("", (1..=300).collect::<Vec<u64>>()),
         (
@@ -65,22 +58,10 @@ async fn history_at_a_line_number_starts_there_in_both_directions() {
     let tmp = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(tmp.path()).await;
     let token = gw.rw();
-    let body: String = (1..=50)
-        .map(|i| {
-            json!({"message": format!("m{i}"), "step": if i % 2 == 0 { "even" } else { "odd" }})
-                .to_string()
-                + "\n"
-        })
+    let records: Vec<Value> = (1..=50)
+        .map(|i| json!({"message": format!("m{i}"), "step": if i % 2 == 0 { "even" } else { "odd" }}))
         .collect();
-    let r = client()
-        .post(format!("{}/v1/deployments/at/logs", gw.http))
-        .bearer_auth(&token)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    gw.push_records(&token, "at", &records).await;
     for (query, want) in [
         ("at=20&limit=3", vec![20, 21, 22]),
         ("at=20&limit=3&direction=backward", vec![20, 19, 18]),
