@@ -132,6 +132,10 @@ enum Command {
     Run(run::RunArgs),
     /// Complete a deployment (for a wrapper that decides how the pipeline ended).
     Complete(run::CompleteArgs),
+    /// Serve the Model Context Protocol on stdin/stdout for an assistant or IDE (its
+    /// tools and resources read deployments with this CLI's gateway and token; see the
+    /// README for client configuration).
+    Mcp,
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -335,6 +339,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Run(args) => run::run(Client::new(&conn)?, args).await,
+        Command::Mcp => mcp(Client::new(&conn)?).await,
         Command::Complete(args) => run::complete_cmd(Client::new(&conn)?, args).await,
     }
 }
@@ -420,6 +425,30 @@ impl Client {
         }
         Ok(r)
     }
+}
+
+impl logstream_mcp::api::TokenSource for Client {
+    fn token(&self) -> Result<Option<String>, String> {
+        Client::token(self).map_err(|e| format!("{e:#}"))
+    }
+
+    fn refresh(&self) -> bool {
+        if !self.refreshable() {
+            return false;
+        }
+        self.refresh_token();
+        true
+    }
+}
+
+/// `mcp`: the MCP server on stdio, calling the gateway as this CLI does.
+async fn mcp(c: Client) -> anyhow::Result<i32> {
+    let api = logstream_mcp::api::Api::new(&c.base)?;
+    let shared = logstream_mcp::server::Shared::new(api, Default::default());
+    logstream_mcp::serve_stdio(shared, std::sync::Arc::new(c))
+        .await
+        .context("serving MCP on stdin/stdout")?;
+    Ok(0)
 }
 
 /// GETs `path` and parses the JSON answer; an error answer becomes its message.

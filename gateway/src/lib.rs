@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod kafka;
+pub mod mcp;
 pub mod metrics;
 pub mod objstore;
 pub mod quota;

@@ -38,7 +38,28 @@ pub async fn serve(
     shutdown_tx: watch::Sender<bool>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = crate::http::app(state.clone());
+    let mut app = crate::http::app(state.clone());
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let verify: crate::mcp::Verify = {
+        let state = state.clone();
+        Arc::new(move |token, client| {
+            let state = state.clone();
+            Box::pin(async move {
+                match token {
+                    Ok(t) => state.authenticate(Ok(&t), client).await,
+                    Err(e) => state.authenticate(Err(e), client).await,
+                }
+            })
+        })
+    };
+    if let Some(mcp) = crate::mcp::routes(
+        &state.config.mcp,
+        listeners.http.local_addr()?,
+        verify,
+        mcp_stop.clone(),
+    )? {
+        app = app.merge(mcp);
+    }
     let grpc = crate::grpc::routes(state.clone());
     let retention = tokio::spawn(retention_loop(state.clone()));
     let consumer = match state.kafka {
@@ -70,6 +91,7 @@ pub async fn serve(
         stop.await;
         tracing::info!("shutting down: live viewers are told to reconnect");
         let _ = shutdown_tx.send(true);
+        mcp_stop.cancel();
         let _ = done_tx.send(());
     });
     let ((), g) = tokio::join!(http, grpc);

@@ -226,6 +226,138 @@ pub struct Config {
     /// Default: none (every segment stays on local disk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_store: Option<ObjectStoreConfig>,
+    /// The MCP server at `/mcp` (issue 22): who may reach it and how much one answer or
+    /// one token may take.
+    pub mcp: McpConfig,
+}
+
+/// `[mcp]`: the Model Context Protocol server at `/mcp` (and `kubectl logstream mcp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Serve `/mcp`. Default: true.
+    pub enabled: bool,
+    /// `Host` values `/mcp` answers (an entry without a port matches any port); any
+    /// other host is refused (403 `host_not_allowed`), so DNS rebinding fails. Set the
+    /// gateway's public name here to serve assistants over the network. Default:
+    /// `["localhost", "127.0.0.1", "::1"]`.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host:port`) allowed besides those whose host is in
+    /// `allowed_hosts`; a request with another `Origin` is refused (403
+    /// `origin_not_allowed`). Default: none.
+    pub allowed_origins: Vec<String>,
+    /// Lines a logs resource shows and `get_logs` returns when not asked. Default: 100.
+    pub default_lines: usize,
+    /// Most lines one `get_logs` or `search_logs` answer may ask for. Default: 1000.
+    pub max_lines: usize,
+    /// Most bytes of lines in one answer; a longer page stops early with a cursor to go
+    /// on. Default: 262144 (256 KiB).
+    pub max_result_bytes: usize,
+    /// MCP sessions one token subject may hold open. Default: 8.
+    pub max_sessions_per_token: usize,
+    /// Tool calls and resource reads one token subject may have running at once.
+    /// Default: 4.
+    pub max_calls_per_token: usize,
+    /// Longest `wait_for_completion` timeout. Default: `10m`.
+    pub max_wait: String,
+    /// A subscribed resource is announced as updated at most this often. Default: `1s`.
+    pub notify_interval: String,
+    /// A session with no request for this long is closed. Default: `1h`.
+    pub session_idle_timeout: String,
+    /// Most deployments (newest first) one `search_logs` looks through. Default: 50.
+    pub search_deployments: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            enabled: true,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: Vec::new(),
+            default_lines: 100,
+            max_lines: 1000,
+            max_result_bytes: 256 << 10,
+            max_sessions_per_token: 8,
+            max_calls_per_token: 4,
+            max_wait: "10m".into(),
+            notify_interval: "1s".into(),
+            session_idle_timeout: "1h".into(),
+            search_deployments: 50,
+        }
+    }
+}
+
+impl McpConfig {
+    /// `max_wait` (validated at start).
+    pub fn max_wait(&self) -> Duration {
+        duration("mcp.max_wait", &self.max_wait).unwrap_or(Duration::from_secs(600))
+    }
+
+    /// `notify_interval` (validated at start).
+    pub fn notify_interval(&self) -> Duration {
+        duration("mcp.notify_interval", &self.notify_interval).unwrap_or(Duration::from_secs(1))
+    }
+
+    /// `session_idle_timeout` (validated at start).
+    pub fn session_idle_timeout(&self) -> Duration {
+        duration("mcp.session_idle_timeout", &self.session_idle_timeout)
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.into(),
+            })
+        };
+        duration("mcp.max_wait", &self.max_wait)?;
+        duration("mcp.notify_interval", &self.notify_interval)?;
+        duration("mcp.session_idle_timeout", &self.session_idle_timeout)?;
+        if self.max_lines == 0 || self.max_lines > 5000 {
+            return err(
+                "mcp.max_lines",
+                "must be between 1 and 5000 (a history page)",
+            );
+        }
+        if self.default_lines == 0 || self.default_lines > self.max_lines {
+            return err("mcp.default_lines", "must be between 1 and mcp.max_lines");
+        }
+        if self.max_result_bytes < 4096 {
+            return err("mcp.max_result_bytes", "must be at least 4096");
+        }
+        if self.max_sessions_per_token == 0 {
+            return err("mcp.max_sessions_per_token", "must be at least 1");
+        }
+        if self.max_calls_per_token == 0 {
+            return err("mcp.max_calls_per_token", "must be at least 1");
+        }
+        if self.search_deployments == 0 || self.search_deployments > 1000 {
+            return err("mcp.search_deployments", "must be between 1 and 1000");
+        }
+        if self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.trim().is_empty() || h.contains('/'))
+        {
+            return err(
+                "mcp.allowed_hosts",
+                "entries are host names or host:port, e.g. \"logs.example.com\"",
+            );
+        }
+        if let Some(bad) = self.allowed_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.trim_end_matches('/').matches('/').count() != 2
+        }) {
+            return Err(ConfigError {
+                field: "mcp.allowed_origins",
+                problem: format!(
+                    "{bad:?}: use scheme://host[:port], e.g. \"https://ide.example.com\""
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[object_store]`: where sealed segments live for the retention period.
@@ -631,6 +763,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             segment_max_age: "1h".into(),
             store_replicas: Vec::new(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -806,6 +939,7 @@ impl Config {
     /// ranges, and that `upstream` goes with role `edge`. The error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         duration("retention", &self.retention)?;
+        self.mcp.validate()?;
         duration("retention_interval", &self.retention_interval)?;
         for (tenant, r) in &self.tenant_retention {
             crate::validate_tenant(tenant).map_err(|e| ConfigError {
@@ -1206,6 +1340,20 @@ mod tests {
             ],
             segment_bytes: 16 << 20,
             segment_max_age: "30m".into(),
+            mcp: McpConfig {
+                enabled: false,
+                allowed_hosts: vec!["logs.example.com".into()],
+                allowed_origins: vec!["https://ide.example.com".into()],
+                default_lines: 50,
+                max_lines: 500,
+                max_result_bytes: 65536,
+                max_sessions_per_token: 2,
+                max_calls_per_token: 1,
+                max_wait: "5m".into(),
+                notify_interval: "2s".into(),
+                session_idle_timeout: "10m".into(),
+                search_deployments: 20,
+            },
             object_store: Some(ObjectStoreConfig {
                 url: "s3://ci-logs/acme".into(),
                 endpoint: Some("https://minio.storage.svc:9000".into()),

@@ -48,6 +48,7 @@ impl Stream {
 /// What the redaction engine masked in a line: detector name -> number of matches.
 /// Never contains the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct RedactionState(pub BTreeMap<String, u32>);
 

@@ -39,6 +39,7 @@ impl ErrorBody {
 /// One stored line as every reading door gives it (history, viewers, NDJSON export).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Line {
     /// Resume after this line (opaque).
     pub cursor: String,
@@ -160,6 +161,7 @@ pub struct Completion {
 /// One deployment (`GET /v1/deployments/{id}` and the items of the list).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Deployment {
     pub id: String,
     /// `running`, `succeeded`, `failed`, `cancelled` or `timed_out`.
@@ -186,6 +188,7 @@ pub struct Deployment {
 /// `GET /v1/deployments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeploymentList {
     /// Newest first.
     pub deployments: Vec<Deployment>,

@@ -43,7 +43,13 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let app = router(&edge);
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let mut app = router(&edge);
+    match mcp(&edge, &listener, mcp_stop.clone()) {
+        Ok(Some(mcp)) => app = app.merge(mcp),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "/mcp is not served"),
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -62,6 +68,7 @@ pub async fn serve(
         });
     }
     edge.shut_down();
+    mcp_stop.cancel();
     // Viewers end themselves with `reconnect` (close 1012): give them time to say so.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while edge.metrics.live.get() > 0 {
@@ -108,6 +115,26 @@ fn router(edge: &Arc<Edge>) -> axum::Router {
         .merge(crate::ui::routes())
         .fallback(super::proxy::forward)
         .with_state(edge.clone())
+}
+
+/// `/mcp`, calling this edge's own listener (which forwards to the store) with the
+/// caller's token; tokens are checked here first, like the edge's live streams.
+fn mcp(
+    edge: &Arc<Edge>,
+    listener: &TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<axum::Router>> {
+    let verify: crate::mcp::Verify = {
+        let edge = edge.clone();
+        Arc::new(move |token, _client| {
+            let edge = edge.clone();
+            Box::pin(async move {
+                let token = token?;
+                edge.auth.verify_request(&token).await.map_err(Error::from)
+            })
+        })
+    };
+    crate::mcp::routes(&edge.config.mcp, listener.local_addr()?, verify, stop)
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> String {
