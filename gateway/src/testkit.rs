@@ -543,3 +543,105 @@ impl Drop for S3Server {
         self.kill();
     }
 }
+
+/// A minimal MCP client over streamable HTTP (JSON-RPC POSTs to `/mcp`, answers read
+/// from the SSE or JSON body), for tests of the gateway's `/mcp` door. The real-client
+/// tests (the Python SDK, the MCP Inspector) are in `e2e/mcp`.
+pub struct McpSession {
+    url: String,
+    token: String,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl McpSession {
+    /// A session with `base`'s `/mcp` after `initialize`; the error is the JSON-RPC
+    /// error of a refused `initialize`.
+    pub async fn open(base: &str, token: &str) -> Result<McpSession, Value> {
+        let mut s = McpSession {
+            url: format!("{base}/mcp"),
+            token: token.to_owned(),
+            session: None,
+            next_id: 0,
+        };
+        let init = serde_json::json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "logstream-tests", "version": "1"},
+        });
+        s.request("initialize", init).await?;
+        let r = s
+            .post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(r.status().as_u16(), 202, "notifications/initialized");
+        Ok(s)
+    }
+
+    async fn post(&self, body: Value) -> reqwest::Response {
+        let mut r = client()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(s) = &self.session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send().await.expect("POST /mcp")
+    }
+
+    /// One request: `Ok(result)` or `Err(error)` (both JSON-RPC objects).
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let resp = self
+            .post(
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+            )
+            .await;
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{method}: {:?}",
+            resp.headers()
+        );
+        if let Some(s) = resp.headers().get("mcp-session-id") {
+            self.session = Some(s.to_str().unwrap().to_owned());
+        }
+        let body = resp.text().await.expect("answer body");
+        let answer = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .chain(std::iter::once(body.as_str()))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|v| v["id"] == id)
+            .unwrap_or_else(|| panic!("{method}: no answer in {body}"));
+        match answer.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(answer["result"].clone()),
+        }
+    }
+
+    /// `tools/call` of `name`: its `structuredContent`, or the JSON-RPC error.
+    pub async fn call(&mut self, name: &str, arguments: Value) -> Result<Value, Value> {
+        let r = self
+            .request(
+                "tools/call",
+                serde_json::json!({"name": name, "arguments": arguments}),
+            )
+            .await?;
+        assert_ne!(r["isError"], true, "{name}: {r}");
+        Ok(r["structuredContent"].clone())
+    }
+
+    /// Ends the session (HTTP DELETE), freeing its slot.
+    pub async fn close(self) {
+        let r = client()
+            .delete(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", self.session.expect("a session"))
+            .send()
+            .await
+            .expect("DELETE /mcp");
+        assert!(r.status().is_success(), "DELETE /mcp: {}", r.status());
+    }
+}

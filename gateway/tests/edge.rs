@@ -284,3 +284,42 @@ fn edge_and_upstream_must_go_together() {
     .to_string();
     assert!(bad.contains("must be http://host:port"), "{bad}");
 }
+
+#[tokio::test]
+async fn an_edge_serves_mcp_reading_through_its_store_with_the_callers_token() {
+    use logstream_gateway::testkit::McpSession;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TestGateway::start(tmp.path()).await;
+    let (edge, _stop) = start_edge(&store).await;
+    let token = store.rw();
+    store
+        .push(
+            &token,
+            "via-edge",
+            &logstream_gateway::testkit::lines("l", 0..12),
+        )
+        .await;
+    let mut s = McpSession::open(&edge, &token).await.unwrap();
+    let page = s
+        .call("get_logs", json!({"deployment": "via-edge", "lines": 2}))
+        .await
+        .unwrap();
+    assert_eq!(page["lines"][1]["seq"], 12, "{page}");
+    let foreign = store.token("other", &[Scope::Read]);
+    let mut f = McpSession::open(&edge, &foreign).await.unwrap();
+    let e = f
+        .call("get_deployment", json!({"deployment": "via-edge"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], -32002, "{e}");
+    // The edge checks the token itself before any MCP.
+    let r = reqwest::Client::new()
+        .post(format!("{edge}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    store.shutdown().await;
+}

@@ -96,7 +96,13 @@ async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Respon
     match (door.authenticate)(req.headers().clone(), client).await {
         Ok(key) => {
             req.extensions_mut().insert(Caller(key));
-            next.run(req).await
+            let delete = req.method() == http::Method::DELETE;
+            let mut resp = next.run(req).await;
+            // A session ended (rmcp says 202); clients expect 200 or 204.
+            if delete && resp.status() == StatusCode::ACCEPTED {
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            }
+            resp
         }
         Err(mut refused) => {
             refused.headers_mut().insert(

@@ -359,12 +359,15 @@ impl LogServer {
         }
         let status = self.deployment(creds, &a.deployment).await?;
         let mut budget = Budget::new(cfg.max_result_bytes);
-        let mut lines = Vec::new();
+        let mut lines: Vec<Line> = Vec::new();
         let mut cursor = a.cursor.clone().filter(|c| !c.is_empty());
+        // One line more than wanted is asked for: whether it came tells whether this
+        // answer reaches the start (backward) or the end (forward).
+        let mut more = false;
         let mut boundary = false;
         for _ in 0..MAX_PAGES {
             let mut q = filters.clone();
-            q.push(("limit", (want - lines.len()).to_string()));
+            q.push(("limit", (want - lines.len() + 1).min(5000).to_string()));
             if direction == Direction::Backward {
                 q.push(("direction", "backward".into()));
             }
@@ -374,21 +377,22 @@ impl LogServer {
             let page = self.history(creds, &a.deployment, &q).await?;
             let got = page.lines.len();
             for l in page.lines {
+                if lines.len() == want {
+                    more = true;
+                    break;
+                }
                 match budget.take(l) {
                     Some(l) => lines.push(l),
                     None => break,
                 }
             }
-            if budget.full {
+            if budget.full || more {
                 break;
             }
             let stuck = got == 0 && cursor.as_deref() == Some(page.next_cursor.as_str());
             cursor = Some(page.next_cursor).filter(|c| !c.is_empty()).or(cursor);
             if page.complete || stuck {
                 boundary = true;
-                break;
-            }
-            if lines.len() >= want {
                 break;
             }
             if got == 0 && direction == Direction::Forward {
@@ -398,9 +402,19 @@ impl LogServer {
             }
         }
         let truncated = budget.full;
-        // Where to go on from: after the last line included when the budget cut the
-        // page, else the API's own cursor (it may be past lines a filter skipped).
-        let go_on = if truncated {
+        // Without filters, the deployment's own first and last line say it too (a
+        // running deployment's forward page never comes back `complete`).
+        let unfiltered = filters.is_empty();
+        if !more && !truncated && unfiltered {
+            boundary |= match direction {
+                Direction::Backward => lines.last().is_some_and(|l| l.seq <= status.first_seq),
+                Direction::Forward => lines.last().is_some_and(|l| l.seq >= status.last_seq),
+            };
+        }
+        // Where to go on from: after the last line included when this answer stopped
+        // before the API's page did, else the API's own cursor (it may be past lines a
+        // filter skipped).
+        let go_on = if truncated || more {
             lines.last().map(|l: &Line| l.cursor.clone())
         } else {
             cursor
@@ -641,7 +655,16 @@ fn parse_uri(uri: &str) -> Result<(String, bool), McpError> {
         Some(id) => (id, true),
         None => (rest, false),
     };
-    logstream_model::validate_deployment_id(id).map_err(|_| invalid())?;
+    if id.is_empty() || id.contains('/') {
+        return Err(invalid());
+    }
+    // Not an id any deployment can have: not found, like an unknown one.
+    logstream_model::validate_deployment_id(id).map_err(|_| {
+        McpError::resource_not_found(
+            format!("deployment {id:?} not found: check the id with the list_deployments tool"),
+            Some(json!({"status": 404, "code": "deployment_not_found"})),
+        )
+    })?;
     Ok((id.to_owned(), logs))
 }
 
@@ -1093,7 +1116,6 @@ mod tests {
         for bad in [
             "logstream://deployments/",
             "logstream://deployments/a/b/logs",
-            "logstream://deployments/../x",
             "file:///etc/passwd",
             "logstream://deployments/b-1/status",
         ] {

@@ -262,7 +262,8 @@ pub struct McpConfig {
     pub max_wait: String,
     /// A subscribed resource is announced as updated at most this often. Default: `1s`.
     pub notify_interval: String,
-    /// A session with no request for this long is closed. Default: `1h`.
+    /// A session with no request for this long is closed, freeing its slot of
+    /// `max_sessions_per_token` (some clients never end their sessions). Default: `30m`.
     pub session_idle_timeout: String,
     /// Most deployments (newest first) one `search_logs` looks through. Default: 50.
     pub search_deployments: usize,
@@ -281,7 +282,7 @@ impl Default for McpConfig {
             max_calls_per_token: 4,
             max_wait: "10m".into(),
             notify_interval: "1s".into(),
-            session_idle_timeout: "1h".into(),
+            session_idle_timeout: "30m".into(),
             search_deployments: 50,
         }
     }
@@ -301,7 +302,7 @@ impl McpConfig {
     /// `session_idle_timeout` (validated at start).
     pub fn session_idle_timeout(&self) -> Duration {
         duration("mcp.session_idle_timeout", &self.session_idle_timeout)
-            .unwrap_or(Duration::from_secs(3600))
+            .unwrap_or(Duration::from_secs(1800))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

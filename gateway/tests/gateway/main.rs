@@ -12,6 +12,7 @@ mod history;
 mod ingest;
 mod listing;
 mod live;
+mod mcp;
 mod metrics;
 mod openapi;
 mod scale;
