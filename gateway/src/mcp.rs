@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use futures::future::BoxFuture;
 use logstream_mcp::api::Api;
-use logstream_mcp::server::Shared;
+use logstream_mcp::server::{Caller, Shared};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Principal};
@@ -59,7 +59,10 @@ pub fn routes(
             .unwrap_or(Err(AuthError::Missing))
             .map(str::to_owned);
             match verify(token, client).await {
-                Ok(p) => Ok(format!("{}/{:016x}", p.tenant, p.token_id)),
+                Ok(p) => Ok(Caller {
+                    token: format!("{}/{:016x}", p.tenant, p.token_id),
+                    owner: format!("{}/{}", p.tenant, p.subject),
+                }),
                 Err(e) => Err(e.into_response()),
             }
         })

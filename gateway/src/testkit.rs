@@ -633,6 +633,11 @@ impl McpSession {
         Ok(r["structuredContent"].clone())
     }
 
+    /// The `Mcp-Session-Id` the gateway gave this session.
+    pub fn id(&self) -> &str {
+        self.session.as_deref().expect("a session")
+    }
+
     /// Ends the session (HTTP DELETE), freeing its slot.
     pub async fn close(self) {
         let r = client()

@@ -13,10 +13,10 @@ use serde_json::json;
 
 /// JSON-RPC error code of an answer refused by a limit (the HTTP API's 429).
 pub const TOO_MANY: ErrorCode = ErrorCode(-32029);
-/// The token was refused (HTTP 401).
-pub const UNAUTHENTICATED: ErrorCode = ErrorCode(-32001);
+/// The token was refused (HTTP 401). (Not -32001: SDKs use it for request timeouts.)
+pub const UNAUTHENTICATED: ErrorCode = ErrorCode(-32041);
 /// The token lacks a scope (HTTP 403).
-pub const FORBIDDEN: ErrorCode = ErrorCode(-32003);
+pub const FORBIDDEN: ErrorCode = ErrorCode(-32043);
 
 /// Where a token comes from outside an HTTP request (stdio: the CLI's token).
 pub trait TokenSource: Send + Sync {
@@ -156,7 +156,12 @@ impl Api {
                 continue;
             }
             if (200..300).contains(&status) {
-                return resp.json::<T>().await.map_err(ApiError::transport);
+                return resp.json::<T>().await.map_err(|e| ApiError {
+                    status: 502,
+                    code: "unexpected_answer".into(),
+                    message: format!("the gateway's answer could not be read ({e}); retry, and report it if it persists"),
+                    retry_after: None,
+                });
             }
             let retry_after = resp
                 .headers()

@@ -2,6 +2,7 @@
 //! needs: an allowed `Host` and `Origin` (DNS rebinding, cross-site requests), then a
 //! valid token (401 before any MCP), on every request.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,16 +12,17 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode, header};
 use logstream_model::wire::ErrorBody;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Caller, LogServer, Shared};
 
-/// Verifies a request's token: `Ok(key)` names the caller for the per-token limits
-/// (e.g. `tenant/subject`); `Err` is the refusal to send (the gateway's 401).
+/// Verifies a request's token: `Ok` names the caller (its token for the limits, its
+/// owner for sessions); `Err` is the refusal to send (the gateway's 401).
 pub type Authenticate = Arc<
-    dyn Fn(HeaderMap, Option<SocketAddr>) -> BoxFuture<'static, Result<String, Response>>
+    dyn Fn(HeaderMap, Option<SocketAddr>) -> BoxFuture<'static, Result<Caller, Response>>
         + Send
         + Sync,
 >;
@@ -29,6 +31,17 @@ pub type Authenticate = Arc<
 struct Door {
     shared: Arc<Shared>,
     authenticate: Authenticate,
+    sessions: Arc<LocalSessionManager>,
+    /// Who opened each session: a session is used only by its owner's tokens (its
+    /// stream, its replayed answers, its end), whatever its id.
+    owners: Arc<parking_lot::Mutex<Owners>>,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_session: HashMap<String, String>,
+    /// Size after the last sweep of ended sessions.
+    swept: usize,
 }
 
 /// The `/mcp` routes over `shared` (whose API is this gateway's own HTTP listener).
@@ -48,10 +61,13 @@ pub fn router(
         // Checked below, with JSON answers like every other refusal of the gateway.
         .disable_allowed_hosts()
         .with_cancellation_token(stop);
-    let service = StreamableHttpService::new(factory, Arc::new(sessions), config);
+    let sessions = Arc::new(sessions);
+    let service = StreamableHttpService::new(factory, sessions.clone(), config);
     let door = Door {
         shared,
         authenticate,
+        sessions,
+        owners: Arc::default(),
     };
     axum::Router::new()
         .nest_service("/mcp", service)
@@ -94,23 +110,86 @@ async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Respon
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     match (door.authenticate)(req.headers().clone(), client).await {
-        Ok(key) => {
-            req.extensions_mut().insert(Caller(key));
+        Ok(caller) => {
+            let session = req
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(id) = &session {
+                let owner = door.owners.lock().by_session.get(id).cloned();
+                if owner.is_some_and(|o| o != caller.owner) {
+                    // Another subject's session: as if it did not exist.
+                    return refuse(
+                        StatusCode::NOT_FOUND,
+                        "session_not_found",
+                        "no such MCP session for this token: start one with initialize",
+                    );
+                }
+            }
+            let owner = caller.owner.clone();
+            req.extensions_mut().insert(caller);
             let delete = req.method() == http::Method::DELETE;
             let mut resp = next.run(req).await;
-            // A session ended (rmcp says 202); clients expect 200 or 204.
-            if delete && resp.status() == StatusCode::ACCEPTED {
-                *resp.status_mut() = StatusCode::NO_CONTENT;
+            if delete && resp.status().is_success() {
+                if let Some(id) = &session {
+                    door.owners.lock().by_session.remove(id);
+                }
+                // A session ended (rmcp says 202); clients expect 200 or 204.
+                if resp.status() == StatusCode::ACCEPTED {
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                }
+            }
+            if session.is_none()
+                && let Some(id) = resp
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                door.remember(id.to_owned(), owner).await;
             }
             resp
         }
         Err(mut refused) => {
-            refused.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
+            if refused.status() == StatusCode::UNAUTHORIZED {
+                refused.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
             refused
         }
+    }
+}
+
+impl Door {
+    /// Records a new session's owner; now and then forgets the sessions that ended
+    /// (idle ones close without a DELETE).
+    async fn remember(&self, id: String, owner: String) {
+        let ids = {
+            let mut o = self.owners.lock();
+            o.by_session.insert(id, owner);
+            if o.by_session.len() < 64 || o.by_session.len() < 2 * o.swept {
+                return;
+            }
+            o.by_session.keys().cloned().collect::<Vec<_>>()
+        };
+        let mut ended = Vec::new();
+        for id in ids {
+            if !self
+                .sessions
+                .has_session(&id.as_str().into())
+                .await
+                .unwrap_or(true)
+            {
+                ended.push(id);
+            }
+        }
+        let mut o = self.owners.lock();
+        for id in ended {
+            o.by_session.remove(&id);
+        }
+        o.swept = o.by_session.len();
     }
 }
 
@@ -134,7 +213,13 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let (h, p) = split_host(host.trim());
     allowed.iter().any(|a| {
         let (ah, ap) = split_host(a.trim());
-        ah.eq_ignore_ascii_case(h) && (ap.is_none() || ap == p)
+        // A client leaves the scheme's default port out of Host.
+        let port_ok = match (ap, p) {
+            (None, _) => true,
+            (Some(a), Some(p)) => a == p,
+            (Some(a), None) => a == "80" || a == "443",
+        };
+        ah.eq_ignore_ascii_case(h) && port_ok
     })
 }
 
@@ -168,6 +253,7 @@ mod tests {
     fn hosts_match_by_name_and_optionally_port() {
         let allowed = v(&["localhost", "127.0.0.1", "::1", "logs.example.com:443"]);
         for ok in [
+            "logs.example.com",
             "localhost",
             "LOCALHOST:8080",
             "127.0.0.1:9",

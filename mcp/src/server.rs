@@ -27,6 +27,9 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// Pages of the API one answer may read to fill itself (filters over a large log can
 /// return short pages: the API stops at its scan budget).
 const MAX_PAGES: usize = 4;
+/// `wait_for_completion`'s timeout when not given: under the 60 s many clients allow a
+/// request (one that sends a progress token gets progress each poll and may wait longer).
+const DEFAULT_WAIT_SECS: u64 = 55;
 /// Deployments a resources/list names.
 const LISTED: usize = 50;
 
@@ -54,16 +57,34 @@ impl Shared {
     }
 }
 
-/// Who is calling, for the per-token limits: set by the HTTP layer (in the request's
-/// extensions) once the token verified.
-#[derive(Debug, Clone)]
-pub struct Caller(pub String);
+/// Who is calling: set by the HTTP layer (in the request's extensions) once the token
+/// verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token (its tenant and hash): the key of the per-token limits.
+    pub token: String,
+    /// The token's tenant and subject: who owns the sessions it opens (a refreshed
+    /// token of the same subject goes on using them).
+    pub owner: String,
+}
 
 /// A session's own state, released when the session ends.
-#[derive(Default)]
 struct Session {
     slot: Mutex<Option<Held>>,
     subscriptions: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The client's last request: a subscription of a client gone quiet for the idle
+    /// timeout stops (its notifications would otherwise keep the session alive).
+    last_seen: Mutex<Instant>,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session {
+            slot: Mutex::default(),
+            subscriptions: Mutex::default(),
+            last_seen: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Drop for Session {
@@ -145,11 +166,11 @@ pub struct LogsArgs {
     pub deployment: String,
     /// How many lines (default: the server's default_lines, 100; at most max_lines, 1000).
     pub lines: Option<u32>,
-    /// Continue from here: an `older_cursor` (with direction backward) or a
-    /// `newer_cursor` (with direction forward) of a previous answer.
+    /// Continue from here: an `older_cursor` or `newer_cursor` of a previous answer
+    /// (each goes its own way), or a line's `cursor` (then `direction` says which way).
     pub cursor: Option<String>,
-    /// `backward` (default): the lines before the cursor, or the latest lines without
-    /// one. `forward`: the lines after the cursor, or from the first line without one.
+    /// `backward` (default without a cursor): the lines before the cursor, or the
+    /// latest lines without one. `forward`: the lines after the cursor, or from the first line without one.
     pub direction: Option<Direction>,
     /// Only lines of this level (e.g. error, warn, info).
     pub level: Option<String>,
@@ -229,7 +250,8 @@ pub struct SearchResult {
 pub struct WaitArgs {
     /// The deployment id.
     pub deployment: String,
-    /// Seconds to wait at most (default 300; at most the server's max_wait, 600).
+    /// Seconds to wait at most (default 55; at most the server's max_wait, 600). Progress
+    /// is sent each second to a client that asks for it (a progress token).
     pub timeout_secs: Option<u64>,
     /// Error lines to return (default 20, at most 200).
     pub error_lines: Option<u32>,
@@ -288,7 +310,7 @@ impl LogServer {
         let key = parts
             .extensions
             .get::<Caller>()
-            .map(|c| c.0.clone())
+            .map(|c| c.token.clone())
             .unwrap_or_default();
         Ok((Credentials::Header(auth), key))
     }
@@ -296,6 +318,7 @@ impl LogServer {
     /// Starts a call: the credentials, and one of the token's `max_calls_per_token`
     /// (held until the returned guard drops).
     fn begin(&self, ctx: &RequestContext<RoleServer>) -> Result<(Credentials, Held), McpError> {
+        *self.session.last_seen.lock() = Instant::now();
         let (creds, key) = self.caller(ctx)?;
         let max = self.shared.config.max_calls_per_token;
         let held = self.shared.calls.try_take(&key, max).ok_or_else(|| {
@@ -346,7 +369,8 @@ impl LogServer {
             }
             Some(n) => n as usize,
         };
-        let direction = a.direction.unwrap_or_default();
+        let (given, implied) = split_cursor(a.cursor.as_deref());
+        let direction = a.direction.or(implied).unwrap_or_default();
         let mut filters = Vec::new();
         if let Some(l) = a.level.as_deref().filter(|s| !s.is_empty()) {
             filters.push(("level", l.to_owned()));
@@ -360,7 +384,7 @@ impl LogServer {
         let status = self.deployment(creds, &a.deployment).await?;
         let mut budget = Budget::new(cfg.max_result_bytes);
         let mut lines: Vec<Line> = Vec::new();
-        let mut cursor = a.cursor.clone().filter(|c| !c.is_empty());
+        let mut cursor = given.clone();
         // One line more than wanted is asked for: whether it came tells whether this
         // answer reaches the start (backward) or the end (forward).
         let mut more = false;
@@ -389,14 +413,11 @@ impl LogServer {
             if budget.full || more {
                 break;
             }
+            // An empty page whose cursor did not move: nothing more now (a page that
+            // stopped at the API's scan budget moves its cursor on).
             let stuck = got == 0 && cursor.as_deref() == Some(page.next_cursor.as_str());
             cursor = Some(page.next_cursor).filter(|c| !c.is_empty()).or(cursor);
             if page.complete || stuck {
-                boundary = true;
-                break;
-            }
-            if got == 0 && direction == Direction::Forward {
-                // Caught up with a running deployment.
                 boundary = true;
                 break;
             }
@@ -419,22 +440,22 @@ impl LogServer {
         } else {
             cursor
         };
-        let given = a.cursor.clone().filter(|c| !c.is_empty());
         let page = match direction {
             Direction::Backward => {
                 let newer = lines.first().map(|l| l.cursor.clone()).or(given.clone());
                 lines.reverse();
                 LogsPage {
-                    older_cursor: if boundary { None } else { go_on },
-                    newer_cursor: newer,
+                    older_cursor: if boundary { None } else { go_on.map(older) },
+                    newer_cursor: newer.map(newer_cursor),
                     at_start: boundary,
                     at_end: given.is_none(),
                     ..LogsPage::new(&a.deployment, status.status, lines, truncated)
                 }
             }
             Direction::Forward => LogsPage {
-                older_cursor: lines.first().map(|l| l.cursor.clone()).or(given.clone()),
-                newer_cursor: go_on,
+                older_cursor: (lines.first().map(|l| l.cursor.clone()).or(given.clone()))
+                    .map(older),
+                newer_cursor: go_on.map(newer_cursor),
                 at_start: given.is_none(),
                 at_end: boundary,
                 ..LogsPage::new(&a.deployment, status.status, lines, truncated)
@@ -499,9 +520,16 @@ impl LogServer {
         peer: rmcp::Peer<RoleServer>,
         seen: Deployment,
     ) {
+        if seen.status != "running" {
+            // Completed: nothing more will change (a read shows all of it).
+            return;
+        }
         let shared = self.shared.clone();
         let session = Arc::downgrade(&self.session);
+        let idle = shared.config.session_idle_timeout();
         let key = uri.clone();
+        // Held while spawning, so the task's own removal comes after this insert.
+        let mut subscriptions = self.session.subscriptions.lock();
         let task = tokio::spawn(async move {
             let mut last = (seen.last_seq, seen.status);
             let mut tick = tokio::time::interval(shared.notify_interval);
@@ -509,7 +537,13 @@ impl LogServer {
             tick.tick().await;
             while last.1 == "running" {
                 tick.tick().await;
-                if peer.is_transport_closed() {
+                // The session ended, or its client went quiet: a crashed client's
+                // session must be let to expire.
+                let quiet = match session.upgrade() {
+                    Some(s) => s.last_seen.lock().elapsed() > idle,
+                    None => true,
+                };
+                if quiet || peer.is_transport_closed() {
                     break;
                 }
                 let now = match shared
@@ -520,8 +554,9 @@ impl LogServer {
                     Ok(d) => (d.last_seq, d.status),
                     // Gone (retention, deletion): say so once and stop.
                     Err(e) if e.status == 404 => (last.0, "deleted".into()),
-                    // The token expired or lost its scope: the client must subscribe again.
-                    Err(e) if e.status == 401 || e.status == 403 => break,
+                    // The token expired or lost its scope: one last update, so the
+                    // client's read shows why, and the client must subscribe again.
+                    Err(e) if e.status == 401 || e.status == 403 => (last.0, "refused".into()),
                     Err(_) => continue,
                 };
                 if now != last {
@@ -538,12 +573,7 @@ impl LogServer {
                 s.subscriptions.lock().remove(&uri);
             }
         });
-        if let Some(old) = self
-            .session
-            .subscriptions
-            .lock()
-            .insert(key, task.abort_handle())
-        {
+        if let Some(old) = subscriptions.insert(key, task.abort_handle()) {
             old.abort();
         }
     }
@@ -561,6 +591,29 @@ impl LogsPage {
             at_end: false,
             truncated,
         }
+    }
+}
+
+/// `get_logs`' cursors say which way they go on: `older:` + the API's cursor, or
+/// `newer:` + it (an assistant that forgets `direction` still goes the right way).
+fn older(c: String) -> String {
+    format!("older:{c}")
+}
+
+fn newer_cursor(c: String) -> String {
+    format!("newer:{c}")
+}
+
+/// The API cursor of a `get_logs` cursor and the direction it implies. A line's own
+/// `cursor` (from any answer) is taken as is.
+fn split_cursor(c: Option<&str>) -> (Option<String>, Option<Direction>) {
+    match c.map(str::trim).filter(|c| !c.is_empty()) {
+        None => (None, None),
+        Some(c) => match (c.strip_prefix("older:"), c.strip_prefix("newer:")) {
+            (Some(api), _) => (Some(api.to_owned()), Some(Direction::Backward)),
+            (_, Some(api)) => (Some(api.to_owned()), Some(Direction::Forward)),
+            _ => (Some(c.to_owned()), None),
+        },
     }
 }
 
@@ -785,6 +838,7 @@ impl LogServer {
         'deployments: for d in &listed.deployments {
             out.deployments_searched += 1;
             let mut cursor: Option<String> = None;
+            let mut searched_all = false;
             for _ in 0..MAX_PAGES {
                 let mut h = vec![
                     ("q", q.clone()),
@@ -828,10 +882,13 @@ impl LogServer {
                     || page.next_cursor.is_empty()
                     || cursor.as_deref() == Some(&page.next_cursor)
                 {
+                    searched_all = true;
                     break;
                 }
                 cursor = Some(page.next_cursor);
             }
+            // A large log not searched to its start within the pages allowed.
+            out.truncated |= !searched_all;
         }
         if out.deployments_searched < listed.deployments.len() {
             out.truncated = true;
@@ -849,7 +906,7 @@ impl LogServer {
     ) -> Result<Json<WaitResult>, McpError> {
         let (creds, _held) = self.begin(&ctx)?;
         let max = self.shared.max_wait;
-        let timeout = Duration::from_secs(a.timeout_secs.unwrap_or(300));
+        let timeout = Duration::from_secs(a.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS));
         if timeout > max {
             return Err(bad(
                 "timeout_secs",
@@ -867,10 +924,30 @@ impl LogServer {
         let mut tick =
             tokio::time::interval(self.shared.notify_interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let progress = ctx.meta.get_progress_token();
+        let path = ["v1", "deployments", a.deployment.as_str()];
         let d = loop {
-            let d = self.deployment(&creds, &a.deployment).await?;
-            if d.status != "running" || start.elapsed() >= timeout {
-                break d;
+            let read = self.shared.api.get::<Deployment>(&creds, &path, &[]);
+            let read = tokio::select! {
+                r = read => r,
+                () = ctx.ct.cancelled() => return Err(McpError::invalid_request("cancelled", None)),
+            };
+            match read {
+                Ok(d) if d.status != "running" || start.elapsed() >= timeout => break d,
+                Ok(d) => {
+                    if let Some(token) = &progress {
+                        let mut p = ProgressNotificationParam::new(
+                            token.clone(),
+                            start.elapsed().as_secs_f64().floor(),
+                        );
+                        p.total = Some(timeout.as_secs_f64());
+                        p.message = Some(format!("running, {} lines", d.lines));
+                        let _ = ctx.peer.notify_progress(p).await;
+                    }
+                }
+                // A passing refusal (a quota, a restart): keep waiting.
+                Err(e) if (e.status == 429 || e.status >= 500) && start.elapsed() < timeout => {}
+                Err(e) => return Err(e.into_mcp(Some(&a.deployment))),
             }
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1143,6 +1220,21 @@ mod tests {
         assert!(big.message.len() <= 2048, "{}", big.message.len());
         assert_eq!(big.metadata["mcp_truncated"], "20000");
         assert!(b.take(line(2, "small")).is_none());
+    }
+
+    #[test]
+    fn cursors_of_an_answer_carry_their_direction_and_line_cursors_pass_as_they_are() {
+        assert_eq!(split_cursor(None), (None, None));
+        assert_eq!(split_cursor(Some(" ")), (None, None));
+        assert_eq!(
+            split_cursor(Some(&older("abc".into()))),
+            (Some("abc".into()), Some(Direction::Backward))
+        );
+        assert_eq!(
+            split_cursor(Some(&newer_cursor("abc".into()))),
+            (Some("abc".into()), Some(Direction::Forward))
+        );
+        assert_eq!(split_cursor(Some("abc")), (Some("abc".into()), None));
     }
 
     #[test]

@@ -246,3 +246,40 @@ async fn sessions_and_running_calls_per_token_are_bounded_and_name_their_limit()
         .unwrap();
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_session_is_used_only_by_its_owners_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(tmp.path()).await;
+    let a = gw.rw();
+    let s = McpSession::open(&gw.http, &a).await.unwrap();
+    let foreign = gw.token("other", &[Scope::Read]);
+    for (method, token) in [("POST", &foreign), ("GET", &foreign), ("DELETE", &foreign)] {
+        let r = client()
+            .request(method.parse().unwrap(), format!("{}/mcp", gw.http))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", s.id())
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{method}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "session_not_found", "{method}");
+    }
+    // A fresh token of the same subject goes on using it.
+    let again = gw.token("acme", &[Scope::Read]);
+    let r = client()
+        .post(format!("{}/mcp", gw.http))
+        .bearer_auth(&again)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", s.id())
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.close().await;
+    gw.shutdown().await;
+}
