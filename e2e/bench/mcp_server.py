@@ -27,14 +27,10 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 import urllib.parse
-import urllib.request
 from contextlib import AsyncExitStack
 
 import httpx
@@ -42,59 +38,20 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # e2e/
+from gateway_proc import start_for_bench  # noqa: E402
+
 LOGHUB = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "loghub")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def push(gw, dep, messages):
+    """`messages` as lines of step "run", in one ingest request; its reply."""
+    return gw.push(gw.bearer, dep, [{"step": "run", "message": m} for m in messages])
 
 
-class Gateway:
-    def __init__(self, binary):
-        self.dir = tempfile.mkdtemp(prefix="ls-mcp-bench-")
-        port, grpc = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{grpc}",
-             "--data-dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.token = subprocess.check_output(
-            [binary, "token", "--data-dir", self.dir, "--tenant", "bench", "--scopes", "logs:read,logs:write"],
-            text=True).strip()
-
-    def request(self, path, body=None, ctype=None):
-        headers = {"Authorization": "Bearer " + self.token}
-        if ctype:
-            headers["Content-Type"] = ctype
-        req = urllib.request.Request(self.url + path, data=body, headers=headers)
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.load(r)
-
-    def push(self, dep, messages):
-        body = "\n".join(json.dumps({"step": "run", "message": m}) for m in messages).encode()
-        return self.request(f"/v1/deployments/{dep}/logs", body, "application/x-ndjson")
-
-    def complete(self, dep):
-        self.request(f"/v1/deployments/{dep}/complete", json.dumps({"status": "succeeded"}).encode(),
-                     "application/json")
-
-    def history(self, dep, **q):
-        return self.request(f"/v1/deployments/{dep}/logs?" + urllib.parse.urlencode(q))
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def history(gw, dep, **q):
+    """A page of GET .../logs (REST, urllib)."""
+    return gw.get_json(f"/v1/deployments/{dep}/logs?" + urllib.parse.urlencode(q), gw.bearer)
 
 
 def loghub():
@@ -112,7 +69,7 @@ def pct(xs, p):
 
 
 async def session(gw, stack, inbox=None):
-    client = create_mcp_http_client(headers={"Authorization": "Bearer " + gw.token},
+    client = create_mcp_http_client(headers={"Authorization": "Bearer " + gw.bearer},
                                     timeout=httpx.Timeout(30, read=120))
     read, write, _ = await stack.enter_async_context(streamable_http_client(gw.url + "/mcp", http_client=client))
     kwargs = {"message_handler": inbox} if inbox else {}
@@ -134,7 +91,7 @@ async def latest_100(gw, s, dep, n):
         await call(s, "get_logs", deployment=dep, lines=100)
         mcp.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
-        gw.history(dep, direction="backward", limit=100)
+        history(gw, dep, direction="backward", limit=100)
         rest.append((time.perf_counter() - t) * 1000)
     return mcp, rest
 
@@ -159,7 +116,7 @@ async def read_all(gw, s, dep, total):
         q = {"limit": 1000}
         if cursor:
             q["cursor"] = cursor
-        p = gw.history(dep, **q)
+        p = history(gw, dep, **q)
         seen += len(p["lines"])
         cursor = p["next_cursor"]
         if p["complete"]:
@@ -175,8 +132,8 @@ async def search(gw, s, word):
     mcp = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
     found = 0
-    for d in gw.request("/v1/deployments?limit=50")["deployments"]:
-        found += len(gw.history(d["id"], q="(?i)" + word, direction="backward", limit=200 - found + 1)["lines"])
+    for d in gw.get_json("/v1/deployments?limit=50", gw.bearer)["deployments"]:
+        found += len(history(gw, d["id"], q="(?i)" + word, direction="backward", limit=200 - found + 1)["lines"])
         if found > 200:
             break
     rest = (time.perf_counter() - t) * 1000
@@ -185,7 +142,7 @@ async def search(gw, s, word):
 
 async def notify_latency(gw, n):
     dep = "live-sub"
-    gw.push(dep, ["start"])
+    push(gw, dep, ["start"])
     got = asyncio.Queue()
 
     async def inbox(msg):
@@ -202,7 +159,7 @@ async def notify_latency(gw, n):
             while not got.empty():
                 got.get_nowait()
             t = time.perf_counter()
-            await asyncio.to_thread(gw.push, dep, [f"line {i}"])
+            await asyncio.to_thread(push, gw, dep, [f"line {i}"])
             out.append((await asyncio.wait_for(got.get(), 10) - t) * 1000)
     return out
 
@@ -212,23 +169,23 @@ def main():
     ap.add_argument("--gateway", default=os.path.expanduser("~/.cache/logstream/target/release/logstream-gateway"))
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    gw = Gateway(args.gateway)
+    gw = start_for_bench(args.gateway, "ls-mcp-bench-", "logs:read,logs:write")
     try:
         asyncio.run(amain(gw, args.runs))
     finally:
-        gw.stop()
+        gw.stop(kill=True)
 
 
 async def amain(gw, runs):
     data = loghub()
     for name, lines in data.items():
-        gw.push(name, lines)
-        gw.complete(name)
+        push(gw, name, lines)
+        gw.complete(gw.bearer, name, "succeeded")
     big = "big"
     source = [l for ls in data.values() for l in ls]
     for start in range(0, 100_000, 25_000):
-        gw.push(big, [source[i % len(source)] for i in range(start, start + 25_000)])
-    gw.complete(big)
+        push(gw, big, [source[i % len(source)] for i in range(start, start + 25_000)])
+    gw.complete(gw.bearer, big, "succeeded")
     async with AsyncExitStack() as stack:
         s = await session(gw, stack)
         lat_m, lat_r, rate_m, rate_r, srch_m, srch_r = [], [], [], [], [], []

@@ -18,64 +18,23 @@ Prints markdown tables (pasted into docs/benchmarks.md).
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
+import sys
 import threading
 import time
-import urllib.request
 
 from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # e2e/
+from gateway_proc import start_for_bench  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    def __init__(self, binary):
-        self.dir = tempfile.mkdtemp(prefix="ls-ui-bench-")
-        port, grpc = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{grpc}",
-             "--data-dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.token = subprocess.check_output(
-            [binary, "token", "--data-dir", self.dir, "--tenant", "bench", "--scopes", "logs:read,logs:write,logs:export"],
-            text=True).strip()
-
-    def post(self, path, body, ctype):
-        req = urllib.request.Request(self.url + path, data=body, headers={
-            "Authorization": "Bearer " + self.token, "Content-Type": ctype})
-        return json.load(urllib.request.urlopen(req, timeout=120))
-
-    def push(self, dep, messages, step="build"):
-        body = "\n".join(json.dumps({"step": step, "message": m}) for m in messages).encode()
-        return self.post(f"/v1/deployments/{dep}/logs", body, "application/x-ndjson")
-
-    def complete(self, dep):
-        self.post(f"/v1/deployments/{dep}/complete", json.dumps({"status": "succeeded"}).encode(), "application/json")
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def push(gw, dep, messages, step="build"):
+    """`messages` as lines of `step`, in one ingest request; its reply."""
+    return gw.push(gw.bearer, dep, [{"step": step, "message": m} for m in messages])
 
 
 def real_lines():
@@ -92,13 +51,13 @@ def real_lines():
 def fill(gw, dep, n, source):
     batch = 50_000
     for start in range(0, n, batch):
-        gw.push(dep, [source[i % len(source)] for i in range(start, min(n, start + batch))])
-    gw.complete(dep)
+        push(gw, dep, [source[i % len(source)] for i in range(start, min(n, start + batch))])
+    gw.complete(gw.bearer, dep, "succeeded")
 
 
 def open_log(browser, gw, dep, last):
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    ctx.add_init_script(f"sessionStorage.setItem('logstream.token', {json.dumps(gw.token)})")
+    ctx.add_init_script(f"sessionStorage.setItem('logstream.token', {json.dumps(gw.bearer)})")
     page = ctx.new_page()
     t0 = time.perf_counter()
     page.goto(f"{gw.url}/deployments/{dep}")
@@ -136,7 +95,7 @@ def open_naive(browser, gw, dep):
     t0 = time.perf_counter()
     try:
         page.set_default_timeout(120_000)
-        _, dom = page.evaluate(NAIVE, [dep, gw.token])
+        _, dom = page.evaluate(NAIVE, [dep, gw.bearer])
         ms = (time.perf_counter() - t0) * 1000
     except Exception as e:  # the browser gave up (out of memory, timeout)
         ms, dom = None, str(e).splitlines()[0][:60]
@@ -146,9 +105,9 @@ def open_naive(browser, gw, dep):
 
 def follow(browser, gw, rate=1000, seconds=20):
     dep = "follow-live"
-    gw.push(dep, ["start"])
+    push(gw, dep, ["start"])
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    ctx.add_init_script(f"sessionStorage.setItem('logstream.token', {json.dumps(gw.token)})")
+    ctx.add_init_script(f"sessionStorage.setItem('logstream.token', {json.dumps(gw.bearer)})")
     ctx.add_init_script("""
       window.__long = [];
       new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push(e.duration); })
@@ -174,7 +133,7 @@ def follow(browser, gw, rate=1000, seconds=20):
         target = t_start + i * 0.1
         if target > time.time():
             time.sleep(target - time.time())
-        r = gw.push(dep, [f"live line {i}.{j} \x1b[36mstep\x1b[0m output" for j in range(per_batch)])
+        r = push(gw, dep, [f"live line {i}.{j} \x1b[36mstep\x1b[0m output" for j in range(per_batch)])
         acks.append((r["last_seq"], time.time() * 1000))
         i += 1
     page.wait_for_timeout(1000)
@@ -203,7 +162,7 @@ def main():
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--naive-max", type=int, default=1_000_000, help="largest log the one-element-per-line peer is given")
     args = ap.parse_args()
-    gw = Gateway(args.gateway)
+    gw = start_for_bench(args.gateway, "ls-ui-bench-", "logs:read,logs:write,logs:export")
     try:
         source = real_lines()
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -236,7 +195,7 @@ def main():
             print(f"| 1,000 lines/s for {f['seconds']} s | {f['lines']:,} | {f['long_tasks']} | {f['long_ms']:.0f} ms | {f['longest']:.0f} ms | {f['p50']:.0f} ms | {f['p99']:.0f} ms | {f['max']:.0f} ms |")
             browser.close()
     finally:
-        gw.stop()
+        gw.stop(kill=True)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,8 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
+import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +34,10 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # e2e/
+import gateway_proc  # noqa: E402
+from gateway_proc import debug_binary, unique  # noqa: E402
 
 # The `[mcp]` limits the tests are written against (small, so they are reachable).
 MCP_LIMITS = {
@@ -58,35 +58,12 @@ CONFIG = (
     + "".join(f"{k} = {json.dumps(v)}\n" for k, v in MCP_LIMITS.items())
 )
 
-PUSH_MAX_BYTES = 4 << 20
-
-
-def unique(prefix: str) -> str:
-    """A deployment id, tenant or subject no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _binary(env: str, name: str) -> str:
-    b = os.environ.get(env)
-    if not b:
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/logstream/target"))
-        b = os.path.join(target, "debug", name)
+    b = debug_binary(env, name)
     if not os.access(b, os.X_OK):
         pytest.exit(f"no {name} binary at {b}: build it (./e2e/test does) or set {env}", 2)
     return b
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: bytes, what: str):
-        self.status = status
-        self.body = body
-        super().__init__(f"{what}: HTTP {status}: {body[:500]!r}")
 
 
 class Inbox:
@@ -143,141 +120,36 @@ class Tenant:
         return self.gw.complete(self.token, deployment, status, exit_code)
 
 
-class Gateway:
-    """A running `logstream-gateway serve` with its own data dir, config and ports."""
+class Gateway(gateway_proc.Gateway):
+    """A running `logstream-gateway serve` with its own data dir, config and ports
+    (e2e/gateway_proc.py's process: urllib request/get_json/push/complete; a push makes
+    as many requests as the 4 MiB body limit needs), started with `--config` (CONFIG);
+    plus tenants and MCP clients."""
 
     def __init__(self, binary: str, cli: str, root: Path):
-        self.binary = binary
-        self.cli = cli
         self.root = root
-        self.data_dir = root / "data"
         self.config = root / "gateway.toml"
-        self.log_path = root / "gateway.log"
-        self.http_port = _free_port()
-        self.grpc_port = _free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        super().__init__(binary, root / "data", root / "gateway.log",
+                         args=["--config", str(self.config)], request_timeout=60.0)
+        self.cli = cli
         self.mcp_url = self.url + "/mcp"
         self.limits = dict(MCP_LIMITS)
-        self.proc: subprocess.Popen | None = None
 
     # --- process ---
 
     def start(self, timeout: float = 60.0) -> None:
         self.config.write_text(CONFIG)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "serve", "--config", str(self.config),
-             "--listen", f"127.0.0.1:{self.http_port}",
-             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
-             "--data-dir", str(self.data_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
-        # Process start-up is the one thing polled: nothing announces readiness otherwise.
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode} at start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the gateway did not answer /healthz in {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no gateway log)"
+        super().start(timeout)
 
     # --- tokens and tenants ---
 
     def token(self, tenant: str, scopes: str = "logs:read,logs:write", subject: str | None = None) -> str:
-        """`logstream-gateway token`, signed with this gateway's dev key."""
-        cmd = [self.binary, "token", "--data-dir", str(self.data_dir), "--tenant", tenant,
-               "--scopes", scopes, "--subject", subject or unique("mcp-e2e")]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+        """`logstream-gateway token`, signed with this gateway's dev key; a subject of its
+        own unless `subject` is given."""
+        return super().token(tenant, scopes, subject=subject or unique("mcp-e2e"))
 
     def tenant(self, prefix: str = "t") -> Tenant:
         return Tenant(self, unique(prefix))
-
-    # --- HTTP (urllib only) ---
-
-    def request(self, method: str, path: str, token: str | None = None, body: bytes | None = None,
-                headers: dict | None = None, timeout: float = 60.0):
-        """(status, headers, body) of one request; errors are returned, not raised."""
-        h = dict(headers or {})
-        if token:
-            h["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def get_json(self, path: str, token: str):
-        status, _, body = self.request("GET", path, token)
-        if status != 200:
-            raise ApiError(status, body, f"GET {path}")
-        return json.loads(body)
-
-    def push(self, token: str, deployment: str, records) -> dict:
-        """Ingests `records` (dicts with ts, step, stream, level, message; a str is a
-        message) as NDJSON, in as many requests as the body limit needs."""
-        path = f"/v1/deployments/{urllib.parse.quote(deployment, safe='')}/logs"
-        accepted, reply, chunk, size = 0, None, [], 0
-
-        def flush():
-            nonlocal accepted, reply, chunk, size
-            if chunk:
-                status, _, body = self.request("POST", path, token, b"".join(chunk),
-                                               {"Content-Type": "application/x-ndjson"})
-                if status != 200:
-                    raise ApiError(status, body, f"POST {path}")
-                reply = json.loads(body)
-                accepted += reply["accepted"]
-                chunk, size = [], 0
-
-        for rec in records:
-            if isinstance(rec, str):
-                rec = {"message": rec}
-            line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-            if chunk and size + len(line) > PUSH_MAX_BYTES:
-                flush()
-            chunk.append(line)
-            size += len(line)
-        flush()
-        if reply is None:
-            raise ValueError("push: no records")
-        return {**reply, "accepted": accepted}
-
-    def complete(self, token: str, deployment: str, status: str, exit_code: int | None = None) -> dict:
-        body = {"status": status}
-        if exit_code is not None:
-            body["exit_code"] = exit_code
-        path = f"/v1/deployments/{urllib.parse.quote(deployment, safe='')}/complete"
-        code, _, reply = self.request("POST", path, token, json.dumps(body).encode(),
-                                      {"Content-Type": "application/json"})
-        if code != 200:
-            raise ApiError(code, reply, f"POST {path}")
-        return json.loads(reply) if reply.strip() else {}
 
     # --- MCP clients ---
 

@@ -15,7 +15,9 @@ by Playwright, and helpers to put lines in and open the UI.
     quiet        (function) `with quiet():` holds that ingest while a test measures latency
 
 Only the standard library talks HTTP to the gateway (urllib), so what the tests send is
-exactly what the API documents.
+exactly what the API documents. The process and its HTTP helpers (token, request,
+get_json, push, push_ndjson, complete) are e2e/gateway_proc.py's `Gateway`, shared with
+the MCP suite and the benchmark scripts.
 """
 
 from __future__ import annotations
@@ -23,18 +25,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
+import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # e2e/
+from gateway_proc import Gateway, debug_binary, unique  # noqa: E402
 
 CHROMIUM = os.environ.get("LOGSTREAM_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling home (component
@@ -49,10 +50,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-# One ingest request stays well under the gateway's `max_body_bytes` (64 MiB by
-# default; there is no per-batch line limit), and small enough that a request in
-# flight does not hold the gateway up for the tests running beside it.
-PUSH_MAX_BYTES = 4 << 20
+# One ingest request of `gateway.push` carries at most this many lines (and at most
+# gateway_proc.PUSH_MAX_BYTES, 4 MiB): small enough that a request in flight does not
+# hold the gateway up for the tests running beside it.
 PUSH_MAX_LINES = 50_000
 
 MILLION = 1_000_000
@@ -61,173 +61,8 @@ MILLION = 1_000_000
 expect.set_options(timeout=10_000)
 
 
-def unique(prefix: str) -> str:
-    """A deployment id (or tenant) no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: bytes, what: str):
-        self.status = status
-        self.body = body
-        super().__init__(f"{what}: HTTP {status}: {body[:500]!r}")
-
-
-class Gateway:
-    """A running `logstream-gateway serve` with its own data dir and loopback ports."""
-
-    def __init__(self, binary: str, data_dir: Path, log_path: Path):
-        self.binary = binary
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.http_port = _free_port()
-        self.grpc_port = _free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.proc: subprocess.Popen | None = None
-
-    # --- process ---
-
-    def start(self, timeout: float = 60.0) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "serve",
-                "--listen", f"127.0.0.1:{self.http_port}",
-                "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
-                "--data-dir", str(self.data_dir),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
-        # Process start-up is the one thing polled: nothing announces readiness otherwise.
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the gateway exited with {self.proc.returncode} at start:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the gateway did not answer /healthz in {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no gateway log)"
-
-    # --- tokens ---
-
-    def token(self, tenant: str, scopes: str = "logs:read,logs:write", ttl: str | None = None) -> str:
-        """`logstream-gateway token`, signed with this gateway's dev key."""
-        cmd = [self.binary, "token", "--data-dir", str(self.data_dir), "--tenant", tenant, "--scopes", scopes]
-        if ttl:
-            cmd += ["--ttl", ttl]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
-
-    # --- HTTP (urllib only) ---
-
-    def request(self, method: str, path: str, token: str | None = None, body: bytes | None = None,
-                headers: dict | None = None, timeout: float = 120.0):
-        """(status, headers, body) of one request; errors are returned, not raised."""
-        h = dict(headers or {})
-        if token:
-            h["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def get_json(self, path: str, token: str):
-        status, _, body = self.request("GET", path, token)
-        if status != 200:
-            raise ApiError(status, body, f"GET {path}")
-        return json.loads(body)
-
-    def push_ndjson(self, token: str, deployment: str, body: bytes) -> dict:
-        """One ingest request of ready-made NDJSON; the reply once it is durable."""
-        path = f"/v1/deployments/{urllib.parse.quote(deployment, safe='')}/logs"
-        status, _, reply = self.request(
-            "POST", path, token, body, {"Content-Type": "application/x-ndjson"})
-        if status != 200:
-            raise ApiError(status, reply, f"POST {path}")
-        return json.loads(reply)
-
-    def push(self, token: str, deployment: str, records) -> dict:
-        """Ingests `records` (dicts with ts, step, stream, level, message; all but message
-        optional; a plain str is a message) in as many requests as the limits need.
-        Returns the last reply with `accepted` summed over the requests."""
-        accepted, reply = 0, None
-        chunk: list[bytes] = []
-        size = 0
-
-        def flush():
-            nonlocal accepted, reply, chunk, size
-            if chunk:
-                reply = self.push_ndjson(token, deployment, b"".join(chunk))
-                accepted += reply["accepted"]
-                chunk, size = [], 0
-
-        for rec in records:
-            if isinstance(rec, str):
-                rec = {"message": rec}
-            line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-            if chunk and (size + len(line) > PUSH_MAX_BYTES or len(chunk) >= PUSH_MAX_LINES):
-                flush()
-            chunk.append(line)
-            size += len(line)
-        flush()
-        if reply is None:
-            raise ValueError("push: no records")
-        return {**reply, "accepted": accepted}
-
-    def complete(self, token: str, deployment: str, status: str, exit_code: int | None = None) -> dict:
-        body = {"status": status}
-        if exit_code is not None:
-            body["exit_code"] = exit_code
-        path = f"/v1/deployments/{urllib.parse.quote(deployment, safe='')}/complete"
-        code, _, reply = self.request(
-            "POST", path, token, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        if code != 200:
-            raise ApiError(code, reply, f"POST {path}")
-        return json.loads(reply) if reply.strip() else {}
-
-
 def _gateway_binary() -> str:
-    b = os.environ.get("LOGSTREAM_GATEWAY")
-    if not b:
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/logstream/target"))
-        b = os.path.join(target, "debug", "logstream-gateway")
+    b = debug_binary("LOGSTREAM_GATEWAY", "logstream-gateway")
     if not os.access(b, os.X_OK):
         pytest.exit(f"no gateway binary at {b}: build it (./e2e/test does) or set LOGSTREAM_GATEWAY", 2)
     return b
@@ -239,7 +74,7 @@ _running: list[Gateway] = []  # for failure reports
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     root = tmp_path_factory.mktemp("gateway")
-    gw = Gateway(_gateway_binary(), root / "data", root / "gateway.log")
+    gw = Gateway(_gateway_binary(), root / "data", root / "gateway.log", push_max_lines=PUSH_MAX_LINES)
     gw.start()
     _running.append(gw)
     yield gw
