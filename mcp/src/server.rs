@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::api::{Api, ApiError, Credentials, TOO_MANY, TokenSource};
 use crate::limits::{Counter, Held};
 
-/// Subscriptions one session may hold.
+/// Subscriptions one session may hold, and one token across its sessions.
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Pages of the API one answer may read to fill itself (filters over a large log can
 /// return short pages: the API stops at its scan budget).
@@ -41,6 +41,7 @@ pub struct Shared {
     notify_interval: Duration,
     sessions: Counter,
     calls: Counter,
+    subscriptions: Counter,
 }
 
 impl Shared {
@@ -53,6 +54,7 @@ impl Shared {
             config,
             sessions: Counter::default(),
             calls: Counter::default(),
+            subscriptions: Counter::default(),
         })
     }
 }
@@ -381,24 +383,41 @@ impl LogServer {
         if let Some(g) = a.grep.as_deref().filter(|s| !s.is_empty()) {
             filters.push(("q", pattern("grep", g, a.regex.unwrap_or(false))?));
         }
-        let status = self.deployment(creds, &a.deployment).await?;
-        let mut budget = Budget::new(cfg.max_result_bytes);
-        let mut lines: Vec<Line> = Vec::new();
-        let mut cursor = given.clone();
         // One line more than wanted is asked for: whether it came tells whether this
         // answer reaches the start (backward) or the end (forward).
-        let mut more = false;
-        let mut boundary = false;
-        for _ in 0..MAX_PAGES {
+        let query = |have: usize, cursor: &Option<String>| {
             let mut q = filters.clone();
-            q.push(("limit", (want - lines.len() + 1).min(5000).to_string()));
+            q.push(("limit", (want - have + 1).min(5000).to_string()));
             if direction == Direction::Backward {
                 q.push(("direction", "backward".into()));
             }
-            if let Some(c) = &cursor {
+            if let Some(c) = cursor {
                 q.push(("cursor", c.clone()));
             }
-            let page = self.history(creds, &a.deployment, &q).await?;
+            q
+        };
+        let mut cursor = given.clone();
+        // The status (for the boundaries) and the first page at once. Read in either
+        // order: a status read after new lines only makes `at_end` false, never wrong.
+        let first = query(0, &cursor);
+        let (status, first) = tokio::join!(
+            self.deployment(creds, &a.deployment),
+            self.history(creds, &a.deployment, &first)
+        );
+        let status = status?;
+        let mut first = Some(first?);
+        let mut budget = Budget::new(cfg.max_result_bytes);
+        let mut lines: Vec<Line> = Vec::new();
+        let mut more = false;
+        let mut boundary = false;
+        for _ in 0..MAX_PAGES {
+            let page = match first.take() {
+                Some(p) => p,
+                None => {
+                    let q = query(lines.len(), &cursor);
+                    self.history(creds, &a.deployment, &q).await?
+                }
+            };
             let got = page.lines.len();
             for l in page.lines {
                 if lines.len() == want {
@@ -519,6 +538,7 @@ impl LogServer {
         creds: Credentials,
         peer: rmcp::Peer<RoleServer>,
         seen: Deployment,
+        slot: Held,
     ) {
         if seen.status != "running" {
             // Completed: nothing more will change (a read shows all of it).
@@ -531,6 +551,8 @@ impl LogServer {
         // Held while spawning, so the task's own removal comes after this insert.
         let mut subscriptions = self.session.subscriptions.lock();
         let task = tokio::spawn(async move {
+            // Given back when this task ends or is aborted.
+            let _slot = slot;
             let mut last = (seen.last_seq, seen.status);
             let mut tick = tokio::time::interval(shared.notify_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1146,7 +1168,22 @@ impl ServerHandler for LogServer {
         }
         let d = self.deployment(&creds, &id).await?;
         drop(held);
-        self.follow(request.uri, id, creds, ctx.peer.clone(), d);
+        // Across the token's sessions too: each is a status read per notify_interval.
+        let (_, key) = self.caller(&ctx)?;
+        let max = MAX_SUBSCRIPTIONS;
+        let slot = self
+            .shared
+            .subscriptions
+            .try_take(&key, max)
+            .ok_or_else(|| {
+                over_limit(
+                    "subscriptions per token",
+                    max,
+                    "subscriptions",
+                    "unsubscribe from deployments you no longer follow",
+                )
+            })?;
+        self.follow(request.uri, id, creds, ctx.peer.clone(), d, slot);
         Ok(())
     }
 
