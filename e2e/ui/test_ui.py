@@ -50,14 +50,28 @@ def expect_rows(page, want: list[int], timeout: int = T) -> None:
         raise AssertionError(f"rows shown: {shown_seqs(page)}, expected {want}") from e
 
 
+def set_open(section, want: str) -> None:
+    """Folds or opens a section (a step head or a group row: each has `data-open` and a
+    `button.fold`) by clicking its button. The rows are re-rendered as the page settles
+    (sections pair up when their lines are loaded): a click whose press and release
+    land on two renders of the button reaches neither, so the click is tried again, a
+    few times at most, until the state is the one wanted."""
+    for _ in range(3):
+        if section.get_attribute("data-open") == want:
+            break
+        section.locator("button.fold").click()
+        try:
+            expect(section).to_have_attribute("data-open", want, timeout=2_000)
+        except AssertionError:
+            continue
+    expect(section).to_have_attribute("data-open", want, timeout=T)
+
+
 def open_step(page, name: str) -> None:
-    """Opens step `name`'s section: like a group, a step head has `data-open` and a
-    `button.fold` (the UI folds a step that passed)."""
+    """Opens step `name`'s section (the UI folds a step that passed)."""
     head = page.locator(f'.step-head[data-step="{name}"]')
     expect(head).to_be_visible(timeout=T)
-    if head.get_attribute("data-open") == "false":
-        head.locator("button.fold").click()
-    expect(head).to_have_attribute("data-open", "true", timeout=T)
+    set_open(head, "true")
 
 
 def blur(page) -> None:
@@ -764,18 +778,7 @@ def test_a_live_log_with_steps_groups_and_colours_looks_right(page, gateway, ope
     for head, want in ((3, "false"), (6, "true")):  # one group folded, one open
         g = row(page, head)
         expect(g).to_have_class(GROUP, timeout=T)
-        # The rows are re-rendered as the page settles (sections pair up when their
-        # lines are loaded): a click on a row being replaced can be lost, so the
-        # toggle is tried again, a few times at most, until the state is the one wanted.
-        for _ in range(3):
-            if g.get_attribute("data-open") == want:
-                break
-            g.locator("button.fold").click()
-            try:
-                expect(g).to_have_attribute("data-open", want, timeout=2_000)
-            except AssertionError:
-                continue
-        expect(g).to_have_attribute("data-open", want, timeout=T)
+        set_open(g, want)
     expect(row(page, 4)).to_have_count(0)
     expect(row(page, 7)).to_be_in_viewport()
     expect(page.locator('.step-head[data-step="test"]')).to_be_in_viewport()

@@ -393,10 +393,6 @@ export class Sections {
     return this.userOpen.has(key) ? this.userOpen.get(key) : dflt;
   }
 
-  toggle(key, dflt) {
-    this.userOpen.set(key, !this.isOpen(key, dflt));
-  }
-
   /** Recomputes the hidden ranges from the steps, groups and fold states. */
   fold(stepDefault) {
     const ranges = [];

@@ -645,7 +645,7 @@ export class LogView {
       const lines = step.last - step.first + 1;
       const ms = step.firstTs && step.lastTs ? Date.parse(step.lastTs) - Date.parse(step.firstTs) : null;
       const head = el('div', { class: `step-head st-${state}`, 'data-step': step.name, 'data-open': String(open || !foldable) },
-        foldable ? el('button', { type: 'button', class: 'fold', 'data-key': 'step:' + step.name, 'data-default': String(dflt), 'aria-expanded': String(open), 'aria-label': `${open ? 'Fold' : 'Open'} step ${step.name}` }, open ? '▾' : '▸') : el('span', { class: 'fold-space' }),
+        foldable ? el('button', { type: 'button', class: 'fold', 'data-key': 'step:' + step.name, 'aria-expanded': String(open), 'aria-label': `${open ? 'Fold' : 'Open'} step ${step.name}` }, open ? '▾' : '▸') : el('span', { class: 'fold-space' }),
         el('span', { class: 'step-name' }, step.name),
         el('span', { class: 'step-state' }, state),
         el('span', { class: 'step-lines' }, `${lines.toLocaleString('en-US')} line${lines === 1 ? '' : 's'}`),
@@ -666,7 +666,7 @@ export class LogView {
       r.dataset.open = String(open || group.end === null);
       if (group.failed) r.classList.add('failed');
       if (group.end !== null) {
-        body.insertBefore(el('button', { type: 'button', class: 'fold', 'data-key': 'group:' + seq, 'data-default': String(group.defaultOpen), 'aria-expanded': String(open), 'aria-label': `${open ? 'Fold' : 'Open'} group ${group.title}` }, open ? '▾' : '▸'), ln.nextSibling);
+        body.insertBefore(el('button', { type: 'button', class: 'fold', 'data-key': 'group:' + seq, 'aria-expanded': String(open), 'aria-label': `${open ? 'Fold' : 'Open'} group ${group.title}` }, open ? '▾' : '▸'), ln.nextSibling);
       } else {
         body.insertBefore(el('span', { class: 'fold-space' }, '▾'), ln.nextSibling);
       }
@@ -694,7 +694,10 @@ export class LogView {
     const head = e.target.closest('.step-head');
     const fold = e.target.closest('button.fold') || (head && head.querySelector('button.fold'));
     if (fold) {
-      this.sections.toggle(fold.dataset.key, fold.dataset.default === 'true');
+      // The reader asks for the opposite of what the button shows, not of the state now:
+      // a step can pass (fold by default) or the keep-open rule can act between the
+      // render and the click, and a toggle of that newer state would undo the click.
+      this.sections.userOpen.set(fold.dataset.key, fold.getAttribute('aria-expanded') !== 'true');
       this.refold();
       return;
     }
