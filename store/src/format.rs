@@ -5,11 +5,14 @@
 //! block         = header payload
 //! header        = BLOCK_MAGIC(u32) header_len(u32) payload_len(u32)
 //!                 first_seq(u64) count(u32) min_ts(i64) max_ts(i64) written_at(i64)
-//!                 level_mask(u8) stream_mask(u8) codec(u8) reserved(u8)
+//!                 level_mask(u8) stream_mask(u8) codec(u8) flags(u8)
 //!                 uncompressed_len(u32) prev_hash([u8;32])
 //!                 n_steps(u16) { len(u16) bytes }*      steps present in the block
 //!                 n_marks(u16) { len(u16) source batch_id(u64) last_seq(u64) }*
+//!                 [ link_hash([u8;32]) record_hash([u8;32]) ]   only with REWRITTEN
 //!                 crc32c(u32)   over the header before it and the whole payload
+//! flags         = bit 0 REWRITTEN; other bits must be 0 (blocks written before flags
+//!                 existed have 0 there: they decode as before)
 //! payload       = zstd( columns: ts deltas from the previous line, levels, streams, step indexes, message
 //!                 lengths, metadata, redaction, messages )
 //! index file    {first_seq:020}.idx = IndexEntry(64 bytes)*   (rebuildable from .seg)
@@ -18,6 +21,13 @@
 //! A block's hash is BLAKE3 over its header and payload; the next block stores it as
 //! `prev_hash`, so editing, removing or reordering blocks breaks the chain. All integers
 //! are little endian.
+//!
+//! A REWRITTEN block is an audited hotfix of an earlier version (a redaction): same
+//! first seq, count, timestamps, marks, `written_at` and `prev_hash`, new payload. Its
+//! `link_hash` is the hash the next block's `prev_hash` committed to (the original
+//! block's, kept through later rewrites), so the chain still links; its `record_hash`
+//! names the ledger record that authorised it (see `ledger`). The hash a block passes
+//! on down the chain is its *link hash*: `link_hash` when rewritten, else its own hash.
 
 use logstream_model::{Level, LevelSet, LogRecord, RedactionState, Stream};
 
@@ -30,6 +40,9 @@ pub const FIXED_HEADER_LEN: usize = 4 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 4 + 4 + 32;
 /// The three length fields at the start of every block.
 pub const PREFIX_LEN: usize = 12;
 const CODEC_ZSTD: u8 = 1;
+/// Header flag: the block is an audited rewrite of an earlier version.
+pub const FLAG_REWRITTEN: u8 = 1;
+const KNOWN_FLAGS: u8 = FLAG_REWRITTEN;
 /// Refuse headers/payloads larger than this when reading (a corrupt length must not make
 /// us allocate gigabytes).
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
@@ -52,6 +65,17 @@ pub enum FormatError {
     Codec(u8),
     #[error("payload does not decode: {0}")]
     Payload(String),
+    #[error("unknown header flags {0:#04x}")]
+    Flags(u8),
+}
+
+/// What a REWRITTEN block carries after its marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The hash the next block's `prev_hash` committed to: the original block's.
+    pub link_hash: Hash,
+    /// BLAKE3 of the ledger record that authorised this version (see `ledger`).
+    pub record_hash: Hash,
 }
 
 /// A producer batch recorded in the block holding the batch's last line, so retried
@@ -79,10 +103,14 @@ pub struct BlockHeader {
     /// Bit `Stream::code()` set for each stream present.
     pub streams: u8,
     pub codec: u8,
+    /// `FLAG_*` bits (0 for blocks written before flags existed).
+    pub flags: u8,
     pub uncompressed_len: u32,
     pub prev_hash: Hash,
     pub steps: Vec<String>,
     pub marks: Vec<BatchMark>,
+    /// Set exactly when `flags` has `FLAG_REWRITTEN`.
+    pub rewritten: Option<Rewritten>,
     pub crc: u32,
 }
 
@@ -93,6 +121,12 @@ impl BlockHeader {
 
     pub fn last_seq(&self) -> u64 {
         self.first_seq + u64::from(self.count) - 1
+    }
+
+    /// The hash the next block chains to, given this block's own hash: the original
+    /// block's for a rewritten one, else `hash`.
+    pub fn link_hash(&self, hash: &Hash) -> Hash {
+        self.rewritten.map_or(*hash, |r| r.link_hash)
     }
 }
 
@@ -130,6 +164,44 @@ pub fn encode_block(
     prev_hash: &Hash,
     marks: &[BatchMark],
     zstd_level: i32,
+) -> EncodedBlock {
+    encode(
+        records, first_seq, written_at, prev_hash, marks, zstd_level, None,
+    )
+}
+
+/// Encodes `records` (the same lines as `original`'s, changed) as a REWRITTEN version
+/// of the block `original` describes: same first seq, written_at, prev_hash and marks.
+pub fn encode_rewritten(
+    records: &[LogRecord],
+    original: &BlockHeader,
+    rewritten: Rewritten,
+    zstd_level: i32,
+) -> EncodedBlock {
+    assert_eq!(
+        records.len(),
+        original.count as usize,
+        "a rewrite keeps every line"
+    );
+    encode(
+        records,
+        original.first_seq,
+        original.written_at,
+        &original.prev_hash,
+        &original.marks,
+        zstd_level,
+        Some(rewritten),
+    )
+}
+
+fn encode(
+    records: &[LogRecord],
+    first_seq: u64,
+    written_at: i64,
+    prev_hash: &Hash,
+    marks: &[BatchMark],
+    zstd_level: i32,
+    rewritten: Option<Rewritten>,
 ) -> EncodedBlock {
     assert!(!records.is_empty(), "a block holds at least one record");
     let min_ts = records.iter().map(|r| r.ts).min().expect("non-empty");
@@ -181,7 +253,12 @@ pub fn encode_block(
     h.extend_from_slice(&min_ts.to_le_bytes());
     h.extend_from_slice(&max_ts.to_le_bytes());
     h.extend_from_slice(&written_at.to_le_bytes());
-    h.extend_from_slice(&[levels.bits(), streams, CODEC_ZSTD, 0]);
+    let flags = if rewritten.is_some() {
+        FLAG_REWRITTEN
+    } else {
+        0
+    };
+    h.extend_from_slice(&[levels.bits(), streams, CODEC_ZSTD, flags]);
     h.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     h.extend_from_slice(prev_hash);
     h.extend_from_slice(&(steps.len() as u16).to_le_bytes());
@@ -193,6 +270,10 @@ pub fn encode_block(
         put_short(&mut h, m.source.as_bytes());
         h.extend_from_slice(&m.batch_id.to_le_bytes());
         h.extend_from_slice(&m.last_seq.to_le_bytes());
+    }
+    if let Some(r) = &rewritten {
+        h.extend_from_slice(&r.link_hash);
+        h.extend_from_slice(&r.record_hash);
     }
     let header_len = (h.len() + 4) as u32;
     h[4..8].copy_from_slice(&header_len.to_le_bytes());
@@ -226,8 +307,11 @@ pub fn decode_header(h: &[u8]) -> Result<BlockHeader, FormatError> {
     let min_ts = r.u64()? as i64;
     let max_ts = r.u64()? as i64;
     let written_at = r.u64()? as i64;
-    let flags = r.take(4)?;
-    let (levels, streams, codec) = (LevelSet::from_bits(flags[0]), flags[1], flags[2]);
+    let bits = r.take(4)?;
+    let (levels, streams, codec, flags) = (LevelSet::from_bits(bits[0]), bits[1], bits[2], bits[3]);
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(FormatError::Flags(flags));
+    }
     let uncompressed_len = r.u32()?;
     let prev_hash: Hash = r.take(32)?.try_into().expect("32");
     let n_steps = r.u16()?;
@@ -246,6 +330,16 @@ pub fn decode_header(h: &[u8]) -> Result<BlockHeader, FormatError> {
             last_seq: r.u64()?,
         });
     }
+    let rewritten = if flags & FLAG_REWRITTEN != 0 {
+        let link_hash: Hash = r.take(32)?.try_into().expect("32");
+        let record_hash: Hash = r.take(32)?.try_into().expect("32");
+        Some(Rewritten {
+            link_hash,
+            record_hash,
+        })
+    } else {
+        None
+    };
     let crc = r.u32()?;
     if r.pos != h.len() || count == 0 {
         return Err(FormatError::Length(header_len));
@@ -261,10 +355,12 @@ pub fn decode_header(h: &[u8]) -> Result<BlockHeader, FormatError> {
         levels,
         streams,
         codec,
+        flags,
         uncompressed_len,
         prev_hash,
         steps,
         marks,
+        rewritten,
         crc,
     })
 }
@@ -612,6 +708,65 @@ mod tests {
             let ok = decode_header(&bytes).and_then(|h| check_block(&bytes, &h).map(|_| ()));
             assert!(ok.is_err(), "flip at byte {i} not detected");
         }
+    }
+
+    #[test]
+    fn a_rewritten_block_keeps_its_place_in_the_chain_and_round_trips() {
+        let marks = [BatchMark {
+            source: "s".into(),
+            batch_id: 3,
+            last_seq: 12,
+        }];
+        let original = encode_block(&sample(), 11, 77, &[5; 32], &marks, 3);
+        assert_eq!(original.header.flags, 0);
+        assert_eq!(original.header.rewritten, None);
+        assert_eq!(original.header.link_hash(&original.hash), original.hash);
+        let mut recs = decode_records(&original.bytes, &original.header).unwrap();
+        recs[0].message = "[REDACTED]".into();
+        let rw = Rewritten {
+            link_hash: original.hash,
+            record_hash: [8; 32],
+        };
+        let b = encode_rewritten(&recs, &original.header, rw, 3);
+        let h = decode_header(&b.bytes).unwrap();
+        assert_eq!(h, b.header);
+        assert_eq!(h.flags, FLAG_REWRITTEN);
+        assert_eq!(h.rewritten, Some(rw));
+        assert_eq!(
+            (h.first_seq, h.count, h.written_at, h.prev_hash, &h.marks),
+            (11, 2, 77, [5; 32], &marks.to_vec())
+        );
+        assert_eq!(
+            h.link_hash(&b.hash),
+            original.hash,
+            "links like the original"
+        );
+        assert_eq!(check_block(&b.bytes, &h).unwrap(), b.hash);
+        assert_eq!(decode_records(&b.bytes, &h).unwrap(), recs);
+        for i in 0..b.bytes.len() {
+            let mut bytes = b.bytes.clone();
+            bytes[i] ^= 0x01;
+            let ok = decode_header(&bytes).and_then(|h| check_block(&bytes, &h).map(|_| ()));
+            assert!(
+                ok.is_err(),
+                "flip at byte {i} of a rewritten block not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn blocks_without_flags_keep_the_layout_of_before_and_unknown_flags_are_refused() {
+        let b = encode_block(&sample(), 1, 0, &[0; 32], &[], 3);
+        // The flags byte is the old reserved byte, still 0; nothing follows the marks.
+        assert_eq!(b.bytes[4 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 3], 0);
+        let steps: usize = b.header.steps.iter().map(|s| 2 + s.len()).sum();
+        assert_eq!(
+            b.header.header_len as usize,
+            FIXED_HEADER_LEN + 2 + steps + 2 + 4
+        );
+        let mut bytes = b.bytes.clone();
+        bytes[4 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 3] = 0x80;
+        assert_eq!(decode_header(&bytes), Err(FormatError::Flags(0x80)));
     }
 
     #[test]

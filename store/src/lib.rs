@@ -6,6 +6,7 @@
 //!     meta.json                       created_at, completion, retention anchor
 //!     producers.json                  last batch id per producer (at each roll)
 //!     steps.json                      step names in order of appearance
+//!     redactions.ndjson               audit ledger of rewritten blocks (redactions)
 //!     00000000000000000001.seg/.idx   segment + its sparse index (64 B per block)
 //!     00000000000000052341.seg/.idx   ...
 //! <root>/system/audit/                the audit log, same format
@@ -34,6 +35,11 @@
 //! - **Tamper evidence.** An edited byte fails the CRC; a removed or reordered block
 //!   breaks the seq run and the hash chain. [`verify_dir`] checks both from the bytes on
 //!   disk, and [`compact`] refuses a log that fails it.
+//! - **Audited hotfixes.** [`Store::redact`] masks lines in place (a leaked secret) in
+//!   every copy, local and in object storage; each rewritten block keeps its seqs and
+//!   its place in the chain and names its record in the append-only, hash-chained
+//!   ledger (who, when, why, which lines), so `verify` accepts it while any unaudited
+//!   change still fails. [`Store::delete`] removes a whole deployment.
 //! - **Sealing and retention.** Completing a deployment seals its log. Retention deletes
 //!   whole sealed segments and first records in `meta.json` where the chain resumes, so
 //!   a trimmed log still verifies.
@@ -48,6 +54,7 @@
 
 mod catalog;
 mod format;
+mod ledger;
 mod log;
 mod meta;
 mod offload;
@@ -68,11 +75,16 @@ use parking_lot::{Mutex, RwLock};
 pub use catalog::{
     Catalog, CatalogEvent, CatalogListener, ListPage, ListQuery, NoCatalogListener, TenantSummary,
 };
-pub use log::{AppendOutcome, DeploymentLog, Direction, LogStats, MAX_STEPS, Page};
+pub use log::{
+    AppendOutcome, DeploymentLog, Direction, HOTFIX_DETECTOR, LogStats, MAX_STEPS, Page,
+    RedactOutcome, RedactRequest,
+};
 pub use meta::{Completion, Outcome};
 pub use offload::OffloadPass;
-pub use remote::{Manifest, Remote, RemoteError, RemoteObject, RemoteSegment, TierStats, Tiering};
-pub use verify::{VerifyReport, compact, verify_dir, verify_log};
+pub use remote::{
+    Manifest, Remote, RemoteError, RemoteLedger, RemoteObject, RemoteSegment, TierStats, Tiering,
+};
+pub use verify::{BadBlock, Rewrite, VerifyReport, compact, verify_dir, verify_log};
 
 /// A producer's batch: retried batches (same source, id not above the last stored) are
 /// stored once.
@@ -265,27 +277,55 @@ impl CommitListener for NoListener {
     fn completed(&self, _: &DeploymentId, _: &Completion) {}
 }
 
-/// Named fault points for tests (`segment_write`, `segment_sync`): when armed, the I/O at
-/// that point fails with the given error instead of running.
+/// Named fault points for tests (`segment_write`, `segment_sync`, `redact_swap`: after a
+/// redaction's ledger records are durable, before its segment is swapped in): when
+/// armed, the I/O at that point fails with the given error instead of running. Named
+/// pause points (`read_open`: a read about to open a segment file, its index in hand)
+/// sleep when armed with [`Faults::pause_at`], to widen a race window in a test.
 #[derive(Default)]
-pub struct Faults(Mutex<HashMap<&'static str, std::io::ErrorKind>>);
+pub struct Faults {
+    errors: Mutex<HashMap<&'static str, std::io::ErrorKind>>,
+    pauses: Mutex<HashMap<&'static str, Duration>>,
+    /// Whether any pause is armed (reads check this, not the map).
+    paused: std::sync::atomic::AtomicBool,
+}
 
 impl Faults {
     pub fn arm(&self, point: &'static str, kind: std::io::ErrorKind) {
-        self.0.lock().insert(point, kind);
+        self.errors.lock().insert(point, kind);
     }
 
     pub fn disarm(&self, point: &'static str) {
-        self.0.lock().remove(point);
+        self.errors.lock().remove(point);
+        let mut pauses = self.pauses.lock();
+        pauses.remove(point);
+        self.paused.store(!pauses.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Makes the code passing `point` sleep `pause` first.
+    pub fn pause_at(&self, point: &'static str, pause: Duration) {
+        self.pauses.lock().insert(point, pause);
+        self.paused.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn check(&self, point: &'static str) -> std::io::Result<()> {
-        match self.0.lock().get(point) {
+        match self.errors.lock().get(point) {
             Some(kind) => Err(std::io::Error::new(
                 *kind,
                 format!("injected fault at {point}"),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// Sleeps when `point` is armed with a pause.
+    pub(crate) fn pause(&self, point: &'static str) {
+        if !self.paused.load(Ordering::Relaxed) {
+            return;
+        }
+        let pause = self.pauses.lock().get(point).copied();
+        if let Some(d) = pause {
+            std::thread::sleep(d);
         }
     }
 }
@@ -347,6 +387,14 @@ struct OpenLog {
     used: AtomicU64,
 }
 
+/// The state behind a log's opening lock.
+#[derive(Default)]
+struct Opening {
+    /// `Store::delete` removed the log while this lock was waited for: the callers that
+    /// waited (they raced the deletion) do not create it again.
+    deleted: bool,
+}
+
 /// All deployments' logs under one root directory.
 pub struct Store {
     root: PathBuf,
@@ -354,8 +402,9 @@ pub struct Store {
     hooks: Arc<StoreHooks>,
     logs: RwLock<HashMap<DeploymentId, OpenLog>>,
     /// One lock per log being opened, so two callers never open one log twice while
-    /// different logs open (and create, with their fsyncs) in parallel.
-    opening: Mutex<HashMap<DeploymentId, Arc<Mutex<()>>>>,
+    /// different logs open (and create, with their fsyncs) in parallel. `Store::delete`
+    /// holds it too.
+    opening: Mutex<HashMap<DeploymentId, Arc<Mutex<Opening>>>>,
     /// Ticks of [`Store::log`], the LRU's clock.
     tick: AtomicU64,
     catalog: Arc<Catalog>,
@@ -391,6 +440,7 @@ impl Store {
             tiering,
         };
         for tenant in store.tenants()? {
+            store.finish_interrupted(&tenant)?;
             let dirs = store.deployments(&tenant)?;
             let added = store.catalog.reconcile(&tenant, &dirs, |d| {
                 let id = DeploymentId::new(tenant.clone(), d);
@@ -457,12 +507,17 @@ impl Store {
         }
         let slot = self.opening.lock().entry(id.clone()).or_default().clone();
         let result = {
-            let _guard = slot.lock();
-            self.open_log(id, create, now)
+            let guard = slot.lock();
+            match guard.deleted {
+                // Deleted while we waited: this call raced the deletion.
+                true if create => Err(StoreError::NotFound),
+                true => Ok(None),
+                false => self.open_log(id, create, now),
+            }
         };
         let mut opening = self.opening.lock();
         // The map's and ours: nobody else waits for this log.
-        if Arc::strong_count(&slot) <= 2 {
+        if opening.get(id).is_some_and(|s| Arc::ptr_eq(s, &slot)) && Arc::strong_count(&slot) <= 2 {
             opening.remove(id);
         }
         result
@@ -659,5 +714,168 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+// === impl Store: redaction and deletion ===
+
+impl Store {
+    /// Masks lines of `id`'s log in every copy and records the rewrite in its audit
+    /// ledger (see [`DeploymentLog::redact`]).
+    pub fn redact(
+        &self,
+        id: &DeploymentId,
+        req: &RedactRequest,
+    ) -> Result<RedactOutcome, StoreError> {
+        let log = self.log(id, false)?.ok_or(StoreError::NotFound)?;
+        log.redact(req)
+    }
+
+    /// Deletes a whole deployment: its objects in object storage (the segments, then
+    /// the manifest), its directory (renamed away at once, then removed), its catalog
+    /// entry and its open handle. An append racing the deletion either finished before
+    /// it (its lines go too) or answers `NotFound`, also through a handle taken before;
+    /// it never recreates the log. An append that starts after `delete` returned
+    /// creates a new, empty log under the same id (seqs from 1), as for a new
+    /// deployment: refusing that is the caller's decision. When object storage does not
+    /// answer, nothing local is deleted and the error says so: retry.
+    pub fn delete(&self, id: &DeploymentId) -> Result<(), StoreError> {
+        if id.tenant.starts_with('_') {
+            return Err(StoreError::Config("system logs are not deleted".into()));
+        }
+        let slot = self.opening.lock().entry(id.clone()).or_default().clone();
+        let result = {
+            let mut guard = slot.lock();
+            let r = self.delete_locked(id);
+            guard.deleted = r.is_ok();
+            r
+        };
+        let mut opening = self.opening.lock();
+        // After a deletion, later callers get a fresh lock (and may create the log);
+        // the ones still waiting for this one see `deleted`.
+        if opening.get(id).is_some_and(|s| Arc::ptr_eq(s, &slot))
+            && (result.is_ok() || Arc::strong_count(&slot) <= 2)
+        {
+            opening.remove(id);
+        }
+        result
+    }
+
+    /// `delete` under the log's opening lock (nobody opens or creates it meanwhile).
+    fn delete_locked(&self, id: &DeploymentId) -> Result<(), StoreError> {
+        let dir = self.log_dir(id);
+        let handle = self.logs.read().get(id).map(|o| o.log.clone());
+        let _closed = handle.as_ref().map(|l| l.close_for_delete());
+        let meta = match meta::read_atomic::<meta::MetaFile>(&dir.join("meta.json")) {
+            Ok(Some(meta::MetaFile::V1(m))) => Some(m),
+            Ok(None) => None,
+            // A log whose metadata does not read is deleted all the same.
+            Err(_) if dir.is_dir() => None,
+            Err(e) => return Err(e),
+        };
+        if handle.is_none() && meta.is_none() && !dir.is_dir() {
+            return Err(StoreError::NotFound);
+        }
+        self.logs.write().remove(id);
+        // Object storage first: the local files name what is there.
+        let local_manifest = log::local_manifest(&dir).unwrap_or_default();
+        match &self.tiering {
+            Some(t) => {
+                let mut manifests: Vec<remote::Manifest> = local_manifest.into_iter().collect();
+                // A manifest put just before a crash may name more than remote.json.
+                manifests.extend(log::fetch_manifest(t, id)?);
+                let remote_only: u64 = manifests
+                    .first()
+                    .map(|m| {
+                        let from = meta.as_ref().map_or(m.retained_from, |x| x.retained_from);
+                        m.segments
+                            .iter()
+                            .filter(|s| s.first_seq >= from)
+                            .filter(|s| {
+                                !dir.join(format::segment_file_name(s.first_seq, "seg"))
+                                    .exists()
+                            })
+                            .map(|s| s.bytes)
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                if !manifests.is_empty()
+                    && let (_, Some(e)) = log::delete_objects(t, id, &manifests)
+                {
+                    return Err(e);
+                }
+                t.forget_log(id);
+                if t.scanned.load(Ordering::Acquire) {
+                    let _ = t.remote_only_bytes.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |v| Some(v.saturating_sub(remote_only)),
+                    );
+                }
+            }
+            None if local_manifest.is_some_and(|m| !m.segments.is_empty()) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{id} has segments in object storage, which is not configured here; delete it where it is"
+                )));
+            }
+            None => {}
+        }
+        let parent = dir.parent().expect("a deployment dir has a parent");
+        let gone = parent.join(format!(".{}.deleted", id.deployment));
+        let io = |what: &str, e| StoreError::io(format!("{what} {}", dir.display()), e);
+        if gone.exists() {
+            fs::remove_dir_all(&gone).map_err(|e| io("deleting", e))?;
+        }
+        if dir.exists() {
+            fs::rename(&dir, &gone).map_err(|e| io("deleting", e))?;
+            meta::sync_dir(parent)?;
+        }
+        self.catalog.delete(&id.tenant, &id.deployment)?;
+        fs::remove_dir_all(&gone).map_err(|e| io("deleting", e))?;
+        // What a compaction cut short left of it.
+        for leftover in [".compact", ".old"] {
+            let p = parent.join(format!(".{}{leftover}", id.deployment));
+            if p.exists() {
+                fs::remove_dir_all(&p).map_err(|e| io("deleting", e))?;
+            }
+        }
+        meta::sync_dir(parent)
+    }
+
+    /// Finishes what a crash interrupted in `tenant`'s deployments directory: a
+    /// deletion (`.<id>.deleted`: removed), a compaction (`.<id>.compact`: removed;
+    /// `.<id>.old`: removed, or renamed back when the compacted copy never took its
+    /// place). These names are not deployment ids, so they never list as deployments.
+    fn finish_interrupted(&self, tenant: &str) -> Result<(), StoreError> {
+        let dir = self.tenant_dir(tenant);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
+        };
+        let io = |p: &Path, e| StoreError::io(format!("cleaning up {}", p.display()), e);
+        for entry in rd.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(hidden) = name.strip_prefix('.') else {
+                continue;
+            };
+            let path = entry.path();
+            if hidden.ends_with(".deleted") || hidden.ends_with(".compact") {
+                fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+            } else if let Some(id) = hidden.strip_suffix(".old") {
+                let live = dir.join(id);
+                if live.join("meta.json").exists() {
+                    fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+                } else {
+                    fs::rename(&path, &live).map_err(|e| io(&path, e))?;
+                }
+            } else {
+                continue;
+            }
+            meta::sync_dir(&dir)?;
+        }
+        Ok(())
     }
 }

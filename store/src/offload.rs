@@ -147,6 +147,16 @@ impl Store {
                     man.completion != m.completion
                         || man.segments.iter().any(|s| s.first_seq < m.retained_from)
                 });
+                if let Some(man) = &manifest
+                    && !pending
+                {
+                    // Redacted after its last upload pass: the ledger object is behind.
+                    let ledger = crate::log::local_ledger(&dir)
+                        .ok()
+                        .flatten()
+                        .map(|(_, l)| l);
+                    pending = ledger.is_some() && ledger != man.ledger;
+                }
                 let mut local = Vec::new();
                 let rd = fs::read_dir(&dir)
                     .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
@@ -289,6 +299,7 @@ impl Store {
                         .segments
                         .iter()
                         .flat_map(|s| [s.seg_name(), s.idx_name()])
+                        .chain(m.ledger.iter().map(|l| l.name()))
                         .chain([MANIFEST.to_owned()])
                         .collect(),
                     Err(e) => {

@@ -7,6 +7,7 @@
 //! <remote root>/tenants/<tenant>/<deployment>/manifest.json
 //!     .../<first_seq:020>-<blake3 of the .seg, 16 hex>.seg   the segment, byte for byte
 //!     .../<first_seq:020>-<same>.idx                         its index
+//!     .../redactions-<blake3, 16 hex>.ndjson                 the audit ledger, if any
 //! ```
 //!
 //! Object names carry their content hash, so two replicas (Kafka mode) or a retried
@@ -120,6 +121,27 @@ pub struct Manifest {
     pub producers: Vec<(String, u64, u64)>,
     /// In seq order, dense from `retained_from`.
     pub segments: Vec<RemoteSegment>,
+    /// The audit ledger of the log's rewritten blocks (`redactions.ndjson`), so a
+    /// replica that adopts the log can verify them. Absent without rewrites (and in
+    /// manifests written before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<RemoteLedger>,
+}
+
+/// The ledger object a manifest names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteLedger {
+    pub bytes: u64,
+    /// Hex BLAKE3 of the object.
+    pub blake3: String,
+}
+
+impl RemoteLedger {
+    /// The object's key under the deployment's prefix.
+    pub fn name(&self) -> String {
+        let h = self.blake3.get(..16).unwrap_or(&self.blake3);
+        format!("redactions-{h}.ndjson")
+    }
 }
 
 /// The prefix of a deployment's objects.

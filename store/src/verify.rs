@@ -2,11 +2,17 @@
 //!
 //! `verify_dir` walks every block of every segment from the bytes on disk (not the
 //! index): magic and lengths, CRC32C, the BLAKE3 chain (`prev_hash` of each block equals
-//! the hash of the block before it, across segments, starting from the retention anchor
-//! in `meta.json`), dense seqs, and that every payload decodes. It reports the first bad
+//! the link hash of the block before it, across segments, starting from the retention
+//! anchor in `meta.json`: a block's own hash, or for a REWRITTEN block the original's it
+//! carries), dense seqs, and that every payload decodes. A REWRITTEN block is accepted
+//! only with its audit record in the ledger (`redactions.ndjson`, see `ledger`): the
+//! record its `record_hash` names must describe this block (first seq, this version's
+//! hash, the link hash), the versions it replaced must be audited back to the original,
+//! and the ledger's own chain must hold up to that record. It reports the first bad
 //! block: an edited byte fails the CRC, a removed or reordered block breaks the seq run
-//! and the chain. With object storage, segments held there are read from it and every
-//! uploaded object is checked against the manifest (size and BLAKE3).
+//! and the chain, a rewrite nobody audited fails the ledger check; and then a break in
+//! the ledger's chain. With object storage, segments held there are read from it and
+//! every uploaded object is checked against the manifest (size and BLAKE3).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,6 +21,7 @@ use std::path::{Path, PathBuf};
 use logstream_model::LogRecord;
 
 use super::format::{self, Hash};
+use super::ledger::{self, LEDGER_FILE};
 use super::meta::{self, MetaFile};
 use super::remote::{RemoteError, RemoteSegment, Tiering};
 use super::{BatchId, DeploymentId, StoreError};
@@ -27,10 +34,32 @@ pub struct VerifyReport {
     pub lines: u64,
     pub first_seq: u64,
     pub last_seq: u64,
-    /// BLAKE3 of the last block: the head of the chain.
+    /// The head of the chain: the link hash of the last block (its BLAKE3, or the
+    /// original's for a rewritten block: an audited rewrite does not move the head).
     pub head: String,
+    /// Audited rewrites of the blocks verified, in block order (a block rewritten
+    /// twice is listed twice, oldest first).
+    pub rewrites: Vec<Rewrite>,
+    /// Hex BLAKE3 of the audit ledger's last line ("" without one): its head, as
+    /// `head` is the blocks' (compare it with the one recorded at the last redaction).
+    pub ledger_head: String,
     /// The first problem found, if any: where and what.
     pub first_bad: Option<BadBlock>,
+}
+
+/// One audited rewrite (a redaction) of a block, from its ledger record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// First seq of the block.
+    pub block: u64,
+    /// First seq of its segment.
+    pub segment: u64,
+    /// The lines it changed, as inclusive ranges.
+    pub seqs: Vec<(u64, u64)>,
+    pub subject: String,
+    pub reason: String,
+    /// Store wallclock, Unix ns.
+    pub at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +102,7 @@ pub fn verify_log(
         None => return Err(StoreError::NotFound),
     };
     let manifest = super::log::local_manifest(dir)?;
+    let ledger = ledger::read(dir)?;
     let uploaded: BTreeMap<u64, &RemoteSegment> = manifest
         .iter()
         .flat_map(|m| &m.segments)
@@ -102,6 +132,8 @@ pub fn verify_log(
         first_seq: meta.retained_from,
         last_seq: meta.retained_from - 1,
         head: meta::hex(&prev),
+        rewrites: Vec::new(),
+        ledger_head: ledger.head.map(|h| meta::hex(&h)).unwrap_or_default(),
         first_bad: None,
     };
     let mut expected = meta.retained_from;
@@ -169,6 +201,23 @@ pub fn verify_log(
                 report.first_bad = Some(bad(offset, expected, "hash chain broken: the block before this one was changed, removed or reordered".into()));
                 return Ok(report);
             }
+            let hash = *blake3::hash(bytes).as_bytes();
+            if let Some(rw) = &h.rewritten {
+                match ledger::check_rewrite(&ledger, &h, &hash, rw) {
+                    Ok(history) => report.rewrites.extend(history.into_iter().map(|r| Rewrite {
+                        block: r.block,
+                        segment: r.segment,
+                        seqs: r.seqs.clone(),
+                        subject: r.subject.clone(),
+                        reason: r.reason.clone(),
+                        at: r.at,
+                    })),
+                    Err(reason) => {
+                        report.first_bad = Some(bad(offset, expected, reason));
+                        return Ok(report);
+                    }
+                }
+            }
             if let Err(e) = format::decode_records(bytes, &h) {
                 report.first_bad = Some(bad(
                     offset,
@@ -177,7 +226,7 @@ pub fn verify_log(
                 ));
                 return Ok(report);
             }
-            prev = *blake3::hash(bytes).as_bytes();
+            prev = h.link_hash(&hash);
             expected = h.last_seq() + 1;
             offset += h.total_len();
             report.blocks += 1;
@@ -186,11 +235,23 @@ pub fn verify_log(
     }
     report.last_seq = expected - 1;
     report.head = meta::hex(&prev);
+    if let Some(b) = ledger.broken {
+        // The audit trail itself was edited (even where no block relies on it now).
+        report.first_bad = Some(BadBlock {
+            segment: dir.join(LEDGER_FILE),
+            offset: b.offset,
+            expected_seq: 0,
+            reason: b.reason,
+        });
+    }
     Ok(report)
 }
 
 /// The checked block at `offset` of a whole segment in memory.
-fn block_in(data: &[u8], offset: u64) -> Result<(format::BlockHeader, &[u8]), format::FormatError> {
+pub(crate) fn block_in(
+    data: &[u8],
+    offset: u64,
+) -> Result<(format::BlockHeader, &[u8]), format::FormatError> {
     let start = offset as usize;
     let prefix = data
         .get(start..start + format::PREFIX_LEN)
@@ -284,8 +345,11 @@ fn segment_bytes(
 
 /// Rewrites a completed log into full-size blocks (small live blocks compress poorly),
 /// after verifying it: a log that fails `verify` is refused, so compaction never
-/// launders tampering. The new log is written beside the old one and swapped in with a
-/// rename. Returns (old report, new report).
+/// launders tampering. A log with audited rewrites (redactions) is refused too: its new
+/// blocks would drop the rewrites' audit trail. The new log is written beside the old
+/// one (`.<deployment>.compact`, a name no deployment can have) and swapped in with
+/// renames (the old one goes through `.<deployment>.old`; `Store::open` finishes a swap
+/// a crash cut short). Returns (old report, new report).
 pub fn compact(
     store: &super::Store,
     id: &DeploymentId,
@@ -299,7 +363,14 @@ pub fn compact(
     let completion = log.completion().ok_or_else(|| {
         StoreError::Config("only completed deployments can be compacted; complete it first".into())
     })?;
+    // No redaction, retention or deletion of this log meanwhile.
+    let _one = log.maintenance();
     let dir = log.dir().to_owned();
+    if dir.join(LEDGER_FILE).exists() {
+        return Err(StoreError::Config(format!(
+            "this log has audited rewrites ({LEDGER_FILE}); compaction would drop their audit trail"
+        )));
+    }
     let before = verify_dir(&dir)?;
     if let Some(bad) = &before.first_bad {
         return Err(StoreError::Corrupt {
@@ -316,7 +387,7 @@ pub fn compact(
         ));
     }
     let tmp_id = DeploymentId::new(id.tenant.clone(), format!("{}.compact", id.deployment));
-    let tmp_dir = dir.with_file_name(format!("{}.compact", id.deployment));
+    let tmp_dir = dir.with_file_name(format!(".{}.compact", id.deployment));
     if tmp_dir.exists() {
         fs::remove_dir_all(&tmp_dir)
             .map_err(|e| StoreError::io("removing a stale compaction", e))?;
@@ -371,7 +442,7 @@ pub fn compact(
             reason: "compacted copy failed verification; original kept".into(),
         });
     }
-    let old = dir.with_file_name(format!("{}.old", id.deployment));
+    let old = dir.with_file_name(format!(".{}.old", id.deployment));
     store.forget(id);
     fs::rename(&dir, &old).map_err(|e| StoreError::io("swapping in the compacted log", e))?;
     fs::rename(&tmp_dir, &dir).map_err(|e| StoreError::io("swapping in the compacted log", e))?;

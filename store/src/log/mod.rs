@@ -10,6 +10,14 @@
 //! Readers never take the writer lock: they snapshot the segment list and the durable
 //! seq, and read blocks with `pread` through the index.
 //!
+//! Locks, always taken in this order (any prefix may be skipped):
+//! `maintenance` -> `remote_state` -> `writer` -> `swap` -> `view` -> `index_cache`.
+//! `maintenance` serialises what replaces or deletes segment files (redaction,
+//! retention, eviction, deletion, compaction); readers hold `swap` shared for a whole
+//! read, and a redaction holds it exclusively only while it renames a rewritten segment
+//! and its index into place and updates the view, so a read sees each segment wholly
+//! before or wholly after.
+//!
 //! This file holds the state shared by the submodules (`DeploymentLog`, the writer
 //! state, the readers' view of the segments), `open`, `stats`, `completion` and
 //! `durable_seq`. The rest:
@@ -19,9 +27,12 @@
 //! - `retention`: deleting expired sealed segments.
 //! - `segment`: segment and index files, block reads and scans, and the recovery `open`
 //!   runs (rebuild a sealed segment's index, truncate the active segment's torn tail).
+//! - `redact`: audited rewrites of stored lines (hotfix redaction) and closing a log
+//!   that is being deleted.
 
 mod offload;
 mod read;
+mod redact;
 mod retention;
 mod segment;
 mod writer;
@@ -30,6 +41,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use logstream_model::LogRecord;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -40,7 +52,8 @@ use super::meta::{self, Completion, Meta, MetaFile};
 use super::remote::{Manifest, RemoteSegment, Tiering};
 use super::{Catalog, DeploymentId, StoreConfig, StoreError, StoreHooks};
 
-pub(crate) use offload::local_manifest;
+pub(crate) use offload::{delete_objects, fetch_manifest, local_ledger, local_manifest};
+pub use redact::{HOTFIX_DETECTOR, RedactOutcome, RedactRequest};
 use segment::{
     create_segment, last_block_hash, list_segments, load_producers, open_sealed, recover_active,
 };
@@ -179,8 +192,15 @@ pub struct DeploymentLog {
     /// Object storage (tenant logs of a store with `[object_store]`).
     pub(crate) tiering: Option<Arc<Tiering>>,
     /// `remote.json`: the manifest as last written to object storage. Also serialises
-    /// offload passes of this log.
+    /// offload passes of this log (and a redaction's rewrites of uploaded segments).
     remote_state: Mutex<Option<Manifest>>,
+    /// Serialises the operations that replace or delete segment files: redaction,
+    /// retention, eviction, deletion, compaction (see the lock order above).
+    maintenance: Mutex<()>,
+    /// Held shared by a read, exclusively while a rewritten segment is swapped in.
+    swap: RwLock<()>,
+    /// Set once `Store::delete` closed the log: appends and redactions answer NotFound.
+    deleted: AtomicBool,
 }
 
 impl DeploymentLog {
@@ -217,6 +237,7 @@ impl DeploymentLog {
                 m
             }
         };
+        redact::remove_leftovers(&dir)?;
         // Logs written before steps were recorded have no file: their listing shows none.
         let steps = meta::read_atomic::<Vec<String>>(&dir.join("steps.json"))?.unwrap_or_default();
         let manifest = offload::local_manifest(&dir)?;
@@ -328,6 +349,9 @@ impl DeploymentLog {
             catalog: None,
             tiering,
             remote_state: Mutex::new(manifest),
+            maintenance: Mutex::new(()),
+            swap: RwLock::new(()),
+            deleted: AtomicBool::new(false),
         }))
     }
 
@@ -385,5 +409,15 @@ impl DeploymentLog {
     /// Seq of the last durable line (0 when empty).
     pub fn durable_seq(&self) -> u64 {
         self.view.read().durable_seq
+    }
+
+    /// Whether `Store::delete` removed this log.
+    fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Held while a log's segment files are replaced or deleted (see the lock order).
+    pub(crate) fn maintenance(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.maintenance.lock()
     }
 }

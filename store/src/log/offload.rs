@@ -7,7 +7,9 @@
 //! is not there: the `.seg` and `.idx` objects are put and read back (size and BLAKE3),
 //! then the manifest naming them is put, then `remote.json` is written locally; only
 //! then may the local copy be evicted. A crash before the manifest leaves an orphan the
-//! sweep deletes (and the restart uploads the segment again, under the same name).
+//! sweep deletes (and the restart uploads the segment again, under the same name). The
+//! audit ledger of rewritten blocks goes the same way (a new object per version, put
+//! before the manifest naming it), so a replica adopting the log verifies its rewrites.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -17,8 +19,11 @@ use std::sync::Arc;
 use super::segment::{load_index, view_of};
 use super::{DeploymentLog, SegmentView};
 use crate::format::{self, BlockHeader, IndexEntry};
+use crate::ledger::{self, LEDGER_FILE};
 use crate::meta::{self, Meta, MetaFile, ProducersFile};
-use crate::remote::{self, MANIFEST, Manifest, ManifestFile, RemoteError, RemoteSegment, Tiering};
+use crate::remote::{
+    self, MANIFEST, Manifest, ManifestFile, RemoteError, RemoteLedger, RemoteSegment, Tiering,
+};
 use crate::{DeploymentId, StoreError};
 
 pub(crate) const REMOTE_FILE: &str = "remote.json";
@@ -168,6 +173,27 @@ pub(super) fn adopt(id: &DeploymentId, dir: &Path, t: &Tiering) -> Result<(), St
     for s in m.segments.iter().filter(|s| s.first_seq >= m.retained_from) {
         fetch_index(id, dir, s, t)?;
     }
+    if let Some(l) = &m.ledger {
+        let key = format!("{}{}", remote::log_prefix(id), l.name());
+        let bytes = t
+            .remote
+            .get(&key)
+            .map_err(|e| unavailable(format!("reading {key}"), t, e))?;
+        if bytes.len() as u64 != l.bytes || hex_hash(&bytes) != l.blake3 {
+            return Err(StoreError::Corrupt {
+                path: key.into(),
+                reason: "the audit ledger object does not match its manifest entry (altered?)"
+                    .into(),
+            });
+        }
+        let path = dir.join(LEDGER_FILE);
+        fs::File::create(&path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()
+            })
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+    }
     meta::write_atomic(&dir.join("steps.json"), &m.steps)?;
     meta::write_atomic(
         &dir.join("producers.json"),
@@ -212,6 +238,97 @@ pub(crate) struct Offloaded {
     pub uploaded: Vec<(u64, u64)>,
     /// Objects deleted (retention).
     pub deleted: u64,
+}
+
+/// The audit ledger of the log in `dir` as object storage should hold it: its complete
+/// lines, and their description (None without rewrites).
+pub(crate) fn local_ledger(dir: &Path) -> Result<Option<(Vec<u8>, RemoteLedger)>, StoreError> {
+    let path = dir.join(LEDGER_FILE);
+    let mut bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+    };
+    bytes.truncate(ledger::parse(&bytes).valid_len as usize);
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let l = RemoteLedger {
+        bytes: bytes.len() as u64,
+        blake3: hex_hash(&bytes),
+    };
+    Ok(Some((bytes, l)))
+}
+
+/// A ledger object put for a manifest about to be written.
+pub(super) struct LedgerUpload {
+    key: String,
+    /// The ledger object the manifest named before (deleted once it names the new one).
+    replaced: Option<String>,
+}
+
+/// Deletes every object `manifests` name under `id`'s prefix: the segments first, the
+/// manifest last (while it is there, what it names is not an orphan). Returns how many
+/// were deleted and the first failure (the rest are still tried, each failure logged).
+pub(crate) fn delete_objects(
+    t: &Tiering,
+    id: &DeploymentId,
+    manifests: &[Manifest],
+) -> (u64, Option<StoreError>) {
+    let prefix = remote::log_prefix(id);
+    let mut keys = Vec::new();
+    let ledgers = manifests.iter().flat_map(|m| &m.ledger).map(|l| l.name());
+    for s in manifests.iter().flat_map(|m| &m.segments) {
+        for name in [s.seg_name(), s.idx_name()] {
+            let key = format!("{prefix}{name}");
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    for name in ledgers {
+        let key = format!("{prefix}{name}");
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.push(format!("{prefix}{MANIFEST}"));
+    let mut deleted = 0;
+    let mut first_err = None;
+    for key in keys {
+        match t.remote.delete(&key) {
+            Ok(()) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(log = %id, key, error = %e, "deleting an object failed");
+                first_err.get_or_insert_with(|| unavailable(format!("deleting {key}"), t, e));
+            }
+        }
+    }
+    (deleted, first_err)
+}
+
+/// A segment's whole `.seg` object, checked against its manifest entry.
+pub(super) fn fetch_segment(
+    t: &Tiering,
+    id: &DeploymentId,
+    r: &RemoteSegment,
+) -> Result<Vec<u8>, StoreError> {
+    let key = format!("{}{}", remote::log_prefix(id), r.seg_name());
+    let bytes = t.remote.get(&key).map_err(|e| match e {
+        RemoteError::NotFound => StoreError::Corrupt {
+            path: key.clone().into(),
+            reason: "a stored segment is missing from object storage; run `logstream-gateway store verify`".into(),
+        },
+        e => unavailable(format!("reading {key}"), t, e),
+    })?;
+    if bytes.len() as u64 != r.bytes || hex_hash(&bytes) != r.seg_blake3 {
+        return Err(StoreError::Corrupt {
+            path: key.into(),
+            reason: "the object does not match its manifest entry (altered?); run `logstream-gateway store verify`".into(),
+        });
+    }
+    t.count_remote_read(bytes.len());
+    Ok(bytes)
 }
 
 impl DeploymentLog {
@@ -266,6 +383,15 @@ impl DeploymentLog {
                 .map(|(s, (b, l))| (s.clone(), *b, *l))
                 .collect();
         };
+        // The audit ledger, when it changed, goes with the next manifest written.
+        let to_upload = segments[..sealed]
+            .iter()
+            .any(|s| s.remote.is_none() && s.local && s.last_seq >= s.first_seq);
+        let ledger_up = if state.is_some() || to_upload {
+            self.upload_ledger(&t, &mut manifest)?
+        } else {
+            None
+        };
         let mut result = Ok(());
         for seg in &segments[..sealed] {
             if seg.remote.is_some() || !seg.local || seg.last_seq < seg.first_seq {
@@ -285,12 +411,7 @@ impl DeploymentLog {
             manifest.segments.sort_by_key(|s| s.first_seq);
             describe(&mut manifest, &producers);
             let written = self.write_manifest(&t, &manifest);
-            let prefix = remote::log_prefix(&self.id);
-            {
-                let mut f = t.in_flight.lock();
-                f.remove(&format!("{prefix}{}", r.seg_name()));
-                f.remove(&format!("{prefix}{}", r.idx_name()));
-            }
+            self.done_in_flight(&t, &r);
             if let Err(e) = written {
                 result = Err(e);
                 break;
@@ -315,13 +436,23 @@ impl DeploymentLog {
                 .fetch_add(r.bytes, std::sync::atomic::Ordering::Relaxed);
             out.uploaded.push((r.first_seq, r.bytes));
         }
-        result?;
-        describe(&mut manifest, &producers);
-        let changed = state.as_ref() != Some(&manifest);
-        if changed && (state.is_some() || !manifest.segments.is_empty()) {
-            self.write_manifest(&t, &manifest)?;
-            *state = Some(manifest);
+        let written = result.and_then(|()| {
+            describe(&mut manifest, &producers);
+            let changed = state.as_ref() != Some(&manifest);
+            if changed && (state.is_some() || !manifest.segments.is_empty()) {
+                self.write_manifest(&t, &manifest)?;
+                *state = Some(manifest);
+            }
+            Ok(())
+        });
+        if let Some(up) = ledger_up {
+            let named = state
+                .as_ref()
+                .and_then(|m| m.ledger.as_ref())
+                .is_some_and(|l| up.key.ends_with(&l.name()));
+            self.ledger_uploaded(&t, up, named);
         }
+        written?;
         let prefix = remote::log_prefix(&self.id);
         for s in stale {
             for key in [s.seg_name(), s.idx_name()] {
@@ -337,7 +468,7 @@ impl DeploymentLog {
         Ok(out)
     }
 
-    fn write_manifest(&self, t: &Tiering, m: &Manifest) -> Result<(), StoreError> {
+    pub(super) fn write_manifest(&self, t: &Tiering, m: &Manifest) -> Result<(), StoreError> {
         put_manifest(t, &self.id, m)?;
         meta::write_atomic(&self.dir.join(REMOTE_FILE), &ManifestFile::V1(m.clone()))
     }
@@ -390,7 +521,8 @@ impl DeploymentLog {
             let h = check_block_at(block)
                 .map_err(|r| corrupt(format!("block at offset {}: {r}", e.offset)))?;
             if i + 1 == entries.len() {
-                last_hash = hex_hash(block);
+                // What the next segment's first block chains to.
+                last_hash = meta::hex(&h.link_hash(blake3::hash(block).as_bytes()));
                 let records = format::decode_records(block, &h)
                     .map_err(|r| corrupt(format!("block at offset {}: {r}", e.offset)))?;
                 last_ts = records.last().map_or(0, |r| r.ts);
@@ -411,6 +543,20 @@ impl DeploymentLog {
             last_hash,
             last_ts,
         };
+        self.put_segment_objects(t, &r, &data, &idx)?;
+        Ok((r, marks))
+    }
+
+    /// Puts a segment's `.seg` and `.idx` objects, each read back and checked, and
+    /// marks them in flight (the sweep leaves them alone until the manifest names them:
+    /// see [`DeploymentLog::done_in_flight`]).
+    pub(super) fn put_segment_objects(
+        &self,
+        t: &Tiering,
+        r: &RemoteSegment,
+        data: &[u8],
+        idx: &[u8],
+    ) -> Result<(), StoreError> {
         let prefix = remote::log_prefix(&self.id);
         let seg_key = format!("{prefix}{}", r.seg_name());
         let idx_key = format!("{prefix}{}", r.idx_name());
@@ -419,19 +565,69 @@ impl DeploymentLog {
             f.insert(seg_key.clone());
             f.insert(idx_key.clone());
         }
-        let put = put_verified(t, &seg_key, &data).and_then(|()| put_verified(t, &idx_key, &idx));
-        if let Err(e) = put {
-            let mut f = t.in_flight.lock();
-            f.remove(&seg_key);
-            f.remove(&idx_key);
+        let put = put_verified(t, &seg_key, data).and_then(|()| put_verified(t, &idx_key, idx));
+        if put.is_err() {
+            self.done_in_flight(t, r);
+        }
+        put
+    }
+
+    /// Brings `m.ledger` up to the local ledger: puts the new version (verified, in
+    /// flight until the manifest is written: see [`DeploymentLog::ledger_uploaded`]).
+    /// None when it is up to date.
+    pub(super) fn upload_ledger(
+        &self,
+        t: &Tiering,
+        m: &mut Manifest,
+    ) -> Result<Option<LedgerUpload>, StoreError> {
+        let Some((bytes, l)) = local_ledger(&self.dir)? else {
+            return Ok(None);
+        };
+        if m.ledger.as_ref() == Some(&l) {
+            return Ok(None);
+        }
+        let prefix = remote::log_prefix(&self.id);
+        let key = format!("{prefix}{}", l.name());
+        t.in_flight.lock().insert(key.clone());
+        if let Err(e) = put_verified(t, &key, &bytes) {
+            t.in_flight.lock().remove(&key);
             return Err(e);
         }
-        Ok((r, marks))
+        let replaced = m
+            .ledger
+            .replace(l)
+            .map(|old| format!("{prefix}{}", old.name()))
+            .filter(|old| *old != key);
+        Ok(Some(LedgerUpload { key, replaced }))
+    }
+
+    /// The manifest naming an uploaded ledger was written (`named`) or not: the old
+    /// version goes, or the new one is left to the sweep.
+    pub(super) fn ledger_uploaded(&self, t: &Tiering, up: LedgerUpload, named: bool) {
+        t.in_flight.lock().remove(&up.key);
+        if let (true, Some(old)) = (named, up.replaced)
+            && let Err(e) = t.remote.delete(&old)
+        {
+            tracing::warn!(log = %self.id, key = old, error = %e, "deleting a replaced ledger object failed; the sweep deletes it");
+        }
+    }
+
+    /// The objects of `r` are named by the manifest now (or abandoned).
+    pub(super) fn done_in_flight(&self, t: &Tiering, r: &RemoteSegment) {
+        let prefix = remote::log_prefix(&self.id);
+        let mut f = t.in_flight.lock();
+        f.remove(&format!("{prefix}{}", r.seg_name()));
+        f.remove(&format!("{prefix}{}", r.idx_name()));
     }
 
     /// Deletes the local copy of an uploaded sealed segment; it stays readable from
     /// object storage. Returns the bytes freed (0 when it was not evictable).
     pub(crate) fn evict(&self, first_seq: u64) -> Result<u64, StoreError> {
+        // Not while a redaction rewrites the segment (it would come back).
+        let _one = self.maintenance.lock();
+        if self.is_deleted() {
+            return Ok(0);
+        }
         let bytes = {
             let mut view = self.view.write();
             let sealed = if view.meta.completion.is_some() {
@@ -548,24 +744,7 @@ impl DeploymentLog {
         let Some(m) = state.take() else {
             return 0;
         };
-        let prefix = remote::log_prefix(&self.id);
-        let mut keys = Vec::new();
-        for s in &m.segments {
-            keys.push(format!("{prefix}{}", s.seg_name()));
-            keys.push(format!("{prefix}{}", s.idx_name()));
-        }
-        // The manifest last: while it is there, what it names is not an orphan.
-        keys.push(format!("{prefix}{MANIFEST}"));
-        let mut deleted = 0;
-        for key in keys {
-            match t.remote.delete(&key) {
-                Ok(()) => deleted += 1,
-                Err(e) => {
-                    tracing::warn!(log = %self.id, key, error = %e, "deleting an object failed; the sweep retries")
-                }
-            }
-        }
-        deleted
+        delete_objects(t, &self.id, &[m]).0
     }
 
     /// Whether any of the log's segments is in object storage.

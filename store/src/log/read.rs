@@ -1,7 +1,9 @@
 //! Paged reads. Readers never take the writer lock: they snapshot the segment list and
 //! the durable seq, and read blocks with `pread` through the index (the active
 //! segment's is in memory; sealed segments' are loaded on demand and the most recently
-//! used ones cached).
+//! used ones cached). A read holds the `swap` lock shared from its snapshot to its last
+//! block, so a redaction swapping a segment in waits for it: the index and the file a
+//! read uses are always of the same version.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ impl DeploymentLog {
         filter: &Filter,
         limit: usize,
     ) -> Result<Page, StoreError> {
+        let _swap = self.swap.read();
         let (segments, durable) = {
             let v = self.view.read();
             (v.segments.clone(), v.durable_seq)
@@ -97,6 +100,7 @@ impl DeploymentLog {
                         .as_ref()
                         .is_none_or(|(first, _)| *first != seg.first_seq)
                     {
+                        self.hooks.faults.pause("read_open");
                         files = Some((seg.first_seq, self.source(seg)?));
                     }
                     Some(match &files {

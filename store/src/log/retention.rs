@@ -14,6 +14,10 @@ impl DeploymentLog {
     /// Deletes sealed segments whose newest block was written before `cutoff`.
     /// Returns the (first_seq, last_seq, bytes) of each deleted segment.
     pub(crate) fn expire(&self, cutoff: i64) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let _one = self.maintenance.lock();
+        if self.is_deleted() {
+            return Ok(Vec::new());
+        }
         let _writer = self.writer.lock();
         let mut view = self.view.write();
         let mut deleted = Vec::new();

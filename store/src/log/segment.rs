@@ -288,7 +288,8 @@ pub(super) fn recover_active(
     Ok((view, writer))
 }
 
-/// The hash and last timestamp of a segment's last block.
+/// The link hash (what the next block chains to: see `format`) and last timestamp of a
+/// segment's last block.
 pub(super) fn last_block_hash(dir: &Path, seg: &SegmentView) -> Result<(Hash, i64), StoreError> {
     let entries = match &seg.index {
         Some(i) => i.clone(),
@@ -304,7 +305,7 @@ pub(super) fn last_block_hash(dir: &Path, seg: &SegmentView) -> Result<(Hash, i6
         reason: r.to_string(),
     })?;
     Ok((
-        *blake3::hash(&bytes).as_bytes(),
+        h.link_hash(blake3::hash(&bytes).as_bytes()),
         records.last().map_or(0, |r| r.ts),
     ))
 }

@@ -156,9 +156,14 @@ impl DeploymentLog {
         }
         let Some(w) = guard.as_mut() else {
             let completion = self.view.read().meta.completion;
+            let deleted = self.is_deleted();
             for (_, _, slot) in group {
-                *slot.0.lock() = Some(Err(StoreError::Completed {
-                    status: completion.map(|c| c.status),
+                *slot.0.lock() = Some(Err(if deleted {
+                    StoreError::NotFound
+                } else {
+                    StoreError::Completed {
+                        status: completion.map(|c| c.status),
+                    }
                 }));
             }
             return;
@@ -446,6 +451,9 @@ impl DeploymentLog {
         status: Outcome,
         exit_code: i32,
     ) -> Result<Completion, StoreError> {
+        if self.is_deleted() {
+            return Err(StoreError::NotFound);
+        }
         let existing = self.view.read().meta.completion;
         if let Some(c) = existing {
             return if c.status == status && c.exit_code == exit_code {
