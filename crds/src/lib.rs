@@ -104,6 +104,12 @@ pub struct LogStreamSpec {
     /// Put a ResourceQuota and LimitRange on this namespace sized for the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_quota: Option<NamespaceQuota>,
+    /// Log alert rules and their receivers: the store evaluates each rule on the lines
+    /// it stores (a pattern, an error ratio, or silence) and notifies Alertmanager, a
+    /// webhook or Slack. Receiver URLs that are credentials (Slack) go in a Secret
+    /// (`urlSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<logstream_model::alert::AlertsSpec>,
 }
 
 /// Namespaces and pod labels a tenant's pods are selected by.
@@ -618,6 +624,19 @@ impl LogStreamSpec {
         }
         if let Some(o) = &self.object_store {
             o.check(&self.gateway.store)?;
+        }
+        if let Some(a) = &self.alerts {
+            a.validate().map_err(|e| format!("spec.alerts.{e}"))?;
+            if let Some(r) = a
+                .receivers
+                .iter()
+                .find(|r| r.target().is_some_and(|(_, e)| e.url_file.is_some()))
+            {
+                return Err(format!(
+                    "spec.alerts.receivers ({}): urlFile names a file in the gateway's container; in a LogStream use url or urlSecret",
+                    r.name
+                ));
+            }
         }
         for (i, p) in self.redaction.patterns.iter().enumerate() {
             regex::RegexBuilder::new(&p.regex)

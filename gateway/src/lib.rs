@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod cluster;

@@ -71,6 +71,14 @@ pub struct Metrics {
     /// figures at each scrape) and counters.
     pub offload_gauges: [IntGauge; 5],
     pub offload_counters: [IntCounter; 7],
+    /// Log alerts pending or firing now, per tenant, rule and state.
+    pub alerts: IntGaugeVec,
+    /// Lines matching a rule, per tenant and rule.
+    pub alert_matches: IntCounterVec,
+    /// Deployments a rule could not track (its `max_series_per_rule` was reached).
+    pub alert_series_dropped: IntCounterVec,
+    /// Alert notices per tenant, receiver and result (`sent`, `failed`).
+    pub alert_notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -170,6 +178,26 @@ impl Metrics {
         Metrics {
             offload_gauges,
             offload_counters,
+            alerts: gauges(
+                "alerts",
+                "Log alerts pending or firing now (tenant_alerts rules), per tenant, rule and state.",
+                &["tenant", "rule", "state"],
+            ),
+            alert_matches: counters(
+                "alert_rule_matches_total",
+                "Stored lines that matched a log alert rule, per tenant and rule.",
+                &["tenant", "rule"],
+            ),
+            alert_series_dropped: counters(
+                "alert_series_dropped_total",
+                "Lines of deployments a rule could not track because it holds alerting.max_series_per_rule deployments already.",
+                &["tenant", "rule"],
+            ),
+            alert_notifications: counters(
+                "alert_notifications_total",
+                "Alert notices per tenant, receiver and result: sent, or failed (a 4xx, attempts used up, or a full queue).",
+                &["tenant", "receiver", "result"],
+            ),
             ingest_lines: counter("ingest_lines_total", "Lines made durable."),
             ingest_bytes: counter("ingest_bytes_total", "Message bytes made durable."),
             ingest_duplicates: counter(

@@ -76,6 +76,11 @@ pub async fn serve(
         .map(|_| tokio::spawn(offload_loop(state.clone())));
     let idle = tokio::spawn(idle_loop(state.clone()));
     let catalog = tokio::spawn(catalog_loop(state.clone()));
+    state.alerts.notifier().start();
+    let alerts = tokio::spawn(state.alerts.clone().run(
+        state.config.alerting.evaluation_interval(),
+        state.shutdown.clone(),
+    ));
     let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut http_done = done_tx.subscribe();
     let mut grpc_done = done_tx.subscribe();
@@ -105,6 +110,7 @@ pub async fn serve(
     }
     idle.abort();
     catalog.abort();
+    alerts.abort();
     let s = state.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.store.sync_catalog()).await {
         tracing::error!(error = %e, "writing the catalog at shutdown failed (the logs refill it at start)");

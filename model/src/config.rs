@@ -229,6 +229,98 @@ pub struct Config {
     /// The MCP server at `/mcp` (issue 22): who may reach it and how much one answer or
     /// one token may take.
     pub mcp: McpConfig,
+    /// Log alert rules and receivers per tenant, in the shape of the LogStream's
+    /// `spec.alerts` (camelCase keys), e.g. `[[tenant_alerts.acme.rules]] name = "panics"
+    /// condition = { matches = { count = 1, window = "5m" } }`. Roles `store` and `all`
+    /// evaluate them as lines are stored. Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_alerts: BTreeMap<String, crate::alert::AlertsSpec>,
+    /// How alerts are evaluated and delivered.
+    pub alerting: AlertingConfig,
+}
+
+/// `[alerting]`: evaluation and delivery of every tenant's alert rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// The URL alerts link back to (`externalURL` and `generatorURL` in notifications),
+    /// e.g. `https://logs.example.com`. Default: `http://<listen>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
+    /// How often windows slide, `for` and silences are checked. Default: `1s`.
+    pub evaluation_interval: String,
+    /// A firing alert is re-sent to Alertmanager receivers this often (Alertmanager
+    /// resolves an alert it stops hearing about). Default: `1m`.
+    pub resend_interval: String,
+    /// Resolved alerts stay listed by `GET /v1/alerts` this long. Default: `15m`.
+    pub resolved_retention: String,
+    /// Deployments one rule tracks at once (memory bound: about 1 KiB each); lines of
+    /// further deployments are not evaluated by that rule until one ends, and
+    /// `logstream_alert_series_dropped_total` counts them. Default: 10000.
+    pub max_series_per_rule: usize,
+    /// Notifications queued per receiver while it is slow or down; beyond it the oldest
+    /// are dropped and counted as failed. Default: 1024.
+    pub queue: usize,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            external_url: None,
+            evaluation_interval: "1s".into(),
+            resend_interval: "1m".into(),
+            resolved_retention: "15m".into(),
+            max_series_per_rule: 10_000,
+            queue: 1024,
+        }
+    }
+}
+
+impl AlertingConfig {
+    /// `evaluation_interval` (validated at start).
+    pub fn evaluation_interval(&self) -> Duration {
+        duration("alerting.evaluation_interval", &self.evaluation_interval)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// `resend_interval` (validated at start).
+    pub fn resend_interval(&self) -> Duration {
+        duration("alerting.resend_interval", &self.resend_interval)
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// `resolved_retention` (validated at start).
+    pub fn resolved_retention(&self) -> Duration {
+        duration("alerting.resolved_retention", &self.resolved_retention)
+            .unwrap_or(Duration::from_secs(900))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        duration("alerting.evaluation_interval", &self.evaluation_interval)?;
+        duration("alerting.resend_interval", &self.resend_interval)?;
+        duration("alerting.resolved_retention", &self.resolved_retention)?;
+        if let Some(u) = &self.external_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                field: "alerting.external_url",
+                problem: format!("{u:?} is not an http(s) URL"),
+            });
+        }
+        if self.max_series_per_rule == 0 {
+            return Err(ConfigError {
+                field: "alerting.max_series_per_rule",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if self.queue == 0 {
+            return Err(ConfigError {
+                field: "alerting.queue",
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[mcp]`: the Model Context Protocol server at `/mcp` (and `kubectl logstream mcp`).
@@ -765,6 +857,8 @@ impl Default for Config {
             segment_max_age: "1h".into(),
             store_replicas: Vec::new(),
             mcp: McpConfig::default(),
+            tenant_alerts: BTreeMap::new(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -941,6 +1035,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         duration("retention", &self.retention)?;
         self.mcp.validate()?;
+        self.alerting.validate()?;
+        for (tenant, a) in &self.tenant_alerts {
+            crate::validate_tenant(tenant).map_err(|e| ConfigError {
+                field: "tenant_alerts",
+                problem: e.to_string(),
+            })?;
+            a.validate().map_err(|e| ConfigError {
+                field: "tenant_alerts",
+                problem: format!("{tenant}.{e}"),
+            })?;
+        }
         duration("retention_interval", &self.retention_interval)?;
         for (tenant, r) in &self.tenant_retention {
             crate::validate_tenant(tenant).map_err(|e| ConfigError {
@@ -1354,6 +1459,32 @@ mod tests {
                 notify_interval: "2s".into(),
                 session_idle_timeout: "10m".into(),
                 search_deployments: 20,
+            },
+            tenant_alerts: BTreeMap::from([(
+                "acme".into(),
+                toml::from_str(
+                    r#"
+                    [[receivers]]
+                    name = "slack"
+                    slack = { urlFile = "/etc/logstream/receivers/slack/url" }
+                    [[rules]]
+                    name = "stuck"
+                    selector = { deployment = "deploy-*", step = "rollout" }
+                    condition = { silence = { for = "10m" } }
+                    for = "1m"
+                    annotations = { summary = "{{ $deployment }} is silent" }
+                    repeatInterval = "30m"
+                    "#,
+                )
+                .unwrap(),
+            )]),
+            alerting: AlertingConfig {
+                external_url: Some("https://logs.example.com".into()),
+                evaluation_interval: "2s".into(),
+                resend_interval: "30s".into(),
+                resolved_retention: "5m".into(),
+                max_series_per_rule: 100,
+                queue: 64,
             },
             object_store: Some(ObjectStoreConfig {
                 url: "s3://ci-logs/acme".into(),

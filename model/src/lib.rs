@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod alert;
 pub mod b64;
 pub mod config;
 mod cursor;

@@ -196,3 +196,52 @@ pub struct DeploymentList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
+
+/// `GET /v1/alerts`: the tenant's log alerts (pending, firing, and resolved within
+/// `alerting.resolved_retention`) and how delivery to its receivers goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertList {
+    pub alerts: Vec<Alert>,
+    pub receivers: Vec<AlertReceiver>,
+}
+
+/// One alert: one rule on one deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alert {
+    pub rule: String,
+    pub deployment: String,
+    /// `pending`, `firing` or `resolved`.
+    pub state: String,
+    /// `alertname`, `tenant`, `deployment` and the rule's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The rule's annotations, templates filled in.
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339: since when it is in this state.
+    pub since: String,
+    /// The condition's value: matching lines in the window, the error ratio, or the
+    /// seconds of silence.
+    pub value: f64,
+}
+
+/// One receiver's delivery record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertReceiver {
+    pub name: String,
+    /// `alertmanager`, `webhook` or `slack`.
+    pub kind: String,
+    /// Notices delivered.
+    pub sent: u64,
+    /// Notices given up on (a 4xx answer, attempts used up, or dropped from a full
+    /// queue).
+    pub failed: u64,
+    /// The last failure: what the receiver answered or why it could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_at: Option<String>,
+}

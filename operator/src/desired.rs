@@ -70,6 +70,9 @@ pub const OBJECT_STORE_DIR: &str = "/var/run/secrets/logstream-object-store";
 /// The entry of that Secret holding the `NAME=value` credential lines, and its file
 /// name under [`OBJECT_STORE_DIR`] (`[object_store] credentials_file`).
 pub const OBJECT_STORE_CREDENTIALS: &str = "credentials";
+/// Where alert receivers' URL Secrets (`spec.alerts.receivers[].*.urlSecret`) are
+/// mounted in store pods: one directory per receiver, the URL in its file `url`.
+pub const ALERT_RECEIVERS_DIR: &str = "/var/run/secrets/logstream-alert-receivers";
 
 /// One object the operator owns, typed. Every kind is applied whole with server-side
 /// apply, except [`Owned::Secret`].
@@ -299,6 +302,32 @@ pub fn desired(ls: &LogStream, cfg: &Config) -> Result<Vec<Owned>, InvalidSpec> 
             name: "kafka".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.to_owned()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    for (i, (receiver, secret)) in alert_url_secrets(ls).into_iter().enumerate() {
+        let volume = format!("alert-receiver-{i}");
+        store_pod.containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: volume.clone(),
+                mount_path: format!("{ALERT_RECEIVERS_DIR}/{receiver}"),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        store_pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: volume,
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: "url".into(),
+                    mode: None,
+                }]),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -892,8 +921,40 @@ pub fn store_config(ls: &LogStream, cfg: &Config) -> gateway::Config {
         kafka: spec.kafka.as_ref().map(|k| kafka_config(ls, k, cfg)),
         object_store: spec.object_store.as_ref().map(object_store_config),
         store_replicas: store_replica_urls(ls, cfg),
+        tenant_alerts: alerts_config(ls),
         ..auth_settings(ls, cfg)
     }
+}
+
+/// Receivers whose URL is in a Secret: (receiver name, the Secret's key).
+fn alert_url_secrets(ls: &LogStream) -> Vec<(&str, &logstream_model::alert::SecretKey)> {
+    ls.spec
+        .alerts
+        .iter()
+        .flat_map(|a| &a.receivers)
+        .filter_map(|r| Some((r.name.as_str(), r.target()?.1.url_secret.as_ref()?)))
+        .collect()
+}
+
+/// The tenant's alerts as the gateway reads them: a receiver's `urlSecret` becomes the
+/// file of its mounted Secret.
+fn alerts_config(ls: &LogStream) -> BTreeMap<String, logstream_model::alert::AlertsSpec> {
+    let Some(alerts) = &ls.spec.alerts else {
+        return BTreeMap::new();
+    };
+    let mut alerts = alerts.clone();
+    for r in &mut alerts.receivers {
+        let name = r.name.clone();
+        for e in [&mut r.alertmanager, &mut r.webhook, &mut r.slack]
+            .into_iter()
+            .flatten()
+        {
+            if e.url_secret.take().is_some() {
+                e.url_file = Some(format!("{ALERT_RECEIVERS_DIR}/{name}/url"));
+            }
+        }
+    }
+    BTreeMap::from([(ls.spec.tenant.clone(), alerts)])
 }
 
 /// The store's `[object_store]`: the bucket, the credentials as the file of the mounted

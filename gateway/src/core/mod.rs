@@ -57,6 +57,8 @@ pub struct Gateway {
     pub kafka: Option<Arc<crate::kafka::Kafka>>,
     /// Kafka mode with `store_replicas`: who owns which partition.
     pub replicas: Option<Arc<crate::cluster::Replicas>>,
+    /// Log alert rules, evaluated as lines are stored (`tenant_alerts`).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Gateway {
@@ -163,9 +165,25 @@ impl Gateway {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.viewer_queue, metrics.clone()));
+        let clock: Arc<dyn crate::store::Clock> = Arc::new(SystemClock);
+        let alerts = Arc::new(crate::alerts::Alerts::new(
+            &config.tenant_alerts,
+            &config.alerting,
+            config
+                .alerting
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.listen)),
+            clock.clone(),
+            metrics.clone(),
+        )?);
+        let listener: Arc<dyn crate::store::CommitListener> = match alerts.is_empty() {
+            true => hub.clone(),
+            false => Arc::new(crate::alerts::Listeners(vec![hub.clone(), alerts.clone()])),
+        };
         let hooks = StoreHooks {
-            clock: Arc::new(SystemClock),
-            listener: hub.clone(),
+            clock,
+            listener,
             catalog_listener: hub.clone(),
             observer: metrics.clone(),
             faults: Default::default(),
@@ -229,6 +247,7 @@ impl Gateway {
             quotas,
             kafka,
             replicas,
+            alerts,
             config,
             store,
             hub,

@@ -143,6 +143,7 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/deployments/{id}/secrets", post(secrets))
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
+        .route("/v1/alerts", get(alerts))
         .route("/v1/audit", get(audit_log))
         .route("/v1/audit/events", post(audit_append))
         .route("/healthz", get(healthz))
@@ -737,29 +738,9 @@ async fn list(
     access::require(&p, Scope::Read)?;
     let query = listing::params(&q)?;
     let mut body = listing::list(&s, &p, &query);
-    if let (Some(k), Some(r)) = (&s.kafka, &s.replicas)
-        && !headers.contains_key(FORWARDED)
-    {
-        // Every replica lists the deployments it serves: gather theirs.
-        let pq = uri
-            .path_and_query()
-            .map_or("/v1/deployments", |x| x.as_str());
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .or_else(|| headers.get(access::PROXY_SAFE_AUTHORIZATION))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let others = r
-            .gather(&k.advertise_url, pq, auth, FORWARDED)
-            .await
-            .map_err(|why| Error::not_owner(&format!("the listing is incomplete: {why}")))?;
-        let mut pages = vec![body];
-        for b in others {
-            pages.push(serde_json::from_slice(&b).map_err(|e| {
-                Error::not_owner(&format!("a store replica answered the listing with {e}"))
-            })?);
-        }
-        body = listing::merge(pages, query.limit);
+    // Every replica lists the deployments it serves: gather theirs.
+    if let Some(others) = gather::<wire::DeploymentList>(&s, &headers, &uri).await? {
+        body = listing::merge(std::iter::once(body).chain(others).collect(), query.limit);
     }
     s.audit(
         Need::Accepted,
@@ -772,6 +753,133 @@ async fn list(
     )
     .await?;
     Ok(axum::Json(body).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/alerts", summary = "The tenant's log alerts (pending, firing, recently resolved) and its receivers' delivery record", params(AlertParams), responses((status = 200, description = "Alerts sorted by rule and deployment", body = wire::AlertList), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+async fn alerts(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response> {
+    access::require(&p, Scope::Read)?;
+    if let Some(bad) = q
+        .keys()
+        .find(|k| !["state", "deployment"].contains(&k.as_str()))
+    {
+        return Err(Error::invalid(
+            "invalid_parameter",
+            format!("unknown parameter {bad:?}; use state and deployment"),
+        ));
+    }
+    let states: Option<Vec<&str>> = q
+        .get("state")
+        .map(|v| v.split(',').map(str::trim).collect());
+    if let Some(bad) = states
+        .iter()
+        .flatten()
+        .find(|v| !["pending", "firing", "resolved"].contains(v))
+    {
+        return Err(Error::invalid(
+            "invalid_parameter",
+            format!("state {bad:?}: use pending, firing or resolved (comma-separated)"),
+        ));
+    }
+    let mut body = wire::AlertList {
+        alerts: s
+            .alerts
+            .list(&p.tenant)
+            .into_iter()
+            .filter(|a| p.may_access(&a.deployment))
+            .filter(|a| {
+                states
+                    .as_ref()
+                    .is_none_or(|st| st.contains(&a.state.as_str()))
+            })
+            .filter(|a| q.get("deployment").is_none_or(|d| &a.deployment == d))
+            .collect(),
+        receivers: s.alerts.notifier().status(&p.tenant),
+    };
+    // Each replica evaluates the deployments it stores and delivers their notices.
+    for other in gather::<wire::AlertList>(&s, &headers, &uri)
+        .await?
+        .unwrap_or_default()
+    {
+        body.alerts.extend(other.alerts);
+        for r in other.receivers {
+            match body.receivers.iter_mut().find(|x| x.name == r.name) {
+                Some(x) => {
+                    x.sent += r.sent;
+                    x.failed += r.failed;
+                    if r.last_error_at > x.last_error_at {
+                        (x.last_error, x.last_error_at) = (r.last_error, r.last_error_at);
+                    }
+                    x.last_sent_at = x.last_sent_at.take().max(r.last_sent_at);
+                }
+                None => body.receivers.push(r),
+            }
+        }
+    }
+    body.alerts
+        .sort_by(|a, b| (&a.rule, &a.deployment).cmp(&(&b.rule, &b.deployment)));
+    s.audit(
+        Need::Accepted,
+        "alerts",
+        &p.subject,
+        &p.tenant,
+        "",
+        "ok",
+        None,
+    )
+    .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+/// Query parameters of the alerts listing.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query string; the handler reads it as a map
+struct AlertParams {
+    /// Comma-separated: pending, firing, resolved. Default: all three.
+    state: Option<String>,
+    /// Only this deployment's alerts.
+    deployment: Option<String>,
+}
+
+/// Kafka mode with store replicas, asked by a client (not by another replica): the
+/// same request's answers from every other replica (each serves its own partitions).
+/// `None` elsewhere.
+async fn gather<T: serde::de::DeserializeOwned>(
+    s: &Gateway,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Option<Vec<T>>> {
+    let (Some(k), Some(r)) = (&s.kafka, &s.replicas) else {
+        return Ok(None);
+    };
+    if headers.contains_key(FORWARDED) {
+        return Ok(None);
+    }
+    let pq = uri.path_and_query().map_or(uri.path(), |x| x.as_str());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .or_else(|| headers.get(access::PROXY_SAFE_AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let others = r
+        .gather(&k.advertise_url, pq, auth, FORWARDED)
+        .await
+        .map_err(|why| Error::not_owner(&format!("the answer is incomplete: {why}")))?;
+    others
+        .iter()
+        .map(|b| {
+            serde_json::from_slice(b).map_err(|e| {
+                Error::not_owner(&format!("a store replica answered {} with {e}", uri.path()))
+            })
+        })
+        .collect::<Result<Vec<T>>>()
+        .map(Some)
 }
 
 /// Query parameters of the deployments listing.

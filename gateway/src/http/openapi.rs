@@ -137,6 +137,7 @@ impl Modify for Security {
         super::secrets,
         super::stream,
         super::export,
+        super::alerts,
         super::audit_log,
         super::audit_append,
         super::healthz,
@@ -160,6 +161,9 @@ impl Modify for Security {
         wire::SecretsRequest,
         wire::SecretsReply,
         wire::AuditPage,
+        wire::AlertList,
+        wire::Alert,
+        wire::AlertReceiver,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("proxySafeBearer" = []))

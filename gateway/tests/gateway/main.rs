@@ -5,6 +5,7 @@
 //! gateway, tokens and the common client calls come from `logstream_gateway::testkit`;
 //! what several modules share beyond that is here.
 
+mod alerts;
 mod audit;
 mod errors;
 mod grpc;

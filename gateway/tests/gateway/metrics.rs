@@ -8,7 +8,31 @@ use logstream_proto::v1 as pb;
 #[tokio::test]
 async fn every_documented_gateway_metric_is_exported() {
     let tmp = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_with(tmp.path(), |c| c.quotas.ingest_lines_per_sec = 50).await;
+    // An alert receiver that refuses (400, not retried), and a rule that can track one
+    // deployment: every alert metric gets a series.
+    let refusing = logstream_gateway::testkit::loopback_listener().await;
+    let hook = format!("http://{}/", refusing.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::BAD_REQUEST });
+        axum::serve(refusing, app).await
+    });
+    let alerts = toml::from_str(&format!(
+        r#"
+        [[receivers]]
+        name = "hook"
+        webhook = {{ url = "{hook}" }}
+        [[rules]]
+        name = "any"
+        condition = {{ matches = {{ count = 1, window = "1h" }} }}
+        "#
+    ))
+    .unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| {
+        c.quotas.ingest_lines_per_sec = 50;
+        c.tenant_alerts.insert("acme".into(), alerts);
+        c.alerting.max_series_per_rule = 1;
+    })
+    .await;
     let token = gw.rw();
     gw.push(
         &token,
@@ -17,6 +41,7 @@ async fn every_documented_gateway_metric_is_exported() {
     )
     .await;
     gw.push(&token, "m", &lines("x", 0..5)).await;
+    gw.push(&token, "m2", &lines("z", 0..1)).await; // over the alert rule's one series
     // Over the 50 lines/s quota (a bucket may go into debt by one request): refused,
     // and counted.
     let mut statuses = Vec::new();
@@ -39,6 +64,15 @@ async fn every_documented_gateway_metric_is_exported() {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     tail.subscribe(req).await.unwrap();
+    let failed =
+        "logstream_alert_notifications_total{receiver=\"hook\",result=\"failed\",tenant=\"acme\"}";
+    for _ in 0..100 {
+        if gw.metric(failed).await.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.state.alerts.tick(); // the state gauges are set by the evaluation tick
     let text = client()
         .get(format!("{}/metrics", gw.http))
         .send()
