@@ -10,10 +10,17 @@
   values.yaml), read-only root filesystem, all capabilities dropped, seccomp
   RuntimeDefault;
 - the chart's CRD is the checked-in one;
-- each charts/logstream/ci/bad/*.yaml is refused, naming what its first line says.
+- each charts/logstream/ci/bad/*.yaml is refused, naming what its first line says;
+- the platform alerts: every value set is rendered again with the PrometheusRule API
+  (`--api-versions monitoring.coreos.com/v1/PrometheusRule`): the PrometheusRule is
+  there (unless `prometheusRule.enabled: false`) with `spec.groups` equal to
+  rules/platform-alerts.yaml (runbook links moved to `prometheusRule.runbookBaseUrl`)
+  and `prometheusRule.labels` on it, and it is absent without the API.
 """
 
+import copy
 import glob
+import json
 import os
 import sys
 
@@ -26,7 +33,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "charts/logstream")
 VERSIONS = ["1.33.0", "1.37.0"]
 FOREIGN = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
-           ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+           ("monitoring.coreos.com/v1", "PrometheusRule"), ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+# The API a cluster with the Prometheus Operator's CRDs serves (what `helm install`
+# finds there, and `helm template --api-versions` names).
+PROMETHEUS_RULE_API = "monitoring.coreos.com/v1/PrometheusRule"
+RULES = os.path.join(CHART, "rules/platform-alerts.yaml")
+RUNBOOKS = "https://github.com/logstream/logstream/blob/main/docs/runbooks/"
 failures = []
 
 
@@ -35,6 +47,59 @@ def load_values(path):
         return {}
     with open(path) as f:
         return yaml.safe_load(f) or {}
+
+
+def render(chart, values, api_versions=()):
+    """`helm template` of `chart`; `api_versions` are added to the capabilities (Helm's
+    `--api-versions`). helm-python-sdk's `Chart.render` has no keyword for them, so the
+    call goes to libhelm_c's render, whose options take `api_versions`, directly."""
+    opts = {"name": "ls", "namespace": "logstream-system", "is_install": True}
+    if not api_versions:
+        return chart.render(values, **opts)
+    opts["api_versions"] = list(api_versions)
+    return json.loads(helm_python._native.call_string(
+        "helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+
+
+def expected_rule_groups(values):
+    """rules/platform-alerts.yaml as the PrometheusRule must carry it for `values`."""
+    with open(RULES) as f:
+        groups = copy.deepcopy(yaml.safe_load(f)["groups"])
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        base = yaml.safe_load(f)["prometheusRule"]["runbookBaseUrl"]
+    base = values.get("prometheusRule", {}).get("runbookBaseUrl", base).rstrip("/") + "/"
+    for g in groups:
+        for r in g["rules"]:
+            url = r.get("annotations", {}).get("runbook_url")
+            if url is not None:
+                r["annotations"]["runbook_url"] = url.replace(RUNBOOKS, base)
+    return groups
+
+
+def check_prometheus_rule(where, values, with_api, docs):
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    wanted = with_api and values.get("prometheusRule", {}).get("enabled", True)
+    if not wanted:
+        if rules:
+            failures.append(f"{where}: a PrometheusRule rendered "
+                            f"{'while prometheusRule.enabled is false' if with_api else 'without the PrometheusRule API'}")
+        return 0
+    if len(rules) != 1:
+        failures.append(f"{where}: {len(rules)} PrometheusRules rendered with the API, expected 1")
+        return 0
+    rule = rules[0]
+    if rule["apiVersion"] != "monitoring.coreos.com/v1":
+        failures.append(f"{where}: PrometheusRule apiVersion {rule['apiVersion']}")
+    if rule["metadata"].get("namespace") != "logstream-system":
+        failures.append(f"{where}: PrometheusRule not in the release namespace")
+    for k, v in values.get("prometheusRule", {}).get("labels", {}).items():
+        if rule["metadata"].get("labels", {}).get(k) != v:
+            failures.append(f"{where}: PrometheusRule lacks the label {k}={v} of prometheusRule.labels")
+    if rule["spec"].get("groups") != expected_rule_groups(values):
+        failures.append(f"{where}: PrometheusRule spec.groups differ from charts/logstream/rules/platform-alerts.yaml")
+    if set(rule["spec"]) != {"groups"}:
+        failures.append(f"{where}: PrometheusRule spec has more than groups: {sorted(rule['spec'])}")
+    return 1
 
 
 def crd_schema():
@@ -65,12 +130,18 @@ def check_security(doc, where):
 
 
 def main():
-    checked = 0
+    checked = rules_checked = 0
     value_sets = [None] + sorted(glob.glob(os.path.join(CHART, "ci/*.yaml")))
+    # The PrometheusRule's own values, besides the ci files (which keep its defaults).
+    extra = [
+        ("prometheusRule with labels and a runbook mirror",
+         {"prometheusRule": {"labels": {"release": "kube-prometheus-stack"},
+                             "runbookBaseUrl": "https://runbooks.example.com/logstream/"}}),
+        ("prometheusRule disabled", {"prometheusRule": {"enabled": False}}),
+    ]
     ls_schema = crd_schema()
-    for path in value_sets:
-        where = os.path.basename(path) if path else "default values"
-        values = load_values(path)
+    runs = [(os.path.basename(p) if p else "default values", load_values(p)) for p in value_sets] + extra
+    for where, values in runs:
         try:
             result = helm_python.lint(CHART, values, strict=True, namespace="logstream-system")
         except helm_python.HelmError as e:
@@ -81,37 +152,43 @@ def main():
         if msgs:
             failures.append(f"{where}: helm lint --strict: {msgs}")
         chart = helm_python.Chart.load(CHART)
-        try:
-            rendered = chart.render(values, name="ls", namespace="logstream-system", is_install=True)
-        except helm_python.HelmError as e:
-            failures.append(f"{where}: helm template failed: {e}")
-            continue
-        kinds = []
-        for fname, text in sorted(rendered.items()):
-            if fname.endswith("NOTES.txt"):
-                if "kubectl logstream logs -f" not in text:
-                    failures.append(f"{where}: NOTES.txt lacks the follow command")
+        for with_api in (False, True):
+            at = f"{where} (with {PROMETHEUS_RULE_API})" if with_api else where
+            try:
+                rendered = render(chart, values, [PROMETHEUS_RULE_API] if with_api else ())
+            except helm_python.HelmError as e:
+                failures.append(f"{at}: helm template failed: {e}")
                 continue
-            for doc in yaml.safe_load_all(text):
-                if not doc:
+            kinds, docs = [], []
+            for fname, text in sorted(rendered.items()):
+                if fname.endswith("NOTES.txt"):
+                    if "kubectl logstream logs -f" not in text:
+                        failures.append(f"{at}: NOTES.txt lacks the follow command")
                     continue
-                kinds.append(doc["kind"])
-                key = (doc["apiVersion"], doc["kind"])
-                if key in FOREIGN:
-                    continue
-                if doc["kind"] == "LogStream":
-                    for e in ls_schema.iter_errors(doc):
-                        failures.append(f"{where}: LogStream: {e.message} at {list(e.path)}")
-                    continue
-                for v in VERSIONS:
-                    try:
-                        kubernetes_validate.validate(doc, v, strict=True)
-                    except kubernetes_validate.ValidationError as e:
-                        failures.append(f"{where}: {doc['kind']}/{doc['metadata'].get('name')} on {v}: {e.message} at {list(e.path)}")
-                check_security(doc, where)
-                checked += 1
-        if "Deployment" not in kinds:
-            failures.append(f"{where}: no operator Deployment rendered")
+                for doc in yaml.safe_load_all(text):
+                    if not doc:
+                        continue
+                    kinds.append(doc["kind"])
+                    docs.append(doc)
+                    key = (doc["apiVersion"], doc["kind"])
+                    # Other projects' kinds (the PrometheusRule included): kubernetes-validate
+                    # knows only Kubernetes' own schemas.
+                    if key in FOREIGN:
+                        continue
+                    if doc["kind"] == "LogStream":
+                        for e in ls_schema.iter_errors(doc):
+                            failures.append(f"{at}: LogStream: {e.message} at {list(e.path)}")
+                        continue
+                    for v in VERSIONS:
+                        try:
+                            kubernetes_validate.validate(doc, v, strict=True)
+                        except kubernetes_validate.ValidationError as e:
+                            failures.append(f"{at}: {doc['kind']}/{doc['metadata'].get('name')} on {v}: {e.message} at {list(e.path)}")
+                    check_security(doc, at)
+                    checked += 1
+            if "Deployment" not in kinds:
+                failures.append(f"{at}: no operator Deployment rendered")
+            rules_checked += check_prometheus_rule(at, values, with_api, docs)
         chart.close()
 
     with open(os.path.join(CHART, "crds/logstream.dev_logstreams.yaml")) as a, \
@@ -121,6 +198,15 @@ def main():
                             "cp crds/logstream.dev_logstreams.yaml charts/logstream/crds/")
 
     refused = 0
+    # A runbook base that is not a URL (the links would lead nowhere).
+    try:
+        chart = helm_python.Chart.load(CHART)
+        render(chart, {"prometheusRule": {"runbookBaseUrl": "docs/runbooks"}}, [PROMETHEUS_RULE_API])
+        failures.append("prometheusRule.runbookBaseUrl docs/runbooks: rendered, but the values schema must refuse it")
+    except helm_python.HelmError as e:
+        if "runbookBaseUrl" not in str(e):
+            failures.append(f"prometheusRule.runbookBaseUrl docs/runbooks: refused without naming it: {e}")
+        refused += 1
     for bad in sorted(glob.glob(os.path.join(CHART, "ci/bad/*.yaml"))):
         with open(bad) as f:
             first = f.readline().strip()
@@ -137,9 +223,11 @@ def main():
     if failures:
         print("\n".join(failures), file=sys.stderr)
         sys.exit(1)
-    print(f"chart.py: helm lint --strict and template clean for {len(value_sets)} value sets; "
+    print(f"chart.py: helm lint --strict and template clean for {len(value_sets) + len(extra)} value sets, "
+          f"each with and without {PROMETHEUS_RULE_API}; "
           f"{checked} manifests valid on Kubernetes {', '.join(VERSIONS)} (strict) with locked-down pods; "
-          f"CRD in sync; {refused} bad values files refused")
+          f"PrometheusRule = rules/platform-alerts.yaml in {rules_checked} renders with the API, absent without it; "
+          f"CRD in sync; {refused} bad values refused")
 
 
 if __name__ == "__main__":
