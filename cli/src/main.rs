@@ -18,6 +18,7 @@
 #![deny(rust_2018_idioms)]
 
 mod export;
+mod hotfix;
 mod kube;
 mod output;
 mod run;
@@ -132,6 +133,11 @@ enum Command {
     Run(run::RunArgs),
     /// Complete a deployment (for a wrapper that decides how the pipeline ended).
     Complete(run::CompleteArgs),
+    /// Mask a leaked secret in a stored log (scope logs:admin): --seq A-B and/or
+    /// --match REGEX, --reason; audited, and `store verify` still passes and names it.
+    Redact(hotfix::RedactArgs),
+    /// Delete a deployment and every line of it (scope logs:admin); audited.
+    Delete(hotfix::DeleteArgs),
     /// Serve the Model Context Protocol on stdin/stdout for an assistant or IDE (its
     /// tools and resources read deployments with this CLI's gateway and token; see the
     /// README for client configuration).
@@ -341,6 +347,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(Client::new(&conn)?, args).await,
         Command::Mcp => mcp(Client::new(&conn)?).await,
         Command::Complete(args) => run::complete_cmd(Client::new(&conn)?, args).await,
+        Command::Redact(args) => hotfix::redact(&Client::new(&conn)?, args).await,
+        Command::Delete(args) => hotfix::delete(&Client::new(&conn)?, args).await,
     }
 }
 

@@ -1501,3 +1501,107 @@ async fn follow_waits_for_a_deployment_that_has_not_started() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "--wait-timeout needs -f");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_masks_a_leaked_value_and_delete_removes_a_deployment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let admin = g.state.auth.mint(
+        "oncall",
+        "acme",
+        &[Scope::Read, Scope::LogsAdmin],
+        Duration::from_secs(3600),
+        None,
+    );
+    push(
+        &g,
+        &t,
+        "leaky",
+        &[
+            json!({"message": "ok"}),
+            json!({"message": "vault says s3cr3t-Vq9Lw2 today"}),
+        ],
+    )
+    .await;
+    // Bad flags exit 2 naming them; a token without logs:admin is refused by the gateway.
+    for (args, needle) in [
+        (vec!["redact", "leaky", "--reason", "x"], "--seq"),
+        (
+            vec!["redact", "leaky", "--match", "(", "--reason", "x"],
+            "--match",
+        ),
+        (
+            vec!["redact", "leaky", "--seq", "1", "--reason", " "],
+            "--reason",
+        ),
+    ] {
+        let out = cli(&g, &admin).args(&args).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = cli(&g, &t)
+        .args([
+            "redact",
+            "leaky",
+            "--match",
+            "s3cr3t-\\w+",
+            "--reason",
+            "leak",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("logs:admin"));
+
+    let out = cli(&g, &admin)
+        .args([
+            "redact",
+            "leaky",
+            "--match",
+            "s3cr3t-\\w+",
+            "--reason",
+            "INC-42 leak",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("masked 1 matches in 1 lines of leaky (seqs 2)"),
+        "{err}"
+    );
+    let lines = stored_lines(&g, &t, "leaky").await;
+    assert_eq!(lines[1]["message"], "vault says [REDACTED:hotfix] today");
+
+    let out = cli(&g, &admin)
+        .args(["delete", "leaky", "--reason", "INC-42"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "asks for --yes without a terminal"
+    );
+    let out = cli(&g, &admin)
+        .args(["delete", "leaky", "--reason", "INC-42", "--yes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&g, &t)
+        .args(["describe", "leaky"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -15,6 +15,8 @@ pub enum Scope {
     Write,
     Read,
     Export,
+    /// Hotfixes of stored logs: redactions and deletions (implied by `admin`).
+    LogsAdmin,
     Admin,
     /// Append audit records made elsewhere: what an edge's own tokens carry (it has no
     /// disk and sends its records to its store). Not implied by `admin`, so a tenant's
@@ -28,6 +30,7 @@ impl Scope {
             Scope::Write => "logs:write",
             Scope::Read => "logs:read",
             Scope::Export => "logs:export",
+            Scope::LogsAdmin => "logs:admin",
             Scope::Admin => "admin",
             Scope::AuditWrite => "audit:write",
         }
@@ -38,6 +41,7 @@ impl Scope {
             "logs:write" => Some(Scope::Write),
             "logs:read" => Some(Scope::Read),
             "logs:export" => Some(Scope::Export),
+            "logs:admin" => Some(Scope::LogsAdmin),
             "admin" => Some(Scope::Admin),
             "audit:write" => Some(Scope::AuditWrite),
             _ => None,
@@ -171,7 +175,7 @@ pub enum AuthError {
     #[error("the token's tenant claim is invalid: {0}")]
     Tenant(String),
     #[error(
-        "the token has an unknown scope {0:?}; scopes are logs:write, logs:read, logs:export, admin"
+        "the token has an unknown scope {0:?}; scopes are logs:write, logs:read, logs:export, logs:admin, admin"
     )]
     Scope(String),
 }
@@ -815,13 +819,19 @@ mod tests {
             Scope::Write,
             Scope::Read,
             Scope::Export,
+            Scope::LogsAdmin,
             Scope::Admin,
             Scope::AuditWrite,
         ];
         for s in every {
             // A new variant breaks this match: add it to `every` and to SCOPE_NAMES.
             match s {
-                Scope::Write | Scope::Read | Scope::Export | Scope::Admin | Scope::AuditWrite => {}
+                Scope::Write
+                | Scope::Read
+                | Scope::Export
+                | Scope::LogsAdmin
+                | Scope::Admin
+                | Scope::AuditWrite => {}
             }
             assert!(SCOPE_NAMES.contains(&s.as_str()), "{s:?}");
         }

@@ -423,6 +423,14 @@ impl Services {
                             lines: frame.lines.iter().map(|l| line_to_pb(l)).collect(),
                         })
                     }
+                    Some(SessionEvent::Redacted(seqs)) => {
+                        pb::subscribe_response::Event::Redacted(pb::Redacted {
+                            ranges: seqs
+                                .iter()
+                                .map(|&(first, last)| pb::SeqRange { first, last })
+                                .collect(),
+                        })
+                    }
                     Some(SessionEvent::End(c)) => pb::subscribe_response::Event::End(pb::End {
                         status: c.status.as_str().into(),
                         exit_code: c.exit_code,

@@ -154,6 +154,30 @@ pub fn end_sse(c: &Completion) -> Bytes {
     Bytes::from(format!("event: end\ndata: {data}\n\n"))
 }
 
+/// `{"seqs":[[first,last],...]}`: lines masked by a hotfix since they were sent.
+fn redacted_json(seqs: &[(u64, u64)]) -> String {
+    serde_json::json!({
+        "seqs": seqs.iter().map(|&(a, z)| [a, z]).collect::<Vec<_>>(),
+        "message": "these lines were masked in the store (an audited hotfix); read them again from history",
+    })
+    .to_string()
+}
+
+/// `event: redacted`: lines already sent were masked in the store since.
+pub fn redacted_sse(seqs: &[(u64, u64)]) -> Bytes {
+    Bytes::from(format!(
+        "event: redacted\ndata: {}\n\n",
+        redacted_json(seqs)
+    ))
+}
+
+/// `{"type":"redacted","seqs":[[first,last],...],"message"}`.
+pub fn redacted_ws(seqs: &[(u64, u64)]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&redacted_json(seqs)).expect("JSON");
+    v["type"] = "redacted".into();
+    v.to_string()
+}
+
 /// `{"type":"end",...}`, the last WebSocket message of a completed deployment.
 pub fn end_ws(c: &Completion) -> String {
     let mut end = serde_json::to_value(completion(c)).expect("a completion serialises");
@@ -170,6 +194,11 @@ pub enum LiveEvent {
     /// Kafka mode: the deployment's partition moved to another store replica; viewers
     /// reconnect (and find the new owner).
     Moved,
+    /// Stored lines (inclusive seq ranges) were masked by an audited hotfix: viewers
+    /// are told (`redacted`), edges drop what their windows hold of them.
+    Redacted(Arc<[(u64, u64)]>),
+    /// The deployment was deleted: viewers are closed (`deployment_deleted`).
+    Deleted,
 }
 
 /// A change of a tenant's deployments (the change feed, `/v1/deployments/events`).
@@ -232,6 +261,20 @@ impl Hub {
             if let Some(tx) = map.remove(&id) {
                 let _ = tx.send(LiveEvent::Moved);
             }
+        }
+    }
+
+    /// Tells `id`'s viewers that lines in `seqs` were masked in the store.
+    pub fn redacted(&self, id: &DeploymentId, seqs: &[(u64, u64)]) {
+        if let Some(tx) = self.sender(id) {
+            let _ = tx.send(LiveEvent::Redacted(seqs.into()));
+        }
+    }
+
+    /// Ends `id`'s live channel: its viewers are told it was deleted.
+    pub fn deleted(&self, id: &DeploymentId) {
+        if let Some(tx) = self.channels.lock().remove(id) {
+            let _ = tx.send(LiveEvent::Deleted);
         }
     }
 

@@ -65,7 +65,7 @@ struct TokenArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     tenant: String,
-    /// Comma-separated: logs:write, logs:read, logs:export, admin.
+    /// Comma-separated: logs:write, logs:read, logs:export, logs:admin, admin.
     #[arg(long, default_value = "logs:read,logs:write")]
     scopes: String,
     /// Lifetime, e.g. 1h, 30m, 7d.
@@ -212,7 +212,7 @@ fn token(t: TokenArgs) -> anyhow::Result<()> {
         .map(|s| {
             Scope::parse(s.trim()).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--scopes: {s:?} is not a scope; use logs:write, logs:read, logs:export, admin"
+                    "--scopes: {s:?} is not a scope; use logs:write, logs:read, logs:export, logs:admin, admin"
                 )
             })
         })
@@ -299,14 +299,35 @@ fn store_admin(cmd: StoreCommand) -> anyhow::Result<()> {
                 "verify" => {
                     let r = store.verify(&id)?;
                     match &r.first_bad {
-                        None => println!(
-                            "ok   {id}: seqs {}..={}, {} blocks in {} segments, head {}",
-                            r.first_seq,
-                            r.last_seq,
-                            r.blocks,
-                            r.segments,
-                            &r.head[..16]
-                        ),
+                        None => {
+                            println!(
+                                "ok   {id}: seqs {}..={}, {} blocks in {} segments, head {}{}",
+                                r.first_seq,
+                                r.last_seq,
+                                r.blocks,
+                                r.segments,
+                                &r.head[..16],
+                                match r.rewrites.len() {
+                                    0 => String::new(),
+                                    n => format!(
+                                        ", {n} audited rewrites (ledger {})",
+                                        &r.ledger_head[..16.min(r.ledger_head.len())]
+                                    ),
+                                }
+                            );
+                            for w in &r.rewrites {
+                                let seqs: Vec<String> =
+                                    w.seqs.iter().map(|(a, z)| format!("{a}-{z}")).collect();
+                                println!(
+                                    "       rewritten block at seq {}: lines {} masked by {} at {}: {}",
+                                    w.block,
+                                    seqs.join(","),
+                                    w.subject,
+                                    logstream_model::time::format_rfc3339(w.at),
+                                    w.reason
+                                );
+                            }
+                        }
                         Some(b) => {
                             bad += 1;
                             println!(

@@ -19,10 +19,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The scopes a token (or a ServiceAccount mapping) may carry.
-pub const SCOPE_NAMES: [&str; 5] = [
+pub const SCOPE_NAMES: [&str; 6] = [
     "logs:write",
     "logs:read",
     "logs:export",
+    "logs:admin",
     "admin",
     "audit:write",
 ];
@@ -1093,7 +1094,7 @@ impl Config {
                 return Err(ConfigError {
                     field: "service_accounts",
                     problem: format!(
-                        "scope {bad:?}: use logs:write, logs:read, logs:export or admin"
+                        "scope {bad:?}: use logs:write, logs:read, logs:export, logs:admin or admin"
                     ),
                 });
             }

@@ -245,3 +245,45 @@ pub struct AlertReceiver {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sent_at: Option<String>,
 }
+
+/// `POST /v1/deployments/{id}/redactions`: mask leaked bytes in stored lines (scope
+/// `logs:admin`). At least one of `seqs` and `match`; `reason` is required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RedactionRequest {
+    /// Lines `A-B` (inclusive; `A` alone for one line). Without `match`, their whole
+    /// messages are masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seqs: Option<String>,
+    /// A regex (Rust syntax) whose matches are masked, in `seqs` or in every line. It is
+    /// never stored or logged (it may be the secret itself).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Why: recorded with the rewrite and in the audit log.
+    pub reason: String,
+}
+
+/// What a redaction changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RedactionReply {
+    /// Lines changed.
+    pub lines: u64,
+    /// Matches masked (one per line when whole messages were).
+    pub matches: u64,
+    /// Blocks rewritten.
+    pub blocks: u64,
+    /// The changed lines, as inclusive `[first, last]` ranges.
+    pub seqs: Vec<[u64; 2]>,
+    /// BLAKE3 of the deployment's redaction ledger now (also in the audit log).
+    pub ledger_head: String,
+}
+
+/// `DELETE /v1/deployments/{id}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deleted {
+    pub deployment: String,
+    pub deleted: bool,
+}

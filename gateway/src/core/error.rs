@@ -116,6 +116,14 @@ impl Error {
     }
 
     /// Kafka mode: the deployment is served by another store replica now (a rebalance).
+    pub fn deployment_deleted() -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            "deployment_deleted",
+            "the deployment was deleted by an admin (audited); its lines are gone",
+        )
+    }
+
     pub fn moved() -> Error {
         Error::unavailable(
             "moved",

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod error;
+pub mod hotfix;
 pub mod ingest;
 pub mod list;
 pub mod read;

@@ -34,6 +34,8 @@ pub enum ViewerEvent {
     End(Completion),
     /// The stream ends early: the viewer reconnects.
     Closed(Error),
+    /// Lines in these seq ranges were masked in the store since they were sent.
+    Redacted(Arc<[(u64, u64)]>),
 }
 
 /// Where a viewer starts.
@@ -203,6 +205,32 @@ impl Viewer {
                     Ok(LiveEvent::Moved) => {
                         let _ = self.send(std::mem::take(&mut batch)).await;
                         let _ = self.tx.send(ViewerEvent::Closed(Error::moved())).await;
+                        return Ok(());
+                    }
+                    Ok(LiveEvent::Redacted(seqs)) => {
+                        // Only what this viewer was sent: later lines come masked.
+                        let sent: Vec<(u64, u64)> = seqs
+                            .iter()
+                            .filter(|(a, _)| *a <= self.last)
+                            .map(|&(a, z)| (a, z.min(self.last)))
+                            .collect();
+                        if self.send(std::mem::take(&mut batch)).await.is_err()
+                            || (!sent.is_empty()
+                                && self
+                                    .tx
+                                    .send(ViewerEvent::Redacted(sent.into()))
+                                    .await
+                                    .is_err())
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(LiveEvent::Deleted) => {
+                        let _ = self.send(std::mem::take(&mut batch)).await;
+                        let _ = self
+                            .tx
+                            .send(ViewerEvent::Closed(Error::deployment_deleted()))
+                            .await;
                         return Ok(());
                     }
                     Ok(LiveEvent::End(c)) => {
@@ -465,6 +493,8 @@ pub enum SessionEvent {
     Heartbeat,
     /// The deployment completed: the last event.
     End(Completion),
+    /// Lines already sent (inclusive seq ranges) were masked in the store since.
+    Redacted(Arc<[(u64, u64)]>),
     /// The session ends with this error: `auth_expired` when the token expired,
     /// `shutting_down` when the gateway is stopping. The last event.
     Closed(Error),
@@ -521,6 +551,7 @@ impl Session {
                 ViewerEvent::Frame(frame) => SessionEvent::Frame(frame),
                 ViewerEvent::End(c) => SessionEvent::End(c),
                 ViewerEvent::Closed(e) => SessionEvent::Closed(e),
+                ViewerEvent::Redacted(s) => SessionEvent::Redacted(s),
             },
             _ = self.heartbeat.tick() => SessionEvent::Heartbeat,
             () = &mut self.expiry => SessionEvent::Closed(Error::auth_expired()),

@@ -237,6 +237,22 @@ impl Feed {
         self.wake_paced();
     }
 
+    /// Drops the window's groups holding lines up to `seq` (masked in the store since
+    /// they came): viewers behind the new base read them, masked, from the store.
+    fn forget_through(&self, seq: u64) {
+        self.change(|w| {
+            while w
+                .frames
+                .front()
+                .is_some_and(|f| f.lines.first().is_some_and(|l| l.seq() <= seq))
+            {
+                let old = w.frames.pop_front().expect("a front frame");
+                w.bytes -= old.sse.len() + old.ws.len();
+                w.base = old.lines.last().map(|l| l.seq());
+            }
+        });
+    }
+
     fn set_phase(&self, phase: Phase) {
         self.phase.send_if_modified(|p| {
             let changed = *p != phase;
@@ -333,6 +349,11 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
                             .map(|l| Arc::new(wire_line(&feed.id, l)))
                             .collect();
                         feed.publish(lines);
+                    }
+                    pb::subscribe_response::Event::Redacted(r) => {
+                        if let Some(last) = r.ranges.iter().map(|x| x.last).max() {
+                            feed.forget_through(last);
+                        }
                     }
                     pb::subscribe_response::Event::End(end) => {
                         let last_seq = feed.window.lock().last_seq().unwrap_or(0);

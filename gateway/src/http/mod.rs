@@ -137,7 +137,8 @@ pub fn app(state: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/deployments", get(list))
         .route("/v1/deployments/events", get(changes))
-        .route("/v1/deployments/{id}", get(get_one))
+        .route("/v1/deployments/{id}", get(get_one).delete(delete_one))
+        .route("/v1/deployments/{id}/redactions", post(redactions))
         .route("/v1/deployments/{id}/logs", post(ingest_http).get(history))
         .route("/v1/deployments/{id}/complete", post(complete))
         .route("/v1/deployments/{id}/secrets", post(secrets))
@@ -667,6 +668,46 @@ async fn complete(
     let status = ingest::parse_status(&b.status)?;
     let c = ingest::complete(&s, &id, status, b.exit_code, &p.subject).await?;
     Ok(axum::Json(completion(&c)).into_response())
+}
+
+/// Masks leaked bytes in stored lines: the store rewrites the blocks and records the
+/// rewrite in the deployment's ledger (`store verify` names it); audited.
+#[utoipa::path(post, path = "/v1/deployments/{id}/redactions", summary = "Mask leaked bytes in stored lines (scope logs:admin): the blocks are rewritten and the rewrite recorded in the hash chain's ledger; audited", params(("id" = String, Path)), request_body = wire::RedactionRequest, responses((status = 200, description = "What was masked", body = wire::RedactionReply), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+async fn redactions(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let lid = access::deployment(&p, &id, Scope::LogsAdmin)?;
+    let b: wire::RedactionRequest = json_body(
+        &s,
+        &headers,
+        body,
+        r#"{"seqs":"A-B","match":"REGEX","reason":"why"} (seqs and/or match)"#,
+    )
+    .await?;
+    let req = crate::core::hotfix::parse(&b, &p.subject)?;
+    let reply = crate::core::hotfix::redact(&s, &p, &lid, req).await?;
+    Ok(axum::Json(reply).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/deployments/{id}", summary = "Delete a deployment and every line of it (scope logs:admin); audited", params(("id" = String, Path), ("reason" = String, Query, description = "Why (required; recorded in the audit log)")), responses((status = 200, description = "Deleted", body = wire::Deleted), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+async fn delete_one(
+    State(s): State<Arc<Gateway>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let lid = access::deployment(&p, &id, Scope::LogsAdmin)?;
+    let reason = q.get("reason").map(String::as_str).unwrap_or("");
+    crate::core::hotfix::delete(&s, &p, &lid, reason).await?;
+    Ok(axum::Json(wire::Deleted {
+        deployment: id,
+        deleted: true,
+    })
+    .into_response())
 }
 
 /// Registers values to mask in this deployment's later lines. Write-only: the values are
@@ -1507,7 +1548,12 @@ fn sse_stream(session: Session) -> impl futures::Stream<Item = Result<Bytes, Inf
                 SessionEvent::Frame(frame) => frame.sse.clone(),
                 SessionEvent::Heartbeat => Bytes::from_static(crate::hub::SSE_HEARTBEAT),
                 SessionEvent::End(c) => crate::hub::end_sse(&c),
+                SessionEvent::Redacted(seqs) => crate::hub::redacted_sse(&seqs),
                 SessionEvent::Closed(e) if e.code == "auth_expired" => Bytes::from_static(crate::hub::SSE_AUTH_EXPIRED),
+                SessionEvent::Closed(e) if e.code == "deployment_deleted" => Bytes::from(format!(
+                    "event: deleted\ndata: {}\n\n",
+                    serde_json::json!({"code": e.code, "message": e.message})
+                )),
                 SessionEvent::Closed(_) => Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect with Last-Event-ID\"}\n\n"),
             };
             Some((Ok(chunk), session))
@@ -1547,17 +1593,25 @@ async fn ws_session(mut session: Session, socket: WebSocket) {
                     .into(),
             ),
             Some(SessionEvent::Heartbeat) => Message::Ping(Bytes::new()),
+            Some(SessionEvent::Redacted(seqs)) => {
+                Message::Text(crate::hub::redacted_ws(&seqs).into())
+            }
             Some(SessionEvent::End(c)) => {
                 let _ = tx.send(Message::Text(crate::hub::end_ws(&c).into())).await;
                 let _ = tx.send(close(1000, "deployment completed".into())).await;
                 return;
             }
             Some(SessionEvent::Closed(e)) => {
-                let code = if e.code == "auth_expired" { 4001 } else { 1012 };
+                let code = match e.code {
+                    "auth_expired" => 4001,
+                    "deployment_deleted" => 4004,
+                    _ => 1012,
+                };
                 let reason = match e.code {
                     "auth_expired" => {
                         "token expired; reconnect with a fresh token and the last cursor"
                     }
+                    "deployment_deleted" => "deployment deleted",
                     _ => "gateway restarting; reconnect with the last cursor",
                 };
                 let _ = tx.send(close(code, reason.into())).await;

@@ -135,6 +135,8 @@ impl Modify for Security {
         super::history,
         super::complete,
         super::secrets,
+        super::redactions,
+        super::delete_one,
         super::stream,
         super::export,
         super::alerts,
@@ -164,6 +166,9 @@ impl Modify for Security {
         wire::AlertList,
         wire::Alert,
         wire::AlertReceiver,
+        wire::RedactionRequest,
+        wire::RedactionReply,
+        wire::Deleted,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("proxySafeBearer" = []))

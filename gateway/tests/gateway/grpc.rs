@@ -74,6 +74,7 @@ async fn grpc_push_acks_durably_dedups_and_tail_subscribes_from_a_cursor() {
         match m.event.unwrap() {
             pb::subscribe_response::Event::Lines(b) => seqs.extend(b.lines.iter().map(|l| l.seq)),
             pb::subscribe_response::Event::End(e) => end = Some(e),
+            pb::subscribe_response::Event::Redacted(r) => panic!("nothing was redacted: {r:?}"),
         }
     }
     assert_eq!(seqs, (11..=16).collect::<Vec<_>>());

@@ -10,6 +10,7 @@ mod audit;
 mod errors;
 mod grpc;
 mod history;
+mod hotfix;
 mod ingest;
 mod listing;
 mod live;
