@@ -344,6 +344,25 @@ pub struct Authenticator {
     sa_mappings: Vec<SaMapping>,
 }
 
+/// Failed fetches or re-reads of token-verification keys, by source (`jwks_url`,
+/// `service_account_issuer`, `jwks_file`): one counter for the process, exported by
+/// the gateway's and the edge's `/metrics` alike (both verify tokens).
+pub static KEY_FETCH_FAILURES: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        let c = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "auth_key_fetch_failures_total",
+                "Failed fetches or re-reads of token-verification keys, by source (jwks_url, service_account_issuer, jwks_file).",
+            ),
+            &["source"],
+        )
+        .expect("metric");
+        for s in ["jwks_url", "service_account_issuer", "jwks_file"] {
+            c.with_label_values(&[s]);
+        }
+        c
+    });
+
 /// A Kubernetes (or any OIDC) issuer of ServiceAccount tokens, whose keys are fetched
 /// from its JWKS URL (given, or found by OIDC discovery) and refreshed on unknown kids.
 pub struct SaIssuer {
@@ -356,6 +375,8 @@ pub struct SaIssuer {
     keys: parking_lot::RwLock<Vec<PublicKey>>,
     /// When keys were last fetched (None: never).
     fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The `source` label of its fetch failures.
+    source: &'static str,
 }
 
 impl SaIssuer {
@@ -373,6 +394,7 @@ impl SaIssuer {
             http,
             keys: parking_lot::RwLock::new(Vec::new()),
             fetched: tokio::sync::Mutex::new(None),
+            source: "service_account_issuer",
         }
     }
 
@@ -404,6 +426,7 @@ impl SaIssuer {
         match self.fetch().await {
             Ok(keys) => *self.keys.write() = keys,
             Err(e) => {
+                KEY_FETCH_FAILURES.with_label_values(&[self.source]).inc();
                 tracing::warn!(issuer = %self.issuer, error = %e, "fetching ServiceAccount signing keys failed; keeping the keys loaded before")
             }
         }
@@ -494,7 +517,9 @@ impl Authenticator {
 
     /// Also accept tokens signed by the keys at this JWKS URL.
     pub fn with_jwks_url(mut self, url: String, http: reqwest::Client) -> Authenticator {
-        self.remote = Some(SaIssuer::new(String::new(), String::new(), Some(url), http));
+        let mut remote = SaIssuer::new(String::new(), String::new(), Some(url), http);
+        remote.source = "jwks_url";
+        self.remote = Some(remote);
         self
     }
 
@@ -641,6 +666,7 @@ impl Authenticator {
                 all.extend(keys);
             }
             Err(e) => {
+                KEY_FETCH_FAILURES.with_label_values(&["jwks_file"]).inc();
                 tracing::warn!(file = %path.display(), error = %e, "JWKS re-read failed; keeping the keys loaded before")
             }
         }

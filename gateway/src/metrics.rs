@@ -71,6 +71,13 @@ pub struct Metrics {
     /// figures at each scrape) and counters.
     pub offload_gauges: [IntGauge; 5],
     pub offload_counters: [IntCounter; 7],
+    /// Ingest batches refused, by error code (any transport).
+    pub ingest_errors: IntCounterVec,
+    /// Per tenant: the oldest line age retention should keep below (retention plus a
+    /// segment's age plus a retention interval), for the retention alert.
+    pub retention_limit: IntGaugeVec,
+    /// Kafka mode: records behind the high watermark per owned partition.
+    pub kafka_lag: IntGaugeVec,
     /// Log alerts pending or firing now, per tenant, rule and state.
     pub alerts: IntGaugeVec,
     /// Lines matching a rule, per tenant and rule.
@@ -123,6 +130,7 @@ impl Metrics {
             h
         };
         let process = process_registry();
+        register(Box::new(crate::auth::KEY_FETCH_FAILURES.clone()));
         let offload_gauges = [
             gauge(
                 "offload_local_bytes",
@@ -178,6 +186,21 @@ impl Metrics {
         Metrics {
             offload_gauges,
             offload_counters,
+            ingest_errors: counters(
+                "ingest_errors_total",
+                "Ingest batches answered with an error, by its code (HTTP, gRPC Push, Kafka produce alike).",
+                &["code"],
+            ),
+            retention_limit: gauges(
+                "store_retention_limit_seconds",
+                "Per tenant: the age the oldest stored line should stay below (retention + segment_max_age + retention_interval); above it, retention is behind.",
+                &["tenant"],
+            ),
+            kafka_lag: gauges(
+                "kafka_consumer_lag_records",
+                "Kafka mode: records of an owned partition not applied yet (high watermark - next offset).",
+                &["topic", "partition"],
+            ),
             alerts: gauges(
                 "alerts",
                 "Log alerts pending or firing now (tenant_alerts rules), per tenant, rule and state.",

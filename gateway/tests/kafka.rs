@@ -290,6 +290,30 @@ async fn a_store_killed_mid_ingest_loses_and_duplicates_nothing_and_viewers_foll
         );
     }
     assert_eq!(a.metric("logstream_kafka_owned_partitions").await, 4.0);
+    // Every owned partition's lag is published (every 10 s), and with everything
+    // applied it is 0.
+    let mut lags = Vec::new();
+    for _ in 0..300 {
+        let text = reqwest::get(format!("{}/metrics", a.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        lags = text
+            .lines()
+            .filter(|l| l.starts_with("logstream_kafka_consumer_lag_records{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.to_owned())
+            .collect();
+        if lags.len() == 4 && lags.iter().all(|v| v == "0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        lags, ["0"; 4],
+        "logstream_kafka_consumer_lag_records of the survivor"
+    );
 
     // The killed replica comes back: it takes partitions again, rebuilds what it missed
     // after the offsets it had applied, and gives the same seqs; every replica answers

@@ -87,8 +87,27 @@ fn to_records(
 }
 
 /// Appends `lines` to `id` (creating the deployment on its first line) and returns once
-/// they are durable.
+/// they are durable. A refusal is counted by its code (`logstream_ingest_errors_total`),
+/// whatever the transport.
 pub async fn append(
+    state: &Arc<Gateway>,
+    id: &DeploymentId,
+    lines: Vec<IngestLine>,
+    batch: Option<BatchId>,
+    started: Instant,
+) -> Result<Reply> {
+    let r = append_counted(state, id, lines, batch, started).await;
+    if let Err(e) = &r {
+        state
+            .metrics
+            .ingest_errors
+            .with_label_values(&[e.code])
+            .inc();
+    }
+    r
+}
+
+async fn append_counted(
     state: &Arc<Gateway>,
     id: &DeploymentId,
     lines: Vec<IngestLine>,

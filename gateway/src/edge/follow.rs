@@ -119,6 +119,16 @@ pub struct Follower {
 /// `stream_open`, joins the deployment's feed and waits for the store's first answer
 /// (404 for a deployment it does not have, unless `wait=true`).
 pub async fn open(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> {
+    let r = open_counted(edge, req).await;
+    let code = match &r {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    edge.metrics.streams.with_label_values(&[code]).inc();
+    r
+}
+
+async fn open_counted(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follower> {
     let client = req.peer.ip().to_string();
     let token = match access::token_from_headers(req.authorization, req.proxy_authorization) {
         Some(t) => t,

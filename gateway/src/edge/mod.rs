@@ -54,6 +54,8 @@ pub struct EdgeMetrics {
     pub lagging: prometheus::IntCounter,
     /// Viewers disconnected, by reason (`too_slow`, `auth_expired`, `shutting_down`).
     pub dropped: IntCounterVec,
+    /// Live stream opens, `ok` or the error code answered.
+    pub streams: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -90,12 +92,23 @@ impl EdgeMetrics {
         for reason in ["too_slow", "auth_expired", "shutting_down"] {
             dropped.with_label_values(&[reason]);
         }
+        let streams = IntCounterVec::new(
+            prometheus::Opts::new(
+                "edge_streams_total",
+                "Live stream opens on this edge: ok, or the error code answered (store_unreachable, store_refused_edge, ...).",
+            ),
+            &["code"],
+        )
+        .expect("metric");
+        streams.with_label_values(&["ok"]);
         for m in [
             Box::new(live.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstreams.clone()),
             Box::new(requests.clone()),
             Box::new(lagging.clone()),
             Box::new(dropped.clone()),
+            Box::new(streams.clone()),
+            Box::new(crate::auth::KEY_FETCH_FAILURES.clone()),
         ] {
             registry.register(m).expect("register");
         }
@@ -106,6 +119,7 @@ impl EdgeMetrics {
             requests,
             lagging,
             dropped,
+            streams,
         }
     }
 }

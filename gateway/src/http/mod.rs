@@ -367,10 +367,15 @@ async fn metrics(State(s): State<Arc<Gateway>>) -> Response {
         .set(summary.iter().map(|t| t.running as i64).sum());
     m.tenant_bytes.reset();
     m.oldest_line_age.reset();
+    m.retention_limit.reset();
+    let slack = s.config.segment_max_age() + s.config.retention_interval();
     for t in summary {
         m.tenant_bytes
             .with_label_values(&[&t.tenant])
             .set(t.bytes as i64);
+        m.retention_limit
+            .with_label_values(&[&t.tenant])
+            .set((s.config.retention_for(&t.tenant) + slack).as_secs() as i64);
         if let Some(ts) = t.oldest_ts {
             m.oldest_line_age
                 .with_label_values(&[&t.tenant])

@@ -179,6 +179,8 @@ fn run(
     applied: AppliedOffsets,
 ) {
     let mut saved = Instant::now();
+    // The first figures soon after start, then every LAG_INTERVAL.
+    let mut lag_at = Instant::now() - LAG_INTERVAL + Duration::from_secs(1);
     let mut dirty = false;
     // Partitions that reached their end, to check against the ones catching up.
     let mut eof: std::collections::HashSet<i32> = std::collections::HashSet::new();
@@ -245,10 +247,50 @@ fn run(
             saved = Instant::now();
             dirty = false;
         }
+        if lag_at.elapsed() >= LAG_INTERVAL {
+            publish_lag(&state, &kafka, &consumer, &applied);
+            lag_at = Instant::now();
+        }
     }
     save_applied(&kafka, &applied.lock());
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     tracing::info!("kafka: consumer stopped");
+}
+
+/// How often `logstream_kafka_consumer_lag_records` is refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sets the lag of every partition this replica owns (serving or catching up): the
+/// broker's high watermark minus the next offset to apply here. One watermark request
+/// per owned partition every [`LAG_INTERVAL`], each bounded to 500 ms (librdkafka's
+/// statistics events are not delivered to a `BaseConsumer`'s poll); a partition whose
+/// watermark cannot be read keeps no series until the next round.
+fn publish_lag(
+    state: &Gateway,
+    kafka: &Kafka,
+    consumer: &BaseConsumer<Ctx>,
+    applied: &AppliedOffsets,
+) {
+    let mut lags = Vec::new();
+    for tenant in kafka.topics().keys() {
+        let topic = kafka.config.topic(tenant);
+        for (p, _) in kafka.ownership.of(tenant) {
+            let Ok((low, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
+            else {
+                continue;
+            };
+            let next = applied
+                .lock()
+                .get(&(topic.clone(), p))
+                .map_or(low, |o| o + 1);
+            lags.push((topic.clone(), p, (high - next).max(0)));
+        }
+    }
+    let gauge = &state.metrics.kafka_lag;
+    gauge.reset();
+    for (topic, p, lag) in lags {
+        gauge.with_label_values(&[&topic, &p.to_string()]).set(lag);
+    }
 }
 
 /// Partitions that reached their end after everything polled was applied: caught up.

@@ -81,7 +81,8 @@ async fn every_documented_gateway_metric_is_exported() {
         .text()
         .await
         .unwrap();
-    assert_documented_metrics_exported(&text, "gateway", &[]);
+    // Kafka mode only: tests/kafka.rs checks it.
+    assert_documented_metrics_exported(&text, "gateway", &["logstream_kafka_consumer_lag_records"]);
     // Routes are templates, not paths (ids would explode the label set).
     assert!(
         text.contains(r#"route="/v1/deployments/{id}/logs""#),
