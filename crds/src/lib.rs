@@ -583,6 +583,19 @@ pub struct LogStreamStatus {
     pub store_ready_replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_ready_replicas: Option<i32>,
+    /// Alert notices per receiver (`spec.alerts.receivers`), summed over the store
+    /// replicas since they started: delivered and given up on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_receivers: Vec<AlertReceiverStatus>,
+}
+
+/// One alert receiver's delivery counts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertReceiverStatus {
+    pub name: String,
+    pub sent: u64,
+    pub failed: u64,
 }
 
 /// Service addresses of a tenant's gateway.

@@ -18,7 +18,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use logstream_crds::{LogStream, LogStreamStatus};
+use logstream_crds::{AlertReceiverStatus, LogStream, LogStreamStatus};
 use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 use std::collections::HashMap;
@@ -399,13 +399,20 @@ async fn create_signing_key(client: &Client, ns: &str, secret: &Secret) -> Resul
 /// `spec.objectStore`).
 pub const OBJECT_STORAGE: &str = "ObjectStorage";
 
+/// Condition type that says whether alert notices reach their receivers (only with
+/// `spec.alerts.receivers`).
+pub const ALERT_DELIVERY: &str = "AlertDelivery";
+
 /// What the store replicas' `/metrics` said at this reconcile.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreReport {
     /// `logstream_live_viewers` summed over the replicas that answered.
     pub viewers: Option<i64>,
     /// The offload gauges, over the replicas that export them (none answered: `None`).
     pub offload: Option<Offload>,
+    /// `logstream_alert_notifications_total` per receiver, summed over the replicas
+    /// that answered (none answered: `None`).
+    pub alert_receivers: Option<Vec<AlertReceiverStatus>>,
 }
 
 /// The object storage gauges of the store replicas: how many export them and how many
@@ -492,6 +499,10 @@ pub fn status_from(
         object_storage_condition(ls, report.offload)
             .map(|(status, reason, message)| (OBJECT_STORAGE, status, reason, message)),
     )
+    .chain(
+        alert_delivery_condition(ls, report.alert_receivers.as_deref())
+            .map(|(status, reason, message)| (ALERT_DELIVERY, status, reason, message)),
+    )
     .map(|(type_, status, reason, message)| {
         // Keep lastTransitionTime unless the status flipped.
         let last = old
@@ -516,6 +527,11 @@ pub fn status_from(
         viewers: report.viewers.or_else(|| old.and_then(|s| s.viewers)),
         store_ready_replicas: (!invalid).then_some(store_ready),
         edge_ready_replicas: (!invalid).then_some(edge_available),
+        alert_receivers: report
+            .alert_receivers
+            .clone()
+            .or_else(|| old.map(|s| s.alert_receivers.clone()))
+            .unwrap_or_default(),
     }
 }
 
@@ -750,7 +766,106 @@ fn store_report(pages: &[String], object_store: bool) -> StoreReport {
                 })
         })
         .filter(|o| o.replicas > 0);
-    StoreReport { viewers, offload }
+    let alert_receivers = (!pages.is_empty()).then(|| alert_receivers(pages));
+    StoreReport {
+        viewers,
+        offload,
+        alert_receivers,
+    }
+}
+
+/// Sums `logstream_alert_notifications_total{receiver,result,tenant}` per receiver.
+fn alert_receivers(pages: &[String]) -> Vec<AlertReceiverStatus> {
+    let mut out: Vec<AlertReceiverStatus> = Vec::new();
+    for line in pages.iter().flat_map(|p| p.lines()) {
+        let Some(rest) = line.strip_prefix("logstream_alert_notifications_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let (Some(receiver), Some(result), Ok(n)) = (
+            label("receiver"),
+            label("result"),
+            value.trim().parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let i = match out.iter().position(|r| r.name == receiver) {
+            Some(i) => i,
+            None => {
+                out.push(AlertReceiverStatus {
+                    name: receiver,
+                    ..AlertReceiverStatus::default()
+                });
+                out.len() - 1
+            }
+        };
+        match result.as_str() {
+            "sent" => out[i].sent += n as u64,
+            "failed" => out[i].failed += n as u64,
+            _ => {}
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// `AlertDelivery` as (status, reason, message) when the LogStream has receivers:
+/// `False` naming the receivers whose failures grew since the last status, `True`
+/// otherwise, `Unknown` when no replica reported.
+fn alert_delivery_condition(
+    ls: &LogStream,
+    now: Option<&[AlertReceiverStatus]>,
+) -> Option<(&'static str, &'static str, String)> {
+    let receivers = &ls.spec.alerts.as_ref()?.receivers;
+    if receivers.is_empty() {
+        return None;
+    }
+    let Some(now) = now else {
+        return Some((
+            "Unknown",
+            "NotReported",
+            "no store replica reported alert delivery (logstream_alert_notifications_total on /metrics) yet".into(),
+        ));
+    };
+    let before = ls
+        .status
+        .as_ref()
+        .map(|s| s.alert_receivers.as_slice())
+        .unwrap_or(&[]);
+    let failing: Vec<String> = now
+        .iter()
+        .filter(|r| {
+            let was = before
+                .iter()
+                .find(|b| b.name == r.name)
+                .map_or(0, |b| b.failed);
+            r.failed > was
+        })
+        .map(|r| r.name.clone())
+        .collect();
+    Some(match failing.is_empty() {
+        true => (
+            "True",
+            "Delivering",
+            "no alert notice failed since the last check".into(),
+        ),
+        false => (
+            "False",
+            "DeliveryFailing",
+            format!(
+                "alert notices to {} failed since the last check (see GET /v1/alerts for the receivers' last errors, and the receiver URLs in spec.alerts.receivers)",
+                failing.join(", ")
+            ),
+        ),
+    })
 }
 
 /// The value of an unlabelled gauge in Prometheus text format.

@@ -671,6 +671,84 @@ impl FakeStores {
             page,
         );
     }
+
+    /// Store replica `i` (one replica: the Service's name) exports this page.
+    fn set_page(&self, host: &str, page: String) {
+        self.0.lock().insert(host.to_owned(), page);
+    }
+}
+
+#[tokio::test]
+async fn alert_delivery_is_summed_per_receiver_and_failures_show_in_the_status() {
+    let (stores, http) = FakeStores::start().await;
+    let (ctx, fake) = setup_with(
+        json!({
+            "tenant": "acme",
+            "alerts": {
+                "receivers": [
+                    {"name": "am", "alertmanager": {"url": "http://alertmanager.monitoring:9093"}},
+                    {"name": "chat", "slack": {"urlSecret": {"name": "slack-hook", "key": "url"}}},
+                ],
+                "rules": [{"name": "panics", "match": {"contains": "panicked at"},
+                           "condition": {"matches": {"count": 1, "window": "5m"}}}],
+            },
+        }),
+        Some(http),
+    );
+    reconcile(&ctx, &fake).await.unwrap();
+    let page = |sent: u64, failed: u64| {
+        format!(
+            "# TYPE logstream_alert_notifications_total counter\n\
+             logstream_alert_notifications_total{{receiver=\"am\",result=\"sent\",tenant=\"acme\"}} {sent}\n\
+             logstream_alert_notifications_total{{receiver=\"chat\",result=\"failed\",tenant=\"acme\"}} {failed}\n\
+             logstream_alert_notifications_total{{receiver=\"chat\",result=\"sent\",tenant=\"acme\"}} 1\n\
+             logstream_live_viewers 0\n"
+        )
+    };
+    let host = "acme-store.ci.svc.cluster.local";
+    stores.set_page(host, page(3, 0));
+    reconcile(&ctx, &fake).await.unwrap();
+    let ls = fake.get(LS).unwrap();
+    assert_eq!(
+        ls["status"]["alertReceivers"],
+        json!([{"name": "am", "sent": 3, "failed": 0}, {"name": "chat", "sent": 1, "failed": 0}])
+    );
+    assert_eq!(condition(&fake, "AlertDelivery").0, "True");
+
+    // Two notices to Slack fail: the condition names the receiver.
+    stores.set_page(host, page(4, 2));
+    reconcile(&ctx, &fake).await.unwrap();
+    let (status, reason, message) = condition(&fake, "AlertDelivery");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DeliveryFailing")
+    );
+    assert!(message.contains("to chat failed"), "{message}");
+    assert_eq!(
+        fake.get(LS).unwrap()["status"]["alertReceivers"][1]["failed"],
+        2
+    );
+
+    // No new failure since: True again.
+    stores.set_page(host, page(5, 2));
+    reconcile(&ctx, &fake).await.unwrap();
+    assert_eq!(condition(&fake, "AlertDelivery").0, "True");
+
+    // The Slack URL is a mounted Secret the store reads as a file.
+    let sts = fake
+        .get("/apis/apps/v1/namespaces/ci/statefulsets/acme-store")
+        .unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "slack-hook")
+        .expect("the Secret's volume");
+    assert_eq!(
+        volume["secret"]["items"],
+        json!([{"key": "url", "path": "url"}])
+    );
 }
 
 /// The ObjectStorage condition: (status, reason, message), `None` when absent.
