@@ -599,6 +599,16 @@ fn network_policies(ls: &LogStream, cfg: &Config, names: &Names) -> Vec<NetworkP
         from: Some(from),
         ports: Some(vec![tcp(HTTP_PORT), tcp(GRPC_PORT)]),
     }];
+    if let Some(ns) = &cfg.prometheus_namespace {
+        // Prometheus reads /metrics (the platform alerts), on the HTTP port only.
+        store_ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(namespace_is(ns)),
+                ..Default::default()
+            }]),
+            ports: Some(vec![tcp(HTTP_PORT)]),
+        });
+    }
     if ls.spec.kafka.is_some() {
         store_ingress.push(NetworkPolicyIngressRule {
             from: Some(vec![NetworkPolicyPeer {

@@ -39,6 +39,9 @@ pub struct Config {
     /// Read the stores' /metrics for status: live viewers and, with object storage,
     /// the `ObjectStorage` condition.
     pub probe_stores: bool,
+    /// Where Prometheus runs: the stores' NetworkPolicy admits it to their /metrics
+    /// (the platform alerts read them). None: stores are not scraped.
+    pub prometheus_namespace: Option<String>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             service_account_jwks_url: Some("https://kubernetes.default.svc/openid/v1/jwks".into()),
             cluster_domain: "cluster.local".into(),
             probe_stores: true,
+            prometheus_namespace: None,
         }
     }
 }

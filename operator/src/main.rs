@@ -76,6 +76,10 @@ struct Settings {
     /// Cluster DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Namespace of the Prometheus that scrapes the stores' /metrics (their
+    /// NetworkPolicy admits it on the HTTP port); empty: stores are not scraped.
+    #[arg(long, default_value = "")]
+    prometheus_namespace: String,
 }
 
 impl Settings {
@@ -91,6 +95,7 @@ impl Settings {
         c.service_account_jwks_url =
             Some(self.service_account_jwks_url.clone()).filter(|u| !u.is_empty());
         c.cluster_domain = self.cluster_domain.clone();
+        c.prometheus_namespace = Some(self.prometheus_namespace.clone()).filter(|n| !n.is_empty());
         c
     }
 }

@@ -1050,3 +1050,38 @@ fn store_replicas_reach_each_other_on_http_in_kafka_mode() {
         );
     }
 }
+
+/// With `--prometheus-namespace`, Prometheus reaches the stores' /metrics (what the
+/// platform alerts read) on the HTTP port only; without it, no rule admits it.
+#[test]
+fn prometheus_reaches_the_stores_metrics_only_when_named() {
+    let ls = sample("minimal.yaml");
+    let rule_for = |cfg: &Config| {
+        let objs = desired(&ls, cfg).unwrap();
+        let np: NetworkPolicy = get(&objs, "NetworkPolicy/acme-store");
+        np.spec.unwrap().ingress.unwrap().into_iter().find(|r| {
+            r.from.iter().flatten().any(|p| {
+                p.pod_selector.is_none()
+                    && p.namespace_selector.as_ref().is_some_and(|s| {
+                        s.match_labels
+                            .as_ref()
+                            .and_then(|m| m.get("kubernetes.io/metadata.name"))
+                            == Some(&"monitoring".to_owned())
+                    })
+            })
+        })
+    };
+    assert!(rule_for(&Config::default()).is_none());
+    let cfg = Config {
+        prometheus_namespace: Some("monitoring".into()),
+        ..Config::default()
+    };
+    let rule = rule_for(&cfg).expect("a rule for the monitoring namespace");
+    let ports: Vec<_> = rule.ports.unwrap().into_iter().map(|p| p.port).collect();
+    assert_eq!(
+        ports,
+        [Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)
+        )]
+    );
+}
