@@ -323,3 +323,60 @@ async fn an_edge_serves_mcp_reading_through_its_store_with_the_callers_token() {
     assert_eq!(r.status().as_u16(), 401);
     store.shutdown().await;
 }
+
+/// A hotfix redaction reaches an edge: its viewers are told which lines they were sent
+/// were masked, and its window forgets them, so a viewer opening after reads them masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_on_the_store_reaches_the_edges_viewers_and_window() {
+    use logstream_gateway::testkit::sse_events;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TestGateway::start(tmp.path()).await;
+    let rw = store.rw();
+    let admin = store.token("acme", &[Scope::LogsAdmin]);
+    let (edge, _stop) = start_edge(&store).await;
+    let leak = "hunter2-Zq8vXw3kLm";
+    store
+        .push(
+            &rw,
+            "d",
+            &["first".into(), format!("the vault answered {leak}")],
+        )
+        .await;
+    // A viewer on the edge holds its window: it has both lines.
+    let mut a = sse_events(&edge, &rw, "d", "").await;
+    let mut seen = 0;
+    while seen < 2 {
+        let ev = futures::StreamExt::next(&mut a).await.unwrap();
+        if ev.event == "line" {
+            seen += 1;
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{edge}/v1/deployments/d/redactions"))
+        .bearer_auth(&admin)
+        .json(&json!({"match": "hunter2-[A-Za-z0-9]+", "reason": "leak"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let told = loop {
+        let ev = futures::StreamExt::next(&mut a).await.unwrap();
+        if ev.event == "redacted" {
+            break ev;
+        }
+    };
+    assert!(told.data.contains("[[2,2]]"), "{}", told.data);
+    // A new viewer on the edge reads the line masked (not from the old window).
+    let mut b = sse_events(&edge, &rw, "d", "").await;
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let ev = futures::StreamExt::next(&mut b).await.unwrap();
+        if ev.event == "line" {
+            lines.push(ev.data);
+        }
+    }
+    assert!(!lines[1].contains(leak), "{}", lines[1]);
+    assert!(lines[1].contains("[REDACTED:hotfix]"), "{}", lines[1]);
+    drop((a, b));
+    store.shutdown().await;
+}

@@ -52,6 +52,10 @@ pub struct Window {
     pub end: Option<Completion>,
     /// Bumped on every change, so a viewer whose catch-up made no progress waits for one.
     pub version: u64,
+    /// Hotfix redactions the store announced (numbered from 1, the last few kept):
+    /// followers tell their viewers about the lines they were sent.
+    pub redactions: VecDeque<(u64, Arc<[(u64, u64)]>)>,
+    pub redaction_count: u64,
     /// Viewers waiting for the next change.
     wakers: Vec<Waker>,
 }
@@ -116,6 +120,8 @@ impl Feed {
                 base: None,
                 end: None,
                 version: 0,
+                redactions: VecDeque::new(),
+                redaction_count: 0,
                 wakers: Vec::new(),
             }),
             phase: watch::channel(Phase::Connecting).0,
@@ -237,10 +243,19 @@ impl Feed {
         self.wake_paced();
     }
 
-    /// Drops the window's groups holding lines up to `seq` (masked in the store since
-    /// they came): viewers behind the new base read them, masked, from the store.
-    fn forget_through(&self, seq: u64) {
+    /// Lines in `ranges` were masked in the store since they came: the window drops its
+    /// groups up to the last of them (viewers behind the new base read them, masked, from
+    /// the store), and followers tell their viewers.
+    fn redacted(&self, ranges: Arc<[(u64, u64)]>) {
+        let Some(seq) = ranges.iter().map(|r| r.1).max() else {
+            return;
+        };
         self.change(|w| {
+            w.redaction_count += 1;
+            w.redactions.push_back((w.redaction_count, ranges));
+            while w.redactions.len() > 16 {
+                w.redactions.pop_front();
+            }
             while w
                 .frames
                 .front()
@@ -351,9 +366,7 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
                         feed.publish(lines);
                     }
                     pb::subscribe_response::Event::Redacted(r) => {
-                        if let Some(last) = r.ranges.iter().map(|x| x.last).max() {
-                            feed.forget_through(last);
-                        }
+                        feed.redacted(r.ranges.iter().map(|x| (x.first, x.last)).collect());
                     }
                     pb::subscribe_response::Event::End(end) => {
                         let last_seq = feed.window.lock().last_seq().unwrap_or(0);

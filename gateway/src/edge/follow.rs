@@ -105,6 +105,8 @@ pub struct Follower {
     behind_since: Option<Instant>,
     /// The window's version when a catch-up read made no progress: retry after a change.
     stuck_at: Option<u64>,
+    /// The window's `redaction_count` this viewer was told of.
+    redactions_seen: u64,
     announced_waiting: bool,
     /// Encoded lines to send first (a `tail=N` read at opening).
     pending: Option<Bytes>,
@@ -195,6 +197,7 @@ async fn open_counted(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follow
         live: false,
         behind_since: None,
         stuck_at: None,
+        redactions_seen: 0,
         announced_waiting: false,
         pending: None,
         catch_up: None,
@@ -211,6 +214,7 @@ async fn open_counted(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follow
         return Ok(follower);
     }
     let feed = edge.join(&id);
+    follower.redactions_seen = feed.window.lock().redaction_count;
     follower.feed = Some(feed.clone());
     let mut phase = feed.phase.subscribe();
     let answered =
@@ -355,6 +359,27 @@ impl Follower {
                 Phase::Live | Phase::Missing | Phase::Connecting => {}
             }
             let mut w = feed.window.lock();
+            if w.redaction_count > self.redactions_seen {
+                // Lines this viewer was sent were masked since: tell it which.
+                let sent: Vec<(u64, u64)> = w
+                    .redactions
+                    .iter()
+                    .filter(|(n, _)| *n > self.redactions_seen)
+                    .flat_map(|(_, r)| r.iter())
+                    .filter(|(a, _)| *a <= self.last)
+                    .map(|&(a, z)| (a, z.min(self.last)))
+                    .collect();
+                self.redactions_seen = w.redaction_count;
+                drop(w);
+                if !sent.is_empty() {
+                    let data = match self.format {
+                        Format::Sse => crate::hub::redacted_sse(&sent),
+                        Format::Ws => Bytes::from(crate::hub::redacted_ws(&sent)),
+                    };
+                    return Poll::Ready(Some(Out::Data(vec![data])));
+                }
+                continue;
+            }
             let Some(base) = w.base else {
                 if let Some(end) = w.end {
                     drop(w);
