@@ -185,6 +185,9 @@ pub fn end_ws(c: &Completion) -> String {
     end.to_string()
 }
 
+/// Inclusive seq ranges of lines (what a hotfix redaction masked).
+pub type SeqRanges = Arc<[(u64, u64)]>;
+
 /// What the broadcast carries.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
@@ -196,7 +199,7 @@ pub enum LiveEvent {
     Moved,
     /// Stored lines (inclusive seq ranges) were masked by an audited hotfix: viewers
     /// are told (`redacted`), edges drop what their windows hold of them.
-    Redacted(Arc<[(u64, u64)]>),
+    Redacted(SeqRanges),
     /// The deployment was deleted: viewers are closed (`deployment_deleted`).
     Deleted,
 }

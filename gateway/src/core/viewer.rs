@@ -35,7 +35,7 @@ pub enum ViewerEvent {
     /// The stream ends early: the viewer reconnects.
     Closed(Error),
     /// Lines in these seq ranges were masked in the store since they were sent.
-    Redacted(Arc<[(u64, u64)]>),
+    Redacted(crate::hub::SeqRanges),
 }
 
 /// Where a viewer starts.
@@ -494,7 +494,7 @@ pub enum SessionEvent {
     /// The deployment completed: the last event.
     End(Completion),
     /// Lines already sent (inclusive seq ranges) were masked in the store since.
-    Redacted(Arc<[(u64, u64)]>),
+    Redacted(crate::hub::SeqRanges),
     /// The session ends with this error: `auth_expired` when the token expired,
     /// `shutting_down` when the gateway is stopping. The last event.
     Closed(Error),

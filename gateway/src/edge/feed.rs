@@ -54,7 +54,7 @@ pub struct Window {
     pub version: u64,
     /// Hotfix redactions the store announced (numbered from 1, the last few kept):
     /// followers tell their viewers about the lines they were sent.
-    pub redactions: VecDeque<(u64, Arc<[(u64, u64)]>)>,
+    pub redactions: VecDeque<(u64, crate::hub::SeqRanges)>,
     pub redaction_count: u64,
     /// Viewers waiting for the next change.
     wakers: Vec<Waker>,
@@ -246,7 +246,7 @@ impl Feed {
     /// Lines in `ranges` were masked in the store since they came: the window drops its
     /// groups up to the last of them (viewers behind the new base read them, masked, from
     /// the store), and followers tell their viewers.
-    fn redacted(&self, ranges: Arc<[(u64, u64)]>) {
+    fn redacted(&self, ranges: crate::hub::SeqRanges) {
         let Some(seq) = ranges.iter().map(|r| r.1).max() else {
             return;
         };
