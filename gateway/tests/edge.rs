@@ -377,6 +377,29 @@ async fn a_redaction_on_the_store_reaches_the_edges_viewers_and_window() {
     }
     assert!(!lines[1].contains(leak), "{}", lines[1]);
     assert!(lines[1].contains("[REDACTED:hotfix]"), "{}", lines[1]);
+    // Deleted: the edge's viewers are told and their streams end.
+    let r = reqwest::Client::new()
+        .delete(format!("{edge}/v1/deployments/d?reason=leak"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    for viewer in [&mut a, &mut b] {
+        let ev = loop {
+            let ev = futures::StreamExt::next(viewer)
+                .await
+                .expect("told before the end");
+            if ev.event == "deleted" {
+                break ev;
+            }
+        };
+        assert!(ev.data.contains("deployment_deleted"), "{}", ev.data);
+        assert!(
+            futures::StreamExt::next(viewer).await.is_none(),
+            "the stream ends"
+        );
+    }
     drop((a, b));
     store.shutdown().await;
 }

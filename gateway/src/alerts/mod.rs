@@ -186,6 +186,9 @@ pub struct Alerts {
     retention_ns: i64,
     max_series: usize,
     external_url: String,
+    /// Kafka mode: only deployments of partitions this replica serves are evaluated
+    /// (not a partition it replays while catching up, nor one that moved away).
+    kafka: std::sync::OnceLock<Arc<crate::kafka::Kafka>>,
 }
 
 impl Alerts {
@@ -248,7 +251,34 @@ impl Alerts {
             retention_ns: cfg.resolved_retention().as_nanos() as i64,
             max_series: cfg.max_series_per_rule,
             external_url,
+            kafka: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Kafka mode: evaluate only what this replica serves (set once at start).
+    pub fn serve_only_owned(&self, kafka: Arc<crate::kafka::Kafka>) {
+        let _ = self.kafka.set(kafka);
+    }
+
+    fn serves(&self, id: &DeploymentId) -> bool {
+        self.kafka.get().is_none_or(|k| k.serves(id))
+    }
+
+    /// Drops every series of `id` (the deployment was deleted).
+    pub fn forget(&self, id: &DeploymentId) {
+        self.series
+            .lock()
+            .retain(|(t, _, d), _| !(t == &id.tenant && d == &id.deployment));
+    }
+
+    /// Lines of `id` were masked by a hotfix: the first matching line kept for
+    /// `{{ $line }}` may hold what was masked, so it is dropped.
+    pub fn redacted(&self, id: &DeploymentId) {
+        for ((t, _, d), s) in self.series.lock().iter_mut() {
+            if t == &id.tenant && d == &id.deployment {
+                s.first_line = None;
+            }
+        }
     }
 
     /// Whether any tenant has a rule.
@@ -290,6 +320,12 @@ impl Alerts {
                 let Some(rule) = self.rule(tenant, *ri) else {
                     return false;
                 };
+                if self.kafka.get().is_some()
+                    && !self.serves(&DeploymentId::new(tenant.as_str(), dep.as_str()))
+                {
+                    // Its partition moved to another replica (which evaluates it now).
+                    return false;
+                }
                 self.evaluate(tenant, rule, dep, s, now, &mut notices);
                 // Dropped when nothing is left to show or count: inactive, and the
                 // window (or a completed deployment's silence) holds nothing.
@@ -297,7 +333,9 @@ impl Alerts {
                     Condition::Silence { .. } => s.completed,
                     _ => s.buckets.sums(now) == (0, 0),
                 };
-                !(s.phase == Phase::Inactive && idle)
+                // Kept through its cooldown, so a re-fire still waits for it.
+                let cooled = s.last_notified.is_none_or(|t| now - t >= rule.repeat_ns);
+                !(s.phase == Phase::Inactive && idle && cooled)
             });
         }
         self.publish_gauges();
@@ -582,6 +620,10 @@ impl CommitListener for Alerts {
         let Some(tenant) = self.tenants.get(&id.tenant) else {
             return;
         };
+        if !self.serves(id) {
+            // Kafka mode: a partition replayed while catching up (old lines, not news).
+            return;
+        }
         let now = self.clock.now();
         let mut notices = Vec::new();
         for (ri, rule) in tenant.rules.iter().enumerate() {

@@ -216,6 +216,16 @@ async fn run(
     }
 }
 
+/// What a failure may say about where it went: scheme and host only. A receiver URL
+/// can be a credential (a Slack webhook's path, `user:pass@`), and failures are shown to
+/// every reader of the tenant's alerts and logged.
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")),
+        Err(_) => "the receiver".into(),
+    }
+}
+
 /// Posts `body` until it is taken, a 4xx (other than 429) refuses it, or the attempts
 /// are used up.
 async fn deliver(
@@ -225,6 +235,7 @@ async fn deliver(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut last = String::new();
+    let host = shown(url);
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             let jitter: f64 = rand::random();
@@ -247,13 +258,13 @@ async fn deliver(
                     .chars()
                     .take(200)
                     .collect();
-                last = format!("{url} answered {status}: {}", text.trim());
+                last = format!("{host} answered {status}: {}", text.trim());
                 if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
                     return Err(format!("{last} (not retried: the request was refused)"));
                 }
             }
-            Err(e) if e.is_timeout() => last = format!("{url}: no answer within {timeout:?}"),
-            Err(e) => last = format!("{url}: {e}"),
+            Err(e) if e.is_timeout() => last = format!("{host}: no answer within {timeout:?}"),
+            Err(e) => last = format!("{host}: {}", e.without_url()),
         }
     }
     Err(format!("{last} (gave up after {ATTEMPTS} attempts)"))

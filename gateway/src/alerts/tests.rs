@@ -324,3 +324,41 @@ fn a_long_first_line_is_cut_for_templates() {
     assert!(summary.len() < 700, "{}", summary.len());
     assert!(summary.ends_with('…'));
 }
+
+#[test]
+fn the_cooldown_outlives_the_resolved_listing() {
+    let mut r = Rig::new(
+        "acme",
+        &PANICS
+            .replace("for = \"10s\"", "for = \"0s\"")
+            .replace("repeatInterval = \"5m\"", "repeatInterval = \"1h\""),
+    );
+    let panic = ("test", Level::Error, "panicked at 'x'");
+    r.push("acme", "build-1", &[panic, panic]);
+    assert_eq!(r.notices().len(), 1);
+    r.advance(61); // resolved
+    r.advance(16 * 60); // no longer listed
+    assert_eq!(r.state("acme", "build-1"), None);
+    // 20 minutes after the first notice: still within the hour, held.
+    r.advance(2 * 60);
+    r.push("acme", "build-1", &[panic, panic]);
+    assert_eq!(r.state("acme", "build-1").as_deref(), Some("firing"));
+    assert_eq!(
+        r.notices(),
+        vec![(false, "build-1".to_owned())],
+        "only the earlier resolve"
+    );
+}
+
+#[test]
+fn a_redaction_drops_the_kept_line_and_a_deletion_the_series() {
+    let r = Rig::new("acme", &PANICS.replace("for = \"10s\"", "for = \"0s\""));
+    let panic = ("test", Level::Error, "panicked at 'token s3cr3t'");
+    r.push("acme", "build-1", &[panic, panic]);
+    let id = DeploymentId::new("acme", "build-1");
+    assert!(r.alerts.list("acme")[0].annotations["summary"].contains("s3cr3t"));
+    r.alerts.redacted(&id);
+    assert!(!r.alerts.list("acme")[0].annotations["summary"].contains("s3cr3t"));
+    r.alerts.forget(&id);
+    assert!(r.alerts.list("acme").is_empty());
+}

@@ -52,7 +52,15 @@ pub fn parse(b: &wire::RedactionRequest, subject: &str) -> Result<RedactRequest>
             regex::RegexBuilder::new(p)
                 .size_limit(1 << 20)
                 .build()
-                .map_err(|e| bad(format!("match: not a valid regex: {e}")))?,
+                // The error text quotes the pattern, which may be the secret itself.
+                .map_err(|e| {
+                    bad(match e {
+                        regex::Error::CompiledTooBig(_) => {
+                            "match: the regex is too large; anchor it to the leaked value".into()
+                        }
+                        _ => "match: not a valid regex (its syntax is Rust's `regex`; the pattern is not repeated here, it may be the secret)".into(),
+                    })
+                })?,
         ),
     };
     if seqs.is_none() && pattern.is_none() {
@@ -131,6 +139,7 @@ pub async fn redact(
             );
             if !o.seqs.is_empty() {
                 state.hub.redacted(id, &o.seqs);
+                state.alerts.redacted(id);
             }
         }
         Err(e) => state.audit_later(
@@ -194,6 +203,7 @@ pub async fn delete(
     );
     r?;
     state.hub.deleted(id);
+    state.alerts.forget(id);
     state.redaction.lock().remove(id);
     Ok(())
 }

@@ -243,6 +243,9 @@ impl Gateway {
                 &config.store_replicas,
             )?)),
         };
+        if let Some(k) = &kafka {
+            alerts.serve_only_owned(k.clone());
+        }
         Ok(Arc::new(Gateway {
             audit,
             quotas,

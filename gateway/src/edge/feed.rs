@@ -39,6 +39,9 @@ pub enum Phase {
     Missing,
     /// The store refused the edge (its key or scopes are wrong): viewers are closed.
     Refused(String),
+    /// The deployment was deleted (an audited hotfix): the window was emptied and
+    /// viewers are closed with `deployment_deleted`; a later subscription starts anew.
+    Deleted,
 }
 
 /// The window and its readers.
@@ -382,6 +385,22 @@ pub(super) async fn upstream(edge: Arc<Edge>, feed: Arc<Feed>) {
                 Ok(Some(_)) => {}
                 // The store ended the stream (a restart, an expired token): resubscribe.
                 Ok(None) => break,
+                Err(s)
+                    if s.code() == tonic::Code::NotFound
+                        && s.metadata()
+                            .get("logstream-error-code")
+                            .is_some_and(|c| c == "deployment_deleted") =>
+                {
+                    // Deleted: forget every line held, close the viewers.
+                    feed.change(|w| {
+                        w.frames.clear();
+                        w.bytes = 0;
+                        w.base = None;
+                        w.end = None;
+                    });
+                    feed.set_phase(Phase::Deleted);
+                    break;
+                }
                 Err(s) => {
                     edge.reroute();
                     tracing::info!(deployment = %feed.id, error = %s, "the store's stream broke; resubscribing after the last line");

@@ -230,7 +230,7 @@ async fn open_counted(edge: &Arc<Edge>, req: StreamRequest<'_>) -> Result<Follow
         }
     };
     match answered {
-        Phase::Missing if !wait => Err(Error::deployment_not_found()),
+        Phase::Missing | Phase::Deleted if !wait => Err(Error::deployment_not_found()),
         Phase::Refused(why) => Err(refused(&why)),
         Phase::Live => {
             // `tail=N` means the last N when the viewer opened: read them now.
@@ -351,6 +351,7 @@ impl Follower {
             let phase = feed.phase.borrow().clone();
             match phase {
                 Phase::Refused(why) => return self.finish(Out::Closed(refused(&why))),
+                Phase::Deleted => return self.finish(Out::Closed(Error::deployment_deleted())),
                 Phase::Missing if !self.announced_waiting => {
                     self.announced_waiting = true;
                     feed.window.lock().wait(cx.waker());

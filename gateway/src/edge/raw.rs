@@ -387,6 +387,13 @@ fn encode(out: Out, format: Format) -> (Vec<Bytes>, bool) {
             Out::Closed(e) if e.code == "auth_expired" => {
                 (vec![Bytes::from_static(hub::SSE_AUTH_EXPIRED)], true)
             }
+            Out::Closed(e) if e.code == "deployment_deleted" => (
+                vec![Bytes::from(format!(
+                    "event: deleted\ndata: {}\n\n",
+                    serde_json::json!({"code": e.code, "message": e.message})
+                ))],
+                true,
+            ),
             Out::Closed(e) => (
                 vec![Bytes::from(format!(
                     "event: reconnect\ndata: {}\n\n",
@@ -431,6 +438,7 @@ fn encode(out: Out, format: Format) -> (Vec<Bytes>, bool) {
                     ),
                     "shutting_down" => (1012, "gateway restarting; reconnect with the last cursor"),
                     "too_slow" => (1013, "too slow; reconnect with the last cursor"),
+                    "deployment_deleted" => (4004, "deployment deleted"),
                     _ => (1011, "the store failed; reconnect with the last cursor"),
                 };
                 (vec![ws_close(code, reason)], true)

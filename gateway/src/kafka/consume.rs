@@ -167,6 +167,12 @@ pub fn start_consumer(state: Arc<Gateway>) -> anyhow::Result<std::thread::JoinHa
     consumer
         .subscribe(&names)
         .map_err(|e| anyhow::anyhow!("kafka: cannot subscribe to {}: {e}", topics.join(", ")))?;
+    {
+        let (state, kafka, applied) = (state.clone(), kafka.clone(), applied.clone());
+        std::thread::Builder::new()
+            .name("kafka-lag".into())
+            .spawn(move || lag_loop(state, kafka, applied))?;
+    }
     Ok(std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || run(state, kafka, consumer, applied))?)
@@ -179,8 +185,6 @@ fn run(
     applied: AppliedOffsets,
 ) {
     let mut saved = Instant::now();
-    // The first figures soon after start, then every LAG_INTERVAL.
-    let mut lag_at = Instant::now() - LAG_INTERVAL + Duration::from_secs(1);
     let mut dirty = false;
     // Partitions that reached their end, to check against the ones catching up.
     let mut eof: std::collections::HashSet<i32> = std::collections::HashSet::new();
@@ -247,10 +251,6 @@ fn run(
             saved = Instant::now();
             dirty = false;
         }
-        if lag_at.elapsed() >= LAG_INTERVAL {
-            publish_lag(&state, &kafka, &consumer, &applied);
-            lag_at = Instant::now();
-        }
     }
     save_applied(&kafka, &applied.lock());
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
@@ -260,23 +260,35 @@ fn run(
 /// How often `logstream_kafka_consumer_lag_records` is refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Refreshes `logstream_kafka_consumer_lag_records` every [`LAG_INTERVAL`] on its own
+/// thread (a watermark request per owned partition must not stall the consumer's
+/// polling; librdkafka's statistics events are not delivered to a `BaseConsumer`'s
+/// poll), the first time one second after start, until shutdown.
+fn lag_loop(state: Arc<Gateway>, kafka: Arc<Kafka>, applied: AppliedOffsets) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let mut shutdown = state.shutdown.clone();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        publish_lag(&state, &kafka, &applied);
+        wait = LAG_INTERVAL;
+    }
+}
+
 /// Sets the lag of every partition this replica owns (serving or catching up): the
-/// broker's high watermark minus the next offset to apply here. One watermark request
-/// per owned partition every [`LAG_INTERVAL`], each bounded to 500 ms (librdkafka's
-/// statistics events are not delivered to a `BaseConsumer`'s poll); a partition whose
-/// watermark cannot be read keeps no series until the next round.
-fn publish_lag(
-    state: &Gateway,
-    kafka: &Kafka,
-    consumer: &BaseConsumer<Ctx>,
-    applied: &AppliedOffsets,
-) {
+/// broker's high watermark minus the next offset to apply here. A partition whose
+/// watermark cannot be read (500 ms each) keeps no series until the next round.
+fn publish_lag(state: &Gateway, kafka: &Kafka, applied: &AppliedOffsets) {
     let mut lags = Vec::new();
     for tenant in kafka.topics().keys() {
         let topic = kafka.config.topic(tenant);
         for (p, _) in kafka.ownership.of(tenant) {
-            let Ok((low, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
-            else {
+            let Ok((low, high)) = kafka.watermarks(&topic, p, Duration::from_millis(500)) else {
                 continue;
             };
             let next = applied

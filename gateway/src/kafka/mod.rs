@@ -208,6 +208,20 @@ struct Waiters {
 const RECENT: usize = 16_384;
 
 impl Kafka {
+    /// `topic`/`partition`'s (low, high) watermarks, asked of the brokers through the
+    /// producer's client (not the consumer's: its thread must keep polling).
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: std::time::Duration,
+    ) -> rdkafka::error::KafkaResult<(i64, i64)> {
+        self.producer
+            .read()
+            .client()
+            .fetch_watermarks(topic, partition, timeout)
+    }
+
     /// Connects: checks the brokers answer (and the credentials work), creates the
     /// tenants' topics or checks they exist, and learns their partition counts. Every
     /// failure names the setting to fix.

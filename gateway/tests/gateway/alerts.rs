@@ -208,6 +208,14 @@ async fn a_rule_notifies_every_kind_of_receiver_and_resolves() {
         refusing["last_error"].as_str().unwrap().contains("400"),
         "{refusing}"
     );
+    // Where it went is shown as scheme and host only: a receiver URL can be a credential.
+    assert!(
+        !refusing["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("/refusing"),
+        "{refusing}"
+    );
     assert_eq!(receiver("flaky")["sent"], 1);
     assert_eq!(receiver("hook")["kind"], "webhook");
 
