@@ -178,6 +178,15 @@ pub fn redacted_ws(seqs: &[(u64, u64)]) -> String {
     v.to_string()
 }
 
+/// `event: deleted` with `{"code","message"}`: the deployment was deleted, the last SSE
+/// event.
+pub fn deleted_sse(code: &str, message: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: deleted\ndata: {}\n\n",
+        serde_json::json!({"code": code, "message": message})
+    ))
+}
+
 /// `{"type":"end",...}`, the last WebSocket message of a completed deployment.
 pub fn end_ws(c: &Completion) -> String {
     let mut end = serde_json::to_value(completion(c)).expect("a completion serialises");

@@ -153,6 +153,14 @@ struct Series {
     completed: bool,
 }
 
+impl Series {
+    /// Whether receivers may be told of a firing now: never told, or last told at
+    /// least `repeat_ns` ago (the cooldown).
+    fn cooled(&self, now: i64, repeat_ns: i64) -> bool {
+        self.last_notified.is_none_or(|t| now - t >= repeat_ns)
+    }
+}
+
 type Key = (String, usize, String);
 
 /// Something receivers are to be told.
@@ -334,8 +342,7 @@ impl Alerts {
                     _ => s.buckets.sums(now) == (0, 0),
                 };
                 // Kept through its cooldown, so a re-fire still waits for it.
-                let cooled = s.last_notified.is_none_or(|t| now - t >= rule.repeat_ns);
-                !(s.phase == Phase::Inactive && idle && cooled)
+                !(s.phase == Phase::Inactive && idle && s.cooled(now, rule.repeat_ns))
             });
         }
         self.publish_gauges();
@@ -350,7 +357,6 @@ impl Alerts {
 
     /// The tenant's alerts: pending, firing, and resolved within `resolved_retention`.
     pub fn list(&self, tenant: &str) -> Vec<Alert> {
-        let now = self.clock.now();
         let series = self.series.lock();
         let mut out: Vec<Alert> = series
             .iter()
@@ -363,7 +369,7 @@ impl Alerts {
                     Phase::Firing { since, .. } => ("firing", since),
                     Phase::Resolved { at, .. } => ("resolved", at),
                 };
-                let (labels, annotations) = self.render(t, rule, dep, s, now);
+                let (labels, annotations) = self.render(t, rule, dep, s);
                 Some(Alert {
                     rule: rule.spec.name.clone(),
                     deployment: dep.clone(),
@@ -386,7 +392,6 @@ impl Alerts {
         rule: &Rule,
         deployment: &str,
         s: &Series,
-        _now: i64,
     ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
         let mut labels = BTreeMap::from([
             ("alertname".to_owned(), rule.spec.name.clone()),
@@ -461,7 +466,6 @@ impl Alerts {
                 !s.completed && silent >= for_ns
             }
         };
-        let cooled = |s: &Series| s.last_notified.is_none_or(|t| now - t >= rule.repeat_ns);
         match (s.phase, active) {
             (Phase::Inactive | Phase::Resolved { .. }, true) => {
                 s.phase = Phase::Pending { since: now };
@@ -474,20 +478,14 @@ impl Alerts {
             }
             (Phase::Pending { .. }, false) => s.phase = Phase::Inactive,
             (Phase::Firing { since, notified }, true) => {
-                if !notified && cooled(s) {
-                    // The cooldown held this firing back; it still fires: tell now.
+                if s.cooled(now, rule.repeat_ns) {
+                    // A firing the cooldown held back, or one still firing after the
+                    // repeat interval: every receiver (again).
                     s.phase = Phase::Firing {
                         since,
                         notified: true,
                     };
-                    s.last_notified = Some(now);
-                    s.last_resent = now;
-                    out.push(self.notice(tenant, rule, deployment, s, now, true, false));
-                } else if notified && now - s.last_notified.unwrap_or(now) >= rule.repeat_ns {
-                    // Still firing after the repeat interval: every receiver again.
-                    s.last_notified = Some(now);
-                    s.last_resent = now;
-                    out.push(self.notice(tenant, rule, deployment, s, now, true, false));
+                    self.notify(tenant, rule, deployment, s, now, out);
                 } else if notified && now - s.last_resent >= self.resend_ns {
                     s.last_resent = now;
                     out.push(self.notice(tenant, rule, deployment, s, now, true, true));
@@ -515,16 +513,29 @@ impl Alerts {
         now: i64,
         out: &mut Vec<Notice>,
     ) {
-        let cooled = s.last_notified.is_none_or(|t| now - t >= rule.repeat_ns);
+        let cooled = s.cooled(now, rule.repeat_ns);
         s.phase = Phase::Firing {
             since: now,
             notified: cooled,
         };
         if cooled {
-            s.last_notified = Some(now);
-            s.last_resent = now;
-            out.push(self.notice(tenant, rule, deployment, s, now, true, false));
+            self.notify(tenant, rule, deployment, s, now, out);
         }
+    }
+
+    /// Tells every receiver that `s` fires; the cooldown and the resends run from now.
+    fn notify(
+        &self,
+        tenant: &str,
+        rule: &Rule,
+        deployment: &str,
+        s: &mut Series,
+        now: i64,
+        out: &mut Vec<Notice>,
+    ) {
+        s.last_notified = Some(now);
+        s.last_resent = now;
+        out.push(self.notice(tenant, rule, deployment, s, now, true, false));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -538,7 +549,7 @@ impl Alerts {
         firing: bool,
         alertmanager_only: bool,
     ) -> Notice {
-        let (labels, annotations) = self.render(tenant, rule, deployment, s, now);
+        let (labels, annotations) = self.render(tenant, rule, deployment, s);
         let starts_at = match s.phase {
             Phase::Firing { since, .. } | Phase::Resolved { since, .. } => since,
             _ => now,

@@ -387,13 +387,9 @@ fn encode(out: Out, format: Format) -> (Vec<Bytes>, bool) {
             Out::Closed(e) if e.code == "auth_expired" => {
                 (vec![Bytes::from_static(hub::SSE_AUTH_EXPIRED)], true)
             }
-            Out::Closed(e) if e.code == "deployment_deleted" => (
-                vec![Bytes::from(format!(
-                    "event: deleted\ndata: {}\n\n",
-                    serde_json::json!({"code": e.code, "message": e.message})
-                ))],
-                true,
-            ),
+            Out::Closed(e) if e.code == "deployment_deleted" => {
+                (vec![hub::deleted_sse(e.code, &e.message)], true)
+            }
             Out::Closed(e) => (
                 vec![Bytes::from(format!(
                     "event: reconnect\ndata: {}\n\n",

@@ -1555,10 +1555,7 @@ fn sse_stream(session: Session) -> impl futures::Stream<Item = Result<Bytes, Inf
                 SessionEvent::End(c) => crate::hub::end_sse(&c),
                 SessionEvent::Redacted(seqs) => crate::hub::redacted_sse(&seqs),
                 SessionEvent::Closed(e) if e.code == "auth_expired" => Bytes::from_static(crate::hub::SSE_AUTH_EXPIRED),
-                SessionEvent::Closed(e) if e.code == "deployment_deleted" => Bytes::from(format!(
-                    "event: deleted\ndata: {}\n\n",
-                    serde_json::json!({"code": e.code, "message": e.message})
-                )),
+                SessionEvent::Closed(e) if e.code == "deployment_deleted" => crate::hub::deleted_sse(e.code, &e.message),
                 SessionEvent::Closed(_) => Bytes::from_static(b"event: reconnect\ndata: {\"message\":\"the gateway is restarting; reconnect with Last-Event-ID\"}\n\n"),
             };
             Some((Ok(chunk), session))
