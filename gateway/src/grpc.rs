@@ -58,7 +58,7 @@ fn ack_error(e: Error) -> pb::Error {
     }
 }
 
-async fn principal<T>(state: &Gateway, req: &Request<T>) -> Result<Principal, Status> {
+pub(crate) async fn principal<T>(state: &Gateway, req: &Request<T>) -> Result<Principal, Status> {
     let md = req.metadata();
     let token = access::token_from_headers(
         md.get("authorization").map(|v| v.as_bytes()),
@@ -119,6 +119,7 @@ pub struct Services(Arc<Gateway>);
 /// The gRPC router (both services, gzip and zstd accepted and sent).
 pub fn routes(state: Arc<Gateway>) -> tonic::transport::server::Router {
     use tonic::codec::CompressionEncoding as E;
+    let svc_state = state.clone();
     let svc = Services(state);
     let ingest = pb::ingest_server::IngestServer::new(svc.clone())
         .accept_compressed(E::Gzip)
@@ -132,6 +133,7 @@ pub fn routes(state: Arc<Gateway>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
         .add_service(ingest)
         .add_service(tail)
+        .add_service(crate::compat::otlp::Grpc::server(svc_state))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -256,6 +258,7 @@ async fn push_one(state: &Arc<Gateway>, p: &Principal, batch: pb::PushRequest) -
             stream: stream_from_pb(l.stream),
             level: level_from_pb(l.level),
             message: l.message,
+            metadata: crate::compat::bounded(l.metadata),
         })
         .collect();
     let mark = (!batch.source.is_empty()).then(|| BatchId {

@@ -15,6 +15,7 @@ pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod compat;
 pub mod config;
 pub mod core;
 pub mod edge;

@@ -238,6 +238,95 @@ pub struct Config {
     pub tenant_alerts: BTreeMap<String, crate::alert::AlertsSpec>,
     /// How alerts are evaluated and delivered.
     pub alerting: AlertingConfig,
+    /// How OTLP (`POST /v1/logs`, gRPC `LogsService/Export`) and Loki push requests
+    /// name a line's deployment and step.
+    pub compat: CompatConfig,
+}
+
+/// `[compat]`: where OTLP log records and Loki push streams carry the deployment and
+/// the step their lines belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// OTLP attributes naming the deployment, in order of preference; each is looked up
+    /// on the log record, then its scope, then its resource. A record with none of them
+    /// is refused in the answer's partial success. Default:
+    /// `["logstream.deployment", "cicd.pipeline.run.id"]`.
+    pub otlp_deployment_attributes: Vec<String>,
+    /// OTLP attributes naming the step, looked up like the deployment's; none = no step.
+    /// Default: `["logstream.step", "cicd.pipeline.task.name"]`.
+    pub otlp_step_attributes: Vec<String>,
+    /// The Loki stream label naming the deployment. Default: `deployment`.
+    pub loki_deployment_label: String,
+    /// The Loki stream label naming the step. Default: `step`.
+    pub loki_step_label: String,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        CompatConfig {
+            otlp_deployment_attributes: vec![
+                "logstream.deployment".into(),
+                "cicd.pipeline.run.id".into(),
+            ],
+            otlp_step_attributes: vec!["logstream.step".into(), "cicd.pipeline.task.name".into()],
+            loki_deployment_label: "deployment".into(),
+            loki_step_label: "step".into(),
+        }
+    }
+}
+
+impl CompatConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, problem: &str| ConfigError {
+            field,
+            problem: problem.into(),
+        };
+        if self.otlp_deployment_attributes.is_empty()
+            || self
+                .otlp_deployment_attributes
+                .iter()
+                .any(|a| a.trim().is_empty())
+        {
+            return Err(bad(
+                "compat.otlp_deployment_attributes",
+                "name at least one attribute, none empty, e.g. [\"logstream.deployment\"]",
+            ));
+        }
+        if self
+            .otlp_step_attributes
+            .iter()
+            .any(|a| a.trim().is_empty())
+        {
+            return Err(bad(
+                "compat.otlp_step_attributes",
+                "an attribute name is empty",
+            ));
+        }
+        for (field, label) in [
+            ("compat.loki_deployment_label", &self.loki_deployment_label),
+            ("compat.loki_step_label", &self.loki_step_label),
+        ] {
+            let ok = label
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(bad(
+                    field,
+                    "must be a Prometheus label name, e.g. \"deployment\"",
+                ));
+            }
+        }
+        if self.loki_deployment_label == self.loki_step_label {
+            return Err(bad(
+                "compat.loki_step_label",
+                "must differ from compat.loki_deployment_label",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[alerting]`: evaluation and delivery of every tenant's alert rules.
@@ -860,6 +949,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             tenant_alerts: BTreeMap::new(),
             alerting: AlertingConfig::default(),
+            compat: CompatConfig::default(),
         }
     }
 }
@@ -1036,6 +1126,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         duration("retention", &self.retention)?;
         self.mcp.validate()?;
+        self.compat.validate()?;
         self.alerting.validate()?;
         for (tenant, a) in &self.tenant_alerts {
             crate::validate_tenant(tenant).map_err(|e| ConfigError {
@@ -1327,6 +1418,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.validate().unwrap_err().field, "service_accounts");
+        for (toml, field) in [
+            (
+                "[compat]\notlp_deployment_attributes = []",
+                "compat.otlp_deployment_attributes",
+            ),
+            (
+                "[compat]\notlp_deployment_attributes = [\" \"]",
+                "compat.otlp_deployment_attributes",
+            ),
+            (
+                "[compat]\notlp_step_attributes = [\"\"]",
+                "compat.otlp_step_attributes",
+            ),
+            (
+                "[compat]\nloki_deployment_label = \"run-id\"",
+                "compat.loki_deployment_label",
+            ),
+            (
+                "[compat]\nloki_step_label = \"1st\"",
+                "compat.loki_step_label",
+            ),
+            (
+                "[compat]\nloki_step_label = \"deployment\"",
+                "compat.loki_step_label",
+            ),
+        ] {
+            let c: Config = toml::from_str(toml).unwrap();
+            assert_eq!(c.validate().unwrap_err().field, field, "{toml}");
+        }
     }
 
     #[test]
@@ -1486,6 +1606,12 @@ mod tests {
                 resolved_retention: "5m".into(),
                 max_series_per_rule: 100,
                 queue: 64,
+            },
+            compat: CompatConfig {
+                otlp_deployment_attributes: vec!["build.id".into()],
+                otlp_step_attributes: vec![],
+                loki_deployment_label: "run".into(),
+                loki_step_label: "job".into(),
             },
             object_store: Some(ObjectStoreConfig {
                 url: "s3://ci-logs/acme".into(),

@@ -620,6 +620,20 @@ impl StreamRedactor {
         Ok(())
     }
 
+    /// Redacts a value that is not a line of the stream (an OTLP attribute, a label):
+    /// the same detectors and registered secrets, every line of it, a PEM block masked
+    /// to the value's end when it does not close; the stream's own PEM state is left as
+    /// it was.
+    pub fn redact_value(&mut self, value: &str, state: &mut RedactionState) -> String {
+        let outer = std::mem::replace(&mut self.in_pem, false);
+        let out: Vec<String> = value
+            .split('\n')
+            .map(|l| self.redact(l, state).into_owned())
+            .collect();
+        self.in_pem = outer;
+        out.join("\n")
+    }
+
     /// Redacts one line of this stream; borrows when there is nothing to mask.
     pub fn redact<'a>(&mut self, line: &'a str, state: &mut RedactionState) -> Cow<'a, str> {
         if !self.in_pem

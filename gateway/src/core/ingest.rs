@@ -4,6 +4,7 @@
 //! `metadata.split = "i/n"` (never dropped, never cut without a marker); a missing level
 //! is detected from the text.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,9 @@ pub struct IngestLine {
     /// `None` = detect from the message.
     pub level: Option<Level>,
     pub message: String,
+    /// Labels kept with the line (OTLP attributes, Loki labels); redacted like the
+    /// message.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// The durable ack.
@@ -65,6 +69,14 @@ fn to_records(
         let mut redaction = RedactionState::default();
         let message = redactor.redact(&l.message, &mut redaction).into_owned();
         let level = l.level.unwrap_or_else(|| Level::detect(&message));
+        let metadata: BTreeMap<String, String> = l
+            .metadata
+            .into_iter()
+            .map(|(k, v)| {
+                let v = redactor.redact_value(&v, &mut redaction);
+                (k, v)
+            })
+            .collect();
         let parts = split_line(&message, max_line);
         let n = parts.len();
         for (i, part) in parts.into_iter().enumerate() {
@@ -75,6 +87,7 @@ fn to_records(
                 level,
                 message: part.to_owned(),
                 redaction: redaction.clone(),
+                metadata: metadata.clone(),
                 ..LogRecord::default()
             };
             if n > 1 {
@@ -333,6 +346,7 @@ mod tests {
                 stream: Stream::Stdout,
                 level: None,
                 message: line.clone(),
+                metadata: Default::default(),
             }],
             1001,
             &mut redactor,

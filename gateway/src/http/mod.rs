@@ -41,21 +41,26 @@ mod openapi;
 
 // === Errors: the one mapping from the core's error ===
 
+/// The HTTP status of an error kind (every protocol served on the HTTP port uses it).
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = match self.kind {
-            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
-            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(self.kind);
         let body = ErrorBody::new(self.code, &self.message);
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(d) = self.retry_after {
@@ -126,6 +131,40 @@ impl FromRequestParts<Arc<Gateway>> for Auth {
     }
 }
 
+/// The caller of a request whose handler answers in another protocol's form (OTLP,
+/// Loki): the token from the headers only.
+pub(crate) async fn principal(state: &Gateway, parts: &Parts) -> Result<Principal> {
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let token = access::token_from_headers(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        parts
+            .headers
+            .get(access::PROXY_SAFE_AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )
+    .unwrap_or(Err(AuthError::Missing));
+    state.authenticate(token, client).await
+}
+
+/// The request's media type, lower case, without parameters ("" when none).
+pub(crate) fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 fn url_pairs(q: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default()
 }
@@ -145,6 +184,8 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/logs", post(crate::compat::otlp::http))
+        .route("/loki/api/v1/push", post(crate::compat::loki::push))
         .route("/v1/audit", get(audit_log))
         .route("/v1/audit/events", post(audit_append))
         .route("/healthz", get(healthz))
@@ -400,7 +441,7 @@ async fn openapi() -> Response {
 
 // === Ingest ===
 
-async fn read_body(state: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
+pub(crate) async fn read_body(state: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
     let max = state.config.max_body_bytes;
     let too_large = || {
         Error::new(
@@ -504,6 +545,7 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<IngestLine>> {
             stream,
             level,
             message,
+            metadata: Default::default(),
         });
     }
     Ok(out)
@@ -531,6 +573,7 @@ fn parse_text(body: &[u8], step: &str, stream: Stream) -> Result<Vec<IngestLine>
             stream,
             level: None,
             message: l.strip_suffix('\r').unwrap_or(l).to_owned(),
+            metadata: Default::default(),
         })
         .collect())
 }
@@ -555,15 +598,7 @@ async fn ingest_http(
             ));
         }
     }
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ctype = media_type(&headers);
     let started = Instant::now();
     let body = read_body(&s, &headers, body).await?;
     let lines = match ctype.as_str() {

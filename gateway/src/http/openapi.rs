@@ -147,6 +147,8 @@ impl Modify for Security {
         super::cluster,
         super::metrics,
         super::openapi,
+        crate::compat::otlp::http,
+        crate::compat::loki::push,
     ),
     components(schemas(
         wire::AuditRecorded,

@@ -7,6 +7,7 @@
 
 mod alerts;
 mod audit;
+mod compat;
 mod errors;
 mod grpc;
 mod history;
