@@ -331,6 +331,9 @@ impl PublicKey {
 pub struct Authenticator {
     /// The HS256 key, when HS256 tokens are accepted.
     hs: Option<(DecodingKey, EncodingKey)>,
+    /// Signs export links (derived from the HS256 key, kept when HS256 tokens are not
+    /// accepted: stores and edges share the key either way).
+    link_key: [u8; 32],
     keys: parking_lot::RwLock<Vec<PublicKey>>,
     /// JWKS file to re-read on an unknown kid, and when it was last read.
     jwks_file: Option<(std::path::PathBuf, parking_lot::Mutex<std::time::Instant>)>,
@@ -499,12 +502,18 @@ struct SaClaims {
 const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Authenticator {
+    /// The MAC of an export link's canonical form (keyed BLAKE3).
+    pub fn link_mac(&self, canonical: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.link_key, canonical).as_bytes()
+    }
+
     pub fn hs256(secret: &[u8], audience: Option<String>, issuer: Option<String>) -> Authenticator {
         Authenticator {
             hs: Some((
                 DecodingKey::from_secret(secret),
                 EncodingKey::from_secret(secret),
             )),
+            link_key: blake3::derive_key("logstream export links v1", secret),
             keys: parking_lot::RwLock::new(Vec::new()),
             jwks_file: None,
             audience,

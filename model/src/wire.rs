@@ -246,6 +246,67 @@ pub struct AlertReceiver {
     pub last_sent_at: Option<String>,
 }
 
+/// `POST /v1/deployments/{id}/export-links` (scope `logs:export`): a link to download the
+/// export without a token, until it expires. Every field is optional; the filters are
+/// those of history and export.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExportLinkRequest {
+    /// `text` (default), `ndjson` or `csv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// How long the link works: a duration from 1m to 7d (`168h`). Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+}
+
+/// A signed export link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExportLink {
+    /// The absolute URL (from `alerting.external_url`, else the request's Host).
+    pub url: String,
+    /// The same, without scheme and host.
+    pub path: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub format: String,
+}
+
+/// `PUT /v1/deployments/{id}/bookmarks/{name}`: a named position of the token's subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BookmarkRequest {
+    /// A line's cursor in this deployment (the last line read).
+    pub cursor: String,
+}
+
+/// A stored bookmark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Bookmark {
+    pub name: String,
+    pub cursor: String,
+    /// The seq the cursor names.
+    pub seq: u64,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
 /// `POST /v1/deployments/{id}/redactions`: mask leaked bytes in stored lines (scope
 /// `logs:admin`). At least one of `seqs` and `match`; `reason` is required.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,7 @@ pub async fn redact(
                 ),
             );
             if !o.seqs.is_empty() {
+                crate::core::links::invalidate(state, id);
                 state.hub.redacted(id, &o.seqs);
                 state.alerts.redacted(id);
             }
@@ -201,6 +202,7 @@ pub async fn delete(
         },
     );
     r?;
+    crate::core::links::invalidate(state, id);
     state.hub.deleted(id);
     state.alerts.forget(id);
     state.redaction.lock().remove(id);

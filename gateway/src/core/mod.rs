@@ -13,6 +13,7 @@ pub mod access;
 pub mod error;
 pub mod hotfix;
 pub mod ingest;
+pub mod links;
 pub mod list;
 pub mod read;
 pub mod viewer;

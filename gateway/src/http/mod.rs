@@ -19,7 +19,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
+use bookmarks as bm;
 use futures::future::Either;
 use futures::{SinkExt, StreamExt};
 use logstream_model::{Cursor, Level, LogRecord, Stream};
@@ -37,6 +38,8 @@ use crate::core::{Error, ErrorKind, Gateway, Result, access, read};
 use crate::hub::completion;
 use crate::store::{DeploymentId, Direction};
 
+mod bookmarks;
+mod links;
 mod openapi;
 
 // === Errors: the one mapping from the core's error ===
@@ -183,6 +186,15 @@ pub fn app(state: Arc<Gateway>) -> Router {
         .route("/v1/deployments/{id}/secrets", post(secrets))
         .route("/v1/deployments/{id}/stream", get(stream))
         .route("/v1/deployments/{id}/export", get(export))
+        .route("/v1/deployments/{id}/export-links", post(links::create))
+        .route(
+            "/v1/shared/{tenant}/{deployment}/export",
+            get(links::download),
+        )
+        .route(
+            "/v1/deployments/{id}/bookmarks/{name}",
+            put(bm::put).get(bm::get).delete(bm::del),
+        )
         .route("/v1/alerts", get(alerts))
         .route("/v1/logs", post(crate::compat::otlp::http))
         .route("/loki/api/v1/push", post(crate::compat::loki::push))
@@ -248,45 +260,57 @@ async fn to_owner(
     let (Some(kafka), Some(replicas)) = (&s.kafka, &s.replicas) else {
         return next.run(req).await;
     };
-    let deployment = {
+    // `/v1/deployments/{id}/..` (the tenant from the token) or an export link's
+    // `/v1/shared/{tenant}/{deployment}/..` (no token; the link's signature is checked by
+    // whichever replica serves it).
+    let (tenant, deployment) = {
         let mut seg = req.uri().path().split('/').skip(1);
-        match (seg.next(), seg.next(), seg.next()) {
-            (Some("v1"), Some("deployments"), Some(id)) if id != "events" => id.to_owned(),
+        match (seg.next(), seg.next(), seg.next(), seg.next()) {
+            (Some("v1"), Some("deployments"), Some(id), _) if id != "events" => {
+                (None, id.to_owned())
+            }
+            (Some("v1"), Some("shared"), Some(t), Some(d)) => (Some(t.to_owned()), d.to_owned()),
             _ => return next.run(req).await,
         }
     };
     if req.headers().contains_key(FORWARDED) {
         return next.run(req).await;
     }
-    let token = access::token_from_headers(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-        req.headers()
-            .get(access::PROXY_SAFE_AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    );
-    // EventSource and download links carry it in the query (where the handlers allow).
-    let query_token = req.uri().query().and_then(|q| {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
-            .ok()?
-            .into_iter()
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v)
-    });
-    let token = match (token, &query_token) {
-        (Some(t), _) => t,
-        (None, Some(q)) => Ok(q.as_str()),
-        (None, None) => return next.run(req).await,
+    let tenant = match tenant {
+        Some(t) => t,
+        None => {
+            let token = access::token_from_headers(
+                req.headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+                req.headers()
+                    .get(access::PROXY_SAFE_AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            );
+            // EventSource and download links carry it in the query (where the handlers allow).
+            let query_token = req.uri().query().and_then(|q| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                    .ok()?
+                    .into_iter()
+                    .find(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v)
+            });
+            let token = match (token, &query_token) {
+                (Some(t), _) => t,
+                (None, Some(q)) => Ok(q.as_str()),
+                (None, None) => return next.run(req).await,
+            };
+            // Not routable without a tenant: the handler refuses the token itself.
+            let Ok(token) = token else {
+                return next.run(req).await;
+            };
+            let Ok(p) = s.auth.verify_request(token).await else {
+                return next.run(req).await;
+            };
+            p.tenant
+        }
     };
-    // Not routable without a tenant: the handler refuses the token itself.
-    let Ok(token) = token else {
-        return next.run(req).await;
-    };
-    let Ok(p) = s.auth.verify_request(token).await else {
-        return next.run(req).await;
-    };
-    let id = crate::store::DeploymentId::new(p.tenant, deployment);
+    let id = crate::store::DeploymentId::new(tenant, deployment);
     if kafka.serves(&id) {
         return next.run(req).await;
     }
@@ -1710,17 +1734,7 @@ async fn export(
     let rp = read::read_params(&q, &lid, &allowed)?;
     // `cursor`: resume an interrupted export after the last line received.
     let resume_from = rp.cursor.as_ref().map(|c| c.seq);
-    let (format, ext, ctype) = match q.get("format").map(String::as_str) {
-        None | Some("text") => (Format::Text, "log", "text/plain; charset=utf-8"),
-        Some("ndjson") => (Format::Ndjson, "ndjson", "application/x-ndjson"),
-        Some("csv") => (Format::Csv, "csv", "text/csv; charset=utf-8"),
-        Some(f) => {
-            return Err(Error::invalid(
-                "invalid_format",
-                format!("format {f:?} must be text, ndjson or csv"),
-            ));
-        }
-    };
+    let format = Format::from_query(&q)?;
     let log = s.existing_log(&lid).await?;
     s.audit(
         Need::Durable,
@@ -1732,37 +1746,91 @@ async fn export(
         None,
     )
     .await?;
+    Ok(stream_export(
+        log,
+        lid,
+        rp.filter,
+        format,
+        resume_from,
+        &headers,
+    ))
+}
+
+impl Format {
+    /// `format` of an export query (default text).
+    fn from_query(q: &HashMap<String, String>) -> Result<Format> {
+        match q.get("format").map(String::as_str) {
+            None | Some("text") => Ok(Format::Text),
+            Some("ndjson") => Ok(Format::Ndjson),
+            Some("csv") => Ok(Format::Csv),
+            Some(f) => Err(Error::invalid(
+                "invalid_format",
+                format!("format {f:?} must be text, ndjson or csv"),
+            )),
+        }
+    }
+
+    /// File extension and Content-Type.
+    fn file(self) -> (&'static str, &'static str) {
+        match self {
+            Format::Text => ("log", "text/plain; charset=utf-8"),
+            Format::Ndjson => ("ndjson", "application/x-ndjson"),
+            Format::Csv => ("csv", "text/csv; charset=utf-8"),
+        }
+    }
+}
+
+/// Renders `log` (after `resume_from`, else from the start, with the CSV header) as
+/// `format`, one chunk per store page, to `emit` (`done` on the last; `false` from it
+/// stops). Constant memory: one page at a time.
+fn render_export(
+    log: &crate::store::DeploymentLog,
+    lid: &DeploymentId,
+    filter: &logstream_model::Filter,
+    format: Format,
+    resume_from: Option<u64>,
+    mut emit: impl FnMut(Vec<u8>, bool) -> bool,
+) -> std::result::Result<(), crate::store::StoreError> {
+    let mut from = resume_from.unwrap_or(0);
+    let mut first = resume_from.is_none();
+    loop {
+        let page = log.read(Direction::Forward, from, filter, 5000)?;
+        let mut chunk = Vec::new();
+        if first && format == Format::Csv {
+            chunk.extend_from_slice(logstream_model::export::CSV_HEADER);
+        }
+        first = false;
+        for r in page.records {
+            export_line(&mut chunk, format, lid, r);
+        }
+        from = page.scanned_to;
+        let done = page.exhausted;
+        if !emit(chunk, done) || done {
+            return Ok(());
+        }
+    }
+}
+
+/// An export streamed as it is read (gzip when the client accepts it), as an attachment.
+fn stream_export(
+    log: Arc<crate::store::DeploymentLog>,
+    lid: DeploymentId,
+    filter: logstream_model::Filter,
+    format: Format,
+    resume_from: Option<u64>,
+    headers: &HeaderMap,
+) -> Response {
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let (ext, ctype) = format.file();
+    let filename = format!("{}.{ext}", lid.deployment);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    // Constant memory: one page at a time from the store, through a bounded channel.
     tokio::task::spawn_blocking(move || {
         let mut enc =
             gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        let mut from = resume_from.unwrap_or(0);
-        let mut first = resume_from.is_none();
-        loop {
-            let page = match log.read(Direction::Forward, from, &rp.filter, 5000) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "export read failed");
-                    let _ = tx
-                        .blocking_send(Err(std::io::Error::other("export aborted: storage error")));
-                    return;
-                }
-            };
-            let mut chunk = Vec::new();
-            if first && format == Format::Csv {
-                chunk.extend_from_slice(logstream_model::export::CSV_HEADER);
-            }
-            first = false;
-            for r in page.records {
-                export_line(&mut chunk, format, &lid, r);
-            }
-            from = page.scanned_to;
-            let done = page.exhausted;
+        let r = render_export(&log, &lid, &filter, format, resume_from, |chunk, done| {
             let out = match enc.as_mut() {
                 Some(e) => {
                     use std::io::Write;
@@ -1775,27 +1843,25 @@ async fn export(
                 }
                 None => chunk,
             };
-            if (!out.is_empty() || done) && tx.blocking_send(Ok(Bytes::from(out))).is_err() {
-                return;
-            }
-            if done {
-                return;
-            }
+            !((!out.is_empty() || done) && tx.blocking_send(Ok(Bytes::from(out))).is_err())
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "export read failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other("export aborted: storage error")));
         }
     });
     let mut resp = Response::builder()
         .header(header::CONTENT_TYPE, ctype)
         .header(
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{id}.{ext}\""),
+            format!("attachment; filename=\"{filename}\""),
         )
         .header(header::VARY, "accept-encoding");
     if gzip {
         resp = resp.header(header::CONTENT_ENCODING, "gzip");
     }
-    Ok(resp
-        .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-        .expect("valid response"))
+    resp.body(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
+    .expect("valid response")
 }

@@ -13,6 +13,7 @@ mod grpc;
 mod history;
 mod hotfix;
 mod ingest;
+mod links;
 mod listing;
 mod live;
 mod mcp;

@@ -12,12 +12,18 @@ use serde_json::{Value, json};
 /// `(path, methods)` of every `.route(..)` in the HTTP router's source.
 fn routed() -> BTreeMap<String, BTreeSet<String>> {
     let src = include_str!("../../src/http/mod.rs");
+    // One line per call, however rustfmt wrapped it.
+    let flat: String = src.lines().map(str::trim).collect::<Vec<_>>().join("");
     let mut out = BTreeMap::new();
-    for line in src.lines().map(str::trim_start) {
-        let Some(rest) = line.strip_prefix(".route(\"") else {
-            continue;
-        };
-        let (path, handlers) = rest.split_once('"').unwrap();
+    for call in flat.split(".route(\"").skip(1) {
+        let (path, rest) = call.split_once('"').unwrap();
+        let handlers = rest
+            .split(".route(")
+            .next()
+            .unwrap()
+            .split(".merge(")
+            .next()
+            .unwrap();
         let methods = ["get", "post", "put", "delete", "patch"]
             .into_iter()
             .filter(|m| handlers.contains(&format!("{m}(")))
