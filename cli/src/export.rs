@@ -8,22 +8,23 @@
 //! so the state is never ahead of the data). A later run with the same arguments cuts
 //! `FILE.part` back to that length and asks the gateway for the lines after the cursor;
 //! when the log ends, `FILE.part` is renamed to `FILE`. A dropped connection is resumed
-//! the same way within one run.
+//! the same way within one run (the download and its resumption are
+//! `logstream_agent::Export`'s; this module renders, writes and keeps the state).
 
 use std::io::{IsTerminal, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
+use logstream_agent::{ExportEvent, ExportOptions};
 use logstream_model::wire;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, Client, Exit, get_json, output};
+use crate::{Client, Exit, get_json, output, refusal};
 
 /// Lines between two state saves.
 const SAVE_EVERY: u64 = 5000;
-/// Attempts to resume a dropped download within one run.
+/// Downloads tried within one run (the first and the resumptions of a dropped one).
 const ATTEMPTS: u32 = 8;
 
 /// `FILE.part.json`: where an interrupted export stopped.
@@ -168,46 +169,77 @@ pub async fn export(c: &Client, a: ExportArgs<'_>) -> anyhow::Result<i32> {
     };
 
     let bar = progress_bar(&sink, total.max(st.lines), st.lines);
-    let mut attempt = 0u32;
+    let mut download = c.export(
+        id,
+        ExportOptions {
+            cursor: (!st.cursor.is_empty()).then(|| st.cursor.clone()),
+            attempts: ATTEMPTS,
+            ..ExportOptions::default()
+        },
+    );
+    let mut rendered = Vec::with_capacity(1 << 16);
+    let mut since_save = 0u64;
     loop {
-        match download(c, &a, &mut st, &mut sink, &bar).await {
-            Ok(()) => break,
-            Err(e) if e.downcast_ref::<Exit>().is_some() => return Err(e),
-            Err(e) if attempt + 1 < ATTEMPTS => {
-                attempt += 1;
-                let wait = logstream_model::retry::backoff(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(8),
-                    rand::random(),
-                )
-                .max(
-                    e.downcast_ref::<ApiError>()
-                        .and_then(|e| e.retry_after)
-                        .unwrap_or_default(),
-                );
-                bar.suspend(|| {
-                    eprintln!(
-                        "export interrupted ({e:#}); resuming after line {} in {:.1}s",
-                        st.lines,
-                        wait.as_secs_f64()
-                    )
-                });
-                tokio::time::sleep(wait).await;
-            }
+        let event = match download.next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            // A code the contract says not to retry is final at once.
+            Err(logstream_agent::Error::Api(e)) if !e.retryable() => return Err(refusal(e)),
             Err(e) => {
                 bar.abandon();
                 let again = match &a.output {
                     Some(_) => "run the same command again to resume",
                     None => "run it again, or use -o FILE to make it resumable",
                 };
-                return Err(e.context(format!(
+                return Err(anyhow::Error::new(e).context(format!(
                     "export interrupted after line {}; {again}",
                     st.lines
                 )));
             }
+        };
+        match event {
+            ExportEvent::Started => {
+                if st.bytes == 0 && a.format == "csv" {
+                    write(&mut sink, logstream_model::export::CSV_HEADER)?;
+                    st.bytes += logstream_model::export::CSV_HEADER.len() as u64;
+                }
+            }
+            ExportEvent::Line { raw, line } => {
+                rendered.clear();
+                render(&mut rendered, a.format, &raw, &line);
+                write(&mut sink, &rendered)?;
+                st.bytes += rendered.len() as u64;
+                st.lines += 1;
+                st.cursor = line.cursor;
+                since_save += 1;
+                if since_save >= SAVE_EVERY {
+                    since_save = 0;
+                    save(&mut sink, &st)?;
+                }
+                if st.lines.is_multiple_of(256) {
+                    if bar.length().is_some_and(|l| st.lines > l) {
+                        bar.set_length(st.lines);
+                    }
+                    bar.set_position(st.lines);
+                }
+            }
+            ExportEvent::Resuming { error, wait } => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "export interrupted ({:#}); resuming after line {} in {:.1}s",
+                        anyhow::Error::new(error),
+                        st.lines,
+                        wait.as_secs_f64()
+                    )
+                });
+            }
         }
     }
+    save(&mut sink, &st)?;
+    if bar.length().is_some_and(|l| st.lines > l) {
+        bar.set_length(st.lines);
+    }
+    bar.set_position(st.lines);
     bar.finish_and_clear();
     match sink {
         Sink::Stdout(mut out) => out.flush()?,
@@ -256,74 +288,6 @@ fn progress_bar(sink: &Sink, total: u64, done: u64) -> indicatif::ProgressBar {
     bar.set_position(done);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
-}
-
-/// One request: streams the lines after `st.cursor` into the sink until the log ends.
-async fn download(
-    c: &Client,
-    a: &ExportArgs<'_>,
-    st: &mut State,
-    sink: &mut Sink,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    let mut q = vec![("format", "ndjson".to_owned())];
-    if !st.cursor.is_empty() {
-        q.push(("cursor", st.cursor.clone()));
-    }
-    let resp = c
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/deployments/{}/export", a.id),
-        )?
-        .query(&q)
-        .send()
-        .await
-        .context("connecting to the gateway")?;
-    if !resp.status().is_success() {
-        let e = ApiError::read(resp).await;
-        // A retryable code is worth another attempt (an `ApiError`, not an `Exit`);
-        // every other answer is final.
-        return Err(if e.retryable() { e.into() } else { e.exit() });
-    }
-    if st.bytes == 0 && a.format == "csv" {
-        write(sink, logstream_model::export::CSV_HEADER)?;
-        st.bytes += logstream_model::export::CSV_HEADER.len() as u64;
-    }
-    let mut body = resp.bytes_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut rendered = Vec::with_capacity(1 << 16);
-    let mut since_save = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("download interrupted")?;
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(n) = memchr::memchr(b'\n', &pending[start..]) {
-            let raw = &pending[start..start + n];
-            start += n + 1;
-            let line: wire::Line =
-                serde_json::from_slice(raw).context("a line from the gateway")?;
-            rendered.clear();
-            render(&mut rendered, a.format, raw, &line);
-            write(sink, &rendered)?;
-            st.bytes += rendered.len() as u64;
-            st.lines += 1;
-            st.cursor = line.cursor;
-            since_save += 1;
-            if since_save >= SAVE_EVERY {
-                since_save = 0;
-                save(sink, st)?;
-            }
-        }
-        pending.drain(..start);
-        if bar.length().is_some_and(|l| st.lines > l) {
-            bar.set_length(st.lines);
-        }
-        bar.set_position(st.lines);
-    }
-    if !pending.is_empty() {
-        return Err(anyhow::anyhow!("download ended inside a line"));
-    }
-    save(sink, st)
 }
 
 fn write(sink: &mut Sink, b: &[u8]) -> anyhow::Result<()> {

@@ -11,8 +11,10 @@
 //! final refusals (an error code the contract says not to retry), 130 interrupted,
 //! 4 server/network errors.
 //!
-//! Retries are decided by the error body's code alone (`logstream_model::retry`); see
-//! [`ApiError`].
+//! The gateway client (connection, pushes, follow, export, retries) is the
+//! `logstream-agent` crate; this binary parses arguments, finds the gateway through the
+//! kubeconfig, and prints. Retries are decided by the error body's code alone
+//! (`logstream_model::retry`); a refusal's exit code is [`refusal`]'s.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -30,6 +32,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use logstream_agent::{ApiError, Event, FollowOptions};
 use logstream_model::wire;
 use serde::de::DeserializeOwned;
 
@@ -85,7 +88,7 @@ struct Conn {
 }
 
 /// Gets a fresh token (the kubeconfig user's exec plugin run again).
-pub type Refresh = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
+pub use logstream_agent::Refresh;
 
 #[derive(Subcommand)]
 enum Command {
@@ -352,18 +355,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// The gateway client: base URL, token source, HTTP client.
+/// The gateway client (`logstream_agent::Client`: base URL, token source, HTTP client)
+/// and how this CLI prints.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
-    /// The bearer token (replaced by `refresh` after a 401).
-    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    refresh: Option<Refresh>,
-    token_file: Option<std::path::PathBuf>,
-    http: reqwest::Client,
+    api: logstream_agent::Client,
     color: bool,
     /// The server is the local forwarder to the API server's service proxy.
     via_kubeconfig: bool,
+}
+
+impl std::ops::Deref for Client {
+    type Target = logstream_agent::Client;
+
+    fn deref(&self) -> &logstream_agent::Client {
+        &self.api
+    }
 }
 
 impl Client {
@@ -383,43 +390,21 @@ impl Client {
             )
             .into());
         }
-        let color = style::enabled(conn.color);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+        let mut api = logstream_agent::Client::new(&base)?;
+        if let Some(t) = &conn.token {
+            api = api.with_token(t);
+        }
+        if let Some(f) = &conn.token_file {
+            api = api.with_token_file(f);
+        }
+        if let Some(r) = &conn.refresh {
+            api = api.with_refresh(r.clone());
+        }
         Ok(Client {
-            base,
-            token: std::sync::Arc::new(std::sync::Mutex::new(conn.token.clone())),
-            refresh: conn.refresh.clone(),
-            token_file: conn.token_file.clone(),
-            http,
-            color,
+            api,
+            color: style::enabled(conn.color),
             via_kubeconfig: conn.via_kubeconfig,
         })
-    }
-
-    /// The current token (the file is re-read each time, so a rotated token is picked up).
-    fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(f) = &self.token_file {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("--token-file {}", f.display()))?;
-            return Ok(Some(t.trim().to_owned()));
-        }
-        Ok(self.token.lock().expect("token lock").clone())
-    }
-
-    /// Whether a 401 may be cured by getting the token again.
-    fn refreshable(&self) -> bool {
-        self.token_file.is_some() || self.refresh.is_some()
-    }
-
-    /// Gets the token again where it comes from a command (the file is re-read anyway).
-    fn refresh_token(&self) {
-        if let Some(r) = &self.refresh
-            && let Some(t) = r()
-        {
-            *self.token.lock().expect("token lock") = Some(t);
-        }
     }
 
     fn request(
@@ -427,17 +412,15 @@ impl Client {
         method: reqwest::Method,
         path: &str,
     ) -> anyhow::Result<reqwest::RequestBuilder> {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = self.token()? {
-            r = r.bearer_auth(t);
-        }
-        Ok(r)
+        self.api.request(method, path).map_err(agent_error)
     }
 }
 
 impl logstream_mcp::api::TokenSource for Client {
     fn token(&self) -> Result<Option<String>, String> {
-        Client::token(self).map_err(|e| format!("{e:#}"))
+        self.api
+            .token()
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
     }
 
     fn refresh(&self) -> bool {
@@ -451,7 +434,7 @@ impl logstream_mcp::api::TokenSource for Client {
 
 /// `mcp`: the MCP server on stdio, calling the gateway as this CLI does.
 async fn mcp(c: Client) -> anyhow::Result<i32> {
-    let api = logstream_mcp::api::Api::new(&c.base)?;
+    let api = logstream_mcp::api::Api::new(c.base())?;
     let shared = logstream_mcp::server::Shared::new(api, Default::default());
     logstream_mcp::serve_stdio(shared, std::sync::Arc::new(c))
         .await
@@ -465,101 +448,23 @@ async fn get_json<T: DeserializeOwned>(
     path: &str,
     query: &[(&str, String)],
 ) -> anyhow::Result<T> {
-    let resp = c
-        .request(reqwest::Method::GET, path)?
-        .query(query)
-        .send()
-        .await
-        .context("connecting to the gateway")?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
-    let body = resp.bytes().await.context("reading the gateway's answer")?;
-    serde_json::from_slice(&body).with_context(|| format!("the gateway's answer to GET {path}"))
+    c.api.get_json(path, query).await.map_err(agent_error)
 }
 
-/// Turns a gateway error answer into a message and exit code (see [`ApiError::exit`]).
-async fn api_error(resp: reqwest::Response) -> anyhow::Error {
-    ApiError::read(resp).await.exit()
-}
-
-/// A refusal: the gateway's error body (`wire::ErrorBody`) with its status and
-/// `Retry-After`, or what stands in for one when the answer came from something in front
-/// of the gateway (a proxy's HTML page, the API server's own `Status`).
-#[derive(Debug)]
-pub struct ApiError {
-    status: reqwest::StatusCode,
-    /// The contract's error code. A body that is not the gateway's counts as
-    /// `unavailable` (retryable) on a 5xx or 429, and as final (no code) otherwise.
-    code: String,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
-/// The longest `Retry-After` honoured (a bigger one is taken as this).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-
-impl ApiError {
-    /// Reads the error answer's body.
-    async fn read(resp: reqwest::Response) -> ApiError {
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        let body = resp.bytes().await.unwrap_or_default();
-        ApiError::parse(status, retry_after, &body)
-    }
-
-    fn parse(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &[u8]) -> ApiError {
-        match serde_json::from_slice::<wire::ErrorBody>(body) {
-            Ok(wire::ErrorBody { error }) => ApiError {
-                status,
-                code: error.code,
-                message: error.message,
-                retry_after,
-            },
-            Err(_) => {
-                let transient =
-                    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-                ApiError {
-                    status,
-                    code: if transient { "unavailable" } else { "" }.to_owned(),
-                    message: format!("HTTP {status}"),
-                    retry_after,
-                }
-            }
-        }
-    }
-
-    /// Whether the contract allows trying again (after a backoff, and `retry_after`).
-    fn retryable(&self) -> bool {
-        logstream_model::retry::is_retryable(&self.code)
-    }
-
-    /// The error to end with: exit code 4 for what may pass (a retryable code: the
-    /// server or the network), 2 for a final refusal.
-    fn exit(self) -> anyhow::Error {
-        let code = if self.retryable() { 4 } else { 2 };
-        Exit(code, self.to_string()).into()
+/// The error to end with: a refusal by its code (see [`refusal`]), anything else as
+/// itself (exit code 4: the server or the network).
+fn agent_error(e: logstream_agent::Error) -> anyhow::Error {
+    match e {
+        logstream_agent::Error::Api(e) => refusal(e),
+        e => e.into(),
     }
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (HTTP {})", self.message, self.status.as_u16())
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// `Retry-After` in seconds (the form the gateway sends), at most [`MAX_RETRY_AFTER`].
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+/// A refusal ends with exit code 4 for what may pass (a retryable code: the server or
+/// the network), 2 for a final refusal, and the gateway's message.
+fn refusal(e: ApiError) -> anyhow::Error {
+    let code = if e.retryable() { 4 } else { 2 };
+    Exit(code, e.to_string()).into()
 }
 
 fn query(args: &LogsArgs) -> Vec<(&'static str, String)> {
@@ -604,38 +509,45 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             conn.context.as_deref().unwrap_or("current")
         )));
     }
-    // Follow: reconnect with the last cursor after any disconnect, backoff with jitter.
-    let mut f = Follow {
-        cursor: args.cursor.clone(),
-        tail: args.tail,
-        attempt: 0,
-        unauthorized: 0,
-        waiting: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        said_waiting: args.quiet,
-    };
+    // Follow: the agent reconnects after the last line's cursor after any disconnect
+    // (backoff with jitter, 200 ms doubling, at most 10 s; at least the server's
+    // `Retry-After`) and gets the token again after a 401.
+    let mut follow = c.follow(
+        &args.id,
+        FollowOptions {
+            cursor: args.cursor.clone(),
+            tail: args.tail,
+            filters: query(&args)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            transport: match args.transport {
+                Transport::Sse => logstream_agent::Transport::Sse,
+                Transport::Ws => logstream_agent::Transport::Ws,
+            },
+            ..FollowOptions::default()
+        },
+    );
+    // The gateway said the deployment has no line yet (cleared by the first line).
+    let waiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut said_waiting = args.quiet;
     // Fires once the deadline has passed while the gateway says the deployment has no
     // line yet; never once it started.
     let deadline = wait_timeout.map(|t| tokio::time::Instant::now() + t);
-    let waiting = f.waiting.clone();
+    let still_waiting = waiting.clone();
     let gave_up = async move {
         let Some(deadline) = deadline else {
             return std::future::pending().await;
         };
         tokio::time::sleep_until(deadline).await;
-        while !waiting.load(std::sync::atomic::Ordering::Relaxed) {
+        while !still_waiting.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     tokio::pin!(gave_up);
     loop {
-        let follow = async {
-            match args.transport {
-                Transport::Sse => follow_sse(c, &args, &mut f, &mut printer).await,
-                Transport::Ws => follow_ws(c, &args, &mut f, &mut printer).await,
-            }
-        };
-        let ended = tokio::select! {
-            ended = follow => ended?,
+        let event = tokio::select! {
+            event = follow.next() => event.map_err(agent_error)?,
             () = &mut gave_up => {
                 return Err(Exit(
                     5,
@@ -648,18 +560,41 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
                 .into());
             }
         };
-        printer.flush()?;
-        match ended {
-            Session::End(end) => {
+        match event {
+            // A line: print it now (live output shows up at once, also through a pipe).
+            Some(Event::Line(line)) => {
+                waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+                printer.line(&line)?;
+                printer.flush()?;
+            }
+            // The gateway holds the stream until the deployment's first line.
+            Some(Event::Waiting) => {
+                waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+                if !said_waiting {
+                    said_waiting = true;
+                    eprintln!(
+                        "waiting for deployment {} to start (no line yet)...",
+                        args.id
+                    );
+                }
+            }
+            Some(Event::Reconnecting { why, wait, .. }) => {
+                printer.flush()?;
+                let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
+                eprintln!("{}", style::dim(c.color, msg));
+            }
+            Some(Event::End(end)) => {
+                printer.flush()?;
                 let code = follow_code(&end);
                 if !args.quiet {
                     eprintln!("{}", summary(c, &args.id, &end).await);
                 }
                 return Ok(code);
             }
-            Session::Dropped { why, at_least } => {
-                f.attempt += 1;
-                reconnect_wait(c, f.attempt, &why, at_least).await;
+            None => {
+                return Err(anyhow::anyhow!(
+                    "the follow ended without the deployment's end"
+                ));
             }
         }
     }
@@ -704,237 +639,6 @@ async fn summary(c: &Client, id: &str, end: &wire::Completion) -> String {
     };
     let lines = if d.lines == 1 { "line" } else { "lines" };
     format!("deployment {id} {what}{took}, {} {lines}", d.lines)
-}
-
-/// Where a follow is, across reconnections.
-struct Follow {
-    cursor: Option<String>,
-    /// `--tail N`, until the first line arrives (then the cursor rules).
-    tail: Option<usize>,
-    attempt: u32,
-    unauthorized: u32,
-    /// The gateway said the deployment has no line yet (cleared by the first line).
-    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The waiting notice was printed (or `-q`).
-    said_waiting: bool,
-}
-
-impl Follow {
-    fn query(&self, args: &LogsArgs) -> Vec<(&'static str, String)> {
-        let mut q = query(args);
-        // A deployment with no line yet is waited for (a queued pipeline's link).
-        q.push(("wait", "true".to_owned()));
-        if self.cursor.is_none()
-            && let Some(n) = self.tail
-        {
-            q.push(("tail", n.to_string()));
-        }
-        q
-    }
-
-    /// A line arrived: print it now (live output shows up at once, also through a pipe).
-    /// The gateway holds the stream until the deployment's first line.
-    fn waiting(&mut self, id: &str) {
-        self.attempt = 0;
-        self.waiting
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if !self.said_waiting {
-            self.said_waiting = true;
-            eprintln!("waiting for deployment {id} to start (no line yet)...");
-        }
-    }
-
-    fn line(&mut self, printer: &mut Printer, line: wire::Line) -> anyhow::Result<()> {
-        self.waiting
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.attempt = 0;
-        self.unauthorized = 0;
-        printer.line(&line)?;
-        self.cursor = Some(line.cursor);
-        self.tail = None;
-        Ok(())
-    }
-
-    /// How a refused connection ends the session: reconnect when its code may be
-    /// retried (`unavailable` and the like, after any `Retry-After`), or on a 401 while
-    /// the token can be got again (a token file being rotated, the kubeconfig's exec
-    /// plugin); otherwise the refusal is final (a viewer limit, a missing deployment).
-    fn refused(&mut self, c: &Client, e: ApiError) -> anyhow::Result<Session> {
-        let retry = if e.status == reqwest::StatusCode::UNAUTHORIZED {
-            let refreshable = c.refreshable() && self.unauthorized < 5;
-            if refreshable {
-                self.unauthorized += 1;
-                c.refresh_token();
-            }
-            refreshable
-        } else {
-            e.retryable()
-        };
-        if !retry {
-            return Err(e.exit());
-        }
-        Ok(Session::Dropped {
-            why: format!("HTTP {}", e.status),
-            at_least: e.retry_after,
-        })
-    }
-}
-
-/// How one connection of a follow ended.
-enum Session {
-    /// The deployment completed.
-    End(wire::Completion),
-    /// Reconnect: why (for the status line), and not sooner than `at_least`.
-    Dropped {
-        why: String,
-        at_least: Option<Duration>,
-    },
-}
-
-impl Session {
-    fn dropped(why: impl Into<String>) -> Session {
-        Session::Dropped {
-            why: why.into(),
-            at_least: None,
-        }
-    }
-}
-
-/// A WebSocket text frame of a live stream.
-#[derive(serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WsFrame {
-    /// `{"type":"lines","lines":[Line]}`
-    Lines { lines: Vec<wire::Line> },
-    /// `{"type":"end", ...Completion}`
-    End(wire::Completion),
-    /// `{"type":"waiting", "message": ...}`: the deployment has no line yet.
-    Waiting,
-    /// A frame type this version does not know: ignored.
-    #[serde(other)]
-    Other,
-}
-
-async fn follow_sse(
-    c: &Client,
-    args: &LogsArgs,
-    f: &mut Follow,
-    printer: &mut Printer,
-) -> anyhow::Result<Session> {
-    let mut req = c
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/deployments/{}/stream", args.id),
-        )?
-        .query(&f.query(args))
-        .header("accept", "text/event-stream");
-    if let Some(cur) = &f.cursor {
-        req = req.header("last-event-id", cur);
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return Ok(Session::dropped(e.to_string())),
-    };
-    if !resp.status().is_success() {
-        return f.refused(c, ApiError::read(resp).await);
-    }
-    let mut events = resp.bytes_stream().eventsource();
-    while let Some(Ok(ev)) = events.next().await {
-        match ev.event.as_str() {
-            "line" => {
-                let line: wire::Line =
-                    serde_json::from_str(&ev.data).context("a line from the gateway")?;
-                f.line(printer, line)?;
-                printer.flush()?;
-            }
-            "end" => {
-                let end: wire::Completion =
-                    serde_json::from_str(&ev.data).context("the end event from the gateway")?;
-                return Ok(Session::End(end));
-            }
-            "waiting" => f.waiting(&args.id),
-            // Retry hint and comments come without an event name.
-            "" | "message" => {}
-            // reconnect (gateway restarting), auth_expired (token re-read on reconnect)
-            _ => break,
-        }
-    }
-    Ok(Session::dropped("stream interrupted"))
-}
-
-async fn follow_ws(
-    c: &Client,
-    args: &LogsArgs,
-    f: &mut Follow,
-    printer: &mut Printer,
-) -> anyhow::Result<Session> {
-    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
-    let mut q = f.query(args);
-    if let Some(cur) = &f.cursor {
-        q.push(("cursor", cur.clone()));
-    }
-    let mut url = reqwest::Url::parse(&format!("{}/v1/deployments/{}/stream", c.base, args.id))
-        .context("--server")?;
-    url.query_pairs_mut().extend_pairs(&q);
-    let ws_url = url.as_str().replacen("http", "ws", 1);
-    let mut req = ws_url.into_client_request().context("--server")?;
-    if let Some(t) = c.token()? {
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {t}").parse().context("the token")?,
-        );
-    }
-    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
-        Ok(ok) => ok,
-        Err(tungstenite::Error::Http(resp)) => {
-            let status = reqwest::StatusCode::from_u16(resp.status().as_u16())
-                .unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
-            let body = resp.body().as_deref().unwrap_or_default();
-            return f.refused(
-                c,
-                ApiError::parse(status, retry_after(resp.headers()), body),
-            );
-        }
-        Err(e) => return Ok(Session::dropped(e.to_string())),
-    };
-    while let Some(msg) = ws.next().await {
-        let text = match msg {
-            Ok(tungstenite::Message::Text(t)) => t,
-            Ok(tungstenite::Message::Close(frame)) => {
-                let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
-                return Ok(Session::dropped(why));
-            }
-            Ok(_) => continue,
-            Err(e) => return Ok(Session::dropped(e.to_string())),
-        };
-        match serde_json::from_str(&text).context("a frame from the gateway")? {
-            WsFrame::Lines { lines } => {
-                for line in lines {
-                    f.line(printer, line)?;
-                }
-                printer.flush()?;
-            }
-            WsFrame::End(end) => return Ok(Session::End(end)),
-            WsFrame::Waiting => f.waiting(&args.id),
-            WsFrame::Other => {}
-        }
-    }
-    Ok(Session::dropped("stream interrupted"))
-}
-
-/// Exponential backoff with jitter (200 ms doubling, at most 10 s; at least the
-/// server's `Retry-After`), one dim status line on stderr. `attempt` counts from 1.
-async fn reconnect_wait(c: &Client, attempt: u32, why: &str, at_least: Option<Duration>) {
-    let wait = logstream_model::retry::backoff(
-        attempt.saturating_sub(1),
-        Duration::from_millis(200),
-        Duration::from_secs(10),
-        rand::random(),
-    )
-    .max(at_least.unwrap_or_default());
-    let msg = format!("reconnecting in {:.1}s ({why})", wait.as_secs_f64());
-    eprintln!("{}", style::dim(c.color, msg));
-    tokio::time::sleep(wait).await;
 }
 
 async fn history(c: &Client, args: &LogsArgs, printer: &mut Printer) -> anyhow::Result<()> {
@@ -1045,7 +749,7 @@ async fn watch_list(
             Ok(r) if !r.status().is_success() => {
                 let e = ApiError::read(r).await;
                 if !e.retryable() && e.status != reqwest::StatusCode::UNAUTHORIZED {
-                    return Err(e.exit());
+                    return Err(refusal(e));
                 }
                 c.refresh_token();
                 e.to_string()
@@ -1250,7 +954,7 @@ mod tests {
             );
             assert!(!e.retryable(), "{code}");
             assert_eq!(
-                exit_of(e.exit()),
+                exit_of(refusal(e)),
                 (2, format!("{code} happened (HTTP 429)"))
             );
         }
@@ -1261,7 +965,7 @@ mod tests {
         );
         assert!(e.retryable());
         assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
-        assert_eq!(exit_of(e.exit()).0, 4);
+        assert_eq!(exit_of(refusal(e)).0, 4);
         for (status, code) in [
             (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -1282,7 +986,7 @@ mod tests {
         ] {
             let e = ApiError::parse(status, None, &body(code));
             assert!(!e.retryable(), "{code}");
-            assert_eq!(exit_of(e.exit()).0, 2, "{code}");
+            assert_eq!(exit_of(refusal(e)).0, 2, "{code}");
         }
     }
 
@@ -1302,58 +1006,16 @@ mod tests {
         }
         let e = ApiError::parse(StatusCode::BAD_GATEWAY, None, html);
         assert_eq!(
-            exit_of(e.exit()),
+            exit_of(refusal(e)),
             (4, "HTTP 502 Bad Gateway (HTTP 502)".to_owned())
         );
         // A foreign 4xx (a proxy's 404 or 403 page) is final, as before.
         let e = ApiError::parse(StatusCode::NOT_FOUND, None, html);
         assert!(!e.retryable());
         assert_eq!(
-            exit_of(e.exit()),
+            exit_of(refusal(e)),
             (2, "HTTP 404 Not Found (HTTP 404)".to_owned())
         );
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds_and_capped() {
-        let h = |v: &str| {
-            let mut m = http::HeaderMap::new();
-            m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
-            m
-        };
-        assert_eq!(retry_after(&h("5")), Some(Duration::from_secs(5)));
-        assert_eq!(retry_after(&h("86400")), Some(MAX_RETRY_AFTER));
-        assert_eq!(retry_after(&h("Wed, 21 Oct 2015 07:28:00 GMT")), None);
-        assert_eq!(retry_after(&http::HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn websocket_frames_are_lines_end_or_ignored() {
-        let line = r#"{"cursor":"c1","seq":1,"ts":"2024-01-02T03:04:05.000000000Z","step":"build","stream":"stdout","level":"info","message":"hi"}"#;
-        let frame: WsFrame =
-            serde_json::from_str(&format!(r#"{{"type":"lines","lines":[{line}]}}"#)).unwrap();
-        let WsFrame::Lines { lines } = frame else {
-            panic!("lines")
-        };
-        assert_eq!(lines.len(), 1);
-        assert_eq!((lines[0].cursor.as_str(), lines[0].seq), ("c1", 1));
-        let frame: WsFrame =
-            serde_json::from_str(r#"{"type":"end","status":"failed","exit_code":3,"last_seq":9}"#)
-                .unwrap();
-        let WsFrame::End(end) = frame else {
-            panic!("end")
-        };
-        assert_eq!(
-            end,
-            wire::Completion {
-                status: "failed".into(),
-                exit_code: 3,
-                last_seq: 9
-            }
-        );
-        let frame: WsFrame = serde_json::from_str(r#"{"type":"news","x":1}"#).unwrap();
-        assert!(matches!(frame, WsFrame::Other));
-        assert!(serde_json::from_str::<WsFrame>(r#"{"type":"lines"}"#).is_err());
     }
 
     fn deployment() -> wire::Deployment {

@@ -5,27 +5,28 @@
 //! `complete` is the same completion for wrappers that decide at the end.
 //!
 //! ```text
-//! child stdout ─┐ one reader loop:       bounded (backpressure on the child's pipes)
-//! child stderr ─┴─> lines stamped in ──mpsc(10k)──> batcher (1,000 lines / 50 ms)
-//!                   read order
+//! child stdout ─┐ one reader loop:       logstream_agent::Pusher: bounded (10k lines
+//! child stderr ─┴─> lines stamped in ──────> unacknowledged: backpressure on the child's
+//!                   read order                pipes), batches of 1,000 lines / 50 ms
 //!   (or --pty: one terminal, so the command colours and line-buffers as it would
 //!    for a person; stdout and stderr arrive merged, as on a terminal)
 //!        │                                   └─POST /logs, Logstream-Source + -Batch,
 //!        └─ echoed locally                     retried with backoff until acked
 //! exit ──> drain ──> failed (or --complete): POST /complete ──> exit with the child's code
 //! ```
+//!
+//! The pushing, retrying and completing is `logstream-agent`'s; this module runs the
+//! command, reads its output and says on stderr what the agent retries.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
+use logstream_agent::{PushOptions, Pusher, RetryReason};
 use logstream_model::wire;
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
 
-use crate::{ApiError, Client, Exit, api_error, usage};
+use crate::{Client, Exit, agent_error, usage};
 
 /// A three-step pipeline, shown in `run --help`.
 pub const PIPELINE_EXAMPLE: &str = "\
@@ -80,12 +81,6 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-struct Line {
-    stderr: bool,
-    ts: i64,
-    text: String,
-}
-
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -121,19 +116,22 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     if !values.is_empty() {
-        let resp = c
-            .request(
-                reqwest::Method::POST,
-                &format!("/v1/deployments/{}/secrets", args.deployment),
-            )?
-            .json(&wire::SecretsRequest { values })
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
+        c.register_secrets(&args.deployment, values)
+            .await
+            .map_err(agent_error)?;
     }
-    let (tx, rx) = mpsc::channel::<Line>(10_000);
+    let pusher = c.push(
+        &args.deployment,
+        PushOptions {
+            source: Some(format!(
+                "run/{}/{}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
+            on_retry: Some(Arc::new(say_retry)),
+            ..PushOptions::default()
+        },
+    );
     let cannot =
         |e: &dyn std::fmt::Display| Exit(127, format!("cannot run {:?}: {e}", args.command[0]));
     let (mut child, reader) = if args.pty {
@@ -157,7 +155,7 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             // Keep the terminal's writing half open while the command runs.
             std::future::pending::<()>().await;
         });
-        let reader = tokio::spawn(pump(read, None, tx, args.quiet));
+        let reader = tokio::spawn(pump(read, None, pusher, step.clone(), args.quiet));
         (child, reader)
     } else {
         let mut child = tokio::process::Command::new(&args.command[0])
@@ -170,12 +168,12 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
         let reader = tokio::spawn(pump(
             child.stdout.take().expect("piped"),
             child.stderr.take(),
-            tx,
+            pusher,
+            step.clone(),
             args.quiet,
         ));
         (child, reader)
     };
-    let sender = tokio::spawn(send_batches(c.clone(), args.deployment.clone(), step, rx));
     let (status, code) = tokio::select! {
         s = child.wait() => {
             let s = s?;
@@ -191,8 +189,13 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
             ("cancelled", 130)
         }
     };
-    reader.await??;
-    sender.await??;
+    let pusher = reader.await??;
+    // Every line acknowledged; a final refusal (the deployment completed, a missing
+    // scope, ...) ends the run with the gateway's message.
+    pusher.finish().await.map_err(|e| match e {
+        logstream_agent::Error::Protocol(m) => Exit(4, m).into(),
+        e => agent_error(e),
+    })?;
     // A failure (or Ctrl+C) ends the pipeline; a success leaves the deployment open for
     // the next step unless this is the last one.
     let completes = if code == 0 {
@@ -201,9 +204,9 @@ pub async fn run(c: Client, args: RunArgs) -> anyhow::Result<i32> {
         !args.no_complete
     };
     if completes {
-        complete(&c, &args.deployment, status, Some(code))
+        c.complete(&args.deployment, status, Some(code))
             .await
-            .map_err(final_refusal)?;
+            .map_err(agent_error)?;
     }
     Ok(code)
 }
@@ -227,7 +230,10 @@ pub struct CompleteArgs {
 pub async fn complete_cmd(c: Client, args: CompleteArgs) -> anyhow::Result<i32> {
     logstream_model::validate_deployment_id(&args.deployment)
         .map_err(|e| usage(format!("DEPLOYMENT {:?}: {e}", args.deployment)))?;
-    match complete(&c, &args.deployment, &args.status, args.exit_code).await {
+    match c
+        .complete(&args.deployment, &args.status, args.exit_code)
+        .await
+    {
         Ok(done) => {
             eprintln!(
                 "deployment {} completed: {} (exit code {})",
@@ -235,10 +241,7 @@ pub async fn complete_cmd(c: Client, args: CompleteArgs) -> anyhow::Result<i32> 
             );
             Ok(0)
         }
-        Err(e)
-            if e.downcast_ref::<ApiError>()
-                .is_some_and(|e| e.code == "deployment_completed") =>
-        {
+        Err(e) if e.api().is_some_and(|e| e.code == "deployment_completed") => {
             let d: wire::Deployment =
                 crate::get_json(&c, &format!("/v1/deployments/{}", args.deployment), &[]).await?;
             if d.status == args.status {
@@ -259,15 +262,23 @@ pub async fn complete_cmd(c: Client, args: CompleteArgs) -> anyhow::Result<i32> 
             )
             .into())
         }
-        Err(e) => Err(final_refusal(e)),
+        Err(e) => Err(agent_error(e)),
     }
 }
 
-/// A refusal the gateway answered ends with its exit code (see `ApiError::exit`).
-fn final_refusal(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast::<ApiError>() {
-        Ok(e) => e.exit(),
-        Err(e) => e,
+/// What the agent retries, said on stderr: a refusal each time, an unreachable gateway
+/// once per batch.
+fn say_retry(r: &logstream_agent::Retry) {
+    match &r.reason {
+        RetryReason::Refused(e) => eprintln!(
+            "logstream: gateway answered HTTP {}; retrying",
+            e.status.as_u16()
+        ),
+        RetryReason::Unreachable(e) if r.attempt == 0 => {
+            eprintln!("logstream: cannot reach the gateway ({e}); buffering and retrying")
+        }
+        RetryReason::Unreachable(_) => {}
+        RetryReason::CutOff(e) => eprintln!("logstream: {e}; retrying"),
     }
 }
 
@@ -277,9 +288,10 @@ fn final_refusal(e: anyhow::Error) -> anyhow::Error {
 async fn pump(
     out: impl AsyncRead + Unpin,
     err: Option<tokio::process::ChildStderr>,
-    tx: mpsc::Sender<Line>,
+    pusher: Pusher,
+    step: String,
     quiet: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Pusher> {
     let mut out = BufReader::new(out);
     let mut err = err.map(BufReader::new);
     // Partial reads stay in these across the select (read_until is cancel-safe so).
@@ -323,165 +335,16 @@ async fn pump(
         let text = text.strip_suffix('\r').unwrap_or(&text).to_owned();
         buf.clear();
         last_ts = now_ns().max(last_ts + 1);
-        if tx
-            .send(Line {
-                stderr,
-                ts: last_ts,
-                text,
-            })
-            .await
-            .is_err()
-        {
-            return Ok(());
+        let line = if stderr {
+            logstream_agent::Line::stderr(text)
+        } else {
+            logstream_agent::Line::stdout(text)
+        };
+        // Waits while the agent's buffer is full. An error: the pusher stopped (its
+        // refusal is what `finish` returns).
+        if pusher.send(line.ts(last_ts).step(&step)).await.is_err() {
+            return Ok(pusher);
         }
     }
-    Ok(())
-}
-
-/// Batches lines and posts them; a failed post is retried (same batch id, so the
-/// gateway stores it once) until it is acknowledged.
-async fn send_batches(
-    c: Client,
-    deployment: String,
-    step: String,
-    mut rx: mpsc::Receiver<Line>,
-) -> anyhow::Result<()> {
-    let source = format!("run/{}/{}", std::process::id(), rand::random::<u32>());
-    let mut batch_id = 0u64;
-    let mut pending: Vec<Line> = Vec::new();
-    let mut open = true;
-    while open || !pending.is_empty() {
-        if open {
-            let deadline = tokio::time::sleep(Duration::from_millis(50));
-            tokio::pin!(deadline);
-            while pending.len() < 1000 {
-                tokio::select! {
-                    l = rx.recv() => match l {
-                        Some(l) => pending.push(l),
-                        None => { open = false; break; }
-                    },
-                    () = &mut deadline => break,
-                }
-            }
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        batch_id += 1;
-        let body: String = pending
-            .iter()
-            .map(|l| json!({"ts": l.ts, "step": step, "stream": if l.stderr { "stderr" } else { "stdout" }, "message": l.text}).to_string() + "\n")
-            .collect();
-        let mut attempt = 0u32;
-        loop {
-            let req = c
-                .request(
-                    reqwest::Method::POST,
-                    &format!("/v1/deployments/{deployment}/logs"),
-                )?
-                .header("content-type", "application/x-ndjson")
-                .header("logstream-source", &source)
-                .header("logstream-batch", batch_id.to_string())
-                .body(body.clone());
-            let mut at_least = None;
-            match req.send().await {
-                Ok(r) if r.status().is_success() => match r.bytes().await {
-                    // The durable acknowledgement.
-                    Ok(body) => match serde_json::from_slice::<wire::IngestReply>(&body) {
-                        Ok(_) => break,
-                        Err(e) => {
-                            return Err(Exit(
-                                4,
-                                format!(
-                                    "the answer to POST /v1/deployments/{deployment}/logs is not an ingest reply ({e}); is the server a logstream gateway?"
-                                ),
-                            )
-                            .into());
-                        }
-                    },
-                    // Cut off while reading the answer: send the batch again (it is
-                    // stored once).
-                    Err(e) => eprintln!("logstream: {e}; retrying"),
-                },
-                Ok(r) => {
-                    let e = ApiError::read(r).await;
-                    // Final codes (the deployment completed, a missing scope, ...) end
-                    // the run; the rest are retried, not sooner than Retry-After.
-                    if !e.retryable() {
-                        return Err(e.exit());
-                    }
-                    eprintln!(
-                        "logstream: gateway answered HTTP {}; retrying",
-                        e.status.as_u16()
-                    );
-                    at_least = e.retry_after;
-                }
-                Err(e) => {
-                    if attempt == 0 {
-                        eprintln!(
-                            "logstream: cannot reach the gateway ({e}); buffering and retrying"
-                        );
-                    }
-                }
-            }
-            attempt += 1;
-            tokio::time::sleep(
-                logstream_model::retry::backoff(
-                    attempt,
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                    rand::random(),
-                )
-                .max(at_least.unwrap_or_default()),
-            )
-            .await;
-        }
-        pending.clear();
-    }
-    Ok(())
-}
-
-/// Completes `deployment`, retrying what may pass; returns what was recorded.
-pub async fn complete(
-    c: &Client,
-    deployment: &str,
-    status: &str,
-    exit_code: Option<i32>,
-) -> anyhow::Result<wire::Completion> {
-    let mut attempt = 0u32;
-    loop {
-        match c
-            .request(
-                reqwest::Method::POST,
-                &format!("/v1/deployments/{deployment}/complete"),
-            )?
-            .json(&wire::CompleteRequest {
-                status: status.to_owned(),
-                exit_code,
-            })
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {
-                let body = r.bytes().await?;
-                return serde_json::from_slice(&body).with_context(|| {
-                    format!("the gateway's answer to POST /v1/deployments/{deployment}/complete")
-                });
-            }
-            Ok(r) => {
-                let e = ApiError::read(r).await;
-                if !e.retryable() || attempt >= 20 {
-                    return Err(e.into());
-                }
-                attempt += 1;
-                let wait = Duration::from_millis(200 * u64::from(attempt.min(10)));
-                tokio::time::sleep(wait.max(e.retry_after.unwrap_or_default())).await;
-            }
-            Err(_) if attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(pusher)
 }
