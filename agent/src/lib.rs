@@ -313,6 +313,53 @@ impl Client {
         }
     }
 
+    /// The bookmark `name` of this token's subject on `deployment`: `None` when there is
+    /// none (or the deployment has no line yet).
+    pub async fn bookmark(&self, deployment: &str, name: &str) -> Result<Option<wire::Bookmark>> {
+        match self
+            .get_json(
+                &format!("/v1/deployments/{deployment}/bookmarks/{name}"),
+                &[],
+            )
+            .await
+        {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::Api(e))
+                if e.code == "bookmark_not_found" || e.code == "deployment_not_found" =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the bookmark `name` of this token's subject on `deployment` to `cursor` (a
+    /// line's cursor). Not retried: a follower sets it again with its next line.
+    pub async fn set_bookmark(
+        &self,
+        deployment: &str,
+        name: &str,
+        cursor: &str,
+    ) -> Result<wire::Bookmark> {
+        let resp = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/deployments/{deployment}/bookmarks/{name}"),
+            )?
+            .json(&wire::BookmarkRequest {
+                cursor: cursor.to_owned(),
+            })
+            .send()
+            .await
+            .map_err(Error::Connect)?;
+        if !resp.status().is_success() {
+            return Err(ApiError::read(resp).await.into());
+        }
+        let body = resp.bytes().await.map_err(Error::Connect)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("the gateway's answer to PUT .../bookmarks: {e}")))
+    }
+
     /// Starts pushing lines to `deployment` in batches (see [`Pusher`]). Needs a Tokio
     /// runtime (the batcher is a task).
     pub fn push(&self, deployment: &str, options: PushOptions) -> Pusher {

@@ -185,6 +185,16 @@ struct LogsArgs {
     /// Only the last N lines (then follow, with -f).
     #[arg(long)]
     tail: Option<usize>,
+    /// With -f: resume after this bookmark of your token's subject (kept on the gateway,
+    /// so another machine continues where this one stopped) and keep it on the last
+    /// line shown; without the bookmark yet, start as the other flags say.
+    #[arg(
+        long,
+        requires = "follow",
+        conflicts_with = "cursor",
+        value_name = "NAME"
+    )]
+    bookmark: Option<String>,
     /// Prefix each line with its timestamp.
     #[arg(long)]
     timestamps: bool,
@@ -512,11 +522,42 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     // Follow: the agent reconnects after the last line's cursor after any disconnect
     // (backoff with jitter, 200 ms doubling, at most 10 s; at least the server's
     // `Retry-After`) and gets the token again after a 401.
+    let mut start = args.cursor.clone();
+    let mut tail = args.tail;
+    let mut bookmark = match &args.bookmark {
+        None => None,
+        Some(name) => {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(usage(format!(
+                    "--bookmark {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
+                )));
+            }
+            if let Some(b) = c.bookmark(&args.id, name).await.map_err(agent_error)? {
+                if !args.quiet {
+                    eprintln!(
+                        "{}",
+                        style::dim(
+                            c.color,
+                            format!("resuming after line {} (bookmark {name})", b.seq)
+                        )
+                    );
+                }
+                start = Some(b.cursor);
+                tail = None;
+            }
+            Some(Bookmarker::start(c.clone(), args.id.clone(), name.clone()))
+        }
+    };
     let mut follow = c.follow(
         &args.id,
         FollowOptions {
-            cursor: args.cursor.clone(),
-            tail: args.tail,
+            cursor: start,
+            tail,
             filters: query(&args)
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -548,6 +589,14 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     loop {
         let event = tokio::select! {
             event = follow.next() => event.map_err(agent_error)?,
+            // Ctrl+C with a bookmark: save the last line shown before leaving.
+            _ = tokio::signal::ctrl_c(), if bookmark.is_some() => {
+                printer.flush()?;
+                if let Some(b) = bookmark.take() {
+                    b.finish().await;
+                }
+                return Ok(130);
+            }
             () = &mut gave_up => {
                 return Err(Exit(
                     5,
@@ -566,6 +615,9 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
                 waiting.store(false, std::sync::atomic::Ordering::Relaxed);
                 printer.line(&line)?;
                 printer.flush()?;
+                if let Some(b) = &bookmark {
+                    b.at(&line.cursor);
+                }
             }
             // The gateway holds the stream until the deployment's first line.
             Some(Event::Waiting) => {
@@ -585,6 +637,9 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
             }
             Some(Event::End(end)) => {
                 printer.flush()?;
+                if let Some(b) = bookmark {
+                    b.finish().await;
+                }
                 let code = follow_code(&end);
                 if !args.quiet {
                     eprintln!("{}", summary(c, &args.id, &end).await);
@@ -597,6 +652,50 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
                 ));
             }
         }
+    }
+}
+
+/// Keeps a bookmark on the last line shown: set at most once a second in the
+/// background (a follow never waits for it), and once more at the end.
+struct Bookmarker {
+    last: tokio::sync::watch::Sender<Option<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bookmarker {
+    fn start(c: Client, id: String, name: String) -> Bookmarker {
+        let (last, mut rx) = tokio::sync::watch::channel::<Option<String>>(None);
+        let task = tokio::spawn(async move {
+            let mut warned = false;
+            while rx.changed().await.is_ok() {
+                let Some(cursor) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = c.set_bookmark(&id, &name, &cursor).await
+                    && !warned
+                {
+                    warned = true;
+                    eprintln!("warning: bookmark {name} not saved: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // Closed: the last position, if it was not saved yet.
+            let last = rx.borrow().clone();
+            if let Some(cursor) = last {
+                let _ = c.set_bookmark(&id, &name, &cursor).await;
+            }
+        });
+        Bookmarker { last, task }
+    }
+
+    fn at(&self, cursor: &str) {
+        self.last.send_replace(Some(cursor.to_owned()));
+    }
+
+    /// Saves the last position and waits for it.
+    async fn finish(self) {
+        drop(self.last);
+        let _ = self.task.await;
     }
 }
 

@@ -1605,3 +1605,79 @@ async fn redact_masks_a_leaked_value_and_delete_removes_a_deployment() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_with_a_bookmark_resumes_where_the_last_follower_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    let lines = |r: std::ops::Range<usize>| -> Vec<Value> {
+        r.map(|i| json!({"message": format!("l{i}")})).collect()
+    };
+    push(&g, &t, "bm", &lines(0..5)).await;
+    // A first follower reads the five lines and is stopped with Ctrl+C (SIGINT): it
+    // saves its place first.
+    let mut first = cli(&g, &t)
+        .args(["logs", "-f", "bm", "--bookmark", "laptop"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(first.stdout.take().unwrap()).lines();
+    for i in 0..5 {
+        assert_eq!(out.next_line().await.unwrap().unwrap(), format!("l{i}"));
+    }
+    let pid = first.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(first.wait().await.unwrap().code(), Some(130));
+    let (status, b) = {
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/deployments/bm/bookmarks/laptop", g.http))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, b["seq"].as_u64()), (200, Some(5)), "{b}");
+
+    // Elsewhere, the same subject goes on after line 5; the bookmark follows.
+    push(&g, &t, "bm", &lines(5..8)).await;
+    complete(&g, &t, "bm", "succeeded", 0).await;
+    let again = cli(&g, &t)
+        .args(["logs", "-f", "bm", "--bookmark", "laptop"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "l5\nl6\nl7\n");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("resuming after line 5 (bookmark laptop)")
+    );
+    // Another subject has no such bookmark: it reads from the start.
+    let other = g.state.auth.mint(
+        "someone-else",
+        "acme",
+        &[Scope::Read],
+        Duration::from_secs(600),
+        None,
+    );
+    let fresh = cli(&g, &other)
+        .args(["logs", "-f", "bm", "--bookmark", "laptop", "-q"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&fresh.stdout).lines().count(), 8);
+    let bad = cli(&g, &t)
+        .args(["logs", "-f", "bm", "--bookmark", "a b"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--bookmark"));
+}
