@@ -349,6 +349,7 @@ impl Client {
             .json(&wire::BookmarkRequest {
                 cursor: cursor.to_owned(),
             })
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .map_err(Error::Connect)?;

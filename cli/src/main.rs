@@ -262,16 +262,27 @@ fn main() {
                 }
             };
         }
+        let outcome = |r: anyhow::Result<i32>| match r {
+            Ok(code) => code,
+            Err(e) => {
+                let code = e.downcast_ref::<Exit>().map_or(4, |x| x.0);
+                eprintln!("error: {e:#}");
+                code
+            }
+        };
+        let run = dispatch(cli);
+        tokio::pin!(run);
         tokio::select! {
-            r = dispatch(cli) => match r {
-                Ok(code) => code,
-                Err(e) => {
-                    let code = e.downcast_ref::<Exit>().map_or(4, |x| x.0);
-                    eprintln!("error: {e:#}");
-                    code
-                }
-            },
+            r = &mut run => outcome(r),
             _ = tokio::signal::ctrl_c() => {
+                if SAVES_ON_INTERRUPT.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The command saves its place first (a follow's bookmark), briefly.
+                    INTERRUPT.notify_one();
+                    if let Ok(r) = tokio::time::timeout(Duration::from_secs(6), &mut run).await {
+                        style::restore_terminal();
+                        return outcome(r);
+                    }
+                }
                 style::restore_terminal();
                 130
             }
@@ -279,6 +290,11 @@ fn main() {
     });
     std::process::exit(code);
 }
+
+/// Set by a command that has something to save on Ctrl+C; `INTERRUPT` then tells it.
+static SAVES_ON_INTERRUPT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+static INTERRUPT: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let mut conn = cli.conn;
@@ -550,6 +566,7 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
                 start = Some(b.cursor);
                 tail = None;
             }
+            SAVES_ON_INTERRUPT.store(true, std::sync::atomic::Ordering::Relaxed);
             Some(Bookmarker::start(c.clone(), args.id.clone(), name.clone()))
         }
     };
@@ -590,7 +607,7 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
         let event = tokio::select! {
             event = follow.next() => event.map_err(agent_error)?,
             // Ctrl+C with a bookmark: save the last line shown before leaving.
-            _ = tokio::signal::ctrl_c(), if bookmark.is_some() => {
+            () = INTERRUPT.notified(), if bookmark.is_some() => {
                 printer.flush()?;
                 if let Some(b) = bookmark.take() {
                     b.finish().await;
@@ -655,47 +672,63 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Keeps a bookmark on the last line shown: set at most once a second in the
-/// background (a follow never waits for it), and once more at the end.
+/// Keeps a bookmark on the last line shown: set at most every 5 s in the background (a
+/// follow never waits for it), and once more at the end (waiting at most 5 s).
 struct Bookmarker {
     last: tokio::sync::watch::Sender<Option<String>>,
     task: tokio::task::JoinHandle<()>,
+    c: Client,
+    id: String,
+    name: String,
 }
 
 impl Bookmarker {
     fn start(c: Client, id: String, name: String) -> Bookmarker {
         let (last, mut rx) = tokio::sync::watch::channel::<Option<String>>(None);
+        let (tc, tid, tname) = (c.clone(), id.clone(), name.clone());
         let task = tokio::spawn(async move {
             let mut warned = false;
             while rx.changed().await.is_ok() {
                 let Some(cursor) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                if let Err(e) = c.set_bookmark(&id, &name, &cursor).await
+                if let Err(e) = tc.set_bookmark(&tid, &tname, &cursor).await
                     && !warned
                 {
                     warned = true;
-                    eprintln!("warning: bookmark {name} not saved: {e}");
+                    eprintln!("warning: bookmark {tname} not saved: {e}");
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            // Closed: the last position, if it was not saved yet.
-            let last = rx.borrow().clone();
-            if let Some(cursor) = last {
-                let _ = c.set_bookmark(&id, &name, &cursor).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
-        Bookmarker { last, task }
+        Bookmarker {
+            last,
+            task,
+            c,
+            id,
+            name,
+        }
     }
 
     fn at(&self, cursor: &str) {
         self.last.send_replace(Some(cursor.to_owned()));
     }
 
-    /// Saves the last position and waits for it.
+    /// Saves the last position (at most 5 s: a gateway away must not hold the exit).
     async fn finish(self) {
-        drop(self.last);
-        let _ = self.task.await;
+        self.task.abort();
+        let last = self.last.borrow().clone();
+        if let Some(cursor) = last {
+            let save = self.c.set_bookmark(&self.id, &self.name, &cursor);
+            match tokio::time::timeout(Duration::from_secs(5), save).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("warning: bookmark {} not saved: {e}", self.name),
+                Err(_) => eprintln!(
+                    "warning: bookmark {} not saved: the gateway did not answer in 5s",
+                    self.name
+                ),
+            }
+        }
     }
 }
 

@@ -284,6 +284,8 @@ impl Forwarder {
         let mut unacked: VecDeque<Sent> = VecDeque::new();
         let mut completes: VecDeque<(String, pb::CompleteRequest)> = VecDeque::new();
         let mut attempt = 0u32;
+        // The gateway's wait for a retryable refusal (`PushAck.error.retry_after_secs`).
+        let mut at_least = Duration::ZERO;
         let mut closed = false;
         let mut logged = LoggedOnce::new(1024);
         loop {
@@ -292,7 +294,7 @@ impl Forwarder {
             }
             if attempt > 0 {
                 report(Report::Retry);
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(backoff(attempt).max(std::mem::take(&mut at_least))).await;
             }
             attempt += 1;
             let mut client = match self.client().await {
@@ -392,6 +394,7 @@ impl Forwarder {
                                     report(Report::Acked { container: b.container, batch_id: b.batch_id, lines, bytes });
                                 }
                                 Some(e) if retry::is_retryable(&e.code) => {
+                                    at_least = Duration::from_secs(e.retry_after_secs.into());
                                     break format!("the gateway refused a batch for now ({}: {}); retrying", e.code, e.message);
                                 }
                                 Some(e) => {

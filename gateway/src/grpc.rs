@@ -54,6 +54,9 @@ pub fn status(e: Error) -> Status {
 fn ack_error(e: Error) -> pb::Error {
     pb::Error {
         code: e.code.to_owned(),
+        retry_after_secs: e
+            .retry_after
+            .map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
         message: e.message,
     }
 }

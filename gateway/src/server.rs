@@ -262,6 +262,7 @@ async fn retention_loop(state: Arc<Gateway>) {
         match result {
             Ok(Ok(deleted)) => {
                 for d in deleted {
+                    crate::core::links::invalidate(&state, &d.log);
                     state.metrics.retention_deleted_bytes.inc_by(d.bytes);
                     let result = format!(
                         "ok: seqs {}..={} ({} bytes)",

@@ -245,10 +245,9 @@ async fn odd_deployment_ids_are_refused_and_nothing_is_stored() {
         Duration::from_secs(600),
     );
     let long = "a".repeat(10_000);
-    // A literal `..` is resolved by the client (`/v1/deployments/../logs` is `/v1/logs`,
-    // the OTLP endpoint): its encoded forms reach the server as an id.
+    // `..` and `%2e%2e` are dot segments the client resolves (`/v1/deployments/../logs`
+    // is `/v1/logs`, the OTLP endpoint); the forms below reach the server as an id.
     for id in [
-        "%2e%2e",
         "%2E%2E%2Fetc",
         "a%00b",
         "d%C3%A9p",

@@ -431,6 +431,11 @@ pub fn compact(
     };
     meta.completion = Some(completion);
     meta::write_atomic(&tmp_dir.join("meta.json"), &MetaFile::V1(meta))?;
+    // What the gateway keeps beside the segments (bookmarks) goes along.
+    if let Ok(b) = fs::read(dir.join("bookmarks.json")) {
+        fs::write(tmp_dir.join("bookmarks.json"), b)
+            .map_err(|e| StoreError::io("copying bookmarks", e))?;
+    }
     if let Ok(p) = fs::read(dir.join("producers.json")) {
         fs::write(tmp_dir.join("producers.json"), p)
             .map_err(|e| StoreError::io("copying producers", e))?;

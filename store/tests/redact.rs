@@ -224,7 +224,14 @@ fn masked(i: u64, req: &RedactRequest) -> LogRecord {
     let mut n = 0;
     match &req.pattern {
         None => {
+            // Whole lines go whole: their metadata too (it can hold what the line held),
+            // but for the store's own split marker.
             r.message = MASK.into();
+            for (k, v) in r.metadata.iter_mut() {
+                if k != "split" {
+                    *v = MASK.into();
+                }
+            }
             n = 1;
         }
         Some(re) => {

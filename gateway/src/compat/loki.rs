@@ -185,14 +185,19 @@ fn map_stream(
         Some("stderr") => Stream::Stderr,
         _ => Stream::Stdout,
     };
-    let kept = || {
+    // Bounded once per stream: never copied whole into every entry.
+    let kept = super::bounded(
         labels
             .iter()
             .filter(|(k, _)| **k != cfg.loki_deployment_label && **k != cfg.loki_step_label)
-            .map(|(k, v)| (k.clone(), v.clone()))
-    };
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     for e in entries {
-        let metadata = super::bounded(e.structured.into_iter().chain(kept()));
+        let metadata = super::bounded(
+            e.structured
+                .into_iter()
+                .chain(kept.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        );
         out.push(
             deployment,
             super::lines_of(&e.line, e.ts, step, stream, level, &metadata),
@@ -201,8 +206,8 @@ fn map_stream(
 }
 
 /// Maps a protobuf push.
-pub fn map_proto(cfg: &CompatConfig, req: PushRequest) -> Result<Mapped, Error> {
-    let mut out = Mapped::default();
+pub fn map_proto(cfg: &CompatConfig, req: PushRequest, limit: usize) -> Result<Mapped, Error> {
+    let mut out = Mapped::with_limit(limit);
     for s in req.streams {
         let labels = parse_labels(&s.labels).map_err(|e| Error::invalid("invalid_labels", e))?;
         let entries = s
@@ -210,7 +215,10 @@ pub fn map_proto(cfg: &CompatConfig, req: PushRequest) -> Result<Mapped, Error> 
             .into_iter()
             .map(|e| Entry {
                 ts: e.timestamp.map_or(0, |t| {
-                    t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos)
+                    t.seconds
+                        .checked_mul(1_000_000_000)
+                        .and_then(|s| s.checked_add(i64::from(t.nanos)))
+                        .unwrap_or(0)
                 }),
                 line: e.line,
                 structured: e
@@ -225,8 +233,8 @@ pub fn map_proto(cfg: &CompatConfig, req: PushRequest) -> Result<Mapped, Error> 
     Ok(out)
 }
 
-fn map_json(cfg: &CompatConfig, req: JsonPush) -> Result<Mapped, Error> {
-    let mut out = Mapped::default();
+fn map_json(cfg: &CompatConfig, req: JsonPush, limit: usize) -> Result<Mapped, Error> {
+    let mut out = Mapped::with_limit(limit);
     for s in req.streams {
         let mut entries = Vec::with_capacity(s.values.len());
         for JsonEntry(ts, line, structured) in s.values {
@@ -263,7 +271,7 @@ async fn push_inner(s: &Arc<Gateway>, parts: &Parts, body: Body) -> Result<Respo
     let ctype = crate::http::media_type(&parts.headers);
     let raw = crate::http::read_body(s, &parts.headers, body).await?;
     let mapped = match ctype.as_str() {
-        "application/x-protobuf" | "application/protobuf" => {
+        "application/x-protobuf" | "application/protobuf" | "" => {
             let max = s.config.max_body_bytes;
             let bad = |e: String| {
                 Error::invalid(
@@ -287,16 +295,17 @@ async fn push_inner(s: &Arc<Gateway>, parts: &Parts, body: Body) -> Result<Respo
             map_proto(
                 &s.config.compat,
                 PushRequest::decode(&plain[..]).map_err(|e| bad(e.to_string()))?,
+                4 * max,
             )?
         }
-        "application/json" | "" => {
+        "application/json" => {
             let req: JsonPush = serde_json::from_slice(&raw).map_err(|e| {
                 Error::invalid(
                     "invalid_loki_push",
                     format!("the body is not a Loki JSON push ({{\"streams\":[{{\"stream\":{{...}},\"values\":[[\"<unix ns>\",\"line\"]]}}]}}): {e}"),
                 )
             })?;
-            map_json(&s.config.compat, req)?
+            map_json(&s.config.compat, req, 4 * s.config.max_body_bytes)?
         }
         other => {
             return Err(Error::new(
@@ -392,7 +401,7 @@ mod tests {
                 },
             ],
         };
-        let m = map_proto(&cfg, req).unwrap();
+        let m = map_proto(&cfg, req, 0).unwrap();
         assert_eq!(m.groups.len(), 1);
         let g = &m.groups[0];
         assert_eq!(g.deployment, "d1");
@@ -419,7 +428,7 @@ mod tests {
             r#"{"streams":[{"stream":{"run":"r-9"},"values":[["1700000000000000001","hello",{"pod":"p"}],["2","bye"]]}]}"#,
         )
         .unwrap();
-        let m = map_json(&cfg, req).unwrap();
+        let m = map_json(&cfg, req, 0).unwrap();
         let lines = &m.groups[0].lines;
         assert_eq!(m.groups[0].deployment, "r-9");
         assert_eq!(
@@ -430,7 +439,7 @@ mod tests {
         let bad: JsonPush =
             serde_json::from_str(r#"{"streams":[{"stream":{"run":"r"},"values":[["soon","x"]]}]}"#)
                 .unwrap();
-        let e = map_json(&cfg, bad).err().unwrap();
+        let e = map_json(&cfg, bad, 0).err().unwrap();
         assert_eq!(e.code, "invalid_loki_push");
     }
 }

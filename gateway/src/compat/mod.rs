@@ -43,11 +43,35 @@ pub struct Mapped {
     pub groups: Vec<Group>,
     index: HashMap<String, usize>,
     pub rejected: Rejected,
+    /// Bytes of messages and metadata mapped so far, and the most allowed (0: no limit).
+    bytes: usize,
+    limit: usize,
+    /// The limit was passed: the request is refused whole (413).
+    pub over_limit: bool,
 }
 
 impl Mapped {
+    /// At most `limit` bytes of messages and metadata: a small request whose items
+    /// share big resource attributes or labels must not expand without bound.
+    pub fn with_limit(limit: usize) -> Mapped {
+        Mapped {
+            limit,
+            ..Mapped::default()
+        }
+    }
+
     /// Adds one item's lines to its deployment's group (created on first use).
-    pub fn push(&mut self, deployment: &str, lines: impl IntoIterator<Item = IngestLine>) {
+    pub fn push(&mut self, deployment: &str, lines: Vec<IngestLine>) {
+        if self.over_limit {
+            return;
+        }
+        self.bytes += lines.iter().map(line_bytes).sum::<usize>();
+        if self.limit > 0 && self.bytes > self.limit {
+            self.over_limit = true;
+            self.groups.clear();
+            self.index.clear();
+            return;
+        }
         let i = match self.index.get(deployment) {
             Some(i) => *i,
             None => {
@@ -98,6 +122,9 @@ pub struct Stored {
 /// Stores every group (see the module comment for the failure rules). `Err` only for a
 /// refusal of the whole request: a retryable one before anything was stored.
 pub async fn store(state: &Arc<Gateway>, p: &Principal, mapped: Mapped) -> Result<Stored, Error> {
+    if mapped.over_limit {
+        return Err(over_limit(mapped.limit));
+    }
     let started = Instant::now();
     let mut out = Stored {
         rejected: mapped.rejected,
@@ -121,6 +148,26 @@ pub async fn store(state: &Arc<Gateway>, p: &Principal, mapped: Mapped) -> Resul
         }
     }
     Ok(out)
+}
+
+/// The bytes a line holds: its message and its metadata.
+pub fn line_bytes(l: &IngestLine) -> usize {
+    l.message.len()
+        + l.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The refusal of a request that maps to more than `limit` bytes.
+pub fn over_limit(limit: usize) -> Error {
+    Error::new(
+        crate::core::ErrorKind::TooLarge,
+        "body_too_large",
+        format!(
+            "the request expands to more than {limit} bytes of lines and metadata (4 x max_body_bytes); send smaller batches or fewer attributes"
+        ),
+    )
 }
 
 /// Splits a message into lines (a multi-line body or entry becomes consecutive lines

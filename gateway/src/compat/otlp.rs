@@ -49,13 +49,23 @@ struct RpcStatus {
 }
 
 /// Maps an export request to groups of lines by deployment.
-pub fn map(cfg: &CompatConfig, req: ExportLogsServiceRequest) -> Mapped {
-    let mut out = Mapped::default();
+pub fn map(cfg: &CompatConfig, req: ExportLogsServiceRequest, limit: usize) -> Mapped {
+    let mut out = Mapped::with_limit(limit);
     for rl in req.resource_logs {
         let resource = rl.resource.map(|r| r.attributes).unwrap_or_default();
         for sl in rl.scope_logs {
             let (scope_name, scope_attrs) =
                 sl.scope.map(|s| (s.name, s.attributes)).unwrap_or_default();
+            // The resource's attributes and the scope name, bounded once per scope: never
+            // copied whole into every record.
+            let mut shared: Vec<(String, String)> = resource
+                .iter()
+                .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+                .collect();
+            if !scope_name.is_empty() {
+                shared.push(("otel.scope.name".into(), scope_name.clone()));
+            }
+            let shared = super::bounded(shared);
             for rec in sl.log_records {
                 let layers = [&rec.attributes[..], &scope_attrs, &resource];
                 let Some((dep_attr, deployment)) = find(&layers, &cfg.otlp_deployment_attributes)
@@ -85,13 +95,9 @@ pub fn map(cfg: &CompatConfig, req: ExportLogsServiceRequest) -> Mapped {
                 let mut meta: Vec<(String, String)> = rec
                     .attributes
                     .iter()
-                    .chain(resource.iter())
                     .filter(|kv| !used(&kv.key))
                     .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
                     .collect();
-                if !scope_name.is_empty() {
-                    meta.push(("otel.scope.name".into(), scope_name.clone()));
-                }
                 for (k, id) in [("trace_id", &rec.trace_id), ("span_id", &rec.span_id)] {
                     if id.iter().any(|b| *b != 0) {
                         meta.push((k.into(), id.iter().map(|b| format!("{b:02x}")).collect()));
@@ -100,6 +106,12 @@ pub fn map(cfg: &CompatConfig, req: ExportLogsServiceRequest) -> Mapped {
                 if !rec.event_name.is_empty() {
                     meta.push(("event.name".into(), rec.event_name.clone()));
                 }
+                meta.extend(
+                    shared
+                        .iter()
+                        .filter(|(k, _)| !used(k))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
                 let metadata = super::bounded(meta);
                 let message = match rec.body.as_ref() {
                     Some(b) => text(Some(b)),
@@ -257,7 +269,8 @@ async fn export_http(
             )
         })?,
     };
-    let stored = super::store(s, &p, map(&s.config.compat, req)).await?;
+    let limit = 4 * s.config.max_body_bytes;
+    let stored = super::store(s, &p, map(&s.config.compat, req, limit)).await?;
     let reply = answer(stored);
     Ok(match enc {
         Encoding::Protobuf => (
@@ -332,10 +345,24 @@ impl LogsService for Grpc {
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let p = crate::grpc::principal(&self.0, &req).await?;
         crate::core::access::require(&p, crate::auth::Scope::Write).map_err(crate::grpc::status)?;
-        let mapped = map(&self.0.config.compat, req.into_inner());
-        let stored = super::store(&self.0, &p, mapped)
-            .await
-            .map_err(crate::grpc::status)?;
+        let mapped = map(
+            &self.0.config.compat,
+            req.into_inner(),
+            4 * self.0.config.max_body_bytes,
+        );
+        let stored = super::store(&self.0, &p, mapped).await.map_err(|e| {
+            // OTLP exporters retry RESOURCE_EXHAUSTED only with a RetryInfo detail, and
+            // UNAVAILABLE always: a retryable refusal (a quota) is UNAVAILABLE here, with
+            // the contract's code and `retry-after` in the metadata as everywhere.
+            let retryable = e.retryable();
+            let st = crate::grpc::status(e);
+            if retryable && st.code() != tonic::Code::Unavailable {
+                let md = st.metadata().clone();
+                tonic::Status::with_metadata(tonic::Code::Unavailable, st.message(), md)
+            } else {
+                st
+            }
+        })?;
         Ok(tonic::Response::new(answer(stored)))
     }
 }
@@ -346,6 +373,10 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValueList};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn map_all(cfg: &CompatConfig, req: ExportLogsServiceRequest) -> Mapped {
+        map(cfg, req, 0)
+    }
 
     fn kv(k: &str, v: Value) -> KeyValue {
         KeyValue {
@@ -402,7 +433,7 @@ mod tests {
                 record(vec![kv("http.status", Value::IntValue(500))], s("c")),
             ],
         );
-        let m = map(&cfg, req);
+        let m = map_all(&cfg, req);
         let deps: Vec<_> = m.groups.iter().map(|g| g.deployment.as_str()).collect();
         assert_eq!(deps, ["from-record", "from-resource"]);
         let b = &m.groups[1].lines[0];
@@ -421,7 +452,7 @@ mod tests {
                 s("x"),
             )],
         );
-        let m = map(&cfg, req);
+        let m = map_all(&cfg, req);
         assert_eq!(m.groups[0].deployment, "8812");
         assert_eq!(m.groups[0].lines[0].step, "test");
     }
@@ -429,7 +460,7 @@ mod tests {
     #[test]
     fn records_without_a_deployment_are_rejected_with_the_attribute_names() {
         let cfg = CompatConfig::default();
-        let m = map(
+        let m = map_all(
             &cfg,
             request(
                 vec![],
@@ -467,7 +498,7 @@ mod tests {
         let mut multi = record(vec![kv("logstream.deployment", s("d"))], s("one\ntwo\n"));
         multi.severity_text = "WARN".into();
         multi.time_unix_nano = 5;
-        let m = map(&cfg, request(vec![], vec![r, multi]));
+        let m = map_all(&cfg, request(vec![], vec![r, multi]));
         let lines = &m.groups[0].lines;
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].message, r#"{"msg":"boom","n":3}"#);
@@ -495,7 +526,7 @@ mod tests {
             otlp_step_attributes: vec!["job".into()],
             ..CompatConfig::default()
         };
-        let m = map(
+        let m = map_all(
             &cfg,
             request(
                 vec![kv("logstream.deployment", s("ignored"))],

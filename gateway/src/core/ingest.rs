@@ -130,7 +130,10 @@ async fn append_counted(
     // Quotas first: an over-quota request does no work at all.
     let (lines_n, bytes_n) = (
         lines.len() as u64,
-        lines.iter().map(|l| l.message.len() as u64).sum::<u64>(),
+        lines
+            .iter()
+            .map(|l| crate::compat::line_bytes(l) as u64)
+            .sum::<u64>(),
     );
     // Whether this creates a deployment: the catalog knows (in memory, no log opened).
     let catalog = state.store.catalog();

@@ -128,6 +128,8 @@ pub struct Cached {
     pub file: PathBuf,
     pub len: u64,
     pub etag: String,
+    /// Not kept in the cache (remove it once opened).
+    pub temporary: bool,
 }
 
 /// The cached export of `key` (format and filter) for `id`, rendered by `render` into a
@@ -149,6 +151,7 @@ pub fn cached(
             file,
             len: m.len(),
             etag,
+            temporary: false,
         });
     }
     let generation = GENERATION.load(Ordering::SeqCst);
@@ -177,13 +180,19 @@ pub fn cached(
             file: tmp,
             len,
             etag,
+            temporary: true,
         });
     }
     std::fs::rename(&tmp, &file)?;
-    let tag_tmp = d.join(format!(".{name}.etag.tmp"));
+    let tag_tmp = d.join(format!(".{name}.etag.{}.tmp", rand::random::<u64>()));
     std::fs::write(&tag_tmp, &etag)?;
     std::fs::rename(&tag_tmp, &tag)?;
-    Ok(Cached { file, len, etag })
+    Ok(Cached {
+        file,
+        len,
+        etag,
+        temporary: false,
+    })
 }
 
 struct HashingWriter<W> {

@@ -123,7 +123,7 @@ pub(super) async fn put(
         json_body(&s, &headers, body, "{\"cursor\":\"<a line's cursor>\"}").await?;
     let cursor = read::cursor(&req.cursor, &lid, "cursor")?;
     s.audit(
-        Need::Durable,
+        Need::Accepted,
         "bookmark_set",
         &p.subject,
         &lid.tenant,

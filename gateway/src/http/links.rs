@@ -65,7 +65,14 @@ pub(super) async fn create(
         ("q", &req.q),
     ] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-            params.push((k.into(), v.clone()));
+            // A relative time (`1h`) is fixed now: the link names the same lines at every
+            // download (and its cached rendering stays right).
+            let v = match k {
+                "since" | "until" => logstream_model::time::parse_time(v, read::now_ns())
+                    .map_or_else(|| v.clone(), logstream_model::time::format_rfc3339),
+                _ => v.clone(),
+            };
+            params.push((k.into(), v));
         }
     }
     // The same checks a download makes, now, so a bad filter is a 400 here.
@@ -142,6 +149,8 @@ pub(super) async fn download(
     )?;
     logstream_model::validate_deployment_id(&deployment)
         .map_err(|e| Error::invalid("invalid_deployment_id", e.to_string()))?;
+    logstream_model::validate_tenant(&tenant)
+        .map_err(|e| Error::invalid("invalid_tenant", e.to_string()))?;
     let lid = DeploymentId::new(tenant, deployment);
     let q: HashMap<String, String> = params.iter().cloned().collect();
     let mut allowed = read::FILTERS.to_vec();
@@ -184,6 +193,9 @@ pub(super) async fn download(
         .cloned()
         .collect();
     key.sort();
+    // The log's creation time too: a deployment id used again after a deletion or
+    // retention is another log.
+    key.push(("created".into(), log.stats().created_at.to_string()));
     let key = serde_urlencoded::to_string(key).unwrap_or_default();
     let (st, l2, filter) = (s.clone(), lid.clone(), rp.filter.clone());
     let cached = tokio::task::spawn_blocking(move || {
@@ -263,6 +275,10 @@ pub(super) async fn download(
     let mut f = tokio::fs::File::open(&cached.file)
         .await
         .map_err(Error::internal)?;
+    if cached.temporary {
+        // A rendering a redaction overtook: served to this request, kept for nobody.
+        let _ = tokio::fs::remove_file(&cached.file).await;
+    }
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     f.seek(std::io::SeekFrom::Start(start))
         .await
@@ -334,7 +350,7 @@ fn range_of(
                 len
             } else {
                 match b.parse::<u64>() {
-                    Ok(e) if e >= start => (e + 1).min(len),
+                    Ok(e) if e >= start => e.saturating_add(1).min(len),
                     _ => return Ok(None),
                 }
             };
@@ -385,6 +401,8 @@ mod tests {
             Ok(Some((50, 100)))
         );
         assert_eq!(range_of(&h(&[("range", "bytes=100-")]), e, 100), Err(()));
+        let huge = h(&[("range", "bytes=1-18446744073709551615")]);
+        assert_eq!(range_of(&huge, e, 100), Ok(Some((1, 100))));
         assert_eq!(range_of(&h(&[("range", "bytes=-0")]), e, 100), Err(()));
         for ignored in ["bytes=0-1,5-6", "items=0-1", "bytes=9-2", "bytes=x-"] {
             assert_eq!(

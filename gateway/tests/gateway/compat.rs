@@ -463,3 +463,44 @@ async fn loki_push_in_protobuf_and_json_and_its_refusals() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_small_request_that_would_expand_without_bound_is_refused_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| {
+        c.max_body_bytes = 256 << 10;
+        c.max_line_bytes = 64 << 10;
+    })
+    .await;
+    let token = gw.rw();
+    // 32 resource attributes of 1 KiB, shared by 64 empty records: a 35 KiB body whose
+    // lines would carry 2 MiB of metadata (over 4 x max_body_bytes).
+    let mut req = export(Some("amp"), &vec![("", "", 0); 64]);
+    let attrs = &mut req.resource_logs[0].resource.as_mut().unwrap().attributes;
+    attrs.extend((0..32).map(|i| kv(&format!("k{i:02}"), &"v".repeat(1024))));
+    let body = req.encode_to_vec();
+    assert!(body.len() < 40 << 10);
+    let r = client()
+        .post(format!("{}/v1/logs", gw.http))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let st = Status::decode(r.bytes().await.unwrap()).unwrap();
+    assert!(st.message.starts_with("body_too_large"), "{}", st.message);
+    let (status, _) = gw.get_json(&token, "/v1/deployments/amp").await;
+    assert_eq!(status, 404, "nothing stored");
+    // A Loki push without a Content-Type is protobuf, as Loki reads it.
+    let r = client()
+        .post(format!("{}/loki/api/v1/push", gw.http))
+        .bearer_auth(&token)
+        .body(loki_proto(vec![(r#"{deployment="untyped"}"#, vec!["x"])]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    gw.shutdown().await;
+}

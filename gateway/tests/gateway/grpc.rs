@@ -106,3 +106,45 @@ async fn grpc_without_a_valid_token_is_unauthenticated() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_batch_refused_over_quota_says_how_long_to_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(tmp.path(), |c| c.quotas.ingest_lines_per_sec = 50).await;
+    let token = gw.rw();
+    let auth = format!("Bearer {token}");
+    let with_auth = move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert("authorization", auth.parse().unwrap());
+        Ok(req)
+    };
+    let mut ingest =
+        pb::ingest_client::IngestClient::with_interceptor(gw.grpc_channel().await, with_auth);
+    let batch = |id: u64| pb::PushRequest {
+        deployment: "q".into(),
+        source: "s".into(),
+        batch_id: id,
+        lines: (0..100)
+            .map(|i| pb::Line {
+                message: format!("l{i}"),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut acks = ingest
+        .push(futures::stream::iter((1..=50).map(batch)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut refused = None;
+    while let Some(a) = acks.message().await.unwrap() {
+        if let Some(e) = a.error {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("the quota refuses a batch");
+    assert_eq!(e.code, "quota_exceeded");
+    assert!(e.retry_after_secs >= 1, "{e:?}");
+    gw.shutdown().await;
+}

@@ -123,8 +123,8 @@ class Pusher:
                 code = ack.error.code
                 if code not in RETRYABLE_CODES:
                     raise Refused(code, ack.error.message)
-                # The ack carries no Retry-After: a quota refill takes about a second.
-                wait = max(backoff(attempt), 1.0 if code == "quota_exceeded" else 0.0)
+                # Not sooner than the gateway says (retry_after_secs, set for quota_exceeded).
+                wait = max(backoff(attempt), float(ack.error.retry_after_secs))
                 print(f"retrying batch {batch.batch_id} after {code} in {wait:.2f}s", file=sys.stderr)
             time.sleep(wait)
             attempt += 1

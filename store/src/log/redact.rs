@@ -123,6 +123,13 @@ impl RedactRequest {
             None if r.message == self.replacement => 0,
             None => {
                 r.message.clone_from(&self.replacement);
+                // Metadata can hold what the line held (OTLP attributes, Loki labels):
+                // whole lines go whole; the split marker is the store's own.
+                for (k, v) in r.metadata.iter_mut() {
+                    if k != "split" {
+                        v.clone_from(&self.replacement);
+                    }
+                }
                 1
             }
             Some(re) => {
