@@ -210,12 +210,7 @@ impl Client {
             .send()
             .await
             .map_err(Error::Connect)?;
-        if !resp.status().is_success() {
-            return Err(ApiError::read(resp).await.into());
-        }
-        let body = resp.bytes().await.map_err(Error::Connect)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("the gateway's answer to GET {path}: {e}")))
+        json_answer(resp, &format!("GET {path}")).await
     }
 
     /// One deployment's status and counts.
@@ -239,12 +234,7 @@ impl Client {
             .send()
             .await
             .map_err(Error::Connect)?;
-        if !resp.status().is_success() {
-            return Err(ApiError::read(resp).await.into());
-        }
-        let body = resp.bytes().await.map_err(Error::Connect)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("the gateway's answer to POST .../secrets: {e}")))
+        json_answer(resp, "POST .../secrets").await
     }
 
     /// Completes `deployment` as `status` (`succeeded`, `failed`, `cancelled`) with
@@ -353,12 +343,7 @@ impl Client {
             .send()
             .await
             .map_err(Error::Connect)?;
-        if !resp.status().is_success() {
-            return Err(ApiError::read(resp).await.into());
-        }
-        let body = resp.bytes().await.map_err(Error::Connect)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("the gateway's answer to PUT .../bookmarks: {e}")))
+        json_answer(resp, "PUT .../bookmarks").await
     }
 
     /// Starts pushing lines to `deployment` in batches (see [`Pusher`]). Needs a Tokio
@@ -386,4 +371,14 @@ impl std::fmt::Debug for Client {
             .field("refresh", &self.refresh.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// The JSON of a successful answer to `what`; an error answer is [`Error::Api`].
+async fn json_answer<T: DeserializeOwned>(resp: reqwest::Response, what: &str) -> Result<T> {
+    if !resp.status().is_success() {
+        return Err(ApiError::read(resp).await.into());
+    }
+    let body = resp.bytes().await.map_err(Error::Connect)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Protocol(format!("the gateway's answer to {what}: {e}")))
 }

@@ -543,16 +543,8 @@ async fn logs(c: &Client, conn: &Conn, args: LogsArgs) -> anyhow::Result<i32> {
     let mut bookmark = match &args.bookmark {
         None => None,
         Some(name) => {
-            let ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-            if !ok {
-                return Err(usage(format!(
-                    "--bookmark {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
-                )));
-            }
+            logstream_model::validate_bookmark_name(name)
+                .map_err(|e| usage(format!("--bookmark {name:?}: {e}")))?;
             if let Some(b) = c.bookmark(&args.id, name).await.map_err(agent_error)? {
                 if !args.quiet {
                     eprintln!(

@@ -44,6 +44,11 @@ pub fn validate_tenant(tenant: &str) -> Result<(), IdError> {
     validate("tenant", tenant)
 }
 
+/// Checks a bookmark name: the same grammar as a deployment id.
+pub fn validate_bookmark_name(name: &str) -> Result<(), IdError> {
+    validate("bookmark name", name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

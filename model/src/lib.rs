@@ -29,6 +29,6 @@ pub mod wire;
 
 pub use cursor::{Cursor, CursorError};
 pub use filter::{Filter, FilterError, FilterParams};
-pub use id::{IdError, validate_deployment_id, validate_tenant};
+pub use id::{IdError, validate_bookmark_name, validate_deployment_id, validate_tenant};
 pub use level::{Level, LevelSet, strip_ansi};
 pub use record::{LogRecord, RedactionState, Stream};

@@ -63,20 +63,24 @@ fn save(log: &DeploymentLog, book: &Book) -> Result<()> {
     write().map_err(Error::internal)
 }
 
+/// Changes the log's bookmarks with `f` and saves them (one writer at a time).
+async fn update(
+    log: Arc<DeploymentLog>,
+    f: impl FnOnce(&mut Book) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let _g = LOCK.lock();
+        let mut book = load(&log)?;
+        f(&mut book)?;
+        save(&log, &book)
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "invalid_bookmark_name",
-            format!("bookmark name {name:?} must be 1 to 64 of A-Z a-z 0-9 . _ -"),
-        ))
-    }
+    logstream_model::validate_bookmark_name(name)
+        .map_err(|e| Error::invalid("invalid_bookmark_name", e.to_string()))
 }
 
 fn not_found(name: &str) -> Error {
@@ -110,7 +114,7 @@ async fn open(
     Ok((lid, log))
 }
 
-#[utoipa::path(put, path = "/v1/deployments/{id}/bookmarks/{name}", summary = "Set a bookmark: a named cursor of the token's subject", params(("id" = String, Path), ("name" = String, Path, description = "1 to 64 of A-Z a-z 0-9 . _ -")), request_body = wire::BookmarkRequest, responses((status = 200, description = "Stored", body = wire::Bookmark), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
+#[utoipa::path(put, path = "/v1/deployments/{id}/bookmarks/{name}", summary = "Set a bookmark: a named cursor of the token's subject", params(("id" = String, Path), ("name" = String, Path, description = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}")), request_body = wire::BookmarkRequest, responses((status = 200, description = "Stored", body = wire::Bookmark), (status = "default", description = "An error: its code says what was wrong and how to fix it", body = ErrorBody)))]
 pub(super) async fn put(
     State(s): State<Arc<Gateway>>,
     Auth(p): Auth,
@@ -139,9 +143,7 @@ pub(super) async fn put(
         updated_at: read::now_ns(),
     };
     let (n, b) = (name.clone(), stored.clone());
-    tokio::task::spawn_blocking(move || {
-        let _g = LOCK.lock();
-        let mut book = load(&log)?;
+    update(log, move |book| {
         let mine = book.0.entry(subject).or_default();
         if !mine.contains_key(&n) && mine.len() >= MAX_PER_SUBJECT {
             return Err(Error::invalid(
@@ -150,10 +152,9 @@ pub(super) async fn put(
             ));
         }
         mine.insert(n, b);
-        save(&log, &book)
+        Ok(())
     })
-    .await
-    .map_err(Error::internal)??;
+    .await?;
     Ok(axum::Json(reply(&name, &stored)).into_response())
 }
 
@@ -203,17 +204,14 @@ pub(super) async fn del(
     )
     .await?;
     let (subject, n) = (p.subject.clone(), name.clone());
-    tokio::task::spawn_blocking(move || {
-        let _g = LOCK.lock();
-        let mut book = load(&log)?;
+    update(log, move |book| {
         let mine = book.0.get_mut(&subject).ok_or_else(|| not_found(&n))?;
         mine.remove(&n).ok_or_else(|| not_found(&n))?;
         if mine.is_empty() {
             book.0.remove(&subject);
         }
-        save(&log, &book)
+        Ok(())
     })
-    .await
-    .map_err(Error::internal)??;
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

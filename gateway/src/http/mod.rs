@@ -93,16 +93,7 @@ impl FromRequestParts<Arc<Gateway>> for Auth {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        let from_headers = access::token_from_headers(
-            parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            parts
-                .headers
-                .get(access::PROXY_SAFE_AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        );
+        let from_headers = header_token(&parts.headers);
         let query_token;
         let token = match from_headers {
             Some(t) => t,
@@ -141,18 +132,18 @@ pub(crate) async fn principal(state: &Gateway, parts: &Parts) -> Result<Principa
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let token = access::token_from_headers(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-        parts
-            .headers
+    let token = header_token(&parts.headers).unwrap_or(Err(AuthError::Missing));
+    state.authenticate(token, client).await
+}
+
+/// The token of `Authorization` or `Logstream-Authorization` (`None`: neither is set).
+fn header_token(headers: &HeaderMap) -> Option<std::result::Result<&str, AuthError>> {
+    access::token_from_headers(
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        headers
             .get(access::PROXY_SAFE_AUTHORIZATION)
             .map(|v| v.as_bytes()),
     )
-    .unwrap_or(Err(AuthError::Missing));
-    state.authenticate(token, client).await
 }
 
 /// The request's media type, lower case, without parameters ("" when none).
@@ -279,14 +270,7 @@ async fn to_owner(
     let tenant = match tenant {
         Some(t) => t,
         None => {
-            let token = access::token_from_headers(
-                req.headers()
-                    .get(header::AUTHORIZATION)
-                    .map(|v| v.as_bytes()),
-                req.headers()
-                    .get(access::PROXY_SAFE_AUTHORIZATION)
-                    .map(|v| v.as_bytes()),
-            );
+            let token = header_token(req.headers());
             // EventSource and download links carry it in the query (where the handlers allow).
             let query_token = req.uri().query().and_then(|q| {
                 serde_urlencoded::from_str::<Vec<(String, String)>>(q)
