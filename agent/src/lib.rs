@@ -346,6 +346,25 @@ impl Client {
         json_answer(resp, "PUT .../bookmarks").await
     }
 
+    /// A signed link that downloads `deployment`'s export without a token until it
+    /// expires (`POST /v1/deployments/{id}/export-links`; scope `logs:export`).
+    pub async fn export_link(
+        &self,
+        deployment: &str,
+        req: &wire::ExportLinkRequest,
+    ) -> Result<wire::ExportLink> {
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/deployments/{deployment}/export-links"),
+            )?
+            .json(req)
+            .send()
+            .await
+            .map_err(Error::Connect)?;
+        json_answer(resp, "POST .../export-links").await
+    }
+
     /// Starts pushing lines to `deployment` in batches (see [`Pusher`]). Needs a Tokio
     /// runtime (the batcher is a task).
     pub fn push(&self, deployment: &str, options: PushOptions) -> Pusher {

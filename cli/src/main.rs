@@ -129,6 +129,18 @@ enum Command {
         /// Discard an interrupted FILE.part and start over.
         #[arg(long, requires = "output")]
         restart: bool,
+        /// Print a signed link instead (no token needed to download it, until it
+        /// expires; cacheable and resumable once the deployment completed).
+        #[arg(long, conflicts_with_all = ["output", "restart"])]
+        link: bool,
+        /// With --link: how long it works, 1m to 168h.
+        #[arg(
+            long,
+            requires = "link",
+            value_name = "DURATION",
+            default_value = "24h"
+        )]
+        expires: String,
     },
     /// Run a command as a pipeline step: stream its output, exit with its code; a failing
     /// step completes the deployment (see --help for a three-step pipeline).
@@ -359,8 +371,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Export {
             id,
             format,
+            link: true,
+            expires,
+            ..
+        } => {
+            logstream_model::validate_deployment_id(&id)
+                .map_err(|e| Exit(2, format!("ID {id:?}: {e}")))?;
+            let c = Client::new(&conn)?;
+            let req = wire::ExportLinkRequest {
+                format: Some(format),
+                expires_in: Some(expires),
+                ..Default::default()
+            };
+            let l = c.export_link(&id, &req).await.map_err(agent_error)?;
+            println!("{}", l.url);
+            eprintln!(
+                "{}",
+                style::dim(c.color, format!("expires {}", l.expires_at))
+            );
+            Ok(0)
+        }
+        Command::Export {
+            id,
+            format,
             output,
             restart,
+            ..
         } => {
             export::export(
                 &Client::new(&conn)?,

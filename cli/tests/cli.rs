@@ -1681,3 +1681,54 @@ async fn logs_follow_with_a_bookmark_resumes_where_the_last_follower_stopped() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--bookmark"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_link_prints_a_url_that_downloads_without_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gateway(tmp.path(), "127.0.0.1:0").await;
+    let t = token(&g);
+    push(
+        &g,
+        &t,
+        "shared",
+        &[json!({"message": "one"}), json!({"message": "two"})],
+    )
+    .await;
+    complete(&g, &t, "shared", "succeeded", 0).await;
+    let out = cli(&g, &t)
+        .args([
+            "export",
+            "shared",
+            "--link",
+            "--format",
+            "ndjson",
+            "--expires",
+            "1h",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(url.contains("/v1/shared/acme/shared/export?"), "{url}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expires"));
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("etag"));
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
+    let bad = cli(&g, &t)
+        .args(["export", "shared", "--link", "--expires", "30d"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expires_in"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
