@@ -403,3 +403,62 @@ async fn a_redaction_on_the_store_reaches_the_edges_viewers_and_window() {
     drop((a, b));
     store.shutdown().await;
 }
+
+/// OTLP, Loki push and export links go through an edge to its store unchanged (the
+/// OTLP/JSON a browser or SDK sends, the link the store signed with the edge's Host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_forwards_otlp_loki_and_export_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TestGateway::start(tmp.path()).await;
+    let (edge, _stop) = start_edge(&store).await;
+    let token = store.rw();
+    let c = reqwest::Client::new();
+    let otlp = json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "logstream.deployment", "value": {"stringValue": "via-edge"}}]},
+        "scopeLogs": [{"logRecords": [{"body": {"stringValue": "from otlp"}, "severityNumber": 9}]}]
+    }]});
+    let r = c
+        .post(format!("{edge}/v1/logs"))
+        .bearer_auth(&token)
+        .json(&otlp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let loki = json!({"streams": [{"stream": {"deployment": "via-edge"}, "values": [["1700000000000000000", "from loki"]]}]});
+    let r = c
+        .post(format!("{edge}/loki/api/v1/push"))
+        .bearer_auth(&token)
+        .json(&loki)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let lines = store.read_all(&token, "via-edge").await;
+    let got: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["from otlp", "from loki"]);
+    store.complete(&token, "via-edge", "succeeded", 0).await;
+    let link: Value = c
+        .post(format!("{edge}/v1/deployments/via-edge/export-links"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&edge),
+        "the link names the edge it was asked at: {url}"
+    );
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("etag"));
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
+    store.shutdown().await;
+}

@@ -277,7 +277,7 @@ pub struct ExportLinkRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportLink {
-    /// The absolute URL (from `alerting.external_url`, else the request's Host).
+    /// The absolute URL (`alerting.external_url`, else the host the client asked for).
     pub url: String,
     /// The same, without scheme and host.
     pub path: String,

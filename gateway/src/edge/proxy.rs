@@ -242,7 +242,13 @@ impl Proxy {
                 parts.headers.insert("x-forwarded-for", v);
             }
         }
-        parts.headers.remove(header::HOST);
+        // The host the client asked for, for what the store answers with URLs (export
+        // links): kept when a proxy in front already set it.
+        if let Some(host) = parts.headers.remove(header::HOST)
+            && !parts.headers.contains_key("x-forwarded-host")
+        {
+            parts.headers.insert("x-forwarded-host", host);
+        }
         let upstream_req = Request::from_parts(parts, body);
         let mut resp = self.client.request(upstream_req).await?;
 

@@ -117,15 +117,18 @@ fn json_body_from<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T> {
     })
 }
 
-/// Where links point: `alerting.external_url` when set, else the request's host (and
-/// `X-Forwarded-Proto`).
+/// Where links point: `alerting.external_url` when set, else the host the client asked
+/// for (`X-Forwarded-Host` from an edge or an ingress, else `Host`) and
+/// `X-Forwarded-Proto`.
 fn base_url(s: &Gateway, headers: &HeaderMap) -> String {
     if let Some(u) = &s.config.alerting.external_url {
         return u.trim_end_matches('/').to_owned();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let host = ["x-forwarded-host", "host"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(|h| h.split(',').next().unwrap_or(h).trim())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
         .unwrap_or("localhost");
     let scheme = headers
         .get("x-forwarded-proto")
