@@ -16,7 +16,7 @@ use crate::forward::{Batch, Outgoing, Report};
 use crate::metrics::Metrics;
 use crate::pods::{PodInfo, PodMap, parse_pod_dir};
 use crate::spool::{Header, Spool};
-use crate::tail::{Emitted, FileTail, file_id};
+use crate::tail::{Emitted, FileTail, file_id, is_same_file};
 use logstream_model::redact::{Redactor, StreamRedactor};
 use logstream_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -539,9 +539,13 @@ impl Engine {
                         is_kubelet_rotated(&p.file_name().unwrap_or_default().to_string_lossy())
                     })
                     .filter_map(|p| Some((p.clone(), file_id(&p).ok()?)))
-                    .filter(|(_, id)| {
+                    .filter(|(p, id)| {
                         !followed.contains(id)
-                            && !self.checkpoints.files.get(id).is_some_and(|s| s.done)
+                            && !self
+                                .checkpoints
+                                .files
+                                .get(id)
+                                .is_some_and(|s| s.done && is_same_file(p, s))
                     })
                     .collect();
                 rotated.sort();
@@ -987,20 +991,7 @@ impl Engine {
                 self.metrics.batch_rejected(&code);
                 self.acked(container, batch_id);
             }
-            Report::Completed { pod_uid } => {
-                self.completing.remove(&pod_uid);
-                self.completed.insert(pod_uid.clone());
-                for c in self
-                    .containers
-                    .values_mut()
-                    .filter(|c| c.pod_uid == pod_uid)
-                {
-                    for t in &mut c.tails {
-                        t.state.finished = true;
-                    }
-                }
-                self.dirty = true;
-            }
+            Report::Completed { pod_uid } => self.pod_done(&pod_uid),
             Report::Resend {
                 container,
                 batch_id,
@@ -1176,10 +1167,30 @@ impl Engine {
         self.metrics.containers_pruned.inc();
     }
 
+    /// A finished pod is done with: everything of it read and acknowledged, and its
+    /// deployment's completion acknowledged when it was to complete it.
+    fn pod_done(&mut self, pod_uid: &str) {
+        self.completing.remove(pod_uid);
+        self.completed.insert(pod_uid.to_owned());
+        for c in self
+            .containers
+            .values_mut()
+            .filter(|c| c.pod_uid == pod_uid)
+        {
+            for t in &mut c.tails {
+                t.state.finished = true;
+            }
+        }
+        self.dirty = true;
+    }
+
     /// A finished pod whose files are all read and acknowledged completes its deployment
-    /// (also after the pod was deleted from the API: its last known state counts).
+    /// (also after the pod was deleted from the API: its last known state counts), unless
+    /// its [`CompletePolicy`](crate::pods::CompletePolicy) leaves the deployment open for
+    /// a later stage.
     fn check_completions(&mut self) {
         let mut done: Vec<(String, String, String, i32, Option<String>)> = Vec::new();
+        let mut open: Vec<String> = Vec::new();
         let mut pods: Vec<(&String, &PodInfo)> = self.pods.iter().collect();
         pods.extend(
             self.containers
@@ -1227,7 +1238,9 @@ impl Engine {
                 self.completed.insert(uid.clone());
                 continue;
             }
-            if all_done {
+            if all_done && !pod.complete.completes(status) {
+                open.push(uid.clone());
+            } else if all_done {
                 done.push((
                     uid.clone(),
                     dep.clone(),
@@ -1236,6 +1249,9 @@ impl Engine {
                     pod.gateway.clone(),
                 ));
             }
+        }
+        for uid in open {
+            self.pod_done(&uid);
         }
         for (uid, deployment, status, exit_code, gateway) in done {
             self.completing.insert(uid.clone(), Instant::now());
@@ -1291,6 +1307,7 @@ fn one_pod() -> PodInfo {
         step: None,
         finished: None,
         gateway: None,
+        complete: Default::default(),
     }
 }
 

@@ -131,6 +131,7 @@ fn sidecar_identity(cli: &Cli) -> anyhow::Result<(Sidecar, PodMap)> {
         // collector) completes the deployment.
         finished: None,
         gateway: None,
+        complete: logstream_collector::pods::CompletePolicy::Never,
     };
     if cli.spool_bytes == 0 {
         use std::os::unix::fs::FileTypeExt;

@@ -20,6 +20,50 @@ pub struct PodInfo {
     /// The tenant gateway's gRPC endpoint from the pod's LogStream; `None`: the
     /// collector's `--gateway`.
     pub gateway: Option<String>,
+    /// Whether its end completes the deployment (annotation `logstream.dev/complete`).
+    pub complete: CompletePolicy,
+}
+
+/// The annotation that says whether a finished pod completes its deployment: a pipeline
+/// of several pods (one per stage) keeps its deployment open across its stages.
+pub const COMPLETE_ANNOTATION: &str = "logstream.dev/complete";
+
+/// What a finished pod does to its deployment, as `kubectl logstream run`'s
+/// `--complete` / default / `--no-complete` do for a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompletePolicy {
+    /// `always` (the default; a pod is the whole pipeline): completes it with the pod's
+    /// status and exit code.
+    #[default]
+    Always,
+    /// `on-failure` (a stage before the last): a failure ends the pipeline, a success
+    /// leaves it open for the next stage.
+    OnFailure,
+    /// `never` (a stage allowed to fail): never completes it.
+    Never,
+}
+
+impl CompletePolicy {
+    /// The annotation's value; anything else is refused with the values it may take.
+    pub fn parse(v: &str) -> Result<CompletePolicy, String> {
+        match v {
+            "always" => Ok(CompletePolicy::Always),
+            "on-failure" => Ok(CompletePolicy::OnFailure),
+            "never" => Ok(CompletePolicy::Never),
+            _ => Err(format!(
+                "annotation {COMPLETE_ANNOTATION}={v:?}: use always, on-failure or never"
+            )),
+        }
+    }
+
+    /// Whether a pod that ended with `status` completes its deployment.
+    pub fn completes(self, status: &str) -> bool {
+        match self {
+            CompletePolicy::Always => true,
+            CompletePolicy::OnFailure => status != "succeeded",
+            CompletePolicy::Never => false,
+        }
+    }
 }
 
 /// Label keys that select pods and name their deployment and step.
@@ -56,8 +100,30 @@ impl PodInfo {
             step: labels.get(&sel.step_label).cloned(),
             finished: finished(pod),
             gateway: None,
+            complete: complete_policy(meta),
         })
     }
+}
+
+/// The pod's [`CompletePolicy`]; a value it cannot take is reported and read as the
+/// default (completing, as before the annotation existed).
+fn complete_policy(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> CompletePolicy {
+    let Some(v) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(COMPLETE_ANNOTATION))
+    else {
+        return CompletePolicy::default();
+    };
+    CompletePolicy::parse(v).unwrap_or_else(|e| {
+        tracing::warn!(
+            pod = meta.name.as_deref().unwrap_or_default(),
+            "{e}; the pod completes its deployment"
+        );
+        CompletePolicy::default()
+    })
 }
 
 /// `Some((status, exit_code))` when all containers terminated: `succeeded` with 0 when
@@ -372,5 +438,36 @@ mod tests {
             Some(("ci", "build-7", "0a1b"))
         );
         assert_eq!(parse_pod_dir("nounderscore"), None);
+    }
+
+    #[test]
+    fn the_complete_annotation_says_which_endings_complete_the_deployment() {
+        use CompletePolicy::*;
+        let cases = [
+            (Always, "succeeded", true),
+            (Always, "failed", true),
+            (OnFailure, "succeeded", false),
+            (OnFailure, "failed", true),
+            (Never, "failed", false),
+        ];
+        for (p, status, completes) in cases {
+            assert_eq!(p.completes(status), completes, "{p:?} {status}");
+        }
+        assert_eq!(CompletePolicy::parse("on-failure"), Ok(OnFailure));
+        let e = CompletePolicy::parse("sometimes").unwrap_err();
+        assert!(e.contains("use always, on-failure or never"), "{e}");
+        let mut p = pod(
+            serde_json::json!({"logstream.dev/deployment": "run-42"}),
+            serde_json::json!([term("build", 0)]),
+            "Succeeded",
+        );
+        let sel = Selection::default();
+        assert_eq!(PodInfo::from_pod(&p, &sel).unwrap().complete, Always);
+        p.metadata.annotations =
+            Some([(COMPLETE_ANNOTATION.to_owned(), "never".to_owned())].into());
+        assert_eq!(PodInfo::from_pod(&p, &sel).unwrap().complete, Never);
+        p.metadata.annotations =
+            Some([(COMPLETE_ANNOTATION.to_owned(), "bogus".to_owned())].into());
+        assert_eq!(PodInfo::from_pod(&p, &sel).unwrap().complete, Always);
     }
 }

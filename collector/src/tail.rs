@@ -63,6 +63,24 @@ pub fn file_id(path: &Path) -> std::io::Result<FileId> {
     })
 }
 
+/// Whether `saved` is the progress of the file now at `path`: the same inode and the
+/// same first bytes. An inode number alone is not enough: a file deleted with its pod
+/// frees its inode, and a new pod's file can take it before the old checkpoint is
+/// forgotten.
+pub fn is_same_file(path: &Path, saved: &FileState) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(m) = file.metadata() else {
+        return false;
+    };
+    let id = FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    };
+    id == saved.id && head(&file, FINGERPRINT_BYTES).is_ok_and(|h| saved.same_start(&h))
+}
+
 fn head(file: &File, n: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0; n];

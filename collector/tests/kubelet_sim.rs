@@ -553,3 +553,73 @@ async fn backlog_series(port: u16) -> Vec<(String, i64)> {
         .map(|(labels, v)| (labels.to_owned(), v.trim().parse().unwrap()))
         .collect()
 }
+
+/// A pipeline of several pods (one per stage) in one deployment: a stage annotated
+/// `logstream.dev/complete: on-failure` that passes leaves the deployment open for the
+/// next stage, whose end completes it; one that fails ends the pipeline with its code;
+/// `never` (a stage allowed to fail) leaves it open either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_pods_completes_at_its_last_stage_or_its_first_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, grpc, token, token_file) = gateway_with_token(tmp.path()).await;
+    let http = gw.http.clone();
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
+    sim.write_pods();
+    let mut collector = start_collector(&root, &state, &pods_file, &token_file, grpc);
+    const LINES: u64 = 30;
+    let stage = |sim: &mut Sim, p: usize, deployment: &str, policy: Option<&str>, code: i32| {
+        sim.add_pod(p, deployment);
+        if let Some(v) = policy {
+            sim.annotate(p, "logstream.dev/complete", v);
+        }
+        let mut f = sim.open(p);
+        for n in 0..LINES {
+            sim.write_line(&mut f, p, n);
+        }
+        sim.finish_pod(p, code);
+    };
+    let lines_of = |lines: &[serde_json::Value], p: usize| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["step"] == format!("step-{p}"))
+            .cloned()
+            .collect()
+    };
+    // pipe-ok: build (on-failure, passes), test (never, fails), deploy (last, passes).
+    stage(&mut sim, 1, "pipe-ok", Some("on-failure"), 0);
+    wait_for_count(&http, &token, "pipe-ok", LINES as usize).await;
+    stage(&mut sim, 2, "pipe-ok", Some("never"), 4);
+    wait_for_count(&http, &token, "pipe-ok", 2 * LINES as usize).await;
+    // pipe-bad: build (on-failure) fails with 3.
+    stage(&mut sim, 4, "pipe-bad", Some("on-failure"), 3);
+    let d = wait_completed(&http, &token, "pipe-bad").await;
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{d}"
+    );
+    // By now the passing and the allowed-to-fail stages of pipe-ok were seen finished
+    // (pipe-bad's later stage was), and pipe-ok is still open.
+    assert_eq!(
+        deployment(&http, &token, "pipe-ok").await["status"],
+        "running"
+    );
+    stage(&mut sim, 3, "pipe-ok", None, 0);
+    let d = wait_completed(&http, &token, "pipe-ok").await;
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0)),
+        "{d}"
+    );
+    let all = all_lines(&http, &token, "pipe-ok").await;
+    assert_eq!(
+        all.len(),
+        3 * LINES as usize,
+        "every stage's lines, none refused"
+    );
+    for p in 1..=3 {
+        assert_exactly_once_in_order(&lines_of(&all, p), p, LINES);
+    }
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+}

@@ -455,3 +455,35 @@ fn a_rename_after_a_copytruncate_with_a_batch_in_flight_loses_nothing() {
     )
     .unwrap();
 }
+
+/// Found in CI: a file deleted with its pod frees its inode, and a new pod's rotated
+/// file can take it before the old file's checkpoint is forgotten. That checkpoint says
+/// "read to the end", but of other bytes: the rotated file is still read, and first.
+#[test]
+fn a_rotated_file_on_the_inode_of_a_gone_file_is_still_read_first() {
+    for spool in [false, true] {
+        let mut w = World::new(spool);
+        for e in [Append(3), Rename, Append(2)] {
+            w.apply(&e);
+        }
+        let rotated = w.dir.join("0.log.20260101-000001");
+        let id = file_id(&rotated).unwrap();
+        let (fingerprint, fingerprint_len) =
+            crate::checkpoint::fingerprint(b"2026-11-30T10:00:00Z stdout F another pod's line\n");
+        let stale = crate::checkpoint::FileState {
+            path: w.dir.with_file_name("gone-pod-not-yet-forgotten.log"),
+            id,
+            fingerprint,
+            fingerprint_len,
+            generation: 0,
+            resume: 4096,
+            acked: 4096,
+            pending: None,
+            finished: true,
+            done: true,
+        };
+        w.engine().checkpoints.files.insert(id, stale);
+        w.settle();
+        w.check().unwrap();
+    }
+}

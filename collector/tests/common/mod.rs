@@ -67,6 +67,17 @@ impl Sim {
         self.write_pods();
     }
 
+    /// Sets an annotation on `pod` (already added).
+    pub fn annotate(&mut self, pod: usize, key: &str, value: &str) {
+        let p = self
+            .pods
+            .iter_mut()
+            .find(|p| p["metadata"]["uid"] == format!("uid-{pod}"))
+            .unwrap();
+        p["metadata"]["annotations"][key] = value.into();
+        self.write_pods();
+    }
+
     /// A pod no LogStream selects (no deployment label), writing a line: the collector
     /// reads nothing of it and keeps no file of it open.
     pub fn add_unselected_pod(&mut self, pod: usize) {
