@@ -1253,6 +1253,26 @@ impl Engine {
         for uid in open {
             self.pod_done(&uid);
         }
+        // A completion ends the deployment for every pod: it waits while another pod of
+        // the same deployment still has lines to send (an earlier stage held back by a
+        // full spool, or a restart's backlog), or they would be refused after it.
+        let spool = self.spool.as_ref();
+        done.retain(|(uid, deployment, _, _, gateway)| {
+            self.containers.iter().all(|(d, c)| {
+                let same = &c.pod_uid != uid
+                    && c.pod.as_ref().is_some_and(|p| {
+                        p.deployment.as_ref() == Some(deployment) && &p.gateway == gateway
+                    });
+                !same
+                    || c.closed
+                    || self.completed.contains(&c.pod_uid)
+                    || (c.at_eof
+                        && c.queued.is_empty()
+                        && c.in_flight.is_none()
+                        && c.tails.len() <= 1
+                        && !spool.is_some_and(|s| s.holds(d)))
+            })
+        });
         for (uid, deployment, status, exit_code, gateway) in done {
             self.completing.insert(uid.clone(), Instant::now());
             let _ = self.out.send(Outgoing::Complete {

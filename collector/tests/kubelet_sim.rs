@@ -623,3 +623,92 @@ async fn a_pipeline_of_pods_completes_at_its_last_stage_or_its_first_failure() {
     collector.kill().unwrap();
     collector.wait().unwrap();
 }
+
+/// Found by the whole-path suite (e2e/local): the last stage of a pipeline finished while
+/// an earlier stage's lines were still held back by a full spool (the gateway away); its
+/// completion went first and the earlier stage's remaining lines were refused. A
+/// completion now waits until every other pod of the deployment has sent what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_stage_completes_only_after_an_earlier_stages_backlog_is_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, state, gwdir) = (
+        tmp.path().join("pods"),
+        tmp.path().join("state"),
+        tmp.path().join("gw"),
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    let pods_file = tmp.path().join("pods.json");
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
+    let token = gw.state.auth.mint(
+        "test",
+        "acme",
+        &[Scope::Read, Scope::Write],
+        Duration::from_secs(3600),
+        None,
+    );
+    gw.shutdown().await.unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut sim = Sim::new(&root, &pods_file);
+    let mport = free_port();
+    // A spool smaller than a batch (512 KiB) must not hold a container back forever.
+    let args = [
+        "--spool-bytes",
+        "256Ki",
+        "--spool-after",
+        "100ms",
+        "--rotate-wait",
+        "100ms",
+    ];
+    let mut collector = start_collector_with(
+        &root,
+        &state,
+        &pods_file,
+        &token_file,
+        grpc_port,
+        &args,
+        mport,
+    );
+    // With the gateway away: the build stage writes more than the spool holds and passes;
+    // the deploy stage writes a little and fails.
+    const BUILD: u64 = 100_000;
+    const DEPLOY: u64 = 50;
+    sim.add_pod(1, "pipe");
+    sim.annotate(1, "logstream.dev/complete", "on-failure");
+    let mut f = sim.open(1);
+    for n in 0..BUILD {
+        sim.write_line(&mut f, 1, n);
+    }
+    until_metrics(mport, "the spool full, reading held back", async |p| {
+        metric(p, "spool_full_total").await > 0
+    })
+    .await;
+    sim.finish_pod(1, 0);
+    sim.add_pod(2, "pipe");
+    let mut f = sim.open(2);
+    for n in 0..DEPLOY {
+        sim.write_line(&mut f, 2, n);
+    }
+    sim.finish_pod(2, 5);
+    // The gateway comes back.
+    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
+    let http = gw.http.clone();
+    let d = wait_completed(&http, &token, "pipe").await;
+    assert_eq!(
+        (d["status"].as_str(), d["exit_code"].as_i64()),
+        (Some("failed"), Some(5)),
+        "{d}"
+    );
+    let all = all_lines(&http, &token, "pipe").await;
+    for (p, n) in [(1, BUILD), (2, DEPLOY)] {
+        let lines: Vec<_> = all
+            .iter()
+            .filter(|l| l["step"] == format!("step-{p}"))
+            .cloned()
+            .collect();
+        assert_exactly_once_in_order(&lines, p, n);
+    }
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+}

@@ -29,6 +29,9 @@ pub const RETRYABLE_CODES: &[&str] = &[
     "not_applied_yet",
     // Object storage: lines held only there cannot be read while it does not answer.
     "object_store_unavailable",
+    // An edge could not reach the tenant's store (it restarts, or is not ready): the
+    // request was relayed unchanged, so a retry with the same batch id is stored once.
+    "store_unreachable",
 ];
 
 /// Whether a refusal with this contract error code may be retried.
@@ -105,7 +108,7 @@ mod tests {
         ] {
             assert!(!is_retryable(c), "{c:?}");
         }
-        assert_eq!(RETRYABLE_CODES.len(), 12);
+        assert_eq!(RETRYABLE_CODES.len(), 13);
     }
 
     #[test]

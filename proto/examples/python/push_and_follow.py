@@ -33,7 +33,7 @@ import logstream_pb2_grpc as pb_grpc
 RETRYABLE_CODES = {
     "quota_exceeded", "unavailable", "storage_unavailable", "audit_unavailable",
     "shutting_down", "internal", "kafka_unavailable", "kafka_unreachable", "not_owner",
-    "moved", "not_applied_yet", "object_store_unavailable",
+    "moved", "not_applied_yet", "object_store_unavailable", "store_unreachable",
 }
 
 
