@@ -776,8 +776,12 @@ impl Engine {
         self.metrics.lines_read.inc_by(r.physical);
         self.metrics.parse_errors.inc_by(r.parse_errors);
         c.at_eof = r.eof;
-        if r.eof {
+        if r.eof && r.bytes == 0 {
             c.quiet_since.get_or_insert_with(Instant::now);
+        } else if r.eof {
+            // Lines just arrived: quiet from now on, not since before them (a file
+            // written and rotated at once was let go with its last lines unread).
+            c.quiet_since = Some(Instant::now());
         } else {
             c.quiet_since = None;
         }
@@ -1061,7 +1065,13 @@ impl Engine {
             && c.queued.is_empty()
             && c.at_eof
             && (gone || c.quiet_since.is_some_and(|q| q.elapsed() >= rotate_wait));
+        // At its end now, not only at the last read: written to between that read and
+        // the rename, it is read again first.
         if !idle {
+            return;
+        }
+        if c.tails.front().is_some_and(|t| t.unread() > 0) {
+            c.at_eof = false;
             return;
         }
         if let Some(mut t) = c.tails.pop_front() {
@@ -1228,7 +1238,8 @@ impl Engine {
                     && c.queued.is_empty()
                     && c.in_flight.is_none()
                     && !spooled
-                    && c.tails.len() <= 1)
+                    && c.tails.len() <= 1
+                    && c.tails.front().is_none_or(|t| t.unread() == 0))
                 {
                     all_done = false;
                 }

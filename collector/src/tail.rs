@@ -200,6 +200,18 @@ impl FileTail {
             .unwrap_or(0)
     }
 
+    /// Bytes in the file not even read into the buffer yet (a partial line read and
+    /// waiting for its end does not count): 0 when a read now would find nothing new.
+    pub fn unread(&self) -> u64 {
+        if self.fifo {
+            return 0;
+        }
+        self.file
+            .metadata()
+            .map(|m| m.len().saturating_sub(self.offset + self.buf.len() as u64))
+            .unwrap_or(0)
+    }
+
     /// Reads up to `budget` bytes of complete lines.
     pub fn read(&mut self, budget: usize) -> std::io::Result<ReadOutcome> {
         let mut out = ReadOutcome::default();

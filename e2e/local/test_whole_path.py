@@ -1,0 +1,471 @@
+"""The whole path under chaos: a pipeline's pods write CRI files on a simulated node, the
+node collector ships them (through a TCP proxy) to a store, two edges fan them out, and
+six viewers follow at once: SSE (through a proxy), WebSocket, `kubectl logstream logs -f`
+over SSE (through a proxy) and over WebSocket, the web UI in headless Chromium and an MCP
+subscription. An external CI agent adds a step with `kubectl logstream run`. Meanwhile a
+seeded schedule kills -9 and restarts the collector, the store and an edge (several
+rounds), cuts, stalls and slows the proxied connections, fills the collector's spool
+(the store away, a 1 MiB spool) and steps the wall clock of the collector and an edge.
+
+Checks, once the pipeline has ended:
+- every viewer saw every line exactly once and in order (seq 1..N), the same lines;
+- each pod's lines arrived in the order written, none missing, none twice;
+- secrets masked at every door: live (each viewer), history, export, MCP, the UI's page,
+  the audit log; and no secret byte in the store's data directory;
+- history and the NDJSON export are byte-identical to what the live viewers were sent;
+- every viewer ended with the pipeline's status (the CLI exits 1 for failed, naming the code).
+
+A table of what was injected and what held is printed (and written to
+$LOGSTREAM_LOCAL_REPORT when set). Sizes: LOGSTREAM_LOCAL_BIG_MB (the big step's
+megabytes, default 8; 1024 for the issue's 1 GB step), LOGSTREAM_CHAOS_SEED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import system  # noqa: E402
+from system import SECRETS, ClockStep, Collector, Edge, KubeletSim, Proxy, Store, secret_of  # noqa: E402
+from viewers import CliViewer, McpWatcher, SseViewer, WsViewer, open_session  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway_proc import debug_binary, unique  # noqa: E402
+
+BIG_MB = int(os.environ.get("LOGSTREAM_LOCAL_BIG_MB", "8"))
+BUILD_LINES = 3000
+AGENT_LINES = 2000
+DEPLOY_LINES = 500
+DEPLOY_EXIT = 3
+END_WAIT = 300  # seconds for everything to arrive once the pipeline has ended
+# Rounds of the chaos schedule (each injection once per round, in a seeded random order);
+# the last stage writes on until they are done.
+ROUNDS = int(os.environ.get("LOGSTREAM_CHAOS_ROUNDS", "2"))
+
+
+def masked(msg: str) -> bool:
+    return not any(s in msg for s in SECRETS)
+
+
+class Pipeline:
+    """What the pipeline writes, per step, in order: the messages each step's lines must
+    show (after the collector's redaction: the secret part differs, the prefix not)."""
+
+    def __init__(self):
+        self.written: dict[str, list[str]] = {}
+
+    def lines(self, step: str, first: int, n: int, width: int = 0) -> list[tuple[str, str]]:
+        out = []
+        for k in range(first, first + n):
+            stream = "stderr" if k % 5 == 4 else "stdout"
+            secret = f" token={secret_of(k)}" if k % 13 == 0 else ""
+            pad = " " + "x" * width if width else ""
+            out.append((stream, f"{step} line {k}{secret}{pad}"))
+        self.written.setdefault(step, []).extend(m for _, m in out)
+        return out
+
+
+def number(step: str, msg: str) -> int:
+    m = re.match(rf"{re.escape(step)} line (\d+)", msg)
+    assert m, f"a line of {step} that the pipeline never wrote: {msg[:200]!r}"
+    return int(m.group(1))
+
+
+class Chaos:
+    """The injections, on a seeded schedule, while the pipeline runs; each row says what
+    was done and what was seen right after (the viewers' lines still a gap-free,
+    duplicate-free prefix)."""
+
+    def __init__(self, rig: "Rig"):
+        self.rig = rig
+        self.rows: list[dict] = []
+        self.stop = threading.Event()
+        self.rand = system.rng()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="chaos")
+        self.failure: BaseException | None = None
+        self.rounds = 0
+        # One injection at a time: the pipeline's own (the spool filled) waits its turn.
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def record(self, what: str, target: str, seen: str) -> None:
+        prefixes = [v for v in self.rig.viewers if not prefix_ok(v.lines)]
+        held = "yes" if not prefixes else "NO: " + ", ".join(v.name for v in prefixes)
+        self.rows.append({"t": time.monotonic() - self.rig.t0, "what": what, "target": target,
+                          "seen": seen, "held": held,
+                          "lines": min((len(v.lines) for v in self.rig.viewers), default=0)})
+
+    def _run(self) -> None:
+        r = self.rig
+        actions = [
+            ("kill -9, restart", "collector", self.kill_collector),
+            ("kill -9, restart", "store", self.kill_store),
+            ("kill -9, restart", "edge-1", self.kill_edge),
+            ("cut every connection", "proxy collector->store", lambda: f"{r.ingest_proxy.cut()} connections reset"),
+            ("cut every connection", "proxy viewers->edges", lambda: f"{r.sse_proxy.cut() + r.cli_proxy.cut()} connections reset"),
+            ("stall 2 s", "proxies (collector, viewers)", self.stall),
+            ("slow to 32 KiB/s for 2 s", "proxies (collector, viewers)", self.slow),
+            ("step the wall clock -1h, back after 1 s", "collector", lambda: self.step(r.collector_clock)),
+            ("step the wall clock +10 min, back after 1 s", "edge-2", lambda: self.step(r.edge_clock, "+10m")),
+        ]
+        try:
+            while not self.stop.is_set():
+                order = actions[:]
+                self.rand.shuffle(order)
+                for what, target, act in order:
+                    if self.stop.wait(self.rand.uniform(0.3, 1.0)):
+                        return
+                    with self.lock:
+                        seen = act()
+                        self.record(what, target, seen)
+                self.rounds += 1
+        except BaseException as e:  # reported by the test
+            self.failure = e
+
+    def kill_collector(self) -> str:
+        self.rig.collector.kill()
+        time.sleep(self.rand.uniform(0, 1))
+        self.rig.collector.start()
+        return f"started again on its state dir (start #{self.rig.collector.starts})"
+
+    def kill_store(self) -> str:
+        self.rig.store.restart()
+        return "started again on the same data dir and ports"
+
+    def kill_edge(self) -> str:
+        self.rig.edge1.restart()
+        return "started again on the same ports"
+
+    def stall(self) -> str:
+        for p in self.rig.proxies():
+            p.stall(2)
+        time.sleep(2)
+        return "every byte held 2 s"
+
+    def slow(self) -> str:
+        for p in self.rig.proxies():
+            p.slow(32 << 10, 2)
+        time.sleep(2)
+        return "bytes trickled at 32 KiB/s"
+
+    def step(self, clock: ClockStep, offset: str = "-1h") -> str:
+        before = clock.now()
+        clock.set(offset)
+        stepped = clock.now()
+        time.sleep(1)
+        clock.set("+0")
+        return f"clock read {stepped:%H:%M} instead of {before:%H:%M}, then back"
+
+    def spool_full(self) -> str:
+        """The store away while the big step writes: the 1 MiB spool fills and the
+        collector stops reading (backpressure) until the store is back."""
+        r = self.rig
+        with self.lock:
+            self.record("the store away while the big step writes (1 MiB spool)", "collector spool",
+                        self._spool_full())
+
+    def _spool_full(self) -> str:
+        r = self.rig
+        before = r.collector.metric("spool_full_total")
+        r.store.stop(kill=True)
+        deadline = time.monotonic() + 30
+        while r.collector.metric("spool_full_total") == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        full = r.collector.metric("spool_full_total") - before
+        spooled = r.collector.metric("spool_bytes")
+        r.store.log_path = r.store.log_path.with_name(f"store.{time.monotonic_ns()}.log")
+        r.store.start()
+        return f"spool full {int(full)} times ({int(spooled)} bytes spooled), reading held back, then drained"
+
+
+def prefix_ok(lines: list[dict]) -> bool:
+    return all(line["seq"] == k + 1 for k, line in enumerate(lines))
+
+
+class Rig:
+    def __init__(self, work: Path):
+        self.work = work
+        self.t0 = time.monotonic()
+        self.store = Store(work)
+        self.store.start()
+        self.token = self.store.token(unique("acme"), "logs:read,logs:write,logs:export,admin", ttl="24h")
+        self.edge_clock = ClockStep(work / "edge-2.clock")
+        self.collector_clock = ClockStep(work / "collector.clock")
+        self.edge1 = Edge(self.store, work, "edge-1")
+        self.edge2 = Edge(self.store, work, "edge-2", clock=self.edge_clock)
+        self.edge1.start()
+        self.edge2.start()
+        self.ingest_proxy = Proxy(self.store.grpc_port, "ingest")
+        self.sse_proxy = Proxy(self.edge1.http_port, "sse")
+        self.cli_proxy = Proxy(self.edge2.http_port, "cli")
+        self.sim = KubeletSim(work / "pods", work / "pods.json")
+        self.collector = Collector(work / "pods", work, work / "pods.json", self.token,
+                                   self.ingest_proxy.port, "1Mi", clock=self.collector_clock)
+        self.collector.start()
+        self.viewers: list = []
+
+    def proxies(self) -> list[Proxy]:
+        return [self.ingest_proxy, self.sse_proxy, self.cli_proxy]
+
+    def close(self) -> None:
+        self.collector.kill()
+        for p in self.proxies():
+            p.close()
+        for g in (self.edge1, self.edge2, self.store):
+            g.stop(kill=True)
+
+    def history(self, deployment: str) -> tuple[list[dict], list[bytes]]:
+        """Every line from the store's history API, page by page (JSON lines re-encoded
+        as sent: the page is a JSON document, so its lines are compared by value)."""
+        lines, cursor = [], None
+        while True:
+            q = {"limit": "5000", **({"cursor": cursor} if cursor else {})}
+            page = self.store.get_json(
+                f"/v1/deployments/{urllib.parse.quote(deployment)}/logs?{urllib.parse.urlencode(q)}", self.token)
+            lines += page["lines"]
+            cursor = page.get("next_cursor")
+            if not page["lines"] or not cursor:
+                return lines
+
+    def count(self, deployment: str, step: str) -> int:
+        q = urllib.parse.urlencode({"step": step, "limit": "5000"})
+        n, cursor = 0, None
+        while True:
+            path = f"/v1/deployments/{urllib.parse.quote(deployment)}/logs?{q}" + (f"&cursor={cursor}" if cursor else "")
+            status, _, body = self.store.request("GET", path, self.token, timeout=10)
+            if status != 200:
+                return -1
+            page = json.loads(body)
+            n += len(page["lines"])
+            cursor = page.get("next_cursor")
+            if not page["lines"] or not cursor:
+                return n
+
+
+def wait_until(what: str, pred, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    if not os.access(system.LIBFAKETIME, os.R_OK):
+        pytest.fail(f"{system.LIBFAKETIME} missing: the test command installs Debian's faketime")
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def test_every_line_once_in_order_at_every_door_through_chaos(rig, tmp_path):
+    r = rig
+    dep = unique("pipeline")
+    cli = debug_binary("LOGSTREAM_CLI", "kubectl-logstream")
+    edge1_direct = f"http://127.0.0.1:{r.edge1.http_port}"
+    r.viewers = [
+        SseViewer(r.sse_proxy.port, dep, r.token).start(),
+        WsViewer(r.edge2.http_port, dep, r.token).start(),
+        CliViewer(cli, f"http://127.0.0.1:{r.cli_proxy.port}", dep, r.token, "sse").start(),
+        CliViewer(cli, edge1_direct, dep, r.token, "ws").start(),
+    ]
+    mcp = McpWatcher(r.store.url + "/mcp", dep, r.token).start()
+
+    from playwright.sync_api import expect, sync_playwright
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page()
+    page.goto(f"{r.edge2.url}/deployments/{dep}#token={urllib.parse.quote(r.token, safe='')}")
+
+    pipe = Pipeline()
+    chaos = Chaos(r)
+    chaos.start()
+    sim = r.sim
+    try:
+        # Stage 1, build: a stage before the last; rename and copytruncate rotations.
+        sim.add_pod("build", dep, "build", complete="on-failure")
+        for k in range(0, BUILD_LINES, 100):
+            sim.write("build", pipe.lines("build", k, 100))
+            if k == 1000:
+                sim.rotate_rename("build", 1)
+            if k == 2000:
+                # copytruncate loses what was not read when it empties the file: it
+                # happens once the gateway has every line written so far.
+                wait_until("build's lines before the copytruncate",
+                           lambda: r.count(dep, "build") == len(pipe.written["build"]), 120)
+                sim.rotate_copytruncate("build")
+            time.sleep(0.02)
+        sim.finish_pod("build", 0)
+
+        # Stage 2, a big step beside an external agent's step (kubectl logstream run).
+        agent = subprocess.Popen(
+            [cli, "run", "--deployment", dep, "--step", "agent", "--no-complete",
+             "--server", f"http://127.0.0.1:{r.edge2.http_port}", "--token", r.token, "--",
+             "sh", "-c", f'i=0; while [ $i -lt {AGENT_LINES} ]; do echo "agent line $i"; '
+                         f'if [ $((i % 13)) -eq 0 ]; then echo "agent line $i token={SECRETS[1]}" >&2; fi; '
+                         f'i=$((i+1)); done'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sim.add_pod("big", dep, "big", complete="on-failure")
+        chunk_lines = 4000
+        width = 200
+        total = BIG_MB * (1 << 20) // (width + 40)
+        spool_done = False
+        for k in range(0, total, chunk_lines):
+            sim.write("big", pipe.lines("big", k, min(chunk_lines, total - k), width))
+            if k == chunk_lines * 10:
+                sim.rotate_rename("big", 1)
+            if not spool_done and k >= total // 3:
+                spool_done = True
+                chaos.spool_full()
+        sim.finish_pod("big", 0)
+        _, agent_err = agent.communicate(timeout=END_WAIT)
+        assert agent.returncode == 0, f"kubectl logstream run exited {agent.returncode}: {agent_err[-2000:]!r}"
+        # The agent's stderr lines carried secrets too: same number as written, masked.
+        agent_lines = [f"agent line {i}" for i in range(AGENT_LINES)]
+
+        # Stage 3, deploy: the last stage, failing with DEPLOY_EXIT; it writes on until the
+        # chaos schedule has run its rounds.
+        sim.add_pod("deploy", dep, "deploy")
+        k = 0
+        while k < DEPLOY_LINES or chaos.rounds < ROUNDS:
+            assert chaos.thread.is_alive(), f"the chaos schedule failed: {chaos.failure!r}"
+            sim.write("deploy", pipe.lines("deploy", k, 50))
+            k += 50
+            if k % 5000 == 0:
+                sim.rotate_rename("deploy", k // 5000)
+            time.sleep(0.05)
+        sim.finish_pod("deploy", DEPLOY_EXIT)
+        time.sleep(1)
+    finally:
+        chaos.stop.set()
+        chaos.thread.join(timeout=60)
+    if chaos.failure:
+        raise chaos.failure
+
+    for v in r.viewers:
+        assert v.done.wait(END_WAIT), f"{v.name} never saw the end (errors: {v.errors[-3:]})"
+    mcp.stop.set()
+    mcp.thread.join(timeout=30)
+
+    history = r.history(dep)
+    n = len(history)
+    expected = sum(len(m) for m in pipe.written.values()) + AGENT_LINES + AGENT_LINES // 13 + 1
+    report = [f"{n} lines ({BIG_MB} MB big step), {len(chaos.rows)} injections"]
+
+    # Exactly once, in order, the same lines everywhere.
+    assert [line["seq"] for line in history] == list(range(1, n + 1))
+    per_step = {step: sum(1 for h in history if h["step"] == step) for step in [*pipe.written, "agent"]}
+    for step, msgs in pipe.written.items():
+        have = {number(step, h["message"]) for h in history if h["step"] == step}
+        gone = [number(step, m) for m in msgs if number(step, m) not in have]
+        if gone:
+            per_step[f"{step} missing"] = f"{len(gone)}: {gone[:5]}..{gone[-5:]}"
+    assert n == expected, f"history has {n} lines, the pipeline wrote {expected}: stored per step " \
+        f"{per_step}, written {({k: len(v) for k, v in pipe.written.items()})}; chaos {chaos_table(chaos.rows, [])}"
+    keyed = [(h["seq"], h["step"], h["stream"], h["message"]) for h in history]
+    for v in r.viewers:
+        got = [line["seq"] for line in v.lines]
+        assert got == list(range(1, n + 1)), f"{v.name}: {len(got)} lines, first gap or repeat at " \
+            f"{next((k for k, s in enumerate(got) if s != k + 1), len(got))}"
+        assert [(x["seq"], x["step"], x["stream"], x["message"]) for x in v.lines] == keyed, v.name
+        reconnects = v.stderr.count(b"reconnecting") if isinstance(v, CliViewer) else v.reconnects
+        report.append(f"{v.name}: {len(v.lines)} lines, {reconnects} reconnects")
+    for step, msgs in pipe.written.items():
+        got = [number(step, h["message"]) for h in history if h["step"] == step]
+        assert got == [number(step, m) for m in msgs], f"{step}: lines missing, repeated or reordered"
+    agent_out = [h["message"] for h in history if h["step"] == "agent" and h["stream"] == "stdout"]
+    assert agent_out == agent_lines
+
+    # Secrets: masked at every door, and in no byte the store keeps.
+    for h in history:
+        assert masked(h["message"]), f"a secret in history: {h['message'][:200]}"
+    status, _, export = r.store.request(
+        "GET", f"/v1/deployments/{dep}/export?format=ndjson", r.token, timeout=120)
+    assert status == 200
+    assert masked(export.decode())
+    audit = r.store.get_json(f"/v1/audit?deployment={dep}&limit=1000", r.token)
+    assert audit["events"] and masked(json.dumps(audit))
+    for f in Path(r.store.data_dir).rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not any(s.encode() in data for s in SECRETS), f"a secret in {f}"
+
+    # History and export byte-identical to what the live viewers were sent.
+    sse = r.viewers[0]
+    assert export.split(b"\n")[:-1] == sse.raw, "the export differs from the SSE viewer's data"
+    assert [json.dumps(h, separators=(",", ":"), ensure_ascii=False).encode() for h in history] == \
+        [json.dumps(json.loads(x), separators=(",", ":"), ensure_ascii=False).encode() for x in sse.raw]
+
+    # Every viewer ended with the pipeline's status.
+    final = r.store.get_json(f"/v1/deployments/{dep}", r.token)
+    assert (final["status"], final["exit_code"]) == ("failed", DEPLOY_EXIT), final
+    for v in r.viewers[:2]:
+        assert (v.end["status"], v.end["exit_code"]) == ("failed", DEPLOY_EXIT), (v.name, v.end)
+    for v in r.viewers[2:]:
+        # `logs -f` exits with the status: 0 succeeded, 1 failed (README), and names the code.
+        assert v.exit_code == 1, f"{v.name} exited {v.exit_code}: {v.stderr[-500:]!r}"
+        assert f"failed (exit code {DEPLOY_EXIT})".encode() in v.stderr, v.stderr[-500:]
+
+    # The web UI (edge-2, through every store restart): the end banner, the last lines,
+    # no secret on the page.
+    end = page.locator("#end")
+    expect(end).to_be_visible(timeout=60_000)
+    expect(end).to_contain_text("failed")
+    expect(end).to_contain_text(f"exit code {DEPLOY_EXIT}")
+    expect(page.locator("main")).to_contain_text(f"{n:,} lines", timeout=30_000)
+    rows = page.locator("#log .row[data-seq]")
+    shown = rows.evaluate_all("rs => rs.map(r => [Number(r.dataset.seq), r.innerText])")
+    assert shown, "the UI shows no line"
+    for seq, text in shown:
+        assert history[seq - 1]["message"] in text, (seq, text[:200])
+    assert masked(page.content())
+    report.append(f"web UI: {len(shown)} rows on screen match history, {n:,} lines counted")
+    browser.close()
+    pw.stop()
+
+    # MCP: updates arrived through the restarts; paging get_logs returns history.
+    assert mcp.updates > 0, f"no resources/updated notification ({mcp.errors[-3:]})"
+    report.append(f"MCP: {mcp.updates} updates over {mcp.sessions} sessions")
+
+    async def newest_page():
+        async with open_session(r.store.url + "/mcp", r.token) as s:
+            res = await s.call_tool("get_logs", {"deployment": dep, "lines": 1000})
+            assert not res.isError, res.content
+            return res.structuredContent
+
+    import asyncio
+    last = asyncio.run(newest_page())["lines"]
+    assert masked(json.dumps(last))
+    assert [x["seq"] for x in last] == list(range(n - len(last) + 1, n + 1))
+    assert [x["message"] for x in last] == [h["message"] for h in history[n - len(last):]]
+
+    table = chaos_table(chaos.rows, report)
+    print(table)
+    if os.environ.get("LOGSTREAM_LOCAL_REPORT"):
+        Path(os.environ["LOGSTREAM_LOCAL_REPORT"]).write_text(table)
+    assert all(row["held"] == "yes" for row in chaos.rows), table
+    kinds = {row["target"] for row in chaos.rows}
+    assert {"collector", "store", "edge-1", "collector spool"} <= kinds, table
+
+
+def chaos_table(rows: list[dict], summary: list[str]) -> str:
+    out = ["| t (s) | injected | into | what it did | lines every viewer had | viewers' lines still once, in order |",
+           "|---:|---|---|---|---:|---|"]
+    for row in rows:
+        out.append(f"| {row['t']:.1f} | {row['what']} | {row['target']} | {row['seen']} | {row['lines']} "
+                   f"| {row['held']} |")
+    out.append("")
+    out += [f"- {s}" for s in summary]
+    return "\n".join(out) + "\n"
