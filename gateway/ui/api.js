@@ -74,8 +74,51 @@ function unreachable(e) {
   return new ApiError(0, 'unreachable', 'the gateway did not answer (' + (e && e.message || e) + ')');
 }
 
-/** GET (or `method`) `path` with query `params`; resolves to the JSON body. */
-export async function api(path, { params, signal, method = 'GET', body } = {}) {
+// The contract's retryable error codes (ARCHITECTURE.md, the retry rule;
+// `logstream_model::retry::RETRYABLE_CODES`): any other code is final.
+const RETRYABLE = new Set([
+  'quota_exceeded', 'unavailable', 'storage_unavailable', 'audit_unavailable', 'shutting_down',
+  'internal', 'kafka_unavailable', 'kafka_unreachable', 'not_owner', 'moved', 'not_applied_yet',
+  'object_store_unavailable', 'store_unreachable',
+]);
+
+/** Whether `err` may be retried: a retryable code, or the gateway did not answer. */
+export const retryable = (err) => !!err && (err.status === 0 || RETRYABLE.has(err.code));
+
+let retryNotice = () => {};
+/** `fn(err)` is told when a read is retried (`err`) and when it then succeeded (`null`). */
+export function onRetry(fn) {
+  retryNotice = fn;
+}
+
+/**
+ * GET (or `method`) `path` with query `params`; resolves to the JSON body. A GET that
+ * fails retryably (a store restarting, a Kafka partition moving between replicas, the
+ * gateway not answering) is tried again, backing off from 0.5 s to 10 s and never sooner
+ * than Retry-After, until it succeeds, fails for good, or `signal` aborts (found by
+ * e2e/local: the log page stopped at its first `not_owner`).
+ */
+export async function api(path, opts = {}) {
+  const { signal, method = 'GET' } = opts;
+  let backoff = 500;
+  let retried = false;
+  for (;;) {
+    try {
+      const body = await call(path, opts);
+      if (retried) retryNotice(null);
+      return body;
+    } catch (err) {
+      if (method !== 'GET' || !retryable(err) || (signal && signal.aborted)) throw err;
+      retried = true;
+      const wait = Math.max(backoff, (err.retryAfter || 0) * 1000);
+      retryNotice(err, wait);
+      await sleep(wait, signal);
+      backoff = Math.min(backoff * 2, 10_000);
+    }
+  }
+}
+
+async function call(path, { params, signal, method = 'GET', body } = {}) {
   let resp;
   try {
     resp = await fetch(url(path, params), {

@@ -1,7 +1,7 @@
 // The page's shell: routes (`/` the deployments list, `/deployments/{id}` a log), the
 // token (asked for, or taken once from `#token=`), and how errors are shown.
 
-import { takeTokenFromFragment, token, setToken, clearToken } from './api.js';
+import { takeTokenFromFragment, token, setToken, clearToken, onRetry } from './api.js';
 import { ListView } from './list.js';
 import { LogView } from './log.js';
 
@@ -24,7 +24,7 @@ function fail(err) {
     text = `Too many requests (${err.code}): ${err.message}` +
       (err.retryAfter ? ` Try again in ${err.retryAfter} s.` : '');
   } else if (s === 0) {
-    text = `The gateway is unreachable: ${err.message}. Retrying.`;
+    text = `The gateway is unreachable: ${err.message}.`;
   } else if (s) {
     text = `Error ${s} (${err.code}): ${err.message}`;
   } else {
@@ -41,6 +41,19 @@ function clearError() {
   box.hidden = true;
   box.textContent = '';
 }
+
+// A read being retried says so in the banner, which goes once it succeeds.
+let retrying = false;
+onRetry((err, wait) => {
+  if (err) {
+    fail(err);
+    $('#error').textContent += ` Retrying in ${(wait / 1000).toFixed(1)} s.`;
+    retrying = true;
+  } else if (retrying) {
+    retrying = false;
+    clearError();
+  }
+});
 
 function askToken() {
   if (current) current.stop();

@@ -1299,7 +1299,14 @@ async fn audit_log(
         pattern.push_str(&format!(".*\"deployment\":\"{}\"", regex::escape(d)));
     }
     rp.filter.query = Some(regex::Regex::new(&pattern).expect("escaped pattern"));
-    let log = s.existing_log(&id).await?;
+    // The audit log is each store's own, never a Kafka-routed deployment: no owner check
+    // (in Kafka mode it answered `tenant_not_served` for `_system`; found by e2e/local).
+    let log = {
+        let (st, id) = (s.clone(), id.clone());
+        read::blocking(move || st.store.log(&id, false))
+            .await?
+            .ok_or_else(Error::deployment_not_found)?
+    };
     let from = match (rp.cursor, rp.direction) {
         (Some(c), _) => c.seq,
         (None, Direction::Forward) => 0,
