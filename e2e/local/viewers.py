@@ -1,5 +1,8 @@
 """Viewers of one deployment for e2e/local, each in a thread of its own, each keeping
-every line it was shown in order, and how the stream ended:
+what it was shown as digests (a 1 GB step is millions of lines: not kept one by one):
+how many lines, whether their seqs ran 1, 2, 3, ... with no gap or repeat, a BLAKE2b of
+(seq, step, stream, message) of each, one of the raw bytes as sent, and how the stream
+ended:
 
     SseViewer      Server-Sent Events (http.client), resuming with Last-Event-ID
     WsViewer       WebSocket (the `websockets` client), resuming with ?cursor=
@@ -15,6 +18,7 @@ cursor it saw, as a client of the contract must; `reconnects` counts how often.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import json
 import subprocess
@@ -26,13 +30,26 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 
+def canonical(line: dict) -> bytes:
+    """What two doors must agree on for one line, as bytes for a digest."""
+    return json.dumps([line["seq"], line["step"], line["stream"], line["message"]],
+                      ensure_ascii=False).encode() + b"\n"
+
+
 class Viewer:
     name = "viewer"
 
     def __init__(self, port: int, deployment: str, token: str):
         self.port, self.deployment, self.token = port, deployment, token
-        self.lines: list[dict] = []
-        self.raw: list[bytes] = []
+        self.count = 0
+        # The first seq out of order (a gap or a repeat), as (position, seq); None: none.
+        self.disorder: tuple[int, int] | None = None
+        self.digest = hashlib.blake2b()
+        self.raw_digest = hashlib.blake2b()
+        # Every field of each line, by value (set `keep_values` before start).
+        self.keep_values = False
+        self.value_digest = hashlib.blake2b()
+        self.last_cursor: str | None = None
         self.end: dict | None = None
         self.reconnects = 0
         self.errors: list[str] = []
@@ -45,7 +62,11 @@ class Viewer:
 
     @property
     def cursor(self) -> str | None:
-        return self.lines[-1]["cursor"] if self.lines else None
+        return self.last_cursor
+
+    @property
+    def in_order(self) -> bool:
+        return self.disorder is None
 
     def path(self, extra: dict | None = None) -> str:
         q = {"wait": "true", **(extra or {})}
@@ -66,8 +87,14 @@ class Viewer:
 
     def take(self, raw: bytes) -> None:
         line = json.loads(raw)
-        self.lines.append(line)
-        self.raw.append(raw)
+        self.count += 1
+        if line["seq"] != self.count and self.disorder is None:
+            self.disorder = (self.count, line["seq"])
+        self.digest.update(canonical(line))
+        self.raw_digest.update(raw + b"\n")
+        if self.keep_values:
+            self.value_digest.update(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.last_cursor = line.get("cursor")
 
 
 class SseViewer(Viewer):
@@ -179,7 +206,9 @@ class McpWatcher:
             except BaseException as e:  # the SDK raises exception groups on a lost server
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
-                self.errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+                while isinstance(e, BaseExceptionGroup) and e.exceptions:
+                    e = e.exceptions[0]
+                self.errors.append(f"{type(e).__name__}: {str(e)[:300]}")
             await asyncio.sleep(0.3)
 
     async def _session(self) -> None:
