@@ -353,27 +353,11 @@ fn sidecar_mode_names_the_missing_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_gateway_away_the_spool_fills_then_holds_back_and_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let (root, state, gwdir) = (
-        tmp.path().join("pods"),
-        tmp.path().join("state"),
-        tmp.path().join("gw"),
-    );
-    std::fs::create_dir_all(&root).unwrap();
-    let pods_file = tmp.path().join("pods.json");
-    let (http_port, grpc_port) = (free_port(), free_port());
     // The gateway mints the token, then goes away for most of the test.
-    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
-    let token = gw.state.auth.mint(
-        "test",
-        "acme",
-        &[Scope::Read, Scope::Write],
-        Duration::from_secs(3600),
-        None,
-    );
-    gw.shutdown().await.unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
-    let mut sim = Sim::new(&root, &pods_file);
+    let away = gateway_then_away(tmp.path()).await;
+    let (token, token_file) = (away.token.clone(), away.token_file.clone());
+    let (gwdir, http_port, grpc_port) = (away.dir.clone(), away.http, away.grpc);
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
     sim.add_pod(1, "spooled");
     const LIMIT: i64 = 1 << 20;
     let mport = free_port();
@@ -635,26 +619,8 @@ async fn a_pipeline_of_pods_completes_at_its_last_stage_or_its_first_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_stage_completes_only_after_an_earlier_stages_backlog_is_sent() {
     let tmp = tempfile::tempdir().unwrap();
-    let (root, state, gwdir) = (
-        tmp.path().join("pods"),
-        tmp.path().join("state"),
-        tmp.path().join("gw"),
-    );
-    std::fs::create_dir_all(&root).unwrap();
-    let pods_file = tmp.path().join("pods.json");
-    let (http_port, grpc_port) = (free_port(), free_port());
-    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
-    let token = gw.state.auth.mint(
-        "test",
-        "acme",
-        &[Scope::Read, Scope::Write],
-        Duration::from_secs(3600),
-        None,
-    );
-    gw.shutdown().await.unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
-    let mut sim = Sim::new(&root, &pods_file);
+    let away = gateway_then_away(tmp.path()).await;
+    let (mut sim, root, state, pods_file) = Sim::node(tmp.path());
     let mport = free_port();
     // A spool smaller than a batch (512 KiB) must not hold a container back forever.
     let args = [
@@ -669,8 +635,8 @@ async fn a_last_stage_completes_only_after_an_earlier_stages_backlog_is_sent() {
         &root,
         &state,
         &pods_file,
-        &token_file,
-        grpc_port,
+        &away.token_file,
+        away.grpc,
         &args,
         mport,
     );
@@ -696,8 +662,8 @@ async fn a_last_stage_completes_only_after_an_earlier_stages_backlog_is_sent() {
     }
     sim.finish_pod(2, 5);
     // The gateway comes back.
-    let gw = start_gateway(&gwdir, http_port, grpc_port).await;
-    let http = gw.http.clone();
+    let gw = start_gateway(&away.dir, away.http, away.grpc).await;
+    let (http, token) = (gw.http.clone(), away.token);
     let d = wait_completed(&http, &token, "pipe").await;
     assert_eq!(
         (d["status"].as_str(), d["exit_code"].as_i64()),

@@ -405,6 +405,37 @@ pub fn assert_exactly_once_in_order(lines: &[Value], p: usize, n: u64) {
 pub async fn gateway_with_token(dir: &Path) -> (Running, u16, String, PathBuf) {
     let grpc = free_port();
     let gw = start_gateway(&dir.join("gw"), free_port(), grpc).await;
+    let (token, token_file) = token_of(&gw, dir);
+    (gw, grpc, token, token_file)
+}
+
+/// A gateway that minted a token and went away: started again on the same data dir and
+/// ports with [`start_gateway`]`(&away.dir, away.http, away.grpc)`.
+pub struct AwayGateway {
+    pub dir: PathBuf,
+    pub http: u16,
+    pub grpc: u16,
+    pub token: String,
+    pub token_file: PathBuf,
+}
+
+/// [`gateway_with_token`], then the gateway shut down.
+pub async fn gateway_then_away(dir: &Path) -> AwayGateway {
+    let (http, grpc) = (free_port(), free_port());
+    let gw = start_gateway(&dir.join("gw"), http, grpc).await;
+    let (token, token_file) = token_of(&gw, dir);
+    gw.shutdown().await.unwrap();
+    AwayGateway {
+        dir: dir.join("gw"),
+        http,
+        grpc,
+        token,
+        token_file,
+    }
+}
+
+/// A read-write token of tenant `acme` from `gw`, also written to `dir/token`.
+fn token_of(gw: &Running, dir: &Path) -> (String, PathBuf) {
     let token = gw.state.auth.mint(
         "test",
         "acme",
@@ -414,7 +445,7 @@ pub async fn gateway_with_token(dir: &Path) -> (Running, u16, String, PathBuf) {
     );
     let token_file = dir.join("token");
     std::fs::write(&token_file, &token).unwrap();
-    (gw, grpc, token, token_file)
+    (token, token_file)
 }
 
 /// A gauge or counter of the collector's /metrics.
