@@ -56,8 +56,10 @@ impl Node {
             "all".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", self.http),
+            // Unused here: port 0, so no other test can take it between choosing and
+            // binding (a free_port() raced with a parallel test in CI).
             "--grpc-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0".into(),
             "--data-dir".into(),
             self.dir.join("data").display().to_string(),
             "--config".into(),
