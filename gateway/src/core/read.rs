@@ -190,6 +190,12 @@ impl Gateway {
     /// (`not_owner` otherwise: its copy may be behind).
     pub async fn existing_log(self: &Arc<Self>, id: &DeploymentId) -> Result<Arc<DeploymentLog>> {
         self.check_owner(id)?;
+        self.local_log(id).await
+    }
+
+    /// [`existing_log`](Self::existing_log) without the Kafka owner check: for a log that
+    /// is this store's own (the audit log), never a routed deployment.
+    pub async fn local_log(self: &Arc<Self>, id: &DeploymentId) -> Result<Arc<DeploymentLog>> {
         let (s, id) = (self.clone(), id.clone());
         blocking(move || s.store.log(&id, false))
             .await?

@@ -1301,12 +1301,7 @@ async fn audit_log(
     rp.filter.query = Some(regex::Regex::new(&pattern).expect("escaped pattern"));
     // The audit log is each store's own, never a Kafka-routed deployment: no owner check
     // (in Kafka mode it answered `tenant_not_served` for `_system`; found by e2e/local).
-    let log = {
-        let (st, id) = (s.clone(), id.clone());
-        read::blocking(move || st.store.log(&id, false))
-            .await?
-            .ok_or_else(Error::deployment_not_found)?
-    };
+    let log = s.local_log(&id).await?;
     let from = match (rp.cursor, rp.direction) {
         (Some(c), _) => c.seq,
         (None, Direction::Forward) => 0,
